@@ -1,0 +1,182 @@
+//! `weir`: the command line. A thin layer over `weir-host`: parses
+//! arguments, shows progress, maps errors to exit codes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use weir_host::error::Error;
+use weir_host::job::{self, JobGraph, VertexKind};
+use weir_host::metrics::JobMetrics;
+use weir_host::plugin::PluginEngine;
+use weir_host::{ErrorKind, runtime};
+
+/// Exit code for a user error (bad job file, failing plugin).
+const EXIT_USER: u8 = 2;
+/// Exit code for an external failure (file system, storage).
+const EXIT_EXTERNAL: u8 = 3;
+/// Exit code for an internal error.
+const EXIT_INTERNAL: u8 = 1;
+
+/// Weir runs stream jobs whose operators are WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Where compiled plugins are cached [default: $WEIR_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/weir, else ~/.cache/weir].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a job until its input ends.
+    Run {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Do not show progress or the final summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Checks a job file and compiles its plugins, without running it.
+    Validate {
+        /// The job file (TOML).
+        job: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = PluginEngine::new(Some(cli.cache_dir.unwrap_or_else(default_cache_dir))).and_then(
+        |engine| match cli.command {
+            Command::Run { job, quiet } => run(&engine, &job, quiet),
+            Command::Validate { job } => validate(&engine, &job),
+        },
+    );
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match e.kind() {
+                ErrorKind::User => EXIT_USER,
+                ErrorKind::External => EXIT_EXTERNAL,
+                ErrorKind::Internal => EXIT_INTERNAL,
+            })
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WEIR_CACHE_DIR") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("weir");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Path::new(&home).join(".cache").join("weir"),
+        None => std::env::temp_dir().join("weir-cache"),
+    }
+}
+
+fn run(engine: &PluginEngine, path: &Path, quiet: bool) -> Result<(), Error> {
+    let graph = job::load(path)?;
+    let metrics = JobMetrics::for_graph(&graph);
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let (metrics, done) = (metrics.clone(), done.clone());
+        let graph = graph.clone();
+        std::thread::spawn(move || show_progress(&graph, &metrics, &done))
+    });
+    let result = runtime::run(&graph, engine, metrics);
+    done.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let report = result?;
+    if !quiet {
+        eprintln!("job `{}` finished in {:.2?}", graph.name, report.elapsed);
+        for (v, (uid, r_in, r_out)) in graph.vertices.iter().zip(&report.vertices) {
+            let written = match &v.kind {
+                VertexKind::FileSink { dir } => format!(" → {}", dir.display()),
+                _ => String::new(),
+            };
+            eprintln!("  {uid:<16} in {r_in:>12}  out {r_out:>12}{written}");
+        }
+    }
+    Ok(())
+}
+
+/// Draws one line per vertex: records in and out, and the current rate.
+fn show_progress(graph: &JobGraph, metrics: &JobMetrics, done: &AtomicBool) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    let style = ProgressStyle::with_template("{spinner} {msg}")
+        .expect("invariant: the progress template is valid");
+    let bars: Vec<ProgressBar> = graph
+        .vertices
+        .iter()
+        .map(|_| multi.add(ProgressBar::new_spinner().with_style(style.clone())))
+        .collect();
+    let mut last: Vec<u64> = vec![0; bars.len()];
+    let mut last_at = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        last_at = Instant::now();
+        for (i, (bar, m)) in bars.iter().zip(&metrics.vertices).enumerate() {
+            let (r_in, r_out) = (m.records_in(), m.records_out());
+            let rate = (r_out - last[i]) as f64 / dt;
+            last[i] = r_out;
+            bar.set_message(format!(
+                "{:<16} in {r_in:>12}  out {r_out:>12}  {rate:>12.0} rec/s",
+                m.uid
+            ));
+            bar.tick();
+        }
+    }
+    for bar in bars {
+        bar.finish_and_clear();
+    }
+}
+
+fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
+    let graph = job::load(path)?;
+    let mut plugins = 0;
+    let mut problems = Vec::new();
+    for v in &graph.vertices {
+        if let VertexKind::Operator { plugin, .. } = &v.kind {
+            match engine.load(&v.uid, plugin) {
+                Ok(_) => plugins += 1,
+                Err(e) => problems.push(e),
+            }
+        }
+    }
+    for p in &problems[1.min(problems.len())..] {
+        eprintln!("error: {}: {p}", path.display());
+    }
+    if let Some(first) = problems.into_iter().next() {
+        return Err(first);
+    }
+    println!(
+        "{}: ok: job `{}` with {} vertices, {plugins} plugins compiled",
+        path.display(),
+        graph.name,
+        graph.vertices.len()
+    );
+    Ok(())
+}

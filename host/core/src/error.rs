@@ -1,0 +1,131 @@
+//! The host's error type. Every variant names what is at fault (file,
+//! field, operator uid, plugin) and has a [`ErrorKind`] that decides the
+//! exit code and whether retrying could help.
+
+use std::path::PathBuf;
+
+use thiserror::Error as ThisError;
+
+/// Who is at fault for an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input from the user: a job file, a plugin, a record a plugin
+    /// rejects. Retrying without a change cannot help.
+    User,
+    /// Something outside Weir failed: a file system, a storage service.
+    External,
+    /// A broken invariant inside Weir.
+    Internal,
+}
+
+/// One problem found in a job file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field at fault, as a TOML path such as `operators[1].uid`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Everything that can fail in the host.
+#[derive(Debug, ThisError)]
+#[non_exhaustive]
+pub enum Error {
+    /// The job file could not be read.
+    #[error("cannot read job file {path}: {source}")]
+    JobRead {
+        /// The job file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The job file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    JobParse {
+        /// The job file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// The job file parsed but describes an invalid job.
+    #[error("{path}: invalid job:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    InvalidJob {
+        /// The job file.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+    /// A plugin file could not be loaded as a Weir operator component.
+    #[error("operator `{uid}`: plugin {plugin}: {message}")]
+    Plugin {
+        /// The operator using the plugin.
+        uid: String,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operator instance trapped, exceeded a limit, or returned an error.
+    #[error("operator `{uid}` (plugin {plugin}) subtask {subtask} failed in `{hook}`: {message}")]
+    OperatorFailed {
+        /// The operator's uid.
+        uid: String,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// The failing subtask.
+        subtask: u32,
+        /// The hook that failed (`open`, `process`, …).
+        hook: &'static str,
+        /// The trap or the guest's error message.
+        message: String,
+    },
+    /// A record violates what the dataflow requires (e.g. no key on a hash
+    /// edge).
+    #[error("vertex `{uid}`: {message}")]
+    BadRecord {
+        /// The vertex that produced or received the record.
+        uid: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A source or sink failed to read or write.
+    #[error("{role} `{uid}`: {path}: {source}")]
+    Io {
+        /// `source` or `sink`.
+        role: &'static str,
+        /// The vertex's uid.
+        uid: String,
+        /// The file involved.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A broken invariant.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Who is at fault, which decides the exit code and retries.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::JobParse { .. }
+            | Error::InvalidJob { .. }
+            | Error::Plugin { .. }
+            | Error::OperatorFailed { .. }
+            | Error::BadRecord { .. } => ErrorKind::User,
+            // A job file that does not exist is the user's mistake.
+            Error::JobRead { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::User
+            }
+            Error::JobRead { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}

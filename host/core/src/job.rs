@@ -1,0 +1,909 @@
+//! The job file: its TOML schema ([`JobFile`]), validation with precise
+//! problems, and the validated dataflow graph ([`JobGraph`]) the runtime
+//! executes. `docs/job-file.md` documents every field.
+//!
+//! Relative paths in a job file are resolved against the job file's
+//! directory, so a job directory can be moved as a whole.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Problem};
+use crate::keygroup::{DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM};
+use crate::native::NativeOperatorFactory;
+
+/// Default records per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// Default batches a channel buffers before it applies backpressure.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 8;
+/// Default linear-memory cap per plugin instance.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+/// Default CPU budget per hook call, in Wasm fuel (~1 s of guest code).
+pub const DEFAULT_FUEL_PER_CALL: u64 = 2_000_000_000;
+
+/// The top level of a job file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// The job's name.
+    pub name: String,
+    /// Parallelism of vertices that do not set their own.
+    pub parallelism: Option<u32>,
+    /// Number of key groups (the most any keyed operator can be scaled to).
+    pub max_parallelism: Option<u32>,
+    /// Records per batch.
+    pub batch_size: Option<usize>,
+    /// Batches a channel buffers before backpressure.
+    pub channel_capacity: Option<usize>,
+    /// Default limits for every operator.
+    pub limits: Option<LimitsSpec>,
+    /// Sources, `[[sources]]`.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    /// Operators, `[[operators]]`.
+    #[serde(default)]
+    pub operators: Vec<OperatorSpec>,
+    /// Sinks, `[[sinks]]`.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// Resource limits of plugin instances, as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Linear-memory cap per instance, MiB.
+    pub memory_mb: Option<u64>,
+    /// CPU budget per hook call, in Wasm fuel units.
+    pub fuel_per_call: Option<u64>,
+}
+
+/// One name or a list of names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Inputs {
+    /// `input = "a"`.
+    One(String),
+    /// `input = ["a", "b"]`.
+    Many(Vec<String>),
+}
+
+impl Inputs {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Inputs::One(s) => vec![s.as_str()],
+            Inputs::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// How records travel along an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partition {
+    /// Subtask *i* → subtask *i*; needs equal parallelism.
+    Forward,
+    /// Round robin over the downstream subtasks.
+    Rebalance,
+    /// By the record key's key group.
+    Hash,
+    /// Every record to every downstream subtask.
+    Broadcast,
+}
+
+/// Source kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    /// Lines of a text file.
+    File,
+    /// A deterministic generator of words.
+    Datagen,
+}
+
+/// A `[[sources]]` entry, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique vertex id.
+    pub uid: String,
+    /// `file` or `datagen`.
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// Subtasks.
+    pub parallelism: Option<u32>,
+    /// `file`: the text file to read.
+    pub path: Option<PathBuf>,
+    /// `datagen`: random seed.
+    pub seed: Option<u64>,
+    /// `datagen`: records in all; absent means unbounded.
+    pub records: Option<u64>,
+    /// `datagen`: records per second in all; absent means as fast as possible.
+    pub rate: Option<f64>,
+    /// `datagen`: distinct words.
+    pub vocabulary: Option<u64>,
+    /// `datagen`: words per record (a line of words).
+    pub words_per_record: Option<u32>,
+}
+
+/// An `[[operators]]` entry, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSpec {
+    /// Unique vertex id; state is keyed by it.
+    pub uid: String,
+    /// The component file.
+    pub plugin: PathBuf,
+    /// Passed verbatim to the plugin's `open`.
+    #[serde(default)]
+    pub config: String,
+    /// Subtasks.
+    pub parallelism: Option<u32>,
+    /// Upstream vertex uid(s).
+    pub input: Inputs,
+    /// How input records are distributed.
+    pub partition: Option<Partition>,
+    /// Overrides the job's `[limits]`.
+    pub limits: Option<LimitsSpec>,
+}
+
+/// Sink kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    /// One line per record on standard output.
+    Stdout,
+    /// One file per subtask in a directory.
+    File,
+    /// Counts records, writes nothing.
+    Blackhole,
+}
+
+/// A `[[sinks]]` entry, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Unique vertex id.
+    pub uid: String,
+    /// `stdout`, `file` or `blackhole`.
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// Subtasks.
+    pub parallelism: Option<u32>,
+    /// Upstream vertex uid(s).
+    pub input: Inputs,
+    /// How input records are distributed.
+    pub partition: Option<Partition>,
+    /// `file`: the output directory.
+    pub path: Option<PathBuf>,
+}
+
+/// Resolved limits of a plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear-memory cap, bytes.
+    pub memory_bytes: u64,
+    /// Fuel per hook call.
+    pub fuel_per_call: u64,
+}
+
+/// What a vertex is.
+#[derive(Clone)]
+pub enum VertexKind {
+    /// Lines of a file.
+    FileSource {
+        /// Resolved path.
+        path: PathBuf,
+    },
+    /// Generated words.
+    Datagen(DatagenSpec),
+    /// A Wasm operator.
+    Operator {
+        /// Resolved plugin path.
+        plugin: PathBuf,
+        /// The config string.
+        config: String,
+        /// Instance limits.
+        limits: Limits,
+    },
+    /// An operator compiled into the host (benchmarks' baseline).
+    Native(Arc<dyn NativeOperatorFactory>),
+    /// Standard output.
+    StdoutSink,
+    /// Files in a directory.
+    FileSink {
+        /// Resolved directory.
+        dir: PathBuf,
+    },
+    /// Discards records.
+    BlackholeSink,
+}
+
+impl std::fmt::Debug for VertexKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VertexKind::FileSource { path } => write!(f, "FileSource({})", path.display()),
+            VertexKind::Datagen(d) => write!(f, "{d:?}"),
+            VertexKind::Operator { plugin, .. } => write!(f, "Operator({})", plugin.display()),
+            VertexKind::Native(n) => write!(f, "Native({})", n.name()),
+            VertexKind::StdoutSink => f.write_str("StdoutSink"),
+            VertexKind::FileSink { dir } => write!(f, "FileSink({})", dir.display()),
+            VertexKind::BlackholeSink => f.write_str("BlackholeSink"),
+        }
+    }
+}
+
+impl VertexKind {
+    /// Whether the vertex reads from upstream.
+    pub fn has_inputs(&self) -> bool {
+        !matches!(self, VertexKind::FileSource { .. } | VertexKind::Datagen(_))
+    }
+
+    /// Whether the vertex sends downstream.
+    pub fn has_outputs(&self) -> bool {
+        !matches!(
+            self,
+            VertexKind::StdoutSink | VertexKind::FileSink { .. } | VertexKind::BlackholeSink
+        )
+    }
+}
+
+/// Settings of a `datagen` source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatagenSpec {
+    /// Random seed.
+    pub seed: u64,
+    /// Records in all, or unbounded.
+    pub records: Option<u64>,
+    /// Records per second in all.
+    pub rate: Option<f64>,
+    /// Distinct words.
+    pub vocabulary: u64,
+    /// Words per record.
+    pub words_per_record: u32,
+}
+
+/// An input edge of a vertex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Index of the upstream vertex in [`JobGraph::vertices`].
+    pub from: usize,
+    /// Distribution.
+    pub partition: Partition,
+}
+
+/// A vertex of the validated graph.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    /// Unique id.
+    pub uid: String,
+    /// Subtasks.
+    pub parallelism: u32,
+    /// What it does.
+    pub kind: VertexKind,
+    /// Input edges.
+    pub inputs: Vec<Edge>,
+}
+
+/// A validated job: vertices in topological order (every input edge points
+/// to an earlier vertex).
+#[derive(Debug, Clone)]
+pub struct JobGraph {
+    /// The job's name.
+    pub name: String,
+    /// Number of key groups.
+    pub max_parallelism: u32,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Batches per channel.
+    pub channel_capacity: usize,
+    /// The vertices, topologically sorted.
+    pub vertices: Vec<Vertex>,
+}
+
+/// Reads, parses and validates a job file.
+///
+/// Checks everything that needs no plugin compilation; compiling plugins is
+/// the plugin layer's part of `weir validate`.
+///
+/// # Errors
+/// [`Error::JobRead`], [`Error::JobParse`] or [`Error::InvalidJob`] listing
+/// every problem found.
+pub fn load(path: &Path) -> Result<JobGraph, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::JobRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file: JobFile = toml::from_str(&text).map_err(|e| Error::JobParse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    build_graph(file, base).map_err(|problems| Error::InvalidJob {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+struct Draft {
+    uid: String,
+    field: String,
+    parallelism: u32,
+    kind: VertexKind,
+    inputs: Vec<(String, Option<Partition>)>,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Validates a parsed job file and builds its graph.
+///
+/// # Errors
+/// Every problem found, each naming its field.
+pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>> {
+    let mut problems = Problems(Vec::new());
+    if file.name.trim().is_empty() {
+        problems.add("name", "must not be empty");
+    }
+    let max_parallelism = file.max_parallelism.unwrap_or(DEFAULT_MAX_PARALLELISM);
+    if !(1..=MAX_MAX_PARALLELISM).contains(&max_parallelism) {
+        problems.add(
+            "max_parallelism",
+            format!("must be between 1 and {MAX_MAX_PARALLELISM}, got {max_parallelism}"),
+        );
+    }
+    let default_parallelism = file.parallelism.unwrap_or(1);
+    let batch_size = file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    if batch_size == 0 {
+        problems.add("batch_size", "must be at least 1");
+    }
+    let channel_capacity = file.channel_capacity.unwrap_or(DEFAULT_CHANNEL_CAPACITY);
+    if channel_capacity == 0 {
+        problems.add("channel_capacity", "must be at least 1");
+    }
+    let job_limits = file.limits.clone().unwrap_or_default();
+    let check_parallelism = |problems: &mut Problems, field: String, p: Option<u32>| {
+        let p = p.unwrap_or(default_parallelism);
+        if p == 0 || p > max_parallelism {
+            problems.add(
+                field,
+                format!(
+                    "parallelism must be between 1 and max_parallelism ({max_parallelism}), got {p}"
+                ),
+            );
+        }
+        p.max(1)
+    };
+
+    let mut drafts = Vec::new();
+    for (i, s) in file.sources.into_iter().enumerate() {
+        let field = format!("sources[{i}]");
+        let parallelism =
+            check_parallelism(&mut problems, format!("{field}.parallelism"), s.parallelism);
+        let kind = match s.kind {
+            SourceType::File => {
+                for (name, set) in [
+                    ("seed", s.seed.is_some()),
+                    ("records", s.records.is_some()),
+                    ("rate", s.rate.is_some()),
+                    ("vocabulary", s.vocabulary.is_some()),
+                    ("words_per_record", s.words_per_record.is_some()),
+                ] {
+                    if set {
+                        problems.add(
+                            format!("{field}.{name}"),
+                            "does not apply to a `file` source",
+                        );
+                    }
+                }
+                if parallelism != 1 {
+                    problems.add(
+                        format!("{field}.parallelism"),
+                        "a `file` source reads one file and runs with parallelism 1",
+                    );
+                }
+                match &s.path {
+                    None => {
+                        problems.add(format!("{field}.path"), "a `file` source needs `path`");
+                        VertexKind::FileSource {
+                            path: PathBuf::new(),
+                        }
+                    }
+                    Some(p) => {
+                        let path = resolve(base, p);
+                        if !path.is_file() {
+                            problems.add(
+                                format!("{field}.path"),
+                                format!("input file {} does not exist", path.display()),
+                            );
+                        }
+                        VertexKind::FileSource { path }
+                    }
+                }
+            }
+            SourceType::Datagen => {
+                if s.path.is_some() {
+                    problems.add(
+                        format!("{field}.path"),
+                        "does not apply to a `datagen` source",
+                    );
+                }
+                let vocabulary = s.vocabulary.unwrap_or(1000);
+                if vocabulary == 0 {
+                    problems.add(format!("{field}.vocabulary"), "must be at least 1");
+                }
+                let words_per_record = s.words_per_record.unwrap_or(1);
+                if words_per_record == 0 {
+                    problems.add(format!("{field}.words_per_record"), "must be at least 1");
+                }
+                if let Some(rate) = s.rate
+                    && !(rate.is_finite() && rate > 0.0)
+                {
+                    problems.add(
+                        format!("{field}.rate"),
+                        format!("must be a positive number, got {rate}"),
+                    );
+                }
+                VertexKind::Datagen(DatagenSpec {
+                    seed: s.seed.unwrap_or(0),
+                    records: s.records,
+                    rate: s.rate,
+                    vocabulary,
+                    words_per_record,
+                })
+            }
+        };
+        drafts.push(Draft {
+            uid: s.uid,
+            field,
+            parallelism,
+            kind,
+            inputs: Vec::new(),
+        });
+    }
+    for (i, o) in file.operators.into_iter().enumerate() {
+        let field = format!("operators[{i}]");
+        let parallelism =
+            check_parallelism(&mut problems, format!("{field}.parallelism"), o.parallelism);
+        let plugin = resolve(base, &o.plugin);
+        if !plugin.is_file() {
+            problems.add(
+                format!("{field}.plugin"),
+                format!("plugin file {} does not exist", plugin.display()),
+            );
+        }
+        let own = o.limits.unwrap_or_default();
+        let memory_mb = own
+            .memory_mb
+            .or(job_limits.memory_mb)
+            .unwrap_or(DEFAULT_MEMORY_MB);
+        let fuel_per_call = own
+            .fuel_per_call
+            .or(job_limits.fuel_per_call)
+            .unwrap_or(DEFAULT_FUEL_PER_CALL);
+        if memory_mb == 0 || memory_mb > 4096 {
+            problems.add(
+                format!("{field}.limits.memory_mb"),
+                format!(
+                    "must be between 1 and 4096 (a 32-bit guest's address space), got {memory_mb}"
+                ),
+            );
+        }
+        if fuel_per_call == 0 {
+            problems.add(
+                format!("{field}.limits.fuel_per_call"),
+                "must be at least 1",
+            );
+        }
+        drafts.push(Draft {
+            uid: o.uid,
+            field,
+            parallelism,
+            kind: VertexKind::Operator {
+                plugin,
+                config: o.config,
+                limits: Limits {
+                    memory_bytes: memory_mb << 20,
+                    fuel_per_call,
+                },
+            },
+            inputs: o
+                .input
+                .names()
+                .into_iter()
+                .map(|n| (n.to_owned(), o.partition))
+                .collect(),
+        });
+    }
+    for (i, s) in file.sinks.into_iter().enumerate() {
+        let field = format!("sinks[{i}]");
+        let parallelism =
+            check_parallelism(&mut problems, format!("{field}.parallelism"), s.parallelism);
+        let kind = match s.kind {
+            SinkType::Stdout | SinkType::Blackhole => {
+                if s.path.is_some() {
+                    problems.add(format!("{field}.path"), "only a `file` sink takes `path`");
+                }
+                if s.kind == SinkType::Stdout {
+                    VertexKind::StdoutSink
+                } else {
+                    VertexKind::BlackholeSink
+                }
+            }
+            SinkType::File => match &s.path {
+                Some(p) => VertexKind::FileSink {
+                    dir: resolve(base, p),
+                },
+                None => {
+                    problems.add(
+                        format!("{field}.path"),
+                        "a `file` sink needs `path` (a directory)",
+                    );
+                    VertexKind::FileSink {
+                        dir: PathBuf::new(),
+                    }
+                }
+            },
+        };
+        drafts.push(Draft {
+            uid: s.uid,
+            field,
+            parallelism,
+            kind,
+            inputs: s
+                .input
+                .names()
+                .into_iter()
+                .map(|n| (n.to_owned(), s.partition))
+                .collect(),
+        });
+    }
+
+    let graph = link(drafts, &mut problems);
+    if problems.0.is_empty() {
+        Ok(JobGraph {
+            name: file.name,
+            max_parallelism,
+            batch_size,
+            channel_capacity,
+            vertices: graph,
+        })
+    } else {
+        Err(problems.0)
+    }
+}
+
+/// Checks uids, edges, connectivity and acyclicity; returns the vertices
+/// in topological order.
+fn link(drafts: Vec<Draft>, problems: &mut Problems) -> Vec<Vertex> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, d) in drafts.iter().enumerate() {
+        if d.uid.trim().is_empty() {
+            problems.add(format!("{}.uid", d.field), "must not be empty");
+        } else if let Some(&first) = index.get(d.uid.as_str()) {
+            problems.add(
+                format!("{}.uid", d.field),
+                format!(
+                    "duplicate uid `{}` (also {}.uid)",
+                    d.uid, drafts[first].field
+                ),
+            );
+        } else {
+            index.insert(&d.uid, i);
+        }
+    }
+    if !drafts.iter().any(|d| !d.kind.has_inputs()) {
+        problems.add("sources", "a job needs at least one source");
+    }
+    if !drafts.iter().any(|d| !d.kind.has_outputs()) {
+        problems.add("sinks", "a job needs at least one sink");
+    }
+
+    // Resolve edges.
+    let mut edges: Vec<Vec<Edge>> = vec![Vec::new(); drafts.len()];
+    for (i, d) in drafts.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (name, partition) in &d.inputs {
+            let field = format!("{}.input", d.field);
+            let Some(&from) = index.get(name.as_str()) else {
+                problems.add(
+                    field,
+                    format!("unknown input `{name}`: no vertex has this uid"),
+                );
+                continue;
+            };
+            if !seen.insert(from) {
+                problems.add(field, format!("input `{name}` listed twice"));
+                continue;
+            }
+            if !drafts[from].kind.has_outputs() {
+                problems.add(
+                    field,
+                    format!("input `{name}` is a sink, which has no output"),
+                );
+                continue;
+            }
+            let (up, down) = (drafts[from].parallelism, d.parallelism);
+            let partition = partition.unwrap_or(if up == down {
+                Partition::Forward
+            } else {
+                Partition::Rebalance
+            });
+            if partition == Partition::Forward && up != down {
+                problems.add(
+                    format!("{}.partition", d.field),
+                    format!(
+                        "`forward` needs equal parallelism, but `{name}` has {up} and `{}` has {down}",
+                        d.uid
+                    ),
+                );
+            }
+            edges[i].push(Edge { from, partition });
+        }
+        if d.kind.has_inputs() && d.inputs.is_empty() {
+            problems.add(format!("{}.input", d.field), "needs at least one input");
+        }
+    }
+
+    // Kahn's algorithm: topological order, or the vertices on cycles.
+    let n = drafts.len();
+    let mut indegree: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, es) in edges.iter().enumerate() {
+        for e in es {
+            downstream[e.from].push(i);
+        }
+    }
+    let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut head = 0;
+    while head < order.len() {
+        let v = order[head];
+        head += 1;
+        for &w in &downstream[v] {
+            indegree[w] -= 1;
+            if indegree[w] == 0 {
+                order.push(w);
+            }
+        }
+    }
+    if order.len() < n {
+        let on_cycle: Vec<&str> = (0..n)
+            .filter(|&i| indegree[i] > 0)
+            .map(|i| drafts[i].uid.as_str())
+            .collect();
+        let first = (0..n)
+            .find(|&i| indegree[i] > 0)
+            .expect("a vertex is on a cycle");
+        problems.add(
+            format!("{}.input", drafts[first].field),
+            format!("the graph has a cycle through {}", on_cycle.join(", ")),
+        );
+        return Vec::new();
+    }
+
+    // Connected: every vertex reaches a sink and every operator is fed.
+    let mut reaches_sink = vec![false; n];
+    for &v in order.iter().rev() {
+        reaches_sink[v] =
+            !drafts[v].kind.has_outputs() || downstream[v].iter().any(|&w| reaches_sink[w]);
+    }
+    for (i, d) in drafts.iter().enumerate() {
+        if !reaches_sink[i] && !d.uid.is_empty() && index.get(d.uid.as_str()) == Some(&i) {
+            problems.add(
+                format!("{}.uid", d.field),
+                format!(
+                    "`{}` is not connected to any sink: its records would go nowhere",
+                    d.uid
+                ),
+            );
+        }
+    }
+
+    let mut new_index = vec![0; n];
+    for (pos, &v) in order.iter().enumerate() {
+        new_index[v] = pos;
+    }
+    let mut slots: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&v| {
+            let d = slots[v].take().expect("each vertex is ordered once");
+            Vertex {
+                uid: d.uid,
+                parallelism: d.parallelism,
+                kind: d.kind,
+                inputs: edges[v]
+                    .iter()
+                    .map(|e| Edge {
+                        from: new_index[e.from],
+                        partition: e.partition,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<JobGraph, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "a b\n").unwrap();
+        std::fs::write(dir.path().join("op.wasm"), "not really").unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        load(&path)
+    }
+
+    fn problems(toml_text: &str) -> Vec<String> {
+        match parse(toml_text) {
+            Err(Error::InvalidJob { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("expected InvalidJob, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = r#"
+name = "wc"
+parallelism = 2
+[[sources]]
+uid = "lines"
+type = "file"
+path = "in.txt"
+parallelism = 1
+[[operators]]
+uid = "tok"
+plugin = "op.wasm"
+input = "lines"
+[[operators]]
+uid = "count"
+plugin = "op.wasm"
+input = "tok"
+partition = "hash"
+[[sinks]]
+uid = "out"
+type = "blackhole"
+input = ["count"]
+"#;
+
+    #[test]
+    fn builds_a_topologically_sorted_graph_with_default_partitions() {
+        let g = parse(GOOD).unwrap();
+        let uids: Vec<_> = g.vertices.iter().map(|v| v.uid.as_str()).collect();
+        assert_eq!(uids, ["lines", "tok", "count", "out"]);
+        assert_eq!(
+            g.vertices[1].inputs,
+            [Edge {
+                from: 0,
+                partition: Partition::Rebalance
+            }]
+        );
+        assert_eq!(
+            g.vertices[2].inputs,
+            [Edge {
+                from: 1,
+                partition: Partition::Hash
+            }]
+        );
+        assert_eq!(
+            g.vertices[3].inputs,
+            [Edge {
+                from: 2,
+                partition: Partition::Forward
+            }]
+        );
+        assert_eq!(g.max_parallelism, 128);
+    }
+
+    #[test]
+    fn unknown_field_names_the_field_and_line() {
+        let err = parse(&GOOD.replace("partition = \"hash\"", "partitoin = \"hash\"")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("job.toml"), "{msg}");
+        assert!(msg.contains("unknown field `partitoin`"), "{msg}");
+        assert!(msg.contains("line 17"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_uid() {
+        let p = problems(
+            &GOOD
+                .replace("uid = \"count\"", "uid = \"tok\"")
+                .replace("input = \"tok\"", "input = \"lines\""),
+        );
+        assert!(
+            p.iter()
+                .any(|p| p == "operators[1].uid: duplicate uid `tok` (also operators[0].uid)"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn cycle() {
+        let p = problems(&GOOD.replace("input = \"lines\"", "input = \"count\""));
+        assert!(
+            p.iter().any(|p| p.contains("cycle through tok, count")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn missing_plugin_and_input_file() {
+        let p = problems(
+            &GOOD
+                .replace("op.wasm\"\ninput = \"tok\"", "nope.wasm\"\ninput = \"tok\"")
+                .replace("in.txt", "gone.txt"),
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("operators[1].plugin: plugin file")
+                    && p.ends_with("nope.wasm does not exist")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("sources[0].path: input file")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn forward_with_unequal_parallelism_and_unknown_input() {
+        let p = problems(
+            &GOOD
+                .replace(
+                    "input = \"lines\"",
+                    "input = \"lines\"\npartition = \"forward\"",
+                )
+                .replace("input = [\"count\"]", "input = [\"count\", \"ghost\"]"),
+        );
+        assert!(p.iter().any(|p| p.starts_with("operators[0].partition: `forward` needs equal parallelism")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|p| p == "sinks[0].input: unknown input `ghost`: no vertex has this uid"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn disconnected_operator() {
+        let text = format!(
+            "{GOOD}\n[[operators]]\nuid = \"lonely\"\nplugin = \"op.wasm\"\ninput = \"lines\"\n"
+        );
+        let p = problems(&text);
+        assert_eq!(
+            p,
+            [
+                "operators[2].uid: `lonely` is not connected to any sink: its records would go nowhere"
+            ]
+        );
+    }
+
+    #[test]
+    fn field_that_does_not_apply() {
+        let p = problems(&GOOD.replace("path = \"in.txt\"", "path = \"in.txt\"\nseed = 3"));
+        assert_eq!(p, ["sources[0].seed: does not apply to a `file` source"]);
+    }
+}

@@ -1,0 +1,18 @@
+//! The Weir host: runs a job's dataflow of sources, Wasm operators and
+//! sinks, and owns all operator state.
+//!
+//! Layering: only [`plugin`] touches wasmtime; [`keygroup`], [`state`] and
+//! [`job`] are plain data and logic; [`runtime`] wires threads and channels;
+//! [`connectors`] holds the built-in sources and sinks.
+
+pub mod connectors;
+pub mod error;
+pub mod job;
+pub mod keygroup;
+pub mod metrics;
+pub mod native;
+pub mod plugin;
+pub mod runtime;
+pub mod state;
+
+pub use error::{Error, ErrorKind};

@@ -1,0 +1,574 @@
+//! Plugins: Wasm components compiled once (and cached on disk by content
+//! hash), pre-instantiated, then instantiated per subtask inside a sandbox.
+//! This is the only module that touches wasmtime.
+
+mod sandbox;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::weir::operator::{keyed_state, logging, operator_state, output, types};
+use self::sandbox::{GuestOutput, MemoryLimiter, Stream};
+use crate::error::Error;
+use crate::job::Limits;
+use crate::keygroup::key_group_of;
+use crate::state::{KeyedStateBackend, Update, Value};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "stream-operator",
+    });
+}
+
+/// The WIT world version this host implements.
+pub const WORLD: &str = "weir:operator/stream-operator@0.1.0";
+
+/// Compiles, caches and loads plugins. One per process; cheap to share.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache_dir: Option<PathBuf>,
+}
+
+/// How a plugin was obtained, for benchmarks and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadStats {
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    /// Time to compile or deserialize, and pre-instantiate.
+    pub elapsed: Duration,
+}
+
+/// A compiled, pre-instantiated plugin.
+#[derive(Clone)]
+pub struct Plugin {
+    path: PathBuf,
+    pre: bindings::StreamOperatorPre<InstanceState>,
+    /// How it was loaded.
+    pub stats: LoadStats,
+}
+
+impl PluginEngine {
+    /// Creates the engine. `cache_dir`, if given, holds compiled plugins.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if wasmtime rejects the configuration.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, Error> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            // Component-model async makes every call 2–3.6× dearer and
+            // synchronous operators never need it.
+            .concurrency_support(false)
+            // The CPU budget: costs under 10% on word count.
+            .consume_fuel(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine =
+            Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::Internal(format!("linking WASI: {e:#}")))?;
+        bindings::StreamOperator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Internal(format!("linking the operator world: {e:#}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+        })
+    }
+
+    /// Loads the plugin at `path` for operator `uid`: from the cache if it
+    /// was compiled before, else compiled now and cached.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] naming `uid` and `path` if the file is missing, is
+    /// not a component, fails to compile, imports what Weir does not
+    /// provide, or does not export the operator world.
+    pub fn load(&self, uid: &str, path: &Path) -> Result<Plugin, Error> {
+        let fail = |message: String| Error::Plugin {
+            uid: uid.to_owned(),
+            plugin: path.to_owned(),
+            message,
+        };
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        check_component_header(&bytes).map_err(fail)?;
+        let (component, from_cache) = self
+            .compile_cached(&bytes)
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)")))?;
+        let pre = bindings::StreamOperatorPre::new(pre)
+            .map_err(|e| fail(format!("does not implement {WORLD}: {e:#}")))?;
+        Ok(Plugin {
+            path: path.to_owned(),
+            pre,
+            stats: LoadStats {
+                from_cache,
+                elapsed: started.elapsed(),
+            },
+        })
+    }
+
+    fn compile_cached(&self, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let file = dir.join(format!(
+            "{}-{:016x}.cwasm",
+            hex::encode(Sha256::digest(bytes)),
+            compat.finish()
+        ));
+        if file.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash, into Weir's own cache
+            // directory; wasmtime still checks its header and version.
+            match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(
+                    "ignoring unusable plugin cache entry {}: {e:#}",
+                    file.display()
+                ),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Err(e) = write_atomically(dir, &file, &component.serialize()?) {
+            tracing::warn!("cannot cache compiled plugin in {}: {e}", dir.display());
+        }
+        Ok((component, false))
+    }
+}
+
+fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+/// Tells a component from a core module or a non-Wasm file up front, since
+/// wasmtime's own message for those is obscure.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 0x01, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 0x01, 0, 0, 0]) => Err(
+            "is a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target".into(),
+        ),
+        _ => Err("is not a WebAssembly component (no `\\0asm` component header)".into()),
+    }
+}
+
+/// Everything an instance of a plugin needs besides the plugin.
+pub struct InstanceConfig {
+    /// The operator's uid.
+    pub uid: String,
+    /// The config string.
+    pub config: String,
+    /// This subtask's index.
+    pub subtask: u32,
+    /// The operator's parallelism.
+    pub parallelism: u32,
+    /// Number of key groups.
+    pub max_parallelism: u32,
+    /// Memory and CPU limits.
+    pub limits: Limits,
+    /// The subtask's keyed state.
+    pub state: Box<dyn KeyedStateBackend>,
+}
+
+/// The store data of one instance: its sandbox and the host side of every
+/// import.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    output: Vec<u8>,
+    keyed: Box<dyn KeyedStateBackend>,
+    operator_state: HashMap<String, Vec<Value>>,
+    max_parallelism: u32,
+    tag: Arc<str>,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A running instance of a plugin: one per operator subtask.
+pub struct OperatorInstance {
+    store: Store<InstanceState>,
+    bindings: bindings::StreamOperator,
+    uid: String,
+    plugin: PathBuf,
+    subtask: u32,
+    limits: Limits,
+    stderr: GuestOutput,
+}
+
+impl Plugin {
+    /// The plugin file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Instantiates the plugin for one subtask and calls its `open` hook.
+    ///
+    /// # Errors
+    /// [`Error::OperatorFailed`] if instantiation or `open` fails.
+    pub fn instantiate(&self, cfg: InstanceConfig) -> Result<OperatorInstance, Error> {
+        let tag: Arc<str> = format!("{}#{}", cfg.uid, cfg.subtask).into();
+        let stderr = GuestOutput::new(tag.clone(), Stream::Stderr);
+        let engine = self.pre.engine();
+        let mut store = Store::new(
+            engine,
+            InstanceState {
+                wasi: sandbox::wasi_ctx(&tag, &stderr),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter {
+                    cap: usize::try_from(cfg.limits.memory_bytes).unwrap_or(usize::MAX),
+                    exceeded: false,
+                },
+                output: Vec::new(),
+                keyed: cfg.state,
+                operator_state: HashMap::new(),
+                max_parallelism: cfg.max_parallelism,
+                tag,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let mut instance = OperatorInstance {
+            bindings: instantiate_into(
+                &self.pre,
+                &mut store,
+                &cfg.uid,
+                &self.path,
+                cfg.subtask,
+                cfg.limits,
+            )?,
+            store,
+            uid: cfg.uid.clone(),
+            plugin: self.path.clone(),
+            subtask: cfg.subtask,
+            limits: cfg.limits,
+            stderr,
+        };
+        let context = bindings::exports::weir::operator::operator::OperatorContext {
+            uid: cfg.uid,
+            config: cfg.config,
+            subtask_index: cfg.subtask,
+            parallelism: cfg.parallelism,
+            max_parallelism: cfg.max_parallelism,
+        };
+        instance.call("open", |b, s| {
+            b.weir_operator_operator().call_open(s, &context)
+        })?;
+        Ok(instance)
+    }
+}
+
+fn instantiate_into(
+    pre: &bindings::StreamOperatorPre<InstanceState>,
+    store: &mut Store<InstanceState>,
+    uid: &str,
+    plugin: &Path,
+    subtask: u32,
+    limits: Limits,
+) -> Result<bindings::StreamOperator, Error> {
+    store
+        .set_fuel(limits.fuel_per_call)
+        .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
+    pre.instantiate(&mut *store)
+        .map_err(|e| Error::OperatorFailed {
+            uid: uid.to_owned(),
+            plugin: plugin.to_owned(),
+            subtask,
+            hook: "instantiate",
+            message: describe_trap(&e, store.data().limiter.exceeded, limits, ""),
+        })
+}
+
+fn describe_trap(
+    e: &wasmtime::Error,
+    memory_exceeded: bool,
+    limits: Limits,
+    stderr: &str,
+) -> String {
+    let mut msg = if memory_exceeded {
+        format!(
+            "exceeded its memory limit of {} MiB (`limits.memory_mb`)",
+            limits.memory_bytes >> 20
+        )
+    } else if let Some(Trap::OutOfFuel) = e.downcast_ref::<Trap>() {
+        format!(
+            "exceeded its CPU budget of {} fuel per call (`limits.fuel_per_call`)",
+            limits.fuel_per_call
+        )
+    } else {
+        // The first line names the trap; wasmtime's backtrace follows.
+        format!(
+            "trapped: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        )
+    };
+    if !stderr.is_empty() {
+        msg.push_str("; guest stderr: ");
+        msg.push_str(stderr);
+    }
+    msg
+}
+
+impl OperatorInstance {
+    fn call<R>(
+        &mut self,
+        hook: &'static str,
+        f: impl FnOnce(
+            &bindings::StreamOperator,
+            &mut Store<InstanceState>,
+        ) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, Error> {
+        self.store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
+        let failed = |message: String| Error::OperatorFailed {
+            uid: self.uid.clone(),
+            plugin: self.plugin.clone(),
+            subtask: self.subtask,
+            hook,
+            message,
+        };
+        match f(&self.bindings, &mut self.store) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(message)) => Err(failed(format!("returned an error: {message}"))),
+            Err(e) => Err(failed(describe_trap(
+                &e,
+                self.store.data().limiter.exceeded,
+                self.limits,
+                &self.stderr.tail(),
+            ))),
+        }
+    }
+
+    /// Hands a packed batch to the guest's `process` hook.
+    ///
+    /// # Errors
+    /// [`Error::OperatorFailed`] on a trap, an exceeded limit or an error
+    /// the guest returns. The instance must not be called again after one.
+    // The generated binding takes `&Vec<u8>`; taking a slice here would force
+    // a copy per batch.
+    #[allow(clippy::ptr_arg)]
+    pub fn process(&mut self, batch: &Vec<u8>) -> Result<(), Error> {
+        self.call("process", |b, s| {
+            b.weir_operator_operator().call_process(s, batch)
+        })
+    }
+
+    /// Calls the guest's `snapshot` hook, after which the host holds all of
+    /// its state.
+    ///
+    /// # Errors
+    /// As [`OperatorInstance::process`].
+    pub fn snapshot(&mut self, checkpoint_id: u64) -> Result<(), Error> {
+        self.call("snapshot", |b, s| {
+            b.weir_operator_operator().call_snapshot(s, checkpoint_id)
+        })
+    }
+
+    /// Calls the guest's `on-checkpoint-complete` hook.
+    ///
+    /// # Errors
+    /// As [`OperatorInstance::process`].
+    pub fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error> {
+        self.call("on-checkpoint-complete", |b, s| {
+            b.weir_operator_operator()
+                .call_on_checkpoint_complete(s, checkpoint_id)
+        })
+    }
+
+    /// Calls the guest's `close` hook at end of input.
+    ///
+    /// # Errors
+    /// As [`OperatorInstance::process`].
+    pub fn close(&mut self) -> Result<(), Error> {
+        self.call("close", |b, s| b.weir_operator_operator().call_close(s))
+    }
+
+    /// The packed records emitted since the last call; the caller routes
+    /// them and clears the buffer.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.store.data_mut().output
+    }
+
+    /// The subtask's keyed state.
+    pub fn state(&self) -> &dyn KeyedStateBackend {
+        self.store.data().keyed.as_ref()
+    }
+}
+
+// ---- host side of the imports ----
+
+impl types::Host for InstanceState {}
+
+impl output::Host for InstanceState {
+    fn emit(&mut self, batch: Vec<u8>) {
+        if self.output.is_empty() {
+            self.output = batch;
+        } else {
+            self.output.extend_from_slice(&batch);
+        }
+    }
+}
+
+impl logging::Host for InstanceState {
+    fn log(&mut self, level: types::Level, message: String) {
+        let tag = &self.tag;
+        match level {
+            types::Level::Trace => tracing::trace!(target: "weir::plugin", "[{tag}] {message}"),
+            types::Level::Debug => tracing::debug!(target: "weir::plugin", "[{tag}] {message}"),
+            types::Level::Info => tracing::info!(target: "weir::plugin", "[{tag}] {message}"),
+            types::Level::Warn => tracing::warn!(target: "weir::plugin", "[{tag}] {message}"),
+            types::Level::Error => tracing::error!(target: "weir::plugin", "[{tag}] {message}"),
+        }
+    }
+}
+
+impl From<types::Value> for Value {
+    fn from(v: types::Value) -> Self {
+        match v {
+            types::Value::Boolean(b) => Value::Boolean(b),
+            types::Value::Int(i) => Value::Int(i),
+            types::Value::Uint(u) => Value::Uint(u),
+            types::Value::Float(f) => Value::Float(f),
+            types::Value::Text(s) => Value::Text(s),
+            types::Value::Bytes(b) => Value::Bytes(b),
+        }
+    }
+}
+
+impl From<Value> for types::Value {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Boolean(b) => types::Value::Boolean(b),
+            Value::Int(i) => types::Value::Int(i),
+            Value::Uint(u) => types::Value::Uint(u),
+            Value::Float(f) => types::Value::Float(f),
+            Value::Text(s) => types::Value::Text(s),
+            Value::Bytes(b) => types::Value::Bytes(b),
+        }
+    }
+}
+
+fn to_wit(values: Vec<Value>) -> Vec<types::Value> {
+    values.into_iter().map(Into::into).collect()
+}
+
+impl keyed_state::Host for InstanceState {
+    fn value_get(&mut self, state: String, key: Vec<u8>) -> Result<Option<types::Value>, String> {
+        let kg = key_group_of(&key, self.max_parallelism);
+        self.keyed
+            .value_get(kg, &state, &key)
+            .map(|v| v.map(Into::into))
+            .map_err(|e| e.to_string())
+    }
+
+    fn map_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+        map_key: types::Value,
+    ) -> Result<Option<types::Value>, String> {
+        let kg = key_group_of(&key, self.max_parallelism);
+        self.keyed
+            .map_get(kg, &state, &key, &map_key.into())
+            .map(|v| v.map(Into::into))
+            .map_err(|e| e.to_string())
+    }
+
+    fn map_entries(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> Result<Vec<(types::Value, types::Value)>, String> {
+        let kg = key_group_of(&key, self.max_parallelism);
+        self.keyed
+            .map_entries(kg, &state, &key)
+            .map(|es| es.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    fn list_get(&mut self, state: String, key: Vec<u8>) -> Result<Vec<types::Value>, String> {
+        let kg = key_group_of(&key, self.max_parallelism);
+        self.keyed
+            .list_get(kg, &state, &key)
+            .map(to_wit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn write(&mut self, writes: Vec<keyed_state::StateWrite>) -> Result<(), String> {
+        for w in writes {
+            let kg = key_group_of(&w.key, self.max_parallelism);
+            let update = match w.update {
+                keyed_state::Update::ValueSet(v) => Update::ValueSet(v.into()),
+                keyed_state::Update::ValueClear => Update::ValueClear,
+                keyed_state::Update::MapPut((k, v)) => Update::MapPut(k.into(), v.into()),
+                keyed_state::Update::MapRemove(k) => Update::MapRemove(k.into()),
+                keyed_state::Update::MapClear => Update::MapClear,
+                keyed_state::Update::ListSet(vs) => {
+                    Update::ListSet(vs.into_iter().map(Into::into).collect())
+                }
+                keyed_state::Update::ListClear => Update::ListClear,
+            };
+            self.keyed
+                .apply(kg, &w.state, &w.key, update)
+                .map_err(|e| format!("state `{}`: {e}", w.state))?;
+        }
+        Ok(())
+    }
+}
+
+impl operator_state::Host for InstanceState {
+    fn get(&mut self, state: String) -> Vec<types::Value> {
+        self.operator_state
+            .get(&state)
+            .cloned()
+            .map(to_wit)
+            .unwrap_or_default()
+    }
+
+    fn replace(&mut self, state: String, values: Vec<types::Value>) {
+        self.operator_state
+            .insert(state, values.into_iter().map(Into::into).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_tells_modules_from_components() {
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0rest").is_ok());
+        let err = check_component_header(b"\0asm\x01\0\0\0rest").unwrap_err();
+        assert!(err.contains("core WebAssembly module"), "{err}");
+        let err = check_component_header(b"hello, world").unwrap_err();
+        assert!(err.contains("not a WebAssembly component"), "{err}");
+    }
+}

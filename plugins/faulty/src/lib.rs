@@ -1,0 +1,82 @@
+//! A test plugin that fails in `process` the way its config asks, so the
+//! host's sandboxing and error handling can be tested:
+//!
+//! - `trap`: panics (a Wasm trap);
+//! - `loop`: spins forever (the host's CPU budget must stop it);
+//! - `hog`: allocates and touches 1 MiB blocks forever (the host's memory
+//!   cap must stop it);
+//! - `error`: returns `Err("faulty plugin asked to fail")`;
+//! - anything else: passes records through unchanged.
+
+use weir_sdk::{Context, Emitter, Error, Operator, Record};
+
+/// The failure `process` performs.
+enum Mode {
+    Trap,
+    Loop,
+    Hog,
+    Fail,
+    Identity,
+}
+
+/// The faulty operator.
+pub struct Faulty {
+    mode: Mode,
+}
+
+impl Operator for Faulty {
+    fn open(ctx: &Context) -> Result<Self, Error> {
+        let mode = match ctx.config().trim() {
+            "trap" => Mode::Trap,
+            "loop" => Mode::Loop,
+            "hog" => Mode::Hog,
+            "error" => Mode::Fail,
+            _ => Mode::Identity,
+        };
+        Ok(Self { mode })
+    }
+
+    fn process(&mut self, record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
+        match self.mode {
+            Mode::Trap => panic!("faulty plugin asked to trap"),
+            Mode::Loop => {
+                let mut i = 0u64;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            Mode::Hog => {
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    blocks.push(vec![0xA5; 1 << 20]);
+                    std::hint::black_box(&blocks);
+                }
+            }
+            Mode::Fail => Err("faulty plugin asked to fail".into()),
+            Mode::Identity => {
+                out.emit_with_timestamp(record.key, record.value, record.timestamp);
+                Ok(())
+            }
+        }
+    }
+}
+
+weir_sdk::export!(Faulty);
+
+#[cfg(test)]
+mod tests {
+    use weir_sdk::testing::{Harness, TestRecord};
+
+    use super::Faulty;
+
+    #[test]
+    fn error_mode_fails_and_other_configs_pass_through() {
+        let mut h = Harness::<Faulty>::open("error").unwrap();
+        let err = h.process(&[TestRecord::unkeyed("x")]).unwrap_err();
+        assert_eq!(err.to_string(), "faulty plugin asked to fail");
+        drop(h);
+        let mut h = Harness::<Faulty>::open("none").unwrap();
+        let input = [TestRecord::keyed("k", "v").at(2)];
+        assert_eq!(h.process(&input).unwrap(), input.to_vec());
+    }
+}

@@ -1,0 +1,153 @@
+//! Builds the example plugins to `wasm32-wasip2` components and generates
+//! one path constant per plugin, following wasmtime's `test-programs`
+//! artifacts crate: a nested `cargo build` with its own target directory
+//! under `OUT_DIR`, so plain `cargo test` works on a fresh checkout and
+//! never contends for the outer build's target directory lock.
+
+use std::collections::BTreeSet;
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// `(constant name, package, artifact file stem)` of every plugin.
+const PLUGINS: &[(&str, &str, &str)] = &[
+    ("TOKENIZE", "weir-plugin-tokenize", "weir_plugin_tokenize"),
+    (
+        "WORD_COUNT",
+        "weir-plugin-word-count",
+        "weir_plugin_word_count",
+    ),
+    ("FILTER", "weir-plugin-filter", "weir_plugin_filter"),
+    ("FAULTY", "weir-plugin-faulty", "weir_plugin_faulty"),
+];
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// Variables cargo sets for build scripts (or a user sets for the outer
+/// build) that would make the nested build use the host's flags, wrappers
+/// or target directory.
+const REMOVED_ENV: &[&str] = &[
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_BUILD_RUSTC_WRAPPER",
+    "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CFG_MIRI",
+    "RUSTC",
+    "RUSTDOC",
+];
+
+fn main() -> Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
+    let workspace = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .context("finding the workspace root")?;
+
+    for dir in [
+        "guest-sdk",
+        "plugins",
+        "wit",
+        "host/format/src",
+        "host/format/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+
+    let target_dir = out_dir.join("wasm-target");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args(["build", "--release", "--target", TARGET]);
+    for (_, package, _) in PLUGINS {
+        cmd.args(["-p", package]);
+    }
+    for var in REMOVED_ENV {
+        cmd.env_remove(var);
+    }
+    // Set after the removals, which include the outer CARGO_TARGET_DIR.
+    cmd.env("CARGO_TARGET_DIR", &target_dir);
+    let output = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "building the plugins failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+
+    let artifacts = target_dir.join(TARGET).join("release");
+    let mut deps = BTreeSet::new();
+    let mut code = String::new();
+    let mut all = String::new();
+    for (constant, package, stem) in PLUGINS {
+        let wasm = artifacts.join(format!("{stem}.wasm"));
+        let bytes = fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+        // A component's preamble: magic, then version 0x0d and layer 1.
+        if bytes.get(..8) != Some(b"\0asm\x0d\x00\x01\x00".as_slice()) {
+            bail!("{} is not a WebAssembly component", wasm.display());
+        }
+        read_deps(&wasm, &mut deps)?;
+        let path = wasm.to_str().context("artifact path is not UTF-8")?;
+        writeln!(code, "/// The `{package}` plugin, a `{TARGET}` component.")?;
+        writeln!(code, "pub const {constant}: &str = {path:?};")?;
+        writeln!(
+            all,
+            "        ({:?}, {constant}),",
+            package.trim_start_matches("weir-plugin-")
+        )?;
+    }
+    for dep in deps {
+        println!("cargo:rerun-if-changed={dep}");
+    }
+    writeln!(
+        code,
+        "/// Every plugin as `(name, path)`, name without the `weir-plugin-` prefix."
+    )?;
+    writeln!(
+        code,
+        "pub fn all() -> &'static [(&'static str, &'static str)] {{\n    &[\n{all}    ]\n}}"
+    )?;
+    fs::write(out_dir.join("plugins.rs"), code).context("writing plugins.rs")?;
+    Ok(())
+}
+
+/// Adds every source file cargo's dep-info lists for `artifact`.
+fn read_deps(artifact: &Path, deps: &mut BTreeSet<String>) -> Result<()> {
+    let dep_file = artifact.with_extension("d");
+    let contents =
+        fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
+    for line in contents.lines() {
+        let Some((_, files)) = line.split_once(": ") else {
+            continue;
+        };
+        let mut parts = files.split_whitespace();
+        while let Some(part) = parts.next() {
+            let mut file = part.to_owned();
+            // Dep-info escapes spaces in paths as `\ `.
+            while file.ends_with('\\') {
+                file.pop();
+                file.push(' ');
+                file.push_str(parts.next().unwrap_or_default());
+            }
+            deps.insert(file);
+        }
+    }
+    Ok(())
+}

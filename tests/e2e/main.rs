@@ -1,0 +1,462 @@
+//! End-to-end tests: the real `weir` binary on real Wasm plugins.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use weir_test_plugins as plugins;
+
+/// Runs `weir ARGS` with a plugin cache shared by all tests.
+fn weir(args: &[&str]) -> Output {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env("WEIR_CACHE_DIR", cache)
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("weir runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run_job(dir: &Path, job: &str) -> Output {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, job).unwrap();
+    weir(&["run", "--quiet", path.to_str().unwrap()])
+}
+
+/// A deterministic corpus of `lines` lines of 10 words from a vocabulary of
+/// `vocabulary` made-up words.
+fn corpus(lines: usize, vocabulary: usize) -> String {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let words: Vec<String> = (0..vocabulary)
+        .map(|i| {
+            let len = 2 + (next() % 8) as usize;
+            let w: String = (0..len)
+                .map(|_| (b'a' + (next() % 26) as u8) as char)
+                .collect();
+            format!("{w}{i}")
+        })
+        .collect();
+    let mut text = String::new();
+    for _ in 0..lines {
+        let line: Vec<&str> = (0..10)
+            .map(|_| words[(next() % vocabulary as u64) as usize].as_str())
+            .collect();
+        text.push_str(&line.join(" "));
+        text.push('\n');
+    }
+    text
+}
+
+fn reference_counts(text: &str) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for word in text.split_whitespace() {
+        *counts.entry(word.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Reads `dir/part-*` of a word-count sink: the last count of each word,
+/// checking that each word's counts go 1, 2, 3, … in order.
+fn read_counts(dir: &Path) -> (HashMap<String, u64>, u64) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut lines = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            lines += 1;
+            let (word, count) = line.split_once('\t').expect("key<TAB>value");
+            let count: u64 = count.parse().unwrap();
+            let prev = last.insert(word.to_owned(), count).unwrap_or(0);
+            assert_eq!(count, prev + 1, "counts of `{word}` out of order");
+        }
+    }
+    (last, lines)
+}
+
+fn wordcount_job(input: &Path, out: &Path, parallelism: u32) -> String {
+    format!(
+        r#"
+name = "wordcount"
+parallelism = {parallelism}
+
+[[sources]]
+uid = "lines"
+type = "file"
+path = "{input}"
+parallelism = 1
+
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "lines"
+partition = "rebalance"
+
+[[operators]]
+uid = "count"
+plugin = "{count}"
+input = "tokenize"
+partition = "hash"
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "count"
+"#,
+        input = input.display(),
+        out = out.display(),
+        tokenize = plugins::TOKENIZE,
+        count = plugins::WORD_COUNT,
+    )
+}
+
+#[test]
+fn word_count_over_a_million_words_matches_the_reference_at_parallelism_1_2_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(100_000, 20_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let expected = reference_counts(&text);
+    let total: u64 = expected.values().sum();
+    assert!(total >= 1_000_000);
+    for parallelism in [1, 2, 4] {
+        let out = dir.path().join(format!("out-{parallelism}"));
+        let o = run_job(dir.path(), &wordcount_job(&input, &out, parallelism));
+        assert!(
+            o.status.success(),
+            "parallelism {parallelism}: {}",
+            stderr(&o)
+        );
+        let parts = std::fs::read_dir(&out).unwrap().count();
+        assert_eq!(
+            parts, parallelism as usize,
+            "one output file per sink subtask"
+        );
+        let (counts, lines) = read_counts(&out);
+        assert_eq!(lines, total, "one output record per input word");
+        assert_eq!(counts, expected, "parallelism {parallelism}");
+    }
+}
+
+#[test]
+fn filter_drops_stop_words_and_stdout_sink_prints_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "the cat and the hat\na dog\n").unwrap();
+    let job = format!(
+        r#"
+name = "filtered"
+[[sources]]
+uid = "lines"
+type = "file"
+path = "{input}"
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "lines"
+[[operators]]
+uid = "stop"
+plugin = "{filter}"
+config = "the, a ,and"
+input = "tokenize"
+[[sinks]]
+uid = "print"
+type = "stdout"
+input = "stop"
+"#,
+        input = input.display(),
+        tokenize = plugins::TOKENIZE,
+        filter = plugins::FILTER,
+    );
+    let o = run_job(dir.path(), &job);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "cat\tcat\nhat\that\ndog\tdog\n"
+    );
+}
+
+#[test]
+fn datagen_into_blackhole_runs_to_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!(
+        r#"
+name = "gen"
+parallelism = 2
+[[sources]]
+uid = "gen"
+type = "datagen"
+seed = 1
+records = 50000
+vocabulary = 1000
+words_per_record = 4
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "gen"
+[[operators]]
+uid = "count"
+plugin = "{count}"
+input = "tokenize"
+partition = "hash"
+[[sinks]]
+uid = "sink"
+type = "blackhole"
+input = "count"
+"#,
+        tokenize = plugins::TOKENIZE,
+        count = plugins::WORD_COUNT,
+    );
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, job).unwrap();
+    // Not --quiet: the summary reports the counts.
+    let o = weir(&["run", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = stderr(&o);
+    let sink_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("sink"))
+        .unwrap();
+    let numbers: Vec<u64> = sink_line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers, [200_000, 200_000], "{summary}");
+}
+
+fn faulty_job(dir: &Path, mode: &str, limits: &str) -> Output {
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "some line\n").unwrap();
+    let job = format!(
+        r#"
+name = "faulty"
+[[sources]]
+uid = "lines"
+type = "file"
+path = "{input}"
+[[operators]]
+uid = "bad-op"
+plugin = "{faulty}"
+config = "{mode}"
+input = "lines"
+{limits}
+[[sinks]]
+uid = "sink"
+type = "blackhole"
+input = "bad-op"
+"#,
+        input = input.display(),
+        faulty = plugins::FAULTY,
+    );
+    run_job(dir, &job)
+}
+
+fn assert_operator_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "user error exit code: {err}");
+    assert!(err.contains("operator `bad-op`"), "names the uid: {err}");
+    assert!(
+        err.contains(plugins::FAULTY),
+        "names the plugin file: {err}"
+    );
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+#[test]
+fn a_trapping_plugin_fails_the_job_with_its_panic_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = faulty_job(dir.path(), "trap", "");
+    assert_operator_failure(&o, "trapped");
+    assert!(stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_infinite_loop_exhausts_the_cpu_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = faulty_job(dir.path(), "loop", "limits = { fuel_per_call = 50000000 }");
+    assert_operator_failure(&o, "exceeded its CPU budget of 50000000 fuel per call");
+}
+
+#[test]
+fn a_memory_hog_hits_the_memory_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = faulty_job(dir.path(), "hog", "limits = { memory_mb = 32 }");
+    assert_operator_failure(&o, "exceeded its memory limit of 32 MiB");
+}
+
+#[test]
+fn a_plugin_error_fails_the_job_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = faulty_job(dir.path(), "error", "");
+    assert_operator_failure(&o, "returned an error: faulty plugin asked to fail");
+}
+
+#[test]
+fn keyed_state_behind_a_non_hash_edge_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, corpus(200, 50)).unwrap();
+    let out = dir.path().join("out");
+    let job =
+        wordcount_job(&input, &out, 2).replace("partition = \"hash\"", "partition = \"rebalance\"");
+    let o = run_job(dir.path(), &job);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("operator `count`"), "{err}");
+    assert!(err.contains("not owned by this subtask"), "{err}");
+}
+
+#[test]
+fn a_keyless_record_on_a_hash_edge_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a b\n").unwrap();
+    let out = dir.path().join("out");
+    let job = wordcount_job(&input, &out, 1).replace(
+        "input = \"lines\"\npartition = \"rebalance\"",
+        "input = \"lines\"\npartition = \"hash\"",
+    );
+    let o = run_job(dir.path(), &job);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("vertex `lines`: emitted a record without a key on a `hash` edge"),
+        "{err}"
+    );
+}
+
+mod bad_jobs {
+    use super::*;
+
+    fn validate(dir: &Path, job: &str) -> (Option<i32>, String) {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, job).unwrap();
+        let o = weir(&["validate", path.to_str().unwrap()]);
+        (o.status.code(), stderr(&o))
+    }
+
+    fn good(dir: &Path) -> String {
+        let input = dir.join("in.txt");
+        std::fs::write(&input, "x\n").unwrap();
+        wordcount_job(&input, &dir.join("out"), 2)
+    }
+
+    #[test]
+    fn a_good_job_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, good(dir.path())).unwrap();
+        let o = weir(&["validate", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("2 plugins compiled"));
+    }
+
+    #[test]
+    fn unknown_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = good(dir.path()).replace(
+            "partition = \"hash\"",
+            "partition = \"hash\"\nparalelism = 3",
+        );
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("job.toml"), "{err}");
+        assert!(err.contains("unknown field `paralelism`"), "{err}");
+        assert!(err.contains("line 22"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = good(dir.path()).replace("uid = \"out\"", "uid = \"count\"");
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("sinks[0].uid: duplicate uid `count` (also operators[1].uid)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = good(dir.path()).replace("input = \"lines\"", "input = [\"lines\", \"count\"]");
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("cycle through tokenize, count"), "{err}");
+    }
+
+    #[test]
+    fn missing_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = good(dir.path()).replace(plugins::WORD_COUNT, "/nowhere/count.wasm");
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("operators[1].plugin: plugin file /nowhere/count.wasm does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_that_is_not_a_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "just text").unwrap();
+        let module = dir.path().join("module.wasm");
+        std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+        for (file, needle) in [
+            (&text, "is not a WebAssembly component"),
+            (&module, "is a core WebAssembly module, not a component"),
+        ] {
+            let job = good(dir.path()).replace(plugins::WORD_COUNT, file.to_str().unwrap());
+            let (code, err) = validate(dir.path(), &job);
+            assert_eq!(code, Some(2), "{err}");
+            assert!(
+                err.contains(&format!("operator `count`: plugin {}", file.display())),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_component_that_does_not_export_the_operator_world() {
+        // A real component, but not an operator: the SDK-less `faulty`
+        // plugin is an operator, so use an empty component instead.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.wasm");
+        // The smallest valid component: header only.
+        std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+        let job = good(dir.path()).replace(plugins::WORD_COUNT, empty.to_str().unwrap());
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("does not implement weir:operator/stream-operator@0.1.0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_job_file() {
+        let (code, err) = {
+            let o = weir(&["validate", "/nowhere/job.toml"]);
+            (o.status.code(), stderr(&o))
+        };
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("cannot read job file /nowhere/job.toml"),
+            "{err}"
+        );
+    }
+}
