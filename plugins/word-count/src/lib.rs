@@ -2,6 +2,9 @@
 //! number of records seen with that key so far (decimal ASCII).
 //!
 //! Run it behind a `hash` edge: the count lives in keyed state `count`.
+//! Config: empty, or `cache_capacity=N` to keep at most N keys cached in
+//! the guest between flushes (the benchmark uses 0 to measure reading state
+//! from the host for every new key of every batch).
 
 use weir_sdk::{Context, Emitter, Error, Operator, Record, ValueState};
 
@@ -11,10 +14,18 @@ pub struct WordCount {
 }
 
 impl Operator for WordCount {
-    fn open(_ctx: &Context) -> Result<Self, Error> {
-        Ok(Self {
-            count: ValueState::new("count")?,
-        })
+    fn open(ctx: &Context) -> Result<Self, Error> {
+        let count = ValueState::new("count")?;
+        match ctx.config().trim() {
+            "" => {}
+            config => {
+                let n = config.strip_prefix("cache_capacity=").ok_or_else(|| {
+                    format!("unknown config `{config}`: expected `cache_capacity=N`")
+                })?;
+                count.set_cache_capacity(n.parse()?);
+            }
+        }
+        Ok(Self { count })
     }
 
     fn process(&mut self, record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
