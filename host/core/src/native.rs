@@ -76,7 +76,7 @@ impl NativeOperator for WordCount {
         max_parallelism: u32,
         out: &mut BatchWriter,
     ) -> Result<(), String> {
-        let mut digits = itoa_buf();
+        let mut digits = itoa::Buffer::new();
         for record in BatchReader::new(batch) {
             let record = record.map_err(|e| e.to_string())?;
             let key = record.key.ok_or("word-count needs keyed records")?;
@@ -92,7 +92,7 @@ impl NativeOperator for WordCount {
             state
                 .apply(kg, "count", key, Update::ValueSet(Value::Int(count)))
                 .map_err(|e| e.to_string())?;
-            out.push(Some(key), format_int(&mut digits, count), record.timestamp);
+            out.push(Some(key), digits.format(count).as_bytes(), record.timestamp);
         }
         Ok(())
     }
@@ -105,24 +105,6 @@ impl NativeOperatorFactory for WordCount {
     fn create(&self) -> Box<dyn NativeOperator> {
         Box::new(WordCount)
     }
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// Formats `n` (non-negative) as decimal into `buf`, without allocating.
-fn format_int(buf: &mut [u8; 20], mut n: i64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]
@@ -156,6 +138,5 @@ mod tests {
                 (b"a".to_vec(), b"2".to_vec(), Some(7)),
             ]
         );
-        assert_eq!(format_int(&mut itoa_buf(), 1234567890), b"1234567890");
     }
 }
