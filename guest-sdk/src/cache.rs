@@ -125,6 +125,21 @@ pub(crate) trait CachedState {
     fn evict(&mut self);
 }
 
+/// The entry of `key`, inserting `load()` (one host read) only on a miss.
+///
+/// Checks before inserting so a hit does not allocate an owned key.
+fn load_on_miss<'m, V>(
+    map: &'m mut FxMap<Vec<u8>, V>,
+    key: &[u8],
+    load: impl FnOnce() -> Result<V, Error>,
+) -> Result<&'m mut V, Error> {
+    if !map.contains_key(key) {
+        let value = load()?;
+        map.insert(key.to_vec(), value);
+    }
+    Ok(map.get_mut(key).expect("invariant: entry inserted above"))
+}
+
 /// Drops arbitrary entries of a fully clean map until `capacity` remain.
 fn evict_to<K, V>(map: &mut FxMap<K, V>, capacity: usize, is_clean: impl Fn(&V) -> bool) {
     let mut excess = map.len().saturating_sub(capacity);
@@ -141,20 +156,55 @@ fn evict_to<K, V>(map: &mut FxMap<K, V>, capacity: usize, is_clean: impl Fn(&V) 
     });
 }
 
-/// One key's cached value state.
-struct ValueSlot<T> {
-    value: Option<T>,
+/// A whole-slot payload of a [`SlotCache`]: what one key's state holds
+/// and how it is written back.
+pub(crate) trait Payload: Clone {
+    /// The keyed-state update that replaces the host's copy with `self`.
+    fn update(&self) -> Update<'_>;
+}
+
+/// A value state's payload: the value, or `None` once cleared.
+impl<T: StateValue> Payload for Option<T> {
+    fn update(&self) -> Update<'_> {
+        match self {
+            Some(v) => Update::ValueSet(v.to_value()),
+            None => Update::ValueClear,
+        }
+    }
+}
+
+/// A list state's payload: the whole list.
+impl<T: StateValue> Payload for Vec<T> {
+    fn update(&self) -> Update<'_> {
+        if self.is_empty() {
+            Update::ListClear
+        } else {
+            Update::ListSet(self.iter().map(StateValue::to_value).collect())
+        }
+    }
+}
+
+/// One key's cached payload.
+struct Slot<P> {
+    payload: P,
     dirty: bool,
 }
 
-/// The cache behind a [`crate::ValueState`]: key → value.
-pub(crate) struct ValueCache<T> {
-    slots: FxMap<Vec<u8>, ValueSlot<T>>,
+/// A cache of one whole payload per key, written back whole when dirty.
+pub(crate) struct SlotCache<P> {
+    slots: FxMap<Vec<u8>, Slot<P>>,
     dirty: usize,
     pub(crate) capacity: usize,
 }
 
-impl<T: StateValue> ValueCache<T> {
+/// The cache behind a [`crate::ValueState`]: key → value.
+pub(crate) type ValueCache<T> = SlotCache<Option<T>>;
+
+/// The cache behind a [`crate::ListState`]: key → whole list.
+pub(crate) type ListCache<T> = SlotCache<Vec<T>>;
+
+impl<P: Payload> SlotCache<P> {
+    /// An empty cache with the default capacity.
     pub(crate) fn new() -> Self {
         Self {
             slots: FxMap::default(),
@@ -163,46 +213,73 @@ impl<T: StateValue> ValueCache<T> {
         }
     }
 
+    /// The slot of `key`, calling `load` (one host read) only on a miss.
+    fn slot(
+        &mut self,
+        key: &[u8],
+        load: impl FnOnce() -> Result<P, Error>,
+    ) -> Result<&mut Slot<P>, Error> {
+        load_on_miss(&mut self.slots, key, || {
+            Ok(Slot {
+                payload: load()?,
+                dirty: false,
+            })
+        })
+    }
+
     /// Reads `key`, calling `load` (one host read) only on a miss.
     pub(crate) fn get(
         &mut self,
         key: &[u8],
-        load: impl FnOnce() -> Result<Option<T>, Error>,
-    ) -> Result<Option<T>, Error> {
-        if let Some(slot) = self.slots.get(key) {
-            return Ok(slot.value.clone());
-        }
-        let value = load()?;
-        self.slots.insert(
-            key.to_vec(),
-            ValueSlot {
-                value: value.clone(),
-                dirty: false,
-            },
-        );
-        Ok(value)
+        load: impl FnOnce() -> Result<P, Error>,
+    ) -> Result<P, Error> {
+        Ok(self.slot(key, load)?.payload.clone())
     }
 
-    /// Sets (or with `None`, clears) `key` without reading the host.
-    pub(crate) fn set(&mut self, key: &[u8], value: Option<T>) {
+    /// Replaces (for values, with `None` clears) `key` without reading the
+    /// host.
+    pub(crate) fn set(&mut self, key: &[u8], payload: P) {
         match self.slots.get_mut(key) {
             Some(slot) => {
-                slot.value = value;
+                slot.payload = payload;
                 if !slot.dirty {
                     slot.dirty = true;
                     self.dirty += 1;
                 }
             }
             None => {
-                self.slots
-                    .insert(key.to_vec(), ValueSlot { value, dirty: true });
+                self.slots.insert(
+                    key.to_vec(),
+                    Slot {
+                        payload,
+                        dirty: true,
+                    },
+                );
                 self.dirty += 1;
             }
         }
     }
 }
 
-impl<T: StateValue> CachedState for ValueCache<T> {
+impl<T: StateValue> ListCache<T> {
+    /// Appends to the list of `key`.
+    pub(crate) fn add(
+        &mut self,
+        key: &[u8],
+        item: T,
+        load: impl FnOnce() -> Result<Vec<T>, Error>,
+    ) -> Result<(), Error> {
+        let slot = self.slot(key, load)?;
+        slot.payload.push(item);
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<P: Payload> CachedState for SlotCache<P> {
     fn is_dirty(&self) -> bool {
         self.dirty > 0
     }
@@ -223,10 +300,7 @@ impl<T: StateValue> CachedState for ValueCache<T> {
                 .map(|(key, slot)| Write {
                     state,
                     key,
-                    update: match &slot.value {
-                        Some(v) => Update::ValueSet(v.to_value()),
-                        None => Update::ValueClear,
-                    },
+                    update: slot.payload.update(),
                 }),
         );
     }
@@ -276,19 +350,13 @@ impl<K: StateValue + Hash + Eq, V: StateValue> MapCache<K, V> {
         key: &[u8],
         load: impl FnOnce() -> Result<Vec<(K, V)>, Error>,
     ) -> Result<&mut MapSlot<K, V>, Error> {
-        if !self.slots.contains_key(key) {
-            let map = load()?.into_iter().collect();
-            let slot = MapSlot {
-                map,
+        load_on_miss(&mut self.slots, key, || {
+            Ok(MapSlot {
+                map: load()?.into_iter().collect(),
                 cleared: false,
                 changed: FxSet::default(),
-            };
-            self.slots.insert(key.to_vec(), slot);
-        }
-        Ok(self
-            .slots
-            .get_mut(key)
-            .expect("invariant: slot inserted above"))
+            })
+        })
     }
 
     /// Reads one map entry.
@@ -393,133 +461,6 @@ impl<K: StateValue + Hash + Eq, V: StateValue> CachedState for MapCache<K, V> {
     }
     fn evict(&mut self) {
         evict_to(&mut self.slots, self.capacity, |s| !s.is_dirty());
-    }
-}
-
-/// One key's cached list state.
-struct ListSlot<T> {
-    items: Vec<T>,
-    dirty: bool,
-}
-
-/// The cache behind a [`crate::ListState`]: key → whole list.
-pub(crate) struct ListCache<T> {
-    slots: FxMap<Vec<u8>, ListSlot<T>>,
-    dirty: usize,
-    pub(crate) capacity: usize,
-}
-
-impl<T: StateValue> ListCache<T> {
-    pub(crate) fn new() -> Self {
-        Self {
-            slots: FxMap::default(),
-            dirty: 0,
-            capacity: DEFAULT_CAPACITY,
-        }
-    }
-
-    fn slot(
-        &mut self,
-        key: &[u8],
-        load: impl FnOnce() -> Result<Vec<T>, Error>,
-    ) -> Result<&mut ListSlot<T>, Error> {
-        if !self.slots.contains_key(key) {
-            let items = load()?;
-            self.slots.insert(
-                key.to_vec(),
-                ListSlot {
-                    items,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(self
-            .slots
-            .get_mut(key)
-            .expect("invariant: slot inserted above"))
-    }
-
-    /// The list of `key`.
-    pub(crate) fn get(
-        &mut self,
-        key: &[u8],
-        load: impl FnOnce() -> Result<Vec<T>, Error>,
-    ) -> Result<Vec<T>, Error> {
-        Ok(self.slot(key, load)?.items.clone())
-    }
-
-    /// Appends to the list of `key`.
-    pub(crate) fn add(
-        &mut self,
-        key: &[u8],
-        item: T,
-        load: impl FnOnce() -> Result<Vec<T>, Error>,
-    ) -> Result<(), Error> {
-        let slot = self.slot(key, load)?;
-        slot.items.push(item);
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty += 1;
-        }
-        Ok(())
-    }
-
-    /// Replaces the list of `key` without reading the host.
-    pub(crate) fn set(&mut self, key: &[u8], items: Vec<T>) {
-        match self.slots.get_mut(key) {
-            Some(slot) => {
-                slot.items = items;
-                if !slot.dirty {
-                    slot.dirty = true;
-                    self.dirty += 1;
-                }
-            }
-            None => {
-                self.slots
-                    .insert(key.to_vec(), ListSlot { items, dirty: true });
-                self.dirty += 1;
-            }
-        }
-    }
-}
-
-impl<T: StateValue> CachedState for ListCache<T> {
-    fn is_dirty(&self) -> bool {
-        self.dirty > 0
-    }
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-    fn capacity(&self) -> usize {
-        self.capacity
-    }
-    fn collect_writes<'a>(&'a self, state: &'a str, out: &mut Vec<Write<'a>>) {
-        if self.dirty == 0 {
-            return;
-        }
-        out.extend(
-            self.slots
-                .iter()
-                .filter(|(_, s)| s.dirty)
-                .map(|(key, slot)| Write {
-                    state,
-                    key,
-                    update: if slot.items.is_empty() {
-                        Update::ListClear
-                    } else {
-                        Update::ListSet(slot.items.iter().map(StateValue::to_value).collect())
-                    },
-                }),
-        );
-    }
-    fn mark_clean(&mut self) {
-        if self.dirty > 0 {
-            self.slots.values_mut().for_each(|s| s.dirty = false);
-            self.dirty = 0;
-        }
-    }
-    fn evict(&mut self) {
-        evict_to(&mut self.slots, self.capacity, |s| !s.dirty);
     }
 }
 

@@ -137,5 +137,6 @@ macro_rules! export {
     };
 }
 
-#[cfg(test)]
+// The tests drive `testing::Harness`, which exists only natively.
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
