@@ -277,7 +277,76 @@ fn a_trapping_plugin_fails_the_job_with_its_panic_message() {
     let dir = tempfile::tempdir().unwrap();
     let o = faulty_job(dir.path(), "trap", "");
     assert_operator_failure(&o, "trapped");
-    assert!(stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("guest stderr: "), "{err}");
+    assert!(err.contains("faulty plugin asked to trap"), "{err}");
+    // The guest's stderr also reached the host log, tagged uid#subtask.
+    assert!(
+        err.contains("[bad-op#0]") && err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_has_no_ambient_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "one record\n").unwrap();
+    let job = format!(
+        r#"
+name = "sandbox"
+[[sources]]
+uid = "lines"
+type = "file"
+path = "{input}"
+[[operators]]
+uid = "prober"
+plugin = "{faulty}"
+config = "probe"
+input = "lines"
+[[sinks]]
+uid = "print"
+type = "stdout"
+input = "prober"
+"#,
+        input = input.display(),
+        faulty = plugins::FAULTY,
+    );
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, job).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--quiet", path.to_str().unwrap()])
+        .env(
+            "WEIR_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache"),
+        )
+        .env("WEIR_LOG", "info")
+        .env("WEIR_SECRET", "must not leak")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let report: HashMap<String, String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert!(report["read-dir"].starts_with("denied"), "{report:?}");
+    assert!(report["read-file"].starts_with("denied"), "{report:?}");
+    assert_eq!(report["env-vars"], "0", "{report:?}");
+    assert!(report["tcp-connect"].starts_with("denied"), "{report:?}");
+    assert_eq!(report["clock-secs"], "0", "the clock is frozen: {report:?}");
+    // Guest stdout and stderr go to the host log, tagged uid#subtask.
+    assert!(
+        err.contains("[prober#0] probe says hello on stdout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[prober#0] probe says hello on stderr"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! - `hog`: allocates and touches 1 MiB blocks forever (the host's memory
 //!   cap must stop it);
 //! - `error`: returns `Err("faulty plugin asked to fail")`;
+//! - `probe`: tries to escape the sandbox (read a directory and a file, list
+//!   environment variables, open a socket, read the clock) and emits one
+//!   `probe<TAB>result` record per attempt, so tests can check what the
+//!   host granted; it also prints to stdout and stderr;
 //! - anything else: passes records through unchanged.
 
 use weir_sdk::{Context, Emitter, Error, Operator, Record};
@@ -16,6 +20,7 @@ enum Mode {
     Loop,
     Hog,
     Fail,
+    Probe,
     Identity,
 }
 
@@ -31,6 +36,7 @@ impl Operator for Faulty {
             "loop" => Mode::Loop,
             "hog" => Mode::Hog,
             "error" => Mode::Fail,
+            "probe" => Mode::Probe,
             _ => Mode::Identity,
         };
         Ok(Self { mode })
@@ -53,11 +59,43 @@ impl Operator for Faulty {
                 }
             }
             Mode::Fail => Err("faulty plugin asked to fail".into()),
+            Mode::Probe => {
+                probe(out);
+                Ok(())
+            }
             Mode::Identity => {
                 out.emit_with_timestamp(record.key, record.value, record.timestamp);
                 Ok(())
             }
         }
+    }
+}
+
+/// Attempts what a sandboxed plugin must not be able to do.
+fn probe(out: &mut Emitter) {
+    fn outcome<T>(r: std::io::Result<T>) -> String {
+        match r {
+            Ok(_) => "allowed".to_owned(),
+            Err(e) => format!("denied ({:?})", e.kind()),
+        }
+    }
+    println!("probe says hello on stdout");
+    eprintln!("probe says hello on stderr");
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let attempts = [
+        ("read-dir", outcome(std::fs::read_dir("/"))),
+        ("read-file", outcome(std::fs::read("/etc/passwd"))),
+        ("env-vars", std::env::vars().count().to_string()),
+        (
+            "tcp-connect",
+            outcome(std::net::TcpStream::connect("127.0.0.1:9")),
+        ),
+        ("clock-secs", since_epoch.to_string()),
+    ];
+    for (what, result) in attempts {
+        out.emit(Some(what.as_bytes()), result.as_bytes());
     }
 }
 
