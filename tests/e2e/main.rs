@@ -500,6 +500,21 @@ mod bad_jobs {
     }
 
     #[test]
+    fn every_failing_plugin_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "just text").unwrap();
+        let job = good(dir.path())
+            .replace(plugins::WORD_COUNT, text.to_str().unwrap())
+            .replace(plugins::TOKENIZE, text.to_str().unwrap());
+        let (code, err) = validate(dir.path(), &job);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("job.toml: invalid job"), "{err}");
+        assert!(err.contains("- operator `tokenize`: plugin "), "{err}");
+        assert!(err.contains("- operator `count`: plugin "), "{err}");
+    }
+
+    #[test]
     fn a_component_that_does_not_export_the_operator_world() {
         // A real component, but not an operator: the SDK-less `faulty`
         // plugin is an operator, so use an empty component instead.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use weir_host::error::Error;
+use weir_host::error::{Error, Problem};
 use weir_host::job::{self, JobGraph, VertexKind};
 use weir_host::metrics::JobMetrics;
 use weir_host::plugin::PluginEngine;
@@ -162,15 +162,25 @@ fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
         if let VertexKind::Operator { plugin, .. } = &v.kind {
             match engine.load(&v.uid, plugin) {
                 Ok(_) => plugins += 1,
-                Err(e) => problems.push(e),
+                // Report every failing plugin at once, like the job file's
+                // own problems.
+                Err(Error::Plugin {
+                    uid,
+                    plugin,
+                    message,
+                }) => problems.push(Problem {
+                    field: format!("operator `{uid}`"),
+                    message: format!("plugin {}: {message}", plugin.display()),
+                }),
+                Err(other) => return Err(other),
             }
         }
     }
-    for p in &problems[1.min(problems.len())..] {
-        eprintln!("error: {}: {p}", path.display());
-    }
-    if let Some(first) = problems.into_iter().next() {
-        return Err(first);
+    if !problems.is_empty() {
+        return Err(Error::InvalidJob {
+            path: path.to_owned(),
+            problems,
+        });
     }
     println!(
         "{}: ok: job `{}` with {} vertices, {plugins} plugins compiled",
