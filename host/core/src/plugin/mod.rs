@@ -562,6 +562,72 @@ impl operator_state::Host for InstanceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keygroup::KeyGroupRange;
+    use crate::state::MemoryStateBackend;
+
+    fn cache_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[test]
+    fn compiled_plugins_are_cached_by_content_and_a_corrupt_entry_is_recompiled() {
+        let cache = tempfile::tempdir().unwrap();
+        let engine = PluginEngine::new(Some(cache.path().to_owned())).unwrap();
+        let wasm = Path::new(weir_test_plugins::WORD_COUNT);
+        assert!(!engine.load("count", wasm).unwrap().stats.from_cache);
+        let files = cache_files(cache.path());
+        assert_eq!(files.len(), 1, "one entry per component");
+        let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+        let digest = hex::encode(Sha256::digest(std::fs::read(wasm).unwrap()));
+        assert!(
+            name.starts_with(&digest),
+            "{name} is keyed by the content hash"
+        );
+
+        // A second engine (a new process) loads the compiled code.
+        let engine = PluginEngine::new(Some(cache.path().to_owned())).unwrap();
+        assert!(engine.load("count", wasm).unwrap().stats.from_cache);
+
+        // A damaged entry is ignored and replaced, not trusted.
+        std::fs::write(&files[0], b"garbage").unwrap();
+        let plugin = engine.load("count", wasm).unwrap();
+        assert!(!plugin.stats.from_cache);
+        assert!(engine.load("count", wasm).unwrap().stats.from_cache);
+
+        // And the recompiled plugin runs: word count over one batch.
+        let mut instance = plugin
+            .instantiate(InstanceConfig {
+                uid: "count".into(),
+                config: String::new(),
+                subtask: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+                limits: Limits {
+                    memory_bytes: 64 << 20,
+                    fuel_per_call: 1_000_000_000,
+                },
+                state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                    0, 1, 128,
+                ))),
+            })
+            .unwrap();
+        let mut batch = weir_format::BatchWriter::default();
+        for word in ["a", "b", "a"] {
+            batch.push(Some(word.as_bytes()), word.as_bytes(), None);
+        }
+        instance.process(&batch.take().0).unwrap();
+        let emitted: Vec<_> = weir_format::BatchReader::new(instance.output())
+            .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap())
+            .collect();
+        assert_eq!(emitted, ["1", "1", "2"]);
+        // State reaches the host when the guest closes (or snapshots).
+        assert_eq!(instance.state().len(), 0);
+        instance.close().unwrap();
+        assert_eq!(instance.state().len(), 2);
+    }
 
     #[test]
     fn header_check_tells_modules_from_components() {
