@@ -8,11 +8,18 @@ use weir_test_plugins as plugins;
 
 /// Runs `weir ARGS` with a plugin cache shared by all tests.
 fn weir(args: &[&str]) -> Output {
+    weir_with_env(args, &[])
+}
+
+/// Runs `weir ARGS` with extra environment variables (`WEIR_LOG=warn`
+/// unless they set it).
+fn weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .env("WEIR_CACHE_DIR", cache)
         .env("WEIR_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("weir runs")
 }
@@ -314,16 +321,10 @@ input = "prober"
     );
     let path = dir.path().join("job.toml");
     std::fs::write(&path, job).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--quiet", path.to_str().unwrap()])
-        .env(
-            "WEIR_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache"),
-        )
-        .env("WEIR_LOG", "info")
-        .env("WEIR_SECRET", "must not leak")
-        .output()
-        .unwrap();
+    let o = weir_with_env(
+        &["run", "--quiet", path.to_str().unwrap()],
+        &[("WEIR_LOG", "info"), ("WEIR_SECRET", "must not leak")],
+    );
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     let report: HashMap<String, String> = String::from_utf8_lossy(&o.stdout)

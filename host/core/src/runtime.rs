@@ -253,11 +253,11 @@ impl Router {
             count += 1;
             for edge in &mut self.edges {
                 let n = edge.targets.len();
-                match edge.partition {
-                    Partition::Forward => edge.buffers[0].push_record(&record),
+                let target = match edge.partition {
+                    Partition::Forward => 0,
                     Partition::Rebalance => {
                         edge.next = (edge.next + 1) % n;
-                        edge.buffers[edge.next].push_record(&record);
+                        edge.next
                     }
                     Partition::Hash => {
                         let Some(key) = record.key else {
@@ -268,19 +268,23 @@ impl Router {
                             .into());
                         };
                         let kg = key_group_of(key, self.max_parallelism);
-                        let j = subtask_of(kg, n as u32, self.max_parallelism) as usize;
-                        edge.buffers[j].push_record(&record);
+                        subtask_of(kg, n as u32, self.max_parallelism) as usize
                     }
                     Partition::Broadcast => {
-                        for b in &mut edge.buffers {
+                        for (b, t) in edge.buffers.iter_mut().zip(&edge.targets) {
                             b.push_record(&record);
+                            if b.len() >= self.batch_size {
+                                send(t, b)?;
+                            }
                         }
+                        continue;
                     }
-                }
-                for (j, b) in edge.buffers.iter_mut().enumerate() {
-                    if b.len() >= self.batch_size {
-                        send(&edge.targets[j], b)?;
-                    }
+                };
+                // Only the buffer just written can have filled up.
+                let buffer = &mut edge.buffers[target];
+                buffer.push_record(&record);
+                if buffer.len() >= self.batch_size {
+                    send(&edge.targets[target], buffer)?;
                 }
             }
         }
@@ -523,5 +527,89 @@ impl Task {
         };
         self.counters().records_out.fetch_add(n, Ordering::Relaxed);
         self.router.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(partition: Partition, targets: usize) -> (OutEdge, Vec<Receiver<Element>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets).map(|_| bounded(64)).unzip();
+        let edge = OutEdge {
+            partition,
+            buffers: (0..targets).map(|_| BatchWriter::default()).collect(),
+            targets: txs,
+            next: 0,
+        };
+        (edge, rxs)
+    }
+
+    /// Every record's key on each receiver, until end of input.
+    fn drain(rx: &Receiver<Element>) -> Vec<String> {
+        let mut keys = Vec::new();
+        loop {
+            match rx.try_recv().expect("end of input was sent") {
+                Element::Records { data, len } => {
+                    let batch: Vec<_> = BatchReader::new(&data).map(|r| r.unwrap()).collect();
+                    assert_eq!(batch.len(), len);
+                    keys.extend(
+                        batch
+                            .iter()
+                            .map(|r| String::from_utf8(r.key.unwrap().to_vec()).unwrap()),
+                    );
+                }
+                Element::EndOfInput => return keys,
+            }
+        }
+    }
+
+    #[test]
+    fn routes_by_partition_in_batches_then_ends_every_channel() {
+        let (fwd, fwd_rx) = edge(Partition::Forward, 1);
+        let (reb, reb_rx) = edge(Partition::Rebalance, 2);
+        let (hash, hash_rx) = edge(Partition::Hash, 3);
+        let (bc, bc_rx) = edge(Partition::Broadcast, 2);
+        let mut router = Router::new("up".into(), vec![fwd, reb, hash, bc], 4, 128);
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        let mut batch = BatchWriter::default();
+        for k in &keys {
+            batch.push(Some(k.as_bytes()), b"v", None);
+        }
+        assert_eq!(router.route(batch.as_bytes()).ok(), Some(10));
+        // Full batches left before the flush.
+        assert_eq!(fwd_rx[0].len(), 2);
+        assert!(router.end_of_input().is_ok());
+
+        assert_eq!(drain(&fwd_rx[0]), keys);
+        let (r0, r1) = (drain(&reb_rx[0]), drain(&reb_rx[1]));
+        assert_eq!((r0.len(), r1.len()), (5, 5), "round robin");
+        let mut hashed = 0;
+        for (j, rx) in hash_rx.iter().enumerate() {
+            for k in drain(rx) {
+                hashed += 1;
+                let kg = key_group_of(k.as_bytes(), 128);
+                assert_eq!(
+                    subtask_of(kg, 3, 128) as usize,
+                    j,
+                    "{k} went to its key group's owner"
+                );
+            }
+        }
+        assert_eq!(hashed, 10);
+        assert_eq!(drain(&bc_rx[0]), keys);
+        assert_eq!(drain(&bc_rx[1]), keys);
+    }
+
+    #[test]
+    fn a_keyless_record_on_a_hash_edge_is_a_bad_record() {
+        let (hash, _rx) = edge(Partition::Hash, 2);
+        let mut router = Router::new("up".into(), vec![hash], 4, 128);
+        let mut batch = BatchWriter::default();
+        batch.push(None, b"v", None);
+        match router.route(batch.as_bytes()) {
+            Err(Exit::Failed(Error::BadRecord { uid, .. })) => assert_eq!(uid, "up"),
+            _ => panic!("expected a bad record"),
+        }
     }
 }
