@@ -233,6 +233,10 @@ impl<P: Payload> SlotCache<P> {
         key: &[u8],
         load: impl FnOnce() -> Result<P, Error>,
     ) -> Result<P, Error> {
+        // The hit path is the hot path: one hash lookup, no insert check.
+        if let Some(slot) = self.slots.get(key) {
+            return Ok(slot.payload.clone());
+        }
         Ok(self.slot(key, load)?.payload.clone())
     }
 
