@@ -27,6 +27,13 @@ const PLUGINS: &[(&str, &str, &str)] = &[
 
 const TARGET: &str = "wasm32-wasip2";
 
+/// `(constant name, directory under the workspace)` of every Python plugin;
+/// each directory holds an `app.py` built against `guest-sdk/python`.
+const PYTHON_PLUGINS: &[(&str, &str)] = &[("PY_WORD_COUNT", "plugins/python/word-count")];
+
+/// The componentize-py release the Python plugins are built with.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
 /// Variables cargo sets for build scripts (or a user sets for the outer
 /// build) that would make the nested build use the host's flags, wrappers
 /// or target directory.
@@ -116,6 +123,20 @@ fn main() -> Result<()> {
     for dep in deps {
         println!("cargo:rerun-if-changed={dep}");
     }
+    for (constant, dir) in PYTHON_PLUGINS {
+        let wasm = build_python(&workspace, &out_dir, dir)?;
+        let path = wasm.to_str().context("artifact path is not UTF-8")?;
+        writeln!(
+            code,
+            "/// The Python plugin in `{dir}`, built with {COMPONENTIZE_PY}."
+        )?;
+        writeln!(code, "pub const {constant}: &str = {path:?};")?;
+        writeln!(
+            all,
+            "        ({:?}, {constant}),",
+            dir.trim_start_matches("plugins/")
+        )?;
+    }
     writeln!(
         code,
         "/// Every plugin as `(name, path)`, name without the `weir-plugin-` prefix."
@@ -125,6 +146,53 @@ fn main() -> Result<()> {
         "pub fn all() -> &'static [(&'static str, &'static str)] {{\n    &[\n{all}    ]\n}}"
     )?;
     fs::write(out_dir.join("plugins.rs"), code).context("writing plugins.rs")?;
+    Ok(())
+}
+
+/// Installs componentize-py into a virtual environment under `OUT_DIR`
+/// (once), then builds the Python plugin in `dir` into a component.
+fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> {
+    let venv = out_dir.join("componentize-py");
+    let tool = venv.join("bin").join("componentize-py");
+    if !tool.is_file() {
+        let python = env::var_os("WEIR_PYTHON").unwrap_or_else(|| "python3".into());
+        run(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            COMPONENTIZE_PY,
+        ]))?;
+    }
+    let name = dir.rsplit('/').next().unwrap_or(dir);
+    let wasm = out_dir.join("python").join(format!("{name}.wasm"));
+    fs::create_dir_all(wasm.parent().expect("has a parent"))?;
+    run(Command::new(&tool)
+        .current_dir(workspace.join(dir))
+        // Bytecode caches in the source tree would retrigger this script.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg("-d")
+        .arg(workspace.join("wit"))
+        .args(["-w", "stream-operator", "componentize", "-p", "."])
+        .arg("-p")
+        .arg(workspace.join("guest-sdk/python"))
+        .arg("app")
+        .arg("-o")
+        .arg(&wasm))?;
+    Ok(wasm)
+}
+
+/// Runs `cmd`, failing with its output if it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    let output = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use weir_test_plugins as plugins;
 
+mod languages;
+
 /// Runs `weir ARGS` with a plugin cache shared by all tests.
 fn weir(args: &[&str]) -> Output {
     weir_with_env(args, &[])

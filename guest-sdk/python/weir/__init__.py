@@ -1,0 +1,401 @@
+"""Write Weir stream operators in Python.
+
+Subclass :class:`Operator`, then export it from your component's ``app.py``
+with ``Operator = weir.export(MyOperator)`` and build with
+``componentize-py -d wit -w stream-operator componentize app``.
+
+The semantics match the Rust SDK (``weir-sdk``): records arrive one at a
+time from the host's packed batches; everything a hook emits leaves as one
+packed batch; keyed state (:class:`ValueState`, :class:`MapState`,
+:class:`ListState`) is scoped to the key of the record being processed and
+kept in a write-back cache that is handed to the host when ``snapshot`` and
+``close`` return. State values use the WIT ``value`` variant, so Python
+``int``, ``float``, ``str``, ``bytes`` and ``bool`` read back as the same
+values in Rust (``i64``, ``f64``, ``String``, ``Vec<u8>``, ``bool``).
+"""
+
+import struct
+import traceback
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import keyed_state, logging, operator_state, output, types
+
+__all__ = [
+    "Context", "Record", "Emitter", "Operator", "ValueState", "MapState",
+    "ListState", "OperatorListState", "log", "export",
+]
+
+_HAS_KEY = 1
+_HAS_TIMESTAMP = 2
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+class Context:
+    """Static facts about the subtask: uid, config, subtask index, parallelism."""
+
+    def __init__(self, ctx):
+        self.uid = ctx.uid
+        self.config = ctx.config
+        self.subtask_index = ctx.subtask_index
+        self.parallelism = ctx.parallelism
+        self.max_parallelism = ctx.max_parallelism
+
+
+class Record:
+    """An input record: ``key`` (bytes or None), ``value`` (bytes), ``timestamp`` (int or None)."""
+
+    __slots__ = ("key", "value", "timestamp")
+
+    def __init__(self, key, value, timestamp):
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp
+
+    def value_str(self):
+        """The value decoded as UTF-8 (invalid bytes replaced)."""
+        return self.value.decode("utf-8", "replace")
+
+
+def _decode(batch):
+    """Yields the records of a packed batch (layout version 1, docs/wit.md)."""
+    pos, end = 0, len(batch)
+    while pos < end:
+        flags = batch[pos]
+        pos += 1
+        if flags & ~(_HAS_KEY | _HAS_TIMESTAMP):
+            raise ValueError(f"packed batch has unknown record flags {flags:#04x}")
+        timestamp = key = None
+        if flags & _HAS_TIMESTAMP:
+            (timestamp,) = _I64.unpack_from(batch, pos)
+            pos += 8
+        if flags & _HAS_KEY:
+            (n,) = _U32.unpack_from(batch, pos)
+            key = batch[pos + 4:pos + 4 + n]
+            pos += 4 + n
+        (n,) = _U32.unpack_from(batch, pos)
+        value = batch[pos + 4:pos + 4 + n]
+        pos += 4 + n
+        if pos > end:
+            raise ValueError("packed batch truncated")
+        yield Record(key, value, timestamp)
+
+
+class Emitter:
+    """Collects emitted records; the SDK sends them as one batch per hook call."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._timestamp = None
+
+    def emit(self, key, value, timestamp=...):
+        """Emits ``key`` (bytes/str/None) → ``value`` (bytes/str).
+
+        The timestamp defaults to the current input record's, as in Flink.
+        """
+        if timestamp is ...:
+            timestamp = self._timestamp
+        if isinstance(key, str):
+            key = key.encode()
+        if isinstance(value, str):
+            value = value.encode()
+        buf = self._buf
+        buf.append((_HAS_KEY if key is not None else 0) | (_HAS_TIMESTAMP if timestamp is not None else 0))
+        if timestamp is not None:
+            buf += _I64.pack(timestamp)
+        if key is not None:
+            buf += _U32.pack(len(key))
+            buf += key
+        buf += _U32.pack(len(value))
+        buf += value
+
+    def _send(self):
+        if self._buf:
+            output.emit(bytes(self._buf))
+            self._buf = bytearray()
+
+
+def _to_value(v):
+    # bool first: it is a subclass of int.
+    if isinstance(v, bool):
+        return types.Value_Boolean(v)
+    if isinstance(v, int):
+        return types.Value_Int(v)
+    if isinstance(v, float):
+        return types.Value_Float(v)
+    if isinstance(v, str):
+        return types.Value_Text(v)
+    if isinstance(v, (bytes, bytearray)):
+        return types.Value_Bytes(bytes(v))
+    raise TypeError(f"state values are bool, int, float, str or bytes, not {type(v).__name__}")
+
+
+def _from_value(v):
+    return v.value
+
+
+class _Registry:
+    key = None
+    states = {}
+
+
+def _current_key(name):
+    if _Registry.key is None:
+        raise RuntimeError(f"state `{name}` is keyed: use it while processing a record that has a key")
+    return _Registry.key
+
+
+class _KeyedState:
+    kind = None
+
+    def __init__(self, name):
+        existing = _Registry.states.get(name)
+        if existing is not None and existing.kind != self.kind:
+            raise ValueError(f"state `{name}` is already a {existing.kind} state, not a {self.kind} state")
+        self.name = name
+        self._cache = {}
+        self._dirty = set()
+        _Registry.states[name] = self
+
+    def _writes(self):
+        for key in self._dirty:
+            yield keyed_state.StateWrite(self.name, key, self._update(self._cache[key]))
+        self._dirty.clear()
+
+
+class ValueState(_KeyedState):
+    """One value per key."""
+
+    kind = "value"
+
+    def get(self, default=None):
+        """The current key's value, or ``default``."""
+        key = _current_key(self.name)
+        if key not in self._cache:
+            v = keyed_state.value_get(self.name, key)
+            self._cache[key] = None if v is None else _from_value(v)
+        v = self._cache[key]
+        return default if v is None else v
+
+    def set(self, value):
+        """Sets the current key's value."""
+        key = _current_key(self.name)
+        _to_value(value)  # type check now, not at flush
+        self._cache[key] = value
+        self._dirty.add(key)
+
+    def clear(self):
+        """Clears the current key's value."""
+        key = _current_key(self.name)
+        self._cache[key] = None
+        self._dirty.add(key)
+
+    def _update(self, v):
+        return keyed_state.Update_ValueClear() if v is None else keyed_state.Update_ValueSet(_to_value(v))
+
+
+class ListState(_KeyedState):
+    """A list per key."""
+
+    kind = "list"
+
+    def _load(self):
+        key = _current_key(self.name)
+        if key not in self._cache:
+            self._cache[key] = [_from_value(v) for v in keyed_state.list_get(self.name, key)]
+        return key
+
+    def get(self):
+        """A copy of the current key's list."""
+        return list(self._cache[self._load()])
+
+    def add(self, value):
+        """Appends to the current key's list."""
+        _to_value(value)
+        key = self._load()
+        self._cache[key].append(value)
+        self._dirty.add(key)
+
+    def set(self, values):
+        """Replaces the current key's list."""
+        values = list(values)
+        for v in values:
+            _to_value(v)
+        key = _current_key(self.name)
+        self._cache[key] = values
+        self._dirty.add(key)
+
+    def clear(self):
+        """Empties the current key's list."""
+        self.set([])
+
+    def _update(self, values):
+        if not values:
+            return keyed_state.Update_ListClear()
+        return keyed_state.Update_ListSet([_to_value(v) for v in values])
+
+
+class MapState(_KeyedState):
+    """A map per key. Changes are written back entry by entry."""
+
+    kind = "map"
+
+    def _load(self):
+        key = _current_key(self.name)
+        if key not in self._cache:
+            entries = keyed_state.map_entries(self.name, key)
+            self._cache[key] = ({_from_value(k): _from_value(v) for k, v in entries}, set(), False)
+        return key
+
+    def get(self, map_key, default=None):
+        """The entry for ``map_key`` under the current key, or ``default``."""
+        return self._cache[self._load()][0].get(map_key, default)
+
+    def put(self, map_key, value):
+        """Sets an entry under the current key."""
+        _to_value(map_key)
+        _to_value(value)
+        key = self._load()
+        entries, changed, cleared = self._cache[key]
+        entries[map_key] = value
+        changed.add(map_key)
+        self._dirty.add(key)
+
+    def remove(self, map_key):
+        """Removes an entry under the current key."""
+        key = self._load()
+        entries, changed, cleared = self._cache[key]
+        entries.pop(map_key, None)
+        changed.add(map_key)
+        self._dirty.add(key)
+
+    def entries(self):
+        """The current key's entries as a list of ``(key, value)``."""
+        return list(self._cache[self._load()][0].items())
+
+    def clear(self):
+        """Removes every entry under the current key."""
+        key = self._load()
+        self._cache[key] = ({}, set(), True)
+        self._dirty.add(key)
+
+    def _writes(self):
+        for key in self._dirty:
+            entries, changed, cleared = self._cache[key]
+            if cleared:
+                yield keyed_state.StateWrite(self.name, key, keyed_state.Update_MapClear())
+            for k in changed:
+                if k in entries:
+                    update = keyed_state.Update_MapPut((_to_value(k), _to_value(entries[k])))
+                else:
+                    update = keyed_state.Update_MapRemove(_to_value(k))
+                yield keyed_state.StateWrite(self.name, key, update)
+            self._cache[key] = (entries, set(), False)
+        self._dirty.clear()
+
+
+class OperatorListState:
+    """Non-keyed list state of this subtask."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def get(self):
+        """The list."""
+        return [_from_value(v) for v in operator_state.get(self.name)]
+
+    def replace(self, values):
+        """Replaces the list."""
+        operator_state.replace(self.name, [_to_value(v) for v in values])
+
+
+_LEVELS = {
+    "trace": types.Level.TRACE, "debug": types.Level.DEBUG, "info": types.Level.INFO,
+    "warn": types.Level.WARN, "error": types.Level.ERROR,
+}
+
+
+def log(level, message):
+    """Logs ``message`` at ``level`` ('trace', 'debug', 'info', 'warn', 'error')."""
+    logging.log(_LEVELS[level], str(message))
+
+
+class Operator:
+    """Base class of a Python operator: override ``process``, and optionally
+    ``open``, ``snapshot``, ``on_checkpoint_complete`` and ``close``."""
+
+    def open(self, ctx):
+        """Called once per subtask with its :class:`Context`."""
+
+    def process(self, record, out):
+        """Called for every record; emit with ``out.emit(key, value)``."""
+        raise NotImplementedError
+
+    def snapshot(self, checkpoint_id, out):
+        """Called before a checkpoint; state is flushed after it returns."""
+
+    def on_checkpoint_complete(self, checkpoint_id):
+        """Called once a checkpoint is durable."""
+
+    def close(self, out):
+        """Called at end of input; state is flushed after it returns."""
+
+
+def _flush():
+    writes = [w for state in _Registry.states.values() for w in state._writes()]
+    if writes:
+        keyed_state.write(writes)
+
+
+def _guard(fn):
+    """Runs a hook; a Python exception becomes the hook's error string, so
+    the job fails with the exception's type and message."""
+    try:
+        return fn()
+    except Err:
+        raise
+    except Exception as e:  # noqa: BLE001 - every user error fails the job
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+        raise Err(f"{type(e).__name__}: {e}{where}")
+
+
+def export(operator_class):
+    """Returns the class componentize-py exports; in ``app.py`` write
+    ``Operator = weir.export(MyOperator)``."""
+    instance = []
+
+    class _Export(exports.Operator):
+        def open(self, context):
+            def run():
+                instance.append(operator_class())
+                instance[0].open(Context(context))
+            _guard(run)
+
+        def process(self, batch):
+            op, out = instance[0], Emitter()
+
+            def run():
+                for record in _decode(batch):
+                    _Registry.key = record.key
+                    out._timestamp = record.timestamp
+                    op.process(record, out)
+                _Registry.key = None
+            _guard(run)
+            out._send()
+
+        def snapshot(self, checkpoint_id):
+            out = Emitter()
+            _guard(lambda: (instance[0].snapshot(checkpoint_id, out), _flush()))
+            out._send()
+
+        def on_checkpoint_complete(self, checkpoint_id):
+            _guard(lambda: instance[0].on_checkpoint_complete(checkpoint_id))
+
+        def close(self):
+            out = Emitter()
+            _guard(lambda: (instance[0].close(out), _flush()))
+            out._send()
+
+    return _Export
