@@ -89,15 +89,7 @@ fn main() -> Result<()> {
     }
     // Set after the removals, which include the outer CARGO_TARGET_DIR.
     cmd.env("CARGO_TARGET_DIR", &target_dir);
-    let output = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "building the plugins failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-    }
+    run(&mut cmd).context("building the Rust plugins")?;
 
     let artifacts = target_dir.join(TARGET).join("release");
     let mut deps = BTreeSet::new();
