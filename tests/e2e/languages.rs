@@ -5,11 +5,7 @@ use super::*;
 /// Every output line of a file sink, sorted: equal for two runs that emit
 /// the same records, whatever the interleaving between subtasks.
 fn sorted_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        lines.extend(text.lines().map(str::to_owned));
-    }
+    let mut lines = output_lines(dir);
     lines.sort();
     lines
 }
