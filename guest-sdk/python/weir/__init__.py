@@ -342,10 +342,20 @@ class Operator:
         """Called at end of input; state is flushed after it returns."""
 
 
+#: Keys a state handle keeps cached after a flush, as in the Rust SDK.
+CACHE_CAPACITY = 1_000_000
+
+
 def _flush():
+    """Hands every dirty entry to the host in one call, then bounds memory:
+    after a flush every entry is clean, so an oversized cache can be dropped
+    and reloaded from the host on the next miss."""
     writes = [w for state in _Registry.states.values() for w in state._writes()]
     if writes:
         keyed_state.write(writes)
+    for state in _Registry.states.values():
+        if len(state._cache) > CACHE_CAPACITY:
+            state._cache.clear()
 
 
 def _guard(fn):
@@ -387,7 +397,11 @@ def export(operator_class):
 
         def snapshot(self, checkpoint_id):
             out = Emitter()
-            _guard(lambda: (instance[0].snapshot(checkpoint_id, out), _flush()))
+
+            def run():
+                instance[0].snapshot(checkpoint_id, out)
+                _flush()
+            _guard(run)
             out._send()
 
         def on_checkpoint_complete(self, checkpoint_id):
@@ -395,7 +409,11 @@ def export(operator_class):
 
         def close(self):
             out = Emitter()
-            _guard(lambda: (instance[0].close(out), _flush()))
+
+            def run():
+                instance[0].close(out)
+                _flush()
+            _guard(run)
             out._send()
 
     return _Export

@@ -1,4 +1,8 @@
-"""Keyed running word count in Python: the same output as the Rust plugin."""
+"""Keyed running word count in Python: the same output as the Rust plugin.
+
+Config: empty, or `raise` to raise a ValueError on the first record (the
+end-to-end tests use it to check how a Python exception fails a job).
+"""
 
 import weir
 
@@ -6,10 +10,7 @@ import weir
 class WordCount(weir.Operator):
     def open(self, ctx):
         self.count = weir.ValueState("count")
-        if ctx.config.strip() == "raise":
-            self.fail = True
-        else:
-            self.fail = False
+        self.fail = ctx.config.strip() == "raise"
 
     def process(self, record, out):
         if self.fail:
