@@ -30,14 +30,13 @@ pub enum Error {
         state: String,
     },
     /// A stored state value has another type than the handle reading it.
-    #[error("state `{state}` holds a {found} value where {expected} was expected")]
+    #[error("state `{state}` holds {reason}")]
     WrongType {
         /// The state's name.
         state: String,
-        /// The Rust type the handle reads.
-        expected: &'static str,
-        /// The kind of value found (`int`, `text`, ...), or `int out of range`.
-        found: String,
+        /// What was found instead, e.g. `a text value where i64 was
+        /// expected`, or why a structured value did not decode.
+        reason: String,
     },
     /// A state name was registered twice with different kinds or types.
     #[error("state `{state}` is already registered as {existing}, cannot also be {requested}")]

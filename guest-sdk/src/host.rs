@@ -126,17 +126,140 @@ mod wasm {
             types::ValueResult::Float(f) => Value::Float(f),
             types::ValueResult::Text(s) => Value::Text(s),
             types::ValueResult::Bytes(b) => Value::Bytes(b),
+            // The host validated the tree when a guest wrote it; a short
+            // tree would still only yield `None` leaves, never a panic.
+            types::ValueResult::Nested(nodes) => lift_tree(&mut nodes.into_iter()),
         }
     }
 
-    pub(super) fn lower(v: ValueRef<'_>) -> types::ValueParam<'_> {
+    fn lift_tree(nodes: &mut impl Iterator<Item = types::NodeResult>) -> Value {
+        match nodes.next() {
+            None | Some(types::NodeResult::None) => Value::None,
+            Some(types::NodeResult::Boolean(b)) => Value::Boolean(b),
+            Some(types::NodeResult::Int(i)) => Value::Int(i),
+            Some(types::NodeResult::Uint(u)) => Value::Uint(u),
+            Some(types::NodeResult::Float(f)) => Value::Float(f),
+            Some(types::NodeResult::Text(s)) => Value::Text(s),
+            Some(types::NodeResult::Bytes(b)) => Value::Bytes(b),
+            Some(types::NodeResult::List(n)) => {
+                Value::List((0..n).map(|_| lift_tree(nodes)).collect())
+            }
+            Some(types::NodeResult::Map(n)) => Value::Map(
+                (0..n)
+                    .map(|_| (lift_tree(nodes), lift_tree(nodes)))
+                    .collect(),
+            ),
+            Some(types::NodeResult::Record(names)) => Value::Record(
+                names
+                    .into_iter()
+                    .map(|name| (name, lift_tree(nodes)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A tree's nodes in pre-order, borrowing from it; record field names
+    /// are gathered per node so the WIT parameter can borrow them.
+    enum Node<'a> {
+        Leaf(types::NodeParam<'a>),
+        Record(Vec<&'a str>),
+    }
+
+    fn flatten<'a>(v: &'a Value, out: &mut Vec<Node<'a>>) {
+        // Counts fit in u32: a guest cannot hold 4 billion nodes.
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let leaf = match v {
+            Value::None => types::NodeParam::None,
+            Value::Boolean(b) => types::NodeParam::Boolean(*b),
+            Value::Int(i) => types::NodeParam::Int(*i),
+            Value::Uint(u) => types::NodeParam::Uint(*u),
+            Value::Float(f) => types::NodeParam::Float(*f),
+            Value::Text(s) => types::NodeParam::Text(s),
+            Value::Bytes(b) => types::NodeParam::Bytes(b),
+            Value::List(items) => {
+                out.push(Node::Leaf(types::NodeParam::List(len(items.len()))));
+                items.iter().for_each(|v| flatten(v, out));
+                return;
+            }
+            Value::Map(entries) => {
+                out.push(Node::Leaf(types::NodeParam::Map(len(entries.len()))));
+                for (k, v) in entries {
+                    flatten(k, out);
+                    flatten(v, out);
+                }
+                return;
+            }
+            Value::Record(fields) => {
+                out.push(Node::Record(
+                    fields.iter().map(|(n, _)| n.as_str()).collect(),
+                ));
+                fields.iter().for_each(|(_, v)| flatten(v, out));
+                return;
+            }
+        };
+        out.push(Node::Leaf(leaf));
+    }
+
+    /// Every tree among `values`, flattened, in order.
+    fn flatten_trees<'a>(values: impl Iterator<Item = &'a ValueRef<'a>>) -> Vec<Vec<Node<'a>>> {
+        values
+            .filter_map(|v| match v {
+                ValueRef::Tree(tree) => {
+                    let mut nodes = Vec::new();
+                    flatten(tree, &mut nodes);
+                    Some(nodes)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The WIT nodes of flattened trees, borrowing their field names.
+    fn node_params<'a>(trees: &'a [Vec<Node<'a>>]) -> Vec<Vec<types::NodeParam<'a>>> {
+        trees
+            .iter()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| match n {
+                        Node::Leaf(leaf) => leaf.clone(),
+                        Node::Record(names) => types::NodeParam::Record(names),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Lowers `v`; a tree takes the next of the lowered trees, which must
+    /// come from the same values in the same order.
+    fn lower<'a>(
+        v: &'a ValueRef<'a>,
+        trees: &mut impl Iterator<Item = &'a Vec<types::NodeParam<'a>>>,
+    ) -> types::ValueParam<'a> {
         match v {
-            ValueRef::Boolean(b) => types::ValueParam::Boolean(b),
-            ValueRef::Int(i) => types::ValueParam::Int(i),
-            ValueRef::Uint(u) => types::ValueParam::Uint(u),
-            ValueRef::Float(f) => types::ValueParam::Float(f),
+            ValueRef::Boolean(b) => types::ValueParam::Boolean(*b),
+            ValueRef::Int(i) => types::ValueParam::Int(*i),
+            ValueRef::Uint(u) => types::ValueParam::Uint(*u),
+            ValueRef::Float(f) => types::ValueParam::Float(*f),
             ValueRef::Text(s) => types::ValueParam::Text(s),
             ValueRef::Bytes(b) => types::ValueParam::Bytes(b),
+            ValueRef::Tree(_) => types::ValueParam::Nested(
+                trees
+                    .next()
+                    .expect("invariant: one lowered tree per tree value"),
+            ),
+        }
+    }
+
+    /// Every value an update carries, in the order [`lower`] visits them.
+    fn values<'u, 'a>(update: &'u Update<'a>) -> Box<dyn Iterator<Item = &'u ValueRef<'a>> + 'u> {
+        match update {
+            Update::ValueSet(v) | Update::MapRemove(v) => Box::new(std::iter::once(v)),
+            Update::MapPut(k, v) => Box::new([k, v].into_iter()),
+            Update::ListSet(vs) => Box::new(vs.iter()),
+            Update::ValueClear | Update::MapClear | Update::ListClear => {
+                Box::new(std::iter::empty())
+            }
         }
     }
 
@@ -156,25 +279,42 @@ mod wasm {
             ks::list_get(state, key).map(|vs| vs.into_iter().map(lift).collect())
         }
         fn write(&mut self, writes: &[Write<'_>]) -> Result<(), String> {
-            // List updates borrow their lowered elements, so lower those first.
-            let lists: Vec<Vec<types::ValueParam<'_>>> = writes
-                .iter()
-                .filter_map(|w| match &w.update {
-                    Update::ListSet(vs) => Some(vs.iter().map(|v| lower(*v)).collect()),
-                    _ => None,
-                })
-                .collect();
+            // WIT parameters borrow, so lower bottom-up: tree nodes, then
+            // list elements, then the writes themselves.
+            let trees = flatten_trees(writes.iter().flat_map(|w| values(&w.update)));
+            let trees = node_params(&trees);
+            let mut tree_iter = trees.iter();
+            let mut lists = Vec::new();
+            let mut singles = Vec::new();
+            for w in writes {
+                match &w.update {
+                    Update::ListSet(vs) => {
+                        lists.push(
+                            vs.iter()
+                                .map(|v| lower(v, &mut tree_iter))
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                    update => singles.extend(values(update).map(|v| lower(v, &mut tree_iter))),
+                }
+            }
             let mut lists = lists.iter();
+            let mut singles = singles.into_iter();
+            let mut single = || {
+                singles
+                    .next()
+                    .expect("invariant: one lowered value per value")
+            };
             let lowered: Vec<ks::StateWrite<'_>> = writes
                 .iter()
                 .map(|w| ks::StateWrite {
                     state: w.state,
                     key: w.key,
                     update: match &w.update {
-                        Update::ValueSet(v) => ks::Update::ValueSet(lower(*v)),
+                        Update::ValueSet(_) => ks::Update::ValueSet(single()),
                         Update::ValueClear => ks::Update::ValueClear,
-                        Update::MapPut(k, v) => ks::Update::MapPut((lower(*k), lower(*v))),
-                        Update::MapRemove(k) => ks::Update::MapRemove(lower(*k)),
+                        Update::MapPut(..) => ks::Update::MapPut((single(), single())),
+                        Update::MapRemove(_) => ks::Update::MapRemove(single()),
                         Update::MapClear => ks::Update::MapClear,
                         Update::ListSet(_) => ks::Update::ListSet(
                             lists
@@ -191,9 +331,11 @@ mod wasm {
             Ok(operator_state::get(state).into_iter().map(lift).collect())
         }
         fn operator_replace(&mut self, state: &str, values: &[ValueRef<'_>]) -> Result<(), String> {
-            let lowered: Vec<_> = values.iter().map(|v| lower(*v)).collect();
-            operator_state::replace(state, &lowered);
-            Ok(())
+            let trees = flatten_trees(values.iter());
+            let trees = node_params(&trees);
+            let mut tree_iter = trees.iter();
+            let lowered: Vec<_> = values.iter().map(|v| lower(v, &mut tree_iter)).collect();
+            operator_state::replace(state, &lowered)
         }
         fn emit(&mut self, batch: &[u8]) {
             output::emit(batch);

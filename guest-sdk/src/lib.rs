@@ -44,6 +44,7 @@ mod host;
 mod log;
 mod runtime;
 mod state;
+pub mod structured;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod value;
@@ -52,6 +53,7 @@ pub use error::Error;
 pub use log::{Level, log};
 pub use runtime::{Context, Emitter, Operator, Record};
 pub use state::{ListState, MapState, OperatorListState, ValueState};
+pub use structured::Structured;
 pub use value::{StateValue, Value, ValueRef};
 
 #[cfg_attr(not(target_arch = "wasm32"), allow(unused_imports))]

@@ -93,7 +93,12 @@ impl<T: StateValue> ValueState<T> {
     /// value type.
     pub fn new(name: &str) -> Result<Self, Error> {
         let (name, cache) = REGISTRY.with_borrow_mut(|r| {
-            r.register(name, Kind::Value, T::TYPE_NAME.into(), ValueCache::<T>::new)
+            r.register(
+                name,
+                Kind::Value,
+                T::type_name().into(),
+                ValueCache::<T>::new,
+            )
         })?;
         Ok(Self { name, cache })
     }
@@ -169,7 +174,7 @@ impl<K: StateValue + Hash + Eq, V: StateValue> MapState<K, V> {
     /// [`Error::StateConflict`] if `name` is registered as another kind or
     /// key/value types.
     pub fn new(name: &str) -> Result<Self, Error> {
-        let types = format!("{}, {}", K::TYPE_NAME, V::TYPE_NAME);
+        let types = format!("{}, {}", K::type_name(), V::type_name());
         let (name, cache) = REGISTRY
             .with_borrow_mut(|r| r.register(name, Kind::Map, types, MapCache::<K, V>::new))?;
         Ok(Self { name, cache })
@@ -279,7 +284,7 @@ impl<T: StateValue> ListState<T> {
     /// element type.
     pub fn new(name: &str) -> Result<Self, Error> {
         let (name, cache) = REGISTRY.with_borrow_mut(|r| {
-            r.register(name, Kind::List, T::TYPE_NAME.into(), ListCache::<T>::new)
+            r.register(name, Kind::List, T::type_name().into(), ListCache::<T>::new)
         })?;
         Ok(Self { name, cache })
     }
@@ -366,7 +371,7 @@ impl<T: StateValue> OperatorListState<T> {
             r.register(
                 name,
                 Kind::OperatorList,
-                T::TYPE_NAME.into(),
+                T::type_name().into(),
                 OperatorListCache::<T>::new,
             )
         })?;

@@ -21,10 +21,21 @@ pub enum Value {
     Text(String),
     /// Opaque bytes a plugin encodes itself.
     Bytes(Vec<u8>),
+    /// No value, inside a list, map or record (Rust `None`, Python `None`,
+    /// JavaScript `null`).
+    None,
+    /// A list.
+    List(Vec<Value>),
+    /// A map with keys of any type, in the order written.
+    Map(Vec<(Value, Value)>),
+    /// A record (a struct): named fields in the order written.
+    Record(Vec<(String, Value)>),
 }
 
 /// A borrowed state value, as handed to the host (mirrors WIT `value`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Scalars borrow; a list, map, record or none is a tree built for the
+/// call ([`ValueRef::Tree`]).
+#[derive(Debug, Clone, PartialEq)]
 pub enum ValueRef<'a> {
     /// A boolean.
     Boolean(bool),
@@ -38,12 +49,26 @@ pub enum ValueRef<'a> {
     Text(&'a str),
     /// Opaque bytes.
     Bytes(&'a [u8]),
+    /// A nested value: [`Value::None`], [`Value::List`], [`Value::Map`] or
+    /// [`Value::Record`].
+    Tree(Value),
 }
 
 impl Value {
     /// The WIT case name of this value (`boolean`, `int`, ...), for messages.
     pub fn kind(&self) -> &'static str {
-        self.as_ref().kind()
+        match self {
+            Value::Boolean(_) => "boolean",
+            Value::Int(_) => "int",
+            Value::Uint(_) => "uint",
+            Value::Float(_) => "float",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "bytes",
+            Value::None => "none",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+            Value::Record(_) => "record",
+        }
     }
 
     /// Borrows this value.
@@ -55,6 +80,7 @@ impl Value {
             Value::Float(f) => ValueRef::Float(*f),
             Value::Text(s) => ValueRef::Text(s),
             Value::Bytes(b) => ValueRef::Bytes(b),
+            tree => ValueRef::Tree(tree.clone()),
         }
     }
 }
@@ -69,18 +95,20 @@ impl ValueRef<'_> {
             ValueRef::Float(_) => "float",
             ValueRef::Text(_) => "text",
             ValueRef::Bytes(_) => "bytes",
+            ValueRef::Tree(tree) => tree.kind(),
         }
     }
 
     /// Copies this value into an owned [`Value`].
     pub fn to_owned_value(&self) -> Value {
-        match *self {
-            ValueRef::Boolean(b) => Value::Boolean(b),
-            ValueRef::Int(i) => Value::Int(i),
-            ValueRef::Uint(u) => Value::Uint(u),
-            ValueRef::Float(f) => Value::Float(f),
-            ValueRef::Text(s) => Value::Text(s.to_owned()),
+        match self {
+            ValueRef::Boolean(b) => Value::Boolean(*b),
+            ValueRef::Int(i) => Value::Int(*i),
+            ValueRef::Uint(u) => Value::Uint(*u),
+            ValueRef::Float(f) => Value::Float(*f),
+            ValueRef::Text(s) => Value::Text((*s).to_owned()),
             ValueRef::Bytes(b) => Value::Bytes(b.to_vec()),
+            ValueRef::Tree(tree) => tree.clone(),
         }
     }
 }
@@ -88,14 +116,18 @@ impl ValueRef<'_> {
 /// A Rust type that can be stored in Weir state.
 ///
 /// Implemented for `i64`, `i32`, `u64`, `u32`, `f64`, `bool`, `String` and
-/// `Vec<u8>`. Implement it for your own types by encoding them as
-/// [`Value::Bytes`] (or text), keeping in mind that another language's
-/// plugin must decode the same bytes after a restore.
+/// `Vec<u8>`, and for every serde type marked [`Structured`](crate::Structured)
+/// (structs, enums, collections), which are stored as nested values that
+/// Python and JavaScript operators read as dicts and objects.
+///
+/// Integers read back across `int` and `uint` when in range, and `f64`
+/// reads integers too, so a value another language wrote with a different
+/// integer flavour still reads.
 ///
 /// Contract: `from_value(to_value(x).to_owned_value()) == Some(x)`.
 pub trait StateValue: Clone + 'static {
     /// The type's name in error messages, e.g. `"i64"`.
-    const TYPE_NAME: &'static str;
+    fn type_name() -> &'static str;
 
     /// Borrows `self` as a WIT value.
     fn to_value(&self) -> ValueRef<'_>;
@@ -103,85 +135,114 @@ pub trait StateValue: Clone + 'static {
     /// Converts a stored value back, or `None` if it has another type or is
     /// out of range.
     fn from_value(value: Value) -> Option<Self>;
+
+    /// Like [`StateValue::from_value`], with the reason on failure.
+    ///
+    /// # Errors
+    /// Why `value` is not a `Self`.
+    fn try_from_value(value: Value) -> Result<Self, String> {
+        let found = value.kind();
+        Self::from_value(value)
+            .ok_or_else(|| format!("a {found} value where {} was expected", Self::type_name()))
+    }
 }
 
 /// Converts a stored value for state `state`, naming the state on mismatch.
 pub(crate) fn decode<T: StateValue>(state: &str, value: Value) -> Result<T, Error> {
-    let found = value.kind();
-    T::from_value(value).ok_or_else(|| Error::WrongType {
+    T::try_from_value(value).map_err(|reason| Error::WrongType {
         state: state.to_owned(),
-        expected: T::TYPE_NAME,
-        found: found.to_owned(),
+        reason,
     })
 }
 
 impl StateValue for i64 {
-    const TYPE_NAME: &'static str = "i64";
+    fn type_name() -> &'static str {
+        "i64"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Int(*self)
     }
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Int(i) => Some(i),
+            Value::Uint(u) => i64::try_from(u).ok(),
             _ => None,
         }
     }
 }
 
 impl StateValue for i32 {
-    const TYPE_NAME: &'static str = "i32";
+    fn type_name() -> &'static str {
+        "i32"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Int(i64::from(*self))
     }
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Int(i) => i32::try_from(i).ok(),
+            Value::Uint(u) => i32::try_from(u).ok(),
             _ => None,
         }
     }
 }
 
 impl StateValue for u64 {
-    const TYPE_NAME: &'static str = "u64";
+    fn type_name() -> &'static str {
+        "u64"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Uint(*self)
     }
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Uint(u) => Some(u),
+            Value::Int(i) => u64::try_from(i).ok(),
             _ => None,
         }
     }
 }
 
 impl StateValue for u32 {
-    const TYPE_NAME: &'static str = "u32";
+    fn type_name() -> &'static str {
+        "u32"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Uint(u64::from(*self))
     }
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Uint(u) => u32::try_from(u).ok(),
+            Value::Int(i) => u32::try_from(i).ok(),
             _ => None,
         }
     }
 }
 
 impl StateValue for f64 {
-    const TYPE_NAME: &'static str = "f64";
+    fn type_name() -> &'static str {
+        "f64"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Float(*self)
     }
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Float(f) => Some(f),
+            // Another language may write a whole float as an integer.
+            #[allow(clippy::cast_precision_loss)]
+            Value::Int(i) => Some(i as f64),
+            #[allow(clippy::cast_precision_loss)]
+            Value::Uint(u) => Some(u as f64),
             _ => None,
         }
     }
 }
 
 impl StateValue for bool {
-    const TYPE_NAME: &'static str = "bool";
+    fn type_name() -> &'static str {
+        "bool"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Boolean(*self)
     }
@@ -194,7 +255,9 @@ impl StateValue for bool {
 }
 
 impl StateValue for String {
-    const TYPE_NAME: &'static str = "String";
+    fn type_name() -> &'static str {
+        "String"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Text(self)
     }
@@ -207,7 +270,9 @@ impl StateValue for String {
 }
 
 impl StateValue for Vec<u8> {
-    const TYPE_NAME: &'static str = "Vec<u8>";
+    fn type_name() -> &'static str {
+        "Vec<u8>"
+    }
     fn to_value(&self) -> ValueRef<'_> {
         ValueRef::Bytes(self)
     }
@@ -244,6 +309,16 @@ mod tests {
     fn narrow_integers_reject_out_of_range() {
         assert_eq!(i32::from_value(Value::Int(i64::MAX)), None);
         assert_eq!(u32::from_value(Value::Uint(u64::MAX)), None);
+        assert_eq!(u64::from_value(Value::Int(-1)), None);
+        assert_eq!(i64::from_value(Value::Uint(u64::MAX)), None);
+    }
+
+    #[test]
+    fn integers_read_across_flavours_and_floats_read_integers() {
+        assert_eq!(u64::from_value(Value::Int(7)), Some(7));
+        assert_eq!(i64::from_value(Value::Uint(7)), Some(7));
+        assert_eq!(f64::from_value(Value::Int(2)), Some(2.0));
+        assert_eq!(bool::from_value(Value::Int(1)), None);
     }
 
     #[test]

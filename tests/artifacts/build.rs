@@ -23,13 +23,17 @@ const PLUGINS: &[(&str, &str, &str)] = &[
     ),
     ("FILTER", "weir-plugin-filter", "weir_plugin_filter"),
     ("FAULTY", "weir-plugin-faulty", "weir_plugin_faulty"),
+    ("STATS", "weir-plugin-stats", "weir_plugin_stats"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";
 
 /// `(constant name, directory under the workspace)` of every Python plugin;
 /// each directory holds an `app.py` built against `guest-sdk/python`.
-const PYTHON_PLUGINS: &[(&str, &str)] = &[("PY_WORD_COUNT", "plugins/python/word-count")];
+const PYTHON_PLUGINS: &[(&str, &str)] = &[
+    ("PY_WORD_COUNT", "plugins/python/word-count"),
+    ("PY_STATS", "plugins/python/stats"),
+];
 
 /// The componentize-py release the Python plugins are built with.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";

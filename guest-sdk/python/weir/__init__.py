@@ -14,6 +14,7 @@ kept in a write-back cache that is handed to the host when ``snapshot`` and
 values in Rust (``i64``, ``f64``, ``String``, ``Vec<u8>``, ``bool``).
 """
 
+import dataclasses
 import struct
 import traceback
 
@@ -116,23 +117,132 @@ class Emitter:
             self._buf = bytearray()
 
 
-def _to_value(v):
+_I64_MIN, _I64_MAX, _U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
+def _int(v, make_int, make_uint):
+    if _I64_MIN <= v <= _I64_MAX:
+        return make_int(v)
+    if 0 <= v <= _U64_MAX:
+        return make_uint(v)
+    raise OverflowError(f"state integers fit in 64 bits; {v} does not")
+
+
+def _scalar(v):
+    """The WIT value of a scalar, or None if ``v`` is not one."""
     # bool first: it is a subclass of int.
     if isinstance(v, bool):
         return types.Value_Boolean(v)
     if isinstance(v, int):
-        return types.Value_Int(v)
+        return _int(v, types.Value_Int, types.Value_Uint)
     if isinstance(v, float):
         return types.Value_Float(v)
     if isinstance(v, str):
         return types.Value_Text(v)
     if isinstance(v, (bytes, bytearray)):
         return types.Value_Bytes(bytes(v))
-    raise TypeError(f"state values are bool, int, float, str or bytes, not {type(v).__name__}")
+    return None
 
 
-def _from_value(v):
-    return v.value
+def _fields(v):
+    """The fields of a dataclass instance, or None."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+    return None
+
+
+def _flatten(v, out, depth=0):
+    """Appends the pre-order nodes of ``v`` (docs/wit.md, nested values)."""
+    if depth > 64:
+        raise ValueError("state values nest at most 64 levels deep")
+    if v is None:
+        out.append(types.Node_None_())
+    elif isinstance(v, bool):
+        out.append(types.Node_Boolean(v))
+    elif isinstance(v, int):
+        out.append(_int(v, types.Node_Int, types.Node_Uint))
+    elif isinstance(v, float):
+        out.append(types.Node_Float(v))
+    elif isinstance(v, str):
+        out.append(types.Node_Text(v))
+    elif isinstance(v, (bytes, bytearray)):
+        out.append(types.Node_Bytes(bytes(v)))
+    elif isinstance(v, (list, tuple)):
+        out.append(types.Node_List(len(v)))
+        for item in v:
+            _flatten(item, out, depth + 1)
+    elif isinstance(v, dict) or _fields(v) is not None:
+        d = v if isinstance(v, dict) else _fields(v)
+        if all(isinstance(k, str) for k in d):
+            out.append(types.Node_Record(list(d)))
+            for item in d.values():
+                _flatten(item, out, depth + 1)
+        else:
+            out.append(types.Node_Map(len(d)))
+            for k, item in d.items():
+                _flatten(k, out, depth + 1)
+                _flatten(item, out, depth + 1)
+    else:
+        raise TypeError(
+            "state values are bool, int, float, str, bytes, None, list, tuple, "
+            f"dict or a dataclass, not {type(v).__name__}")
+
+
+def _to_value(v):
+    scalar = _scalar(v)
+    if scalar is not None:
+        return scalar
+    nodes = []
+    _flatten(v, nodes)
+    return types.Value_Nested(nodes)
+
+
+def _unflatten(nodes, pos):
+    """The value whose tree starts at ``nodes[pos]``, and the position after it."""
+    node = nodes[pos]
+    pos += 1
+    if isinstance(node, types.Node_None_):
+        return None, pos
+    if isinstance(node, types.Node_List):
+        items = []
+        for _ in range(node.value):
+            item, pos = _unflatten(nodes, pos)
+            items.append(item)
+        return items, pos
+    if isinstance(node, types.Node_Map):
+        d = {}
+        for _ in range(node.value):
+            k, pos = _unflatten(nodes, pos)
+            d[_hashable(k)], pos = _unflatten(nodes, pos)
+        return d, pos
+    if isinstance(node, types.Node_Record):
+        d = {}
+        for name in node.value:
+            d[name], pos = _unflatten(nodes, pos)
+        return d, pos
+    return node.value, pos
+
+
+def _hashable(k):
+    """A map key as a dict key: lists become tuples, dicts frozensets of items."""
+    if isinstance(k, list):
+        return tuple(_hashable(i) for i in k)
+    if isinstance(k, dict):
+        return frozenset((_hashable(a), _hashable(b)) for a, b in k.items())
+    return k
+
+
+def _from_value(v, cls=None):
+    if isinstance(v, types.Value_Nested):
+        value, _ = _unflatten(v.value, 0)
+    else:
+        value = v.value
+    if cls is not None and isinstance(value, dict) and dataclasses.is_dataclass(cls):
+        # Fields the stored value lacks take the dataclass's defaults; fields
+        # the class no longer has are dropped, so a v2 reads v1's values.
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: value[k] for k in value if k in names})
+    return value
 
 
 class _Registry:
@@ -149,11 +259,12 @@ def _current_key(name):
 class _KeyedState:
     kind = None
 
-    def __init__(self, name):
+    def __init__(self, name, type=None):  # noqa: A002 - mirrors the Rust type parameter
         existing = _Registry.states.get(name)
         if existing is not None and existing.kind != self.kind:
             raise ValueError(f"state `{name}` is already a {existing.kind} state, not a {self.kind} state")
         self.name = name
+        self._type = type
         self._cache = {}
         self._dirty = set()
         _Registry.states[name] = self
@@ -174,7 +285,7 @@ class ValueState(_KeyedState):
         key = _current_key(self.name)
         if key not in self._cache:
             v = keyed_state.value_get(self.name, key)
-            self._cache[key] = None if v is None else _from_value(v)
+            self._cache[key] = None if v is None else _from_value(v, self._type)
         v = self._cache[key]
         return default if v is None else v
 
@@ -203,7 +314,7 @@ class ListState(_KeyedState):
     def _load(self):
         key = _current_key(self.name)
         if key not in self._cache:
-            self._cache[key] = [_from_value(v) for v in keyed_state.list_get(self.name, key)]
+            self._cache[key] = [_from_value(v, self._type) for v in keyed_state.list_get(self.name, key)]
         return key
 
     def get(self):
@@ -245,7 +356,8 @@ class MapState(_KeyedState):
         key = _current_key(self.name)
         if key not in self._cache:
             entries = keyed_state.map_entries(self.name, key)
-            self._cache[key] = ({_from_value(k): _from_value(v) for k, v in entries}, set(), False)
+            self._cache[key] = (
+                {_hashable(_from_value(k)): _from_value(v, self._type) for k, v in entries}, set(), False)
         return key
 
     def get(self, map_key, default=None):

@@ -14,7 +14,8 @@ use thiserror::Error;
 
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 
-/// A typed state value; mirrors the WIT `value` variant.
+/// A typed state value; mirrors the WIT `value` variant, with `nested`
+/// values held as a tree (the WIT carries them as pre-order nodes).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// A boolean.
@@ -29,24 +30,78 @@ pub enum Value {
     Text(String),
     /// Opaque bytes.
     Bytes(Vec<u8>),
+    /// No value (only meaningful inside a list, map or record).
+    None,
+    /// A list.
+    List(Vec<Value>),
+    /// A map with keys of any type, in the order written.
+    Map(Vec<(Value, Value)>),
+    /// A record: named fields, in the order written.
+    Record(Vec<(String, Value)>),
 }
 
 impl Value {
     /// A canonical byte form, used to compare and hash map keys (floats
     /// compare by bit pattern, so `NaN` keys are usable and `-0.0 != 0.0`).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let (tag, body): (u8, Vec<u8>) = match self {
-            Value::Boolean(b) => (0, vec![u8::from(*b)]),
-            Value::Int(i) => (1, i.to_le_bytes().to_vec()),
-            Value::Uint(u) => (2, u.to_le_bytes().to_vec()),
-            Value::Float(f) => (3, f.to_bits().to_le_bytes().to_vec()),
-            Value::Text(s) => (4, s.as_bytes().to_vec()),
-            Value::Bytes(b) => (5, b.clone()),
-        };
-        let mut out = Vec::with_capacity(body.len() + 1);
-        out.push(tag);
-        out.extend_from_slice(&body);
+        let mut out = Vec::new();
+        self.write_canonical(&mut out);
         out
+    }
+
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        fn len(out: &mut Vec<u8>, n: usize) {
+            // Lengths past u32 cannot cross the WIT boundary anyway.
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        match self {
+            Value::Boolean(b) => out.extend_from_slice(&[0, u8::from(*b)]),
+            Value::Int(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::Uint(u) => {
+                out.push(2);
+                out.extend_from_slice(&u.to_le_bytes());
+            }
+            Value::Float(f) => {
+                out.push(3);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            Value::Text(s) => {
+                out.push(4);
+                len(out, s.len());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Bytes(b) => {
+                out.push(5);
+                len(out, b.len());
+                out.extend_from_slice(b);
+            }
+            Value::None => out.push(6),
+            Value::List(items) => {
+                out.push(7);
+                len(out, items.len());
+                items.iter().for_each(|v| v.write_canonical(out));
+            }
+            Value::Map(entries) => {
+                out.push(8);
+                len(out, entries.len());
+                for (k, v) in entries {
+                    k.write_canonical(out);
+                    v.write_canonical(out);
+                }
+            }
+            Value::Record(fields) => {
+                out.push(9);
+                len(out, fields.len());
+                for (name, v) in fields {
+                    len(out, name.len());
+                    out.extend_from_slice(name.as_bytes());
+                    v.write_canonical(out);
+                }
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! This is the only module that touches wasmtime.
 
 mod sandbox;
+mod value;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -421,6 +422,14 @@ impl OperatorInstance {
     pub fn state(&self) -> &dyn KeyedStateBackend {
         self.store.data().keyed.as_ref()
     }
+
+    /// Ends the instance and hands back its keyed state, to give to the
+    /// next instance of the same operator uid (which may run another
+    /// plugin). Call after [`OperatorInstance::close`] or
+    /// [`OperatorInstance::snapshot`], when the host holds all the state.
+    pub fn into_state(self) -> Box<dyn KeyedStateBackend> {
+        self.store.into_data().keyed
+    }
 }
 
 // ---- host side of the imports ----
@@ -450,42 +459,12 @@ impl logging::Host for InstanceState {
     }
 }
 
-impl From<types::Value> for Value {
-    fn from(v: types::Value) -> Self {
-        match v {
-            types::Value::Boolean(b) => Value::Boolean(b),
-            types::Value::Int(i) => Value::Int(i),
-            types::Value::Uint(u) => Value::Uint(u),
-            types::Value::Float(f) => Value::Float(f),
-            types::Value::Text(s) => Value::Text(s),
-            types::Value::Bytes(b) => Value::Bytes(b),
-        }
-    }
-}
-
-impl From<Value> for types::Value {
-    fn from(v: Value) -> Self {
-        match v {
-            Value::Boolean(b) => types::Value::Boolean(b),
-            Value::Int(i) => types::Value::Int(i),
-            Value::Uint(u) => types::Value::Uint(u),
-            Value::Float(f) => types::Value::Float(f),
-            Value::Text(s) => types::Value::Text(s),
-            Value::Bytes(b) => types::Value::Bytes(b),
-        }
-    }
-}
-
-fn to_wit(values: Vec<Value>) -> Vec<types::Value> {
-    values.into_iter().map(Into::into).collect()
-}
-
 impl keyed_state::Host for InstanceState {
     fn value_get(&mut self, state: String, key: Vec<u8>) -> Result<Option<types::Value>, String> {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
             .value_get(kg, &state, &key)
-            .map(|v| v.map(Into::into))
+            .map(|v| v.map(value::lower))
             .map_err(|e| e.to_string())
     }
 
@@ -497,8 +476,8 @@ impl keyed_state::Host for InstanceState {
     ) -> Result<Option<types::Value>, String> {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
-            .map_get(kg, &state, &key, &map_key.into())
-            .map(|v| v.map(Into::into))
+            .map_get(kg, &state, &key, &value::lift(map_key)?)
+            .map(|v| v.map(value::lower))
             .map_err(|e| e.to_string())
     }
 
@@ -510,7 +489,11 @@ impl keyed_state::Host for InstanceState {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
             .map_entries(kg, &state, &key)
-            .map(|es| es.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            .map(|es| {
+                es.into_iter()
+                    .map(|(k, v)| (value::lower(k), value::lower(v)))
+                    .collect()
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -518,7 +501,7 @@ impl keyed_state::Host for InstanceState {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
             .list_get(kg, &state, &key)
-            .map(to_wit)
+            .map(value::lower_all)
             .map_err(|e| e.to_string())
     }
 
@@ -526,14 +509,14 @@ impl keyed_state::Host for InstanceState {
         for w in writes {
             let kg = key_group_of(&w.key, self.max_parallelism);
             let update = match w.update {
-                keyed_state::Update::ValueSet(v) => Update::ValueSet(v.into()),
+                keyed_state::Update::ValueSet(v) => Update::ValueSet(value::lift(v)?),
                 keyed_state::Update::ValueClear => Update::ValueClear,
-                keyed_state::Update::MapPut((k, v)) => Update::MapPut(k.into(), v.into()),
-                keyed_state::Update::MapRemove(k) => Update::MapRemove(k.into()),
-                keyed_state::Update::MapClear => Update::MapClear,
-                keyed_state::Update::ListSet(vs) => {
-                    Update::ListSet(vs.into_iter().map(Into::into).collect())
+                keyed_state::Update::MapPut((k, v)) => {
+                    Update::MapPut(value::lift(k)?, value::lift(v)?)
                 }
+                keyed_state::Update::MapRemove(k) => Update::MapRemove(value::lift(k)?),
+                keyed_state::Update::MapClear => Update::MapClear,
+                keyed_state::Update::ListSet(vs) => Update::ListSet(value::lift_all(vs)?),
                 keyed_state::Update::ListClear => Update::ListClear,
             };
             self.keyed
@@ -549,13 +532,14 @@ impl operator_state::Host for InstanceState {
         self.operator_state
             .get(&state)
             .cloned()
-            .map(to_wit)
+            .map(value::lower_all)
             .unwrap_or_default()
     }
 
-    fn replace(&mut self, state: String, values: Vec<types::Value>) {
-        self.operator_state
-            .insert(state, values.into_iter().map(Into::into).collect());
+    fn replace(&mut self, state: String, values: Vec<types::Value>) -> Result<(), String> {
+        let values = value::lift_all(values).map_err(|e| format!("state `{state}`: {e}"))?;
+        self.operator_state.insert(state, values);
+        Ok(())
     }
 }
 
