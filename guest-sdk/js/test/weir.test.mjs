@@ -1,0 +1,594 @@
+// Unit tests of weir.js against the in-memory host in host.mjs:
+//   node --import ./test/register.mjs --test test/weir.test.mjs
+// (cargo runs them too: tests/e2e/javascript.rs).
+
+import assert from 'node:assert/strict';
+import { beforeEach, test } from 'node:test';
+
+import { foreign, host, reset } from './host.mjs';
+
+let fresh = 0;
+
+/** A new instance of weir.js: its state registry is per module instance. */
+async function sdk() {
+  fresh += 1;
+  return import(`../weir.js?instance=${fresh}`);
+}
+
+const utf8 = (s) => new TextEncoder().encode(s);
+const str = (b) => new TextDecoder().decode(b);
+
+/**
+ * A packed batch (layout v1) of `[key, value, timestamp]` records, made in
+ * another realm as the bindings make it.
+ */
+function batch(records) {
+  const parts = [];
+  for (const [key, value, ts] of records) {
+    const k = key === null ? null : utf8(key);
+    const v = utf8(value);
+    const rec = new Uint8Array(1 + (ts === null ? 0 : 8) + (k === null ? 0 : 4 + k.length) + 4 + v.length);
+    const view = new DataView(rec.buffer);
+    rec[0] = (k === null ? 0 : 1) | (ts === null ? 0 : 2);
+    let pos = 1;
+    if (ts !== null) {
+      view.setBigInt64(pos, ts, true);
+      pos += 8;
+    }
+    if (k !== null) {
+      view.setUint32(pos, k.length, true);
+      rec.set(k, pos + 4);
+      pos += 4 + k.length;
+    }
+    view.setUint32(pos, v.length, true);
+    rec.set(v, pos + 4);
+    parts.push(rec);
+  }
+  const out = new foreign.Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let pos = 0;
+  for (const p of parts) {
+    out.set(p, pos);
+    pos += p.length;
+  }
+  return out;
+}
+
+/** The records of every batch emitted so far, as `[key, value, timestamp]`. */
+function emitted(weir) {
+  return host.emitted.flatMap((b) =>
+    weir.decodeBatch(b).map((r) => [r.key === null ? null : str(r.key), str(r.value), r.timestamp]),
+  );
+}
+
+/** `v` with every Uint8Array (of any realm) as a plain array, to compare. */
+const plain = (v) =>
+  ArrayBuffer.isView(v)
+    ? [...v]
+    : v !== null && typeof v === 'object'
+      ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]))
+      : v;
+
+const ctx = (config = '') => ({ uid: 'op', config, subtaskIndex: 0, parallelism: 1, maxParallelism: 128 });
+
+/** Exports `Op` from a fresh SDK and opens it; returns `[weir, operator]`. */
+async function open(makeOp, config = '') {
+  const weir = await sdk();
+  const operator = weir.exportOperator(makeOp(weir));
+  assert.equal(operator.open(ctx(config)), undefined);
+  return [weir, operator];
+}
+
+function wordCount(weir) {
+  return class extends weir.Operator {
+    open() {
+      this.count = new weir.ValueState('count');
+    }
+
+    process(record, out) {
+      // The batch comes from the bindings' realm; the SDK re-views it in ours.
+      assert.ok((record.key === null || record.key instanceof Uint8Array) && record.value instanceof Uint8Array);
+      const n = this.count.get(0) + 1;
+      this.count.set(n);
+      out.emit(record.key, String(n));
+    }
+  };
+}
+
+beforeEach(reset);
+
+test('a packed batch round-trips through the emitter and the decoder', async () => {
+  const weir = await sdk();
+  const out = new weir.Emitter();
+  const big = 'é'.repeat(1000);
+  out.emit('k', 'v', 5n);
+  out.emit(null, utf8('no key'), null);
+  out.emit(utf8('bytes'), big, -(2n ** 63n));
+  out.emit('', '', 0);
+  out._send();
+  assert.equal(host.emitted.length, 1, 'one batch per send');
+  assert.deepEqual(emitted(weir), [
+    ['k', 'v', 5n],
+    [null, 'no key', null],
+    ['bytes', big, -(2n ** 63n)],
+    ['', '', 0n],
+  ]);
+  assert.throws(() => out.emit('k', 'v', 2n ** 63n), /outside the signed 64-bit range/);
+  assert.throws(() => out.emit('k', 42), /an emitted value is a string or Uint8Array, not number/);
+  assert.throws(() => out.emit(7, 'v'), /an emitted key is a string or Uint8Array or null, not number/);
+});
+
+test('the decoder rejects unknown flags and every truncation', async () => {
+  const weir = await sdk();
+  const good = batch([['key', 'value', 7n]]);
+  assert.equal(weir.decodeBatch(good).length, 1);
+  const bad = good.slice();
+  bad[0] |= 4;
+  assert.throws(() => weir.decodeBatch(bad), /unknown record flags 0x07/);
+  for (let len = 1; len < good.length; len += 1) {
+    assert.throws(() => weir.decodeBatch(good.subarray(0, len)), /packed batch truncated/, `length ${len}`);
+  }
+});
+
+test('word count emits one batch per call and writes state back only at snapshot and close', async () => {
+  const [weir, op] = await open(wordCount);
+  assert.equal(op.process(batch([['a', 'a', 1n], ['b', 'b', 2n], ['a', 'a', 3n]])), undefined);
+  assert.equal(host.emitted.length, 1);
+  assert.deepEqual(emitted(weir), [['a', '1', 1n], ['b', '1', 2n], ['a', '2', 3n]]);
+  assert.equal(host.writeCalls.length, 0, 'nothing written before a snapshot');
+  assert.equal(host.reads, 2, 'one read per new key');
+
+  assert.equal(op.snapshot(1n), undefined);
+  assert.equal(host.writeCalls.length, 1, 'one write call per flush');
+  assert.deepEqual(host.store.get('count\0a').value, { tag: 'int', val: 2n });
+  assert.deepEqual(host.store.get('count\0b').value, { tag: 'int', val: 1n });
+
+  op.process(batch([['a', 'a', null]]));
+  assert.equal(host.reads, 2, 'cached after the flush');
+  assert.equal(op.onCheckpointComplete(1n), undefined);
+  assert.equal(op.close(), undefined);
+  assert.equal(host.writeCalls.length, 2);
+  assert.deepEqual(host.writeCalls[1].map((w) => [w.state, str(w.key), w.update]), [
+    ['count', 'a', { tag: 'value-set', val: { tag: 'int', val: 3n } }],
+  ]);
+  assert.equal(op.snapshot(2n), undefined);
+  assert.equal(host.writeCalls.length, 2, 'no call when nothing is dirty');
+});
+
+test('state written by another operator is read back, and a capacity of 0 re-reads it', async () => {
+  const [, first] = await open(wordCount);
+  first.process(batch([['w', 'w', null]]));
+  first.close();
+  const [weir, second] = await open(wordCount);
+  weir.setCacheCapacity(0);
+  second.process(batch([['w', 'w', null]]));
+  assert.equal(host.reads, 2);
+  second.snapshot(1n);
+  second.process(batch([['w', 'w', null]]));
+  assert.equal(host.reads, 3, 'evicted after the flush');
+  second.close();
+  assert.deepEqual(host.store.get('count\0w').value, { tag: 'int', val: 3n });
+  assert.throws(() => weir.setCacheCapacity(-1), RangeError);
+});
+
+test('more dirty keys than the dirty limit are flushed after the process call', async () => {
+  const [weir, op] = await open(wordCount);
+  weir.setDirtyLimit(2);
+  op.process(batch([['a', 'a', null], ['b', 'b', null]]));
+  assert.equal(host.writeCalls.length, 0, 'at the limit');
+  op.process(batch([['c', 'c', null], ['a', 'a', null]]));
+  assert.equal(host.writeCalls.length, 1, 'over the limit: one flush after the call');
+  assert.deepEqual(host.writeCalls[0].map((w) => str(w.key)).sort(), ['a', 'b', 'c']);
+  assert.deepEqual(host.store.get('count\0a').value, { tag: 'int', val: 2n });
+  op.close();
+  assert.equal(host.writeCalls.length, 1, 'nothing left to write at close');
+  weir.setDirtyLimit(Infinity);
+  assert.throws(() => weir.setDirtyLimit(-1), RangeError);
+  assert.throws(() => weir.setDirtyLimit(1.5), RangeError);
+});
+
+test('JavaScript values map to WIT values and back', async () => {
+  const values = [
+    [true, { tag: 'boolean', val: true }, true],
+    [42, { tag: 'int', val: 42n }, 42],
+    [-7, { tag: 'int', val: -7n }, -7],
+    [1.5, { tag: 'float', val: 1.5 }, 1.5],
+    [2 ** 60, { tag: 'float', val: 2 ** 60 }, 2 ** 60],
+    [12n, { tag: 'int', val: 12n }, 12],
+    [2n ** 53n, { tag: 'int', val: 2n ** 53n }, 2n ** 53n],
+    [-(2n ** 63n), { tag: 'int', val: -(2n ** 63n) }, -(2n ** 63n)],
+    [2n ** 63n, { tag: 'uint', val: 2n ** 63n }, 2n ** 63n],
+    [2n ** 64n - 1n, { tag: 'uint', val: 2n ** 64n - 1n }, 2n ** 64n - 1n],
+    ['text', { tag: 'text', val: 'text' }, 'text'],
+    [utf8('raw'), { tag: 'bytes', val: utf8('raw') }, utf8('raw')],
+  ];
+  const [, op] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.v = new weir.ValueState('v');
+      }
+
+      process(record) {
+        this.v.set(values[Number(record.valueString())][0]);
+      }
+    },
+  );
+  values.forEach((_, i) => op.process(batch([[`k${i}`, String(i), null]])));
+  op.close();
+  values.forEach(([, wit], i) => assert.deepEqual(plain(host.store.get(`v\0k${i}`).value), plain(wit), `value ${i}`));
+
+  // Read back by a fresh operator: int and uint become Numbers when safe.
+  host.store.get('v\0k0').value = { tag: 'uint', val: 9n };
+  const read = [];
+  const [, reader] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.v = new weir.ValueState('v');
+      }
+
+      process(record) {
+        read.push(this.v.get());
+      }
+    },
+  );
+  values.forEach((_, i) => reader.process(batch([[`k${i}`, '', null]])));
+  assert.deepEqual(read, [9, ...values.slice(1).map(([, , js]) => js)]);
+  assert.ok(read.at(-1) instanceof Uint8Array, 'bytes read from the host are of this realm');
+});
+
+test('values outside the mapping fail the hook with a type or range error', async () => {
+  let deep = 1;
+  for (let i = 0; i < 65; i += 1) {
+    deep = [deep];
+  }
+  class Point {
+    constructor() {
+      this.x = 1;
+    }
+  }
+  for (const [bad, message] of [
+    [2n ** 64n, /RangeError: state integer 18446744073709551616 is outside the signed and unsigned 64-bit ranges/],
+    [-(2n ** 63n) - 1n, /RangeError: state integer/],
+    [[1, { big: 2n ** 64n }], /RangeError: state integer/],
+    [new Point(), /TypeError: state values are .* a plain object, not Point/],
+    [new Set([1]), /not Set/],
+    [[() => 1], /not function/],
+    [new Uint16Array(2), /not Uint16Array/],
+    [deep, /RangeError: state values nest at most 64 levels deep/],
+  ]) {
+    reset();
+    const [, op] = await open((weir) =>
+      class extends weir.Operator {
+        open() {
+          this.v = new weir.ValueState('v');
+        }
+
+        process() {
+          this.v.set(bad);
+        }
+      },
+    );
+    const r = op.process(batch([['k', 'x', null]]));
+    assert.equal(r.tag, 'err');
+    assert.match(r.val, message);
+  }
+});
+
+test('arrays, Maps, plain objects and null are nested values', async () => {
+  const stats = {
+    count: 3,
+    tags: ['a', null, undefined],
+    scores: new Map([[1, 1.5], ['two', [true]]]),
+    raw: utf8('r'),
+    big: 2n ** 63n,
+    inner: { empty: {}, none: null },
+  };
+  let read;
+  const [, op] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.v = new weir.ValueState('v');
+      }
+
+      process(record) {
+        const cmd = record.valueString();
+        if (cmd === 'set') {
+          this.v.set(stats);
+        } else if (cmd === 'doc') {
+          this.v.set({ count: 3, tags: ['a'] });
+        } else if (cmd === 'clear-with-null') {
+          this.v.set(null);
+        } else {
+          read = this.v.get('default');
+        }
+      }
+    },
+  );
+  op.process(batch([['s', 'set', null], ['d', 'doc', null], ['n', 'set', null]]));
+  op.snapshot(1n);
+  // The example of docs/wit.md, node for node.
+  assert.deepEqual(host.store.get('v\0d').value, {
+    tag: 'nested',
+    val: [
+      { tag: 'record', val: ['count', 'tags'] },
+      { tag: 'int', val: 3n },
+      { tag: 'list', val: 1 },
+      { tag: 'text', val: 'a' },
+    ],
+  });
+  assert.deepEqual(
+    host.store.get('v\0s').value.val.map((n) => n.tag),
+    ['record', 'int', 'list', 'text', 'none', 'none', 'map', 'int', 'float', 'text', 'list', 'boolean', 'bytes', 'uint', 'record', 'record', 'none'],
+  );
+  op.process(batch([['n', 'clear-with-null', null]]));
+  op.snapshot(2n);
+  assert.equal(host.store.get('v\0n').value, undefined, 'set(null) clears');
+
+  // A fresh operator reads the trees back.
+  const [, reader] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.v = new weir.ValueState('v');
+      }
+
+      process() {
+        read = this.v.get('default');
+      }
+    },
+  );
+  reader.process(batch([['s', '', null]]));
+  assert.deepEqual(read, { ...stats, tags: ['a', null, null] });
+  assert.ok(read.scores instanceof Map && Array.isArray(read.tags));
+  reader.process(batch([['n', '', null]]));
+  assert.equal(read, 'default');
+
+  // A record field named __proto__ stays a field.
+  host.store.set('v\0p', {
+    kind: 'value',
+    value: { tag: 'nested', val: [{ tag: 'record', val: ['__proto__', 'x'] }, { tag: 'int', val: 1n }, { tag: 'none' }] },
+  });
+  reader.process(batch([['p', '', null]]));
+  assert.deepEqual(Object.keys(read), ['__proto__', 'x']);
+  assert.equal(Object.getPrototypeOf(read), Object.prototype);
+  assert.equal(read.x, null);
+});
+
+test('map state compares keys by value and writes back entry by entry', async () => {
+  let seen;
+  const [, op] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.m = new weir.MapState('m');
+      }
+
+      process(record) {
+        switch (record.valueString()) {
+          case 'fill':
+            this.m.put(utf8('bin'), 'b');
+            this.m.put(5, 'five');
+            this.m.put('gone', 1);
+            this.m.put(['pair', 1], { nested: true });
+            break;
+          case 'read':
+            seen = {
+              pair: this.m.get(['pair', 1n]),
+              bin: this.m.get(utf8('bin')),
+              five: this.m.get(5n),
+              missing: this.m.get('nope', 'default'),
+              has: this.m.has(5),
+              entries: this.m.entries(),
+            };
+            break;
+          case 'remove':
+            this.m.remove('gone');
+            this.m.put(5n, 'FIVE');
+            break;
+          case 'clear':
+            this.m.clear();
+            this.m.put('after', true);
+            break;
+          default:
+            throw new Error('unknown command');
+        }
+      }
+    },
+  );
+  op.process(batch([['k', 'fill', null]]));
+  op.snapshot(1n);
+  assert.equal(host.store.get('m\0k').entries.size, 4);
+  op.process(batch([['k', 'remove', null], ['k', 'read', null]]));
+  assert.deepEqual(seen.pair, { nested: true }, 'composite keys compare by value');
+  assert.equal(seen.bin, 'b');
+  assert.equal(seen.five, 'FIVE');
+  assert.equal(seen.missing, 'default');
+  assert.equal(seen.has, true);
+  assert.deepEqual(seen.entries, [[utf8('bin'), 'b'], [5, 'FIVE'], [['pair', 1], { nested: true }]]);
+  op.snapshot(2n);
+  assert.deepEqual(
+    host.writeCalls[1].map((w) => w.update),
+    [
+      { tag: 'map-remove', val: { tag: 'text', val: 'gone' } },
+      { tag: 'map-put', val: [{ tag: 'int', val: 5n }, { tag: 'text', val: 'FIVE' }] },
+    ],
+  );
+  op.process(batch([['k', 'clear', null]]));
+  op.close();
+  assert.deepEqual(
+    host.writeCalls[2].map((w) => w.update.tag),
+    ['map-clear', 'map-put'],
+  );
+  assert.deepEqual([...host.store.get('m\0k').entries.values()], [[{ tag: 'text', val: 'after' }, { tag: 'boolean', val: true }]]);
+
+  // A fresh operator loads the map from the host.
+  reset();
+  host.store.set('m\0k', {
+    kind: 'map',
+    entries: new Map([['x', [{ tag: 'float', val: 5 }, { tag: 'int', val: 1n }]]]),
+  });
+  const [, reader] = await open((w) =>
+    class extends w.Operator {
+      open() {
+        this.m = new w.MapState('m');
+      }
+
+      process() {
+        seen = this.m.get(5);
+      }
+    },
+  );
+  assert.equal(reader.process(batch([['k', '', null]])), undefined);
+  assert.equal(seen, 1, 'a whole float key is found by the Number');
+});
+
+test('list state and operator list state', async () => {
+  let seen;
+  const [, op] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.l = new weir.ListState('l');
+        this.ops = new weir.OperatorListState('offsets');
+      }
+
+      process(record) {
+        const cmd = record.valueString();
+        if (cmd === 'add') {
+          this.l.add(1);
+          this.l.add('two');
+          const copy = this.l.get();
+          copy.push('not stored');
+          seen = this.l.get();
+        } else if (cmd === 'set') {
+          this.l.set(new Set([3n, 4.5]));
+        } else {
+          this.l.clear();
+        }
+      }
+
+      snapshot() {
+        this.ops.replace([1, 'x']);
+        seen = this.ops.get();
+      }
+    },
+  );
+  op.process(batch([['k', 'add', null]]));
+  assert.deepEqual(seen, [1, 'two'], 'get returns a copy');
+  op.snapshot(1n);
+  assert.deepEqual(seen, [1, 'x']);
+  assert.deepEqual(host.store.get('l\0k').list, [{ tag: 'int', val: 1n }, { tag: 'text', val: 'two' }]);
+  op.process(batch([['k', 'set', null], ['j', 'clear', null]]));
+  op.close();
+  assert.deepEqual(host.store.get('l\0k').list, [{ tag: 'int', val: 3n }, { tag: 'float', val: 4.5 }]);
+  assert.deepEqual(
+    host.writeCalls[1].map((w) => [str(w.key), w.update.tag]),
+    [['k', 'list-set'], ['j', 'list-clear']],
+  );
+});
+
+test('a thrown error becomes the hook error with its name, message and location', async () => {
+  const [, op] = await open(
+    (weir) =>
+      class extends weir.Operator {
+        process(record, out) {
+          out.emit(null, 'dropped with the failed batch');
+          throw new Error(`cannot count '${record.valueString()}'`);
+        }
+      },
+  );
+  const r = op.process(batch([['k', 'hello', null]]));
+  assert.equal(r.tag, 'err');
+  assert.match(r.val, /^Error: cannot count 'hello' \(at .*weir\.test\.mjs:\d+\)$/);
+  assert.equal(host.emitted.length, 0, 'a failed call emits nothing');
+
+  const cases = [
+    ['type', /^TypeError: .*null.* \(at .*weir\.test\.mjs:\d+\)$/],
+    ['string', /^a thrown string$/],
+    ['number', /^uncaught number: 42$/],
+    ['async', /^TypeError: process returned a promise: operator hooks are synchronous/],
+  ];
+  for (const [mode, message] of cases) {
+    const weir = await sdk();
+    const Op = class extends weir.Operator {
+      process() {
+        switch (mode) {
+          case 'type':
+            return null.field;
+          case 'string':
+            throw 'a thrown string';
+          case 'number':
+            throw 42;
+          default:
+            return Promise.resolve();
+        }
+      }
+    };
+    const e = weir.exportOperator(Op);
+    e.open(ctx());
+    const res = e.process(batch([['k', 'v', null]]));
+    assert.equal(res.tag, 'err', mode);
+    assert.match(res.val, message, mode);
+  }
+});
+
+test('a host error passes through verbatim, and keyed state needs a key', async () => {
+  const [, op] = await open(wordCount);
+  host.refusedKey = 'theirs';
+  const r = op.process(batch([['theirs', 'x', null]]));
+  assert.deepEqual(r, { tag: 'err', val: 'key group of key "theirs" is not owned by this subtask' });
+
+  const [, keyless] = await open(wordCount);
+  const e = keyless.process(batch([[null, 'x', null]]));
+  assert.match(e.val, /^Error: state `count` is keyed: use it while processing a record that has a key/);
+
+  const [, closing] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.v = new weir.ValueState('v');
+      }
+
+      process() {}
+
+      close() {
+        this.v.get();
+      }
+    },
+  );
+  closing.process(batch([['k', 'x', null]]));
+  assert.match(closing.close().val, /state `v` is keyed/);
+});
+
+test('a state name is bound to one kind', async () => {
+  const weir = await sdk();
+  const Op = class extends weir.Operator {
+    open() {
+      this.a = new weir.ValueState('s');
+      this.b = new weir.MapState('s');
+    }
+  };
+  const r = weir.exportOperator(Op).open(ctx());
+  assert.match(r.val, /^Error: state `s` is already a value state, not a map state/);
+});
+
+test('process is required and log checks its level', async () => {
+  const weir = await sdk();
+  const e = weir.exportOperator(class extends weir.Operator {});
+  e.open(ctx());
+  assert.match(e.process(batch([['k', 'v', null]])).val, /does not implement process\(record, out\)/);
+  weir.log('info', 'hello');
+  weir.log('warn', 42);
+  assert.deepEqual(host.logs, [['info', 'hello'], ['warn', '42']]);
+  assert.throws(() => weir.log('fatal', 'x'), /log level is one of trace, debug, info, warn, error, not fatal/);
+});
+
+test('the context carries the subtask facts', async () => {
+  let seen;
+  await open(
+    (weir) =>
+      class extends weir.Operator {
+        open(c) {
+          seen = c;
+        }
+      },
+    'cfg',
+  );
+  assert.deepEqual({ ...seen }, { uid: 'op', config: 'cfg', subtaskIndex: 0, parallelism: 1, maxParallelism: 128 });
+  assert.ok(Object.isFrozen(seen));
+});

@@ -1,0 +1,1004 @@
+/**
+ * Write Weir stream operators in JavaScript.
+ *
+ * Extend {@link Operator}, then export it from your component's `app.js`
+ * with `export const operator = exportOperator(MyOperator);` and build with
+ * `componentize-js app.js --wit wit --world-name stream-operator
+ * --disable http fetch-event --out op.wasm` (see `docs/javascript.md`). Put
+ * this file next to `app.js` and import it as `./weir.js`: componentize-js
+ * resolves relative imports inside the source file's folder.
+ *
+ * The semantics match the Rust SDK (`weir-sdk`) and the Python helper
+ * (`guest-sdk/python/weir`): records arrive one at a time from the host's
+ * packed batches; everything a hook emits leaves as one packed batch;
+ * keyed state ({@link ValueState}, {@link MapState}, {@link ListState}) is
+ * scoped to the key of the record being processed and kept in a write-back
+ * cache that is handed to the host in one `keyed-state.write` call when
+ * `snapshot` and `close` return (and after a `process` call that leaves
+ * more than {@link DIRTY_LIMIT} keys dirty). State values use the WIT
+ * `value` variant, so a number, bigint, string, Uint8Array or boolean, and
+ * arrays, Maps and plain objects of them, read back as the same values in
+ * Rust and Python.
+ */
+
+import { emit as emitBatch } from 'weir:operator/output@0.1.0';
+import * as keyedState from 'weir:operator/keyed-state@0.1.0';
+import * as operatorState from 'weir:operator/operator-state@0.1.0';
+import { log as hostLog } from 'weir:operator/logging@0.1.0';
+
+const HAS_KEY = 1;
+const HAS_TIMESTAMP = 2;
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+const U64_MAX = 2n ** 64n - 1n;
+const SAFE_MIN = BigInt(Number.MIN_SAFE_INTEGER);
+const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
+
+const UTF8_DECODER = new TextDecoder();
+const UTF8_ENCODER = new TextEncoder();
+
+// The componentize-js bindings run in another realm than this module, so
+// the arrays and errors they hand over fail `instanceof` here: test by
+// internal type instead, and re-view their bytes with this realm's class.
+
+/** Whether `v` is a Uint8Array of any realm. */
+function isBytes(v) {
+  return v instanceof Uint8Array || (ArrayBuffer.isView(v) && v[Symbol.toStringTag] === 'Uint8Array');
+}
+
+/** `bytes` (a Uint8Array of any realm) as this realm's Uint8Array, not copied. */
+function ownBytes(bytes) {
+  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Whether `e` is an Error of any realm. */
+function isError(e) {
+  return Object.prototype.toString.call(e) === '[object Error]';
+}
+
+/** Keys a state handle keeps cached after a flush, by default, as in the Rust SDK. */
+export const CACHE_CAPACITY = 1_000_000;
+
+let cacheCapacity = CACHE_CAPACITY;
+
+/**
+ * Sets how many keys each state handle keeps cached after a flush (0: none,
+ * so state is re-read from the host after every checkpoint).
+ */
+export function setCacheCapacity(keys) {
+  if (!Number.isSafeInteger(keys) || keys < 0) {
+    throw new RangeError(`cache capacity is a whole number of keys, not ${String(keys)}`);
+  }
+  cacheCapacity = keys;
+}
+
+/** Static facts about the subtask an instance runs as. */
+export class Context {
+  constructor(context) {
+    /** The operator's uid from the job file. */
+    this.uid = context.uid;
+    /** The operator's `config` string from the job file, verbatim. */
+    this.config = context.config;
+    /** This subtask's index, `0 .. parallelism`. */
+    this.subtaskIndex = context.subtaskIndex;
+    /** How many subtasks the operator runs as. */
+    this.parallelism = context.parallelism;
+    /** The number of key groups keys hash into. */
+    this.maxParallelism = context.maxParallelism;
+    Object.freeze(this);
+  }
+}
+
+/**
+ * An input record: `key` (Uint8Array or null), `value` (Uint8Array),
+ * `timestamp` (bigint milliseconds since the epoch, or null). Key and value
+ * are views into the input batch: copy them (`slice()`) to keep them.
+ */
+export class Record {
+  constructor(key, value, timestamp) {
+    this.key = key;
+    this.value = value;
+    this.timestamp = timestamp;
+  }
+
+  /** The value decoded as UTF-8 (invalid bytes replaced). */
+  valueString() {
+    return UTF8_DECODER.decode(this.value);
+  }
+
+  /** The key decoded as UTF-8 (invalid bytes replaced), or null. */
+  keyString() {
+    return this.key === null ? null : UTF8_DECODER.decode(this.key);
+  }
+}
+
+/**
+ * The records of a packed batch (layout version 1, docs/wit.md), rejecting
+ * unknown flag bits and truncated records.
+ *
+ * Written for SpiderMonkey's interpreter, which runs every operation of
+ * this loop once per record: bytes are read by index, no generator, no
+ * closures.
+ */
+export function decodeBatch(packed) {
+  const b = ownBytes(packed);
+  const end = b.length;
+  const records = [];
+  let view = null;
+  let pos = 0;
+  while (pos < end) {
+    const flags = b[pos];
+    pos += 1;
+    if (flags > (HAS_KEY | HAS_TIMESTAMP)) {
+      throw new RangeError(
+        `packed batch has unknown record flags 0x${flags.toString(16).padStart(2, '0')}`,
+      );
+    }
+    let timestamp = null;
+    let key = null;
+    if (flags & HAS_TIMESTAMP) {
+      if (pos + 8 > end) {
+        throw truncated();
+      }
+      view ??= new DataView(b.buffer, b.byteOffset, b.byteLength);
+      timestamp = view.getBigInt64(pos, true);
+      pos += 8;
+    }
+    if (flags & HAS_KEY) {
+      if (pos + 4 > end) {
+        throw truncated();
+      }
+      const n = (b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16) | (b[pos + 3] << 24)) >>> 0;
+      pos += 4;
+      if (n > end - pos) {
+        throw truncated();
+      }
+      key = b.subarray(pos, pos + n);
+      pos += n;
+    }
+    if (pos + 4 > end) {
+      throw truncated();
+    }
+    const n = (b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16) | (b[pos + 3] << 24)) >>> 0;
+    pos += 4;
+    if (n > end - pos) {
+      throw truncated();
+    }
+    records.push(new Record(key, b.subarray(pos, pos + n), timestamp));
+    pos += n;
+  }
+  return records;
+}
+
+function truncated() {
+  return new RangeError('packed batch truncated');
+}
+
+/** Collects emitted records; the SDK sends them as one batch per hook call. */
+export class Emitter {
+  constructor() {
+    this._buf = new Uint8Array(1024);
+    this._len = 0;
+    this._timestamp = null;
+  }
+
+  /**
+   * Emits `key` (Uint8Array, string or null) → `value` (Uint8Array or
+   * string). The timestamp (bigint, number or null) defaults to the current
+   * input record's, as in Flink; there is none in `snapshot` and `close`.
+   */
+  emit(key, value, timestamp = this._timestamp) {
+    const hasKey = key !== null && key !== undefined;
+    const ts = timestamp === null || timestamp === undefined ? null : BigInt(timestamp);
+    if (ts !== null && (ts < I64_MIN || ts > I64_MAX)) {
+      throw new RangeError(`timestamp ${ts} is outside the signed 64-bit range`);
+    }
+    // Strings are encoded straight into the buffer: reserve their worst case.
+    this._reserve(13 + (hasKey ? sizeBound(key, 'key') : 0) + sizeBound(value, 'value'));
+    this._buf[this._len] = (hasKey ? HAS_KEY : 0) | (ts !== null ? HAS_TIMESTAMP : 0);
+    this._len += 1;
+    if (ts !== null) {
+      new DataView(this._buf.buffer).setBigInt64(this._len, ts, true);
+      this._len += 8;
+    }
+    if (hasKey) {
+      this._put(key);
+    }
+    this._put(value);
+  }
+
+  _put(bytes) {
+    const buf = this._buf;
+    const at = this._len + 4;
+    let n;
+    if (typeof bytes === 'string') {
+      n = putAscii(bytes, buf, at);
+      if (n < 0) {
+        n = UTF8_ENCODER.encodeInto(bytes, buf.subarray(at)).written;
+      }
+    } else {
+      buf.set(bytes, at);
+      n = bytes.length;
+    }
+    const p = this._len;
+    buf[p] = n;
+    buf[p + 1] = n >>> 8;
+    buf[p + 2] = n >>> 16;
+    buf[p + 3] = n >>> 24;
+    this._len = at + n;
+  }
+
+  _reserve(n) {
+    if (this._len + n <= this._buf.length) {
+      return;
+    }
+    let size = this._buf.length * 2;
+    while (size < this._len + n) {
+      size *= 2;
+    }
+    const buf = new Uint8Array(size);
+    buf.set(this._buf.subarray(0, this._len));
+    this._buf = buf;
+  }
+
+  _send() {
+    if (this._len > 0) {
+      emitBatch(this._buf.subarray(0, this._len));
+      this._len = 0;
+    }
+  }
+}
+
+/**
+ * Writes a short ASCII string at `buf[at..]` and returns its length, or -1
+ * if it is long or not ASCII: cheaper than `encodeInto`, which allocates,
+ * for the short keys and values most operators emit.
+ */
+function putAscii(str, buf, at) {
+  const n = str.length;
+  if (n > 32) {
+    return -1;
+  }
+  for (let i = 0; i < n; i += 1) {
+    const c = str.charCodeAt(i);
+    if (c > 0x7f) {
+      return -1;
+    }
+    buf[at + i] = c;
+  }
+  return n;
+}
+
+/** The most bytes `v` (a key or value to emit) can take, checking its type. */
+function sizeBound(v, what) {
+  if (typeof v === 'string') {
+    return v.length * 3;
+  }
+  if (isBytes(v)) {
+    return v.length;
+  }
+  throw new TypeError(
+    `an emitted ${what} is a string or Uint8Array${what === 'key' ? ' or null' : ''}, not ${describe(v)}`,
+  );
+}
+
+function describe(v) {
+  if (v === null) {
+    return 'null';
+  }
+  if (typeof v === 'object') {
+    return v.constructor ? v.constructor.name : 'object';
+  }
+  return typeof v;
+}
+
+/** How deep a nested state value may be, as the host enforces. */
+const MAX_DEPTH = 64;
+
+/**
+ * Converts a JavaScript value to the WIT `value` variant: scalars to their
+ * own cases, null, undefined, arrays, Maps and plain objects to a `nested`
+ * tree of nodes in pre-order (docs/wit.md).
+ */
+function toValue(v) {
+  switch (typeof v) {
+    case 'boolean':
+      return { tag: 'boolean', val: v };
+    case 'number':
+      return Number.isSafeInteger(v) ? { tag: 'int', val: BigInt(v) } : { tag: 'float', val: v };
+    case 'bigint':
+      return { tag: intTag(v), val: v };
+    case 'string':
+      return { tag: 'text', val: v };
+    default: {
+      if (isBytes(v)) {
+        return { tag: 'bytes', val: v };
+      }
+      const nodes = [];
+      flatten(v, nodes, 0);
+      return { tag: 'nested', val: nodes };
+    }
+  }
+}
+
+/** `int` or `uint` for a bigint, or a RangeError outside both. */
+function intTag(v) {
+  if (v >= I64_MIN && v <= I64_MAX) {
+    return 'int';
+  }
+  if (v >= 0n && v <= U64_MAX) {
+    return 'uint';
+  }
+  throw new RangeError(`state integer ${v} is outside the signed and unsigned 64-bit ranges`);
+}
+
+/** Appends the pre-order nodes of `v` to `out`. */
+function flatten(v, out, depth) {
+  if (depth > MAX_DEPTH) {
+    throw new RangeError(`state values nest at most ${MAX_DEPTH} levels deep`);
+  }
+  switch (typeof v) {
+    case 'undefined':
+      out.push({ tag: 'none' });
+      return;
+    case 'boolean':
+    case 'number':
+    case 'bigint':
+    case 'string':
+      out.push(toValue(v));
+      return;
+    case 'object':
+      if (v === null) {
+        out.push({ tag: 'none' });
+        return;
+      }
+      if (isBytes(v)) {
+        out.push({ tag: 'bytes', val: v });
+        return;
+      }
+      if (Array.isArray(v)) {
+        out.push({ tag: 'list', val: v.length });
+        for (const item of v) {
+          flatten(item, out, depth + 1);
+        }
+        return;
+      }
+      if (v instanceof Map) {
+        out.push({ tag: 'map', val: v.size });
+        for (const [k, item] of v) {
+          flatten(k, out, depth + 1);
+          flatten(item, out, depth + 1);
+        }
+        return;
+      }
+      if (isPlainObject(v)) {
+        const names = Object.keys(v);
+        out.push({ tag: 'record', val: names });
+        for (const name of names) {
+          flatten(v[name], out, depth + 1);
+        }
+        return;
+      }
+      break;
+    default:
+      break;
+  }
+  throw new TypeError(
+    'state values are boolean, number, bigint, string, Uint8Array, null, undefined, ' +
+      `an Array, a Map or a plain object, not ${describe(v)}`,
+  );
+}
+
+/** Whether `v` is an object literal (or has a null prototype), not a class instance. */
+function isPlainObject(v) {
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/** Throws if `v` cannot be a state value, without converting it. */
+function checkValue(v) {
+  const t = typeof v;
+  if (t !== 'number' && t !== 'string' && t !== 'boolean') {
+    toValue(v);
+  }
+}
+
+/** Converts the WIT `value` variant to a JavaScript value. */
+function fromValue(v) {
+  if (v.tag === 'nested') {
+    const cursor = { nodes: v.val, pos: 0 };
+    return unflatten(cursor);
+  }
+  return fromScalar(v);
+}
+
+/** A scalar case (of `value` or `node`) as a JavaScript value. */
+function fromScalar(v) {
+  switch (v.tag) {
+    case 'int':
+    case 'uint':
+      return v.val >= SAFE_MIN && v.val <= SAFE_MAX ? Number(v.val) : v.val;
+    case 'bytes':
+      return ownBytes(v.val);
+    default:
+      return v.val;
+  }
+}
+
+/** The value whose tree starts at `cursor.nodes[cursor.pos]`; advances past it. */
+function unflatten(cursor) {
+  const node = cursor.nodes[cursor.pos];
+  if (node === undefined) {
+    throw new RangeError('nested state value is truncated');
+  }
+  cursor.pos += 1;
+  switch (node.tag) {
+    case 'none':
+      return null;
+    case 'list': {
+      const items = [];
+      for (let i = 0; i < node.val; i += 1) {
+        items.push(unflatten(cursor));
+      }
+      return items;
+    }
+    case 'map': {
+      const map = new Map();
+      for (let i = 0; i < node.val; i += 1) {
+        const k = unflatten(cursor);
+        map.set(k, unflatten(cursor));
+      }
+      return map;
+    }
+    case 'record': {
+      const record = {};
+      for (const name of node.val) {
+        // defineProperty: a field named `__proto__` stays a field.
+        Object.defineProperty(record, name, {
+          value: unflatten(cursor),
+          writable: true,
+          enumerable: true,
+          configurable: true,
+        });
+      }
+      return record;
+    }
+    default:
+      return fromScalar(node);
+  }
+}
+
+/**
+ * A string naming a value converted by `toValue`, equal for equal values:
+ * map state keys (Uint8Array, number, bigint, or arrays, Maps and objects
+ * of them) are compared by value, not identity.
+ */
+function valueId(w) {
+  switch (w.tag) {
+    case 'bytes':
+      return `bytes:${latin1(w.val)}`;
+    case 'nested':
+      return `nested:${JSON.stringify(w.val.map(nodeId))}`;
+    default:
+      return `${w.tag}:${w.val}`;
+  }
+}
+
+function nodeId(n) {
+  switch (n.tag) {
+    case 'bytes':
+      return ['bytes', latin1(n.val)];
+    case 'text':
+    case 'record':
+      return [n.tag, n.val];
+    case 'none':
+      return ['none'];
+    default:
+      return [n.tag, String(n.val)];
+  }
+}
+
+/** A string with one char per byte: a cache key for binary keys. */
+function latin1(bytes) {
+  if (bytes.length <= 0x2000) {
+    return String.fromCharCode.apply(null, bytes);
+  }
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x2000) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x2000));
+  }
+  return s;
+}
+
+/** The key of the record being processed, shared by every state handle. */
+const current = {
+  key: null,
+  id: null,
+};
+
+/** Every keyed state handle by name, flushed together. */
+const states = new Map();
+
+function currentKey(name) {
+  if (current.key === null) {
+    throw new Error(
+      `state \`${name}\` is keyed: use it while processing a record that has a key`,
+    );
+  }
+  if (current.id === null) {
+    current.id = latin1(current.key);
+  }
+  return current.id;
+}
+
+/**
+ * A keyed state handle: a cache of one slot per key (`{ key, value, dirty }`)
+ * and the list of dirty slots, so a flush walks only what changed.
+ */
+class KeyedState {
+  constructor(name, kind) {
+    const existing = states.get(name);
+    if (existing !== undefined && existing.kind !== kind) {
+      throw new Error(
+        `state \`${name}\` is already a ${existing.kind} state, not a ${kind} state`,
+      );
+    }
+    this.name = name;
+    this.kind = kind;
+    /** Slots by key id. */
+    this._cache = new Map();
+    /** Slots changed since the last flush. */
+    this._dirty = [];
+    states.set(name, this);
+  }
+
+  /** The current key's slot, read from the host (`_read`) on a miss. */
+  _slot() {
+    const id = currentKey(this.name);
+    let slot = this._cache.get(id);
+    if (slot === undefined) {
+      slot = { key: null, value: this._read(current.key), dirty: false };
+      this._cache.set(id, slot);
+    }
+    return slot;
+  }
+
+  /** The current key's slot for a write that replaces its whole state: no read. */
+  _slotToReplace() {
+    const id = currentKey(this.name);
+    let slot = this._cache.get(id);
+    if (slot === undefined) {
+      slot = { key: null, value: null, dirty: false };
+      this._cache.set(id, slot);
+    }
+    return slot;
+  }
+
+  /** Marks `slot` (the current key's) dirty. */
+  _touch(slot) {
+    if (!slot.dirty) {
+      slot.dirty = true;
+      // A copy: the record's key is a view into the input batch.
+      slot.key ??= current.key.slice();
+      this._dirty.push(slot);
+    }
+  }
+
+  /** Appends the writes of every dirty slot to `writes` and marks them clean. */
+  _flushInto(writes) {
+    const dirty = this._dirty;
+    for (let i = 0; i < dirty.length; i += 1) {
+      this._write(dirty[i], writes);
+      dirty[i].dirty = false;
+    }
+    this._dirty = [];
+  }
+}
+
+/** One value per key. */
+export class ValueState extends KeyedState {
+  constructor(name) {
+    super(name, 'value');
+  }
+
+  /** The current key's value, or `defaultValue`. */
+  get(defaultValue = null) {
+    const v = this._slot().value;
+    return v === null ? defaultValue : v;
+  }
+
+  /** Sets the current key's value; null or undefined clears it. */
+  set(value) {
+    if (value === null || value === undefined) {
+      this.clear();
+      return;
+    }
+    checkValue(value); // now, not at the flush
+    const slot = this._slotToReplace();
+    slot.value = value;
+    this._touch(slot);
+  }
+
+  /** Clears the current key's value. */
+  clear() {
+    const slot = this._slotToReplace();
+    slot.value = null;
+    this._touch(slot);
+  }
+
+  _read(key) {
+    const w = keyedState.valueGet(this.name, key);
+    return w === undefined ? null : fromValue(w);
+  }
+
+  _write(slot, writes) {
+    const update =
+      slot.value === null ? { tag: 'value-clear' } : { tag: 'value-set', val: toValue(slot.value) };
+    writes.push({ state: this.name, key: slot.key, update });
+  }
+}
+
+/** A list per key. */
+export class ListState extends KeyedState {
+  constructor(name) {
+    super(name, 'list');
+  }
+
+  /** A copy of the current key's list. */
+  get() {
+    return [...this._slot().value];
+  }
+
+  /** Appends to the current key's list. */
+  add(value) {
+    checkValue(value);
+    const slot = this._slot();
+    slot.value.push(value);
+    this._touch(slot);
+  }
+
+  /** Replaces the current key's list. */
+  set(values) {
+    const list = [...values];
+    list.forEach(checkValue);
+    const slot = this._slotToReplace();
+    slot.value = list;
+    this._touch(slot);
+  }
+
+  /** Empties the current key's list. */
+  clear() {
+    this.set([]);
+  }
+
+  _read(key) {
+    return keyedState.listGet(this.name, key).map(fromValue);
+  }
+
+  _write(slot, writes) {
+    const list = slot.value;
+    const update =
+      list.length === 0 ? { tag: 'list-clear' } : { tag: 'list-set', val: list.map(toValue) };
+    writes.push({ state: this.name, key: slot.key, update });
+  }
+}
+
+/**
+ * A map per key. Map keys are compared by value (two equal Uint8Arrays are
+ * one key; `5` and `5n` are one key). Changes are written back entry by
+ * entry.
+ */
+export class MapState extends KeyedState {
+  constructor(name) {
+    super(name, 'map');
+  }
+
+  /** The entry for `mapKey` under the current key, or `defaultValue`. */
+  get(mapKey, defaultValue = null) {
+    const entry = this._slot().value.entries.get(valueId(toValue(mapKey)));
+    return entry === undefined ? defaultValue : entry[1];
+  }
+
+  /** Whether the current key's map has an entry for `mapKey`. */
+  has(mapKey) {
+    return this._slot().value.entries.has(valueId(toValue(mapKey)));
+  }
+
+  /** Sets an entry under the current key. */
+  put(mapKey, value) {
+    const w = toValue(mapKey);
+    checkValue(value);
+    const slot = this._slot();
+    const k = valueId(w);
+    // Kept as it reads back from the host: `5n` as `5`.
+    const key = fromValue(w);
+    slot.value.entries.set(k, [key, value]);
+    slot.value.changed.set(k, key);
+    this._touch(slot);
+  }
+
+  /** Removes an entry under the current key. */
+  remove(mapKey) {
+    const w = toValue(mapKey);
+    const slot = this._slot();
+    const k = valueId(w);
+    slot.value.entries.delete(k);
+    slot.value.changed.set(k, fromValue(w));
+    this._touch(slot);
+  }
+
+  /** The current key's entries as an array of `[key, value]`. */
+  entries() {
+    return [...this._slot().value.entries.values()].map(([k, v]) => [k, v]);
+  }
+
+  /** Removes every entry under the current key. */
+  clear() {
+    const slot = this._slotToReplace();
+    slot.value = { entries: new Map(), changed: new Map(), cleared: true };
+    this._touch(slot);
+  }
+
+  /** The map: `entries` (`[key, value]` by key id), `changed` (keys by id), `cleared`. */
+  _read(key) {
+    const entries = new Map();
+    for (const [k, v] of keyedState.mapEntries(this.name, key)) {
+      // Keyed by the JavaScript value's id, so `get(5)` finds a float 5.0.
+      const mapKey = fromValue(k);
+      entries.set(valueId(toValue(mapKey)), [mapKey, fromValue(v)]);
+    }
+    return { entries, changed: new Map(), cleared: false };
+  }
+
+  _write(slot, writes) {
+    const { entries, changed, cleared } = slot.value;
+    if (cleared) {
+      writes.push({ state: this.name, key: slot.key, update: { tag: 'map-clear' } });
+    }
+    for (const [k, mapKey] of changed) {
+      const entry = entries.get(k);
+      const update =
+        entry === undefined
+          ? { tag: 'map-remove', val: toValue(mapKey) }
+          : { tag: 'map-put', val: [toValue(entry[0]), toValue(entry[1])] };
+      writes.push({ state: this.name, key: slot.key, update });
+    }
+    slot.value.changed = new Map();
+    slot.value.cleared = false;
+  }
+}
+
+/** Non-keyed list state of this subtask. */
+export class OperatorListState {
+  constructor(name) {
+    this.name = name;
+  }
+
+  /** The list. */
+  get() {
+    return operatorState.get(this.name).map(fromValue);
+  }
+
+  /** Replaces the list. */
+  replace(values) {
+    operatorState.replace(this.name, [...values].map(toValue));
+  }
+}
+
+const LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
+
+/** Logs `message` at `level` ('trace', 'debug', 'info', 'warn', 'error'). */
+export function log(level, message) {
+  if (!LEVELS.has(level)) {
+    throw new TypeError(`log level is one of ${[...LEVELS].join(', ')}, not ${String(level)}`);
+  }
+  hostLog(level, String(message));
+}
+
+/**
+ * Base class of a JavaScript operator: override `process`, and optionally
+ * `open`, `snapshot`, `onCheckpointComplete` and `close`.
+ */
+export class Operator {
+  /** Called once per subtask with its {@link Context}. */
+  open(ctx) {}
+
+  /** Called for every record; emit with `out.emit(key, value)`. */
+  process(record, out) {
+    throw new Error(`${this.constructor.name} does not implement process(record, out)`);
+  }
+
+  /** Called before a checkpoint (`checkpointId` is a bigint); state is flushed after it returns. */
+  snapshot(checkpointId, out) {}
+
+  /** Called once a checkpoint is durable. */
+  onCheckpointComplete(checkpointId) {}
+
+  /** Called at end of input; state is flushed after it returns. */
+  close(out) {}
+}
+
+/**
+ * Dirty slots above which the SDK flushes after a `process` call, as the
+ * Rust SDK does when its cache overflows. A flush costs ~0.1 M fuel per
+ * write in SpiderMonkey's interpreter (mostly lowering the writes through
+ * the bindings), so this bounds what `snapshot` and `close` need to under
+ * a fifth of the default budget per call (`limits.fuel_per_call`, 2e9).
+ * Writing back early is harmless: the host discards uncheckpointed state
+ * on failure anyway.
+ */
+export const DIRTY_LIMIT = 8192;
+
+let dirtyLimit = DIRTY_LIMIT;
+
+/**
+ * Sets how many keys may be dirty after a `process` call before the SDK
+ * flushes them (`Infinity`: only at `snapshot` and `close`, as the Python
+ * helper does; raise `limits.fuel_per_call` to match).
+ */
+export function setDirtyLimit(keys) {
+  if (!(Number.isSafeInteger(keys) || keys === Infinity) || keys < 0) {
+    throw new RangeError(`dirty limit is a whole number of keys or Infinity, not ${String(keys)}`);
+  }
+  dirtyLimit = keys;
+}
+
+function dirtySlots() {
+  let n = 0;
+  for (const state of states.values()) {
+    n += state._dirty.length;
+  }
+  return n;
+}
+
+/**
+ * Hands every dirty entry to the host in one call, then bounds memory:
+ * after a flush every entry is clean, so an oversized cache can be dropped
+ * and reloaded from the host on the next miss.
+ */
+function flush() {
+  const writes = [];
+  for (const state of states.values()) {
+    state._flushInto(writes);
+  }
+  if (writes.length > 0) {
+    keyedState.write(writes);
+  }
+  for (const state of states.values()) {
+    if (state._cache.size > cacheCapacity) {
+      state._cache.clear();
+    }
+  }
+}
+
+/**
+ * The hook error string for a thrown value: the error's name and message
+ * and where it was thrown, e.g. `Error: cannot count 'x' (at app.js:12)`.
+ * An error a host call returned (the bindings throw it with its message as
+ * `payload`) passes through verbatim, as the Rust and Python SDKs do.
+ */
+export function errorMessage(e) {
+  if (e !== null && typeof e === 'object' && Object.hasOwn(e, 'payload') && typeof e.payload === 'string') {
+    return e.payload;
+  }
+  if (isError(e)) {
+    const where = throwSite(e.stack);
+    return `${e.name}: ${e.message}${where === null ? '' : ` (at ${where})`}`;
+  }
+  return typeof e === 'string' ? e : `uncaught ${describe(e)}: ${String(e)}`;
+}
+
+/**
+ * `file:line` of the innermost frame of a stack trace: SpiderMonkey's
+ * (`fn@file:line:col`, as in the component) or V8's (`    at fn (file:line:col)`,
+ * as under Node in the SDK's tests).
+ */
+function throwSite(stack) {
+  if (typeof stack !== 'string') {
+    return null;
+  }
+  for (const line of stack.split('\n')) {
+    const m = /^\S*@(.+):(\d+):\d+$/.exec(line) ?? /^\s+at (?:.*\()?(.+?):(\d+):\d+\)?$/.exec(line);
+    if (m !== null) {
+      return `${m[1]}:${m[2]}`;
+    }
+  }
+  return null;
+}
+
+/**
+ * Runs a hook. A thrown error becomes the hook's `result` error (the
+ * bindings would otherwise turn an uncaught `Error` into a trap), so the
+ * job fails with the error's name, message and location.
+ */
+function guard(fn) {
+  try {
+    fn();
+    return undefined;
+  } catch (e) {
+    let message;
+    try {
+      message = errorMessage(e);
+    } catch {
+      message = 'an operator hook threw a value that cannot be shown';
+    }
+    return { tag: 'err', val: message };
+  }
+}
+
+/** Rejects an `async` hook: its errors and writes would happen after the call. */
+function sync(result, hook) {
+  if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+    throw new TypeError(`${hook} returned a promise: operator hooks are synchronous`);
+  }
+}
+
+/**
+ * Returns the object componentize-js exports as the `operator` interface;
+ * in `app.js` write `export const operator = exportOperator(MyOperator);`.
+ */
+export function exportOperator(OperatorClass) {
+  let op = null;
+  return {
+    open(context) {
+      return guard(() => {
+        op = new OperatorClass();
+        sync(op.open(new Context(context)), 'open');
+      });
+    },
+
+    process(batch) {
+      const out = new Emitter();
+      const err = guard(() => {
+        try {
+          const records = decodeBatch(batch);
+          for (let i = 0; i < records.length; i += 1) {
+            const record = records[i];
+            current.key = record.key;
+            current.id = null;
+            out._timestamp = record.timestamp;
+            const r = op.process(record, out);
+            if (r !== undefined) {
+              sync(r, 'process');
+            }
+          }
+        } finally {
+          current.key = null;
+          current.id = null;
+          out._timestamp = null;
+        }
+      });
+      if (err !== undefined) {
+        return err;
+      }
+      return guard(() => {
+        out._send();
+        if (dirtySlots() > dirtyLimit) {
+          flush();
+        }
+      });
+    },
+
+    snapshot(checkpointId) {
+      const out = new Emitter();
+      return guard(() => {
+        sync(op.snapshot(checkpointId, out), 'snapshot');
+        flush();
+        out._send();
+      });
+    },
+
+    onCheckpointComplete(checkpointId) {
+      return guard(() => sync(op.onCheckpointComplete(checkpointId), 'onCheckpointComplete'));
+    },
+
+    close() {
+      const out = new Emitter();
+      return guard(() => {
+        sync(op.close(out), 'close');
+        flush();
+        out._send();
+      });
+    },
+  };
+}
