@@ -38,6 +38,15 @@ const PYTHON_PLUGINS: &[(&str, &str)] = &[
 /// The componentize-py release the Python plugins are built with.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
+/// `(constant name, directory under the workspace)` of every JavaScript
+/// plugin; each directory holds an `app.js` that imports `./weir.js`, the
+/// helper module `guest-sdk/js/weir.js`.
+const JS_PLUGINS: &[(&str, &str)] = &[("JS_WORD_COUNT", "plugins/js/word-count")];
+
+/// Where the JavaScript toolchain (componentize-js, pinned with its lock
+/// file) is described.
+const JS_SDK: &str = "guest-sdk/js";
+
 /// Variables cargo sets for build scripts (or a user sets for the outer
 /// build) that would make the nested build use the host's flags, wrappers
 /// or target directory.
@@ -133,6 +142,23 @@ fn main() -> Result<()> {
             dir.trim_start_matches("plugins/")
         )?;
     }
+    if !JS_PLUGINS.is_empty() {
+        let tool = install_componentize_js(&workspace, &out_dir)?;
+        for (constant, dir) in JS_PLUGINS {
+            let wasm = build_js(&workspace, &out_dir, &tool, dir)?;
+            let path = wasm.to_str().context("artifact path is not UTF-8")?;
+            writeln!(
+                code,
+                "/// The JavaScript plugin in `{dir}`, built with componentize-js and `{JS_SDK}/weir.js`."
+            )?;
+            writeln!(code, "pub const {constant}: &str = {path:?};")?;
+            writeln!(
+                all,
+                "        ({:?}, {constant}),",
+                dir.trim_start_matches("plugins/")
+            )?;
+        }
+    }
     writeln!(
         code,
         "/// Every plugin as `(name, path)`, name without the `weir-plugin-` prefix."
@@ -176,6 +202,109 @@ fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> 
         .arg("-o")
         .arg(&wasm))?;
     Ok(wasm)
+}
+
+/// Installs the toolchain pinned by `guest-sdk/js/package-lock.json` into
+/// `OUT_DIR/componentize-js` (once per change of the lock) and returns the
+/// componentize-js command-line script.
+///
+/// `npm install` from the lock, not `npm ci`: the lock cannot list the
+/// optional per-platform packages a registry lacks (a mirror without some
+/// platforms), and `npm ci` then rejects the lock it just wrote
+/// (npm/cli#9846); `npm install` still takes every locked version and
+/// checks every locked integrity hash.
+fn install_componentize_js(workspace: &Path, out_dir: &Path) -> Result<PathBuf> {
+    println!("cargo:rerun-if-env-changed=WEIR_NODE");
+    println!("cargo:rerun-if-env-changed=WEIR_NPM");
+    for dir in [JS_SDK, "plugins/js"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    let sdk = workspace.join(JS_SDK);
+    let dir = out_dir.join("componentize-js");
+    let tool = dir.join("node_modules/@bytecodealliance/componentize-js/src/cli.js");
+    let stamp = dir.join("installed-from.json");
+    let mut wanted = Vec::new();
+    for file in ["package.json", "package-lock.json", ".npmrc"] {
+        wanted
+            .extend(fs::read(sdk.join(file)).with_context(|| format!("reading {JS_SDK}/{file}"))?);
+    }
+    if tool.is_file() && fs::read(&stamp).ok().as_deref() == Some(wanted.as_slice()) {
+        return Ok(tool);
+    }
+    fs::create_dir_all(&dir)?;
+    for file in ["package.json", "package-lock.json", ".npmrc"] {
+        fs::copy(sdk.join(file), dir.join(file))
+            .with_context(|| format!("copying {JS_SDK}/{file}"))?;
+    }
+    let npm = env::var_os("WEIR_NPM").unwrap_or_else(|| "npm".into());
+    run(Command::new(npm).current_dir(&dir).args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+    ]))
+    .context("installing componentize-js (needs Node.js 20 or later and npm)")?;
+    if !tool.is_file() {
+        bail!("npm install did not install {}", tool.display());
+    }
+    fs::write(&stamp, wanted)?;
+    Ok(tool)
+}
+
+/// Builds the JavaScript plugin in `dir` into a component: its files and
+/// `weir.js` are staged in a folder under `OUT_DIR` (componentize-js
+/// resolves relative imports inside the source file's folder), so the
+/// build writes nothing into the source tree.
+fn build_js(workspace: &Path, out_dir: &Path, tool: &Path, dir: &str) -> Result<PathBuf> {
+    let name = dir.rsplit('/').next().unwrap_or(dir);
+    let src = workspace.join(dir);
+    let stage = out_dir.join("js").join(name);
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    copy_dir(&src, &stage)?;
+    if stage.join("weir.js").exists() {
+        bail!("{dir}/weir.js would shadow {JS_SDK}/weir.js, which the build puts there");
+    }
+    fs::copy(
+        workspace.join(JS_SDK).join("weir.js"),
+        stage.join("weir.js"),
+    )?;
+    let wasm = out_dir.join("js").join(format!("{name}.wasm"));
+    let node = env::var_os("WEIR_NODE").unwrap_or_else(|| "node".into());
+    run(Command::new(node)
+        .current_dir(&stage)
+        .arg(tool)
+        .arg("app.js")
+        .arg("--wit")
+        .arg(workspace.join("wit"))
+        .args(["--world-name", "stream-operator"])
+        // Weir links no HTTP, so leave out fetch() and its event loop.
+        .args(["--disable", "http", "fetch-event"])
+        .arg("--out")
+        .arg(&wasm))
+    .with_context(|| format!("building the JavaScript plugin {dir}"))?;
+    let bytes = fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    if bytes.get(..8) != Some(b"\0asm\x0d\x00\x01\x00".as_slice()) {
+        bail!("{} is not a WebAssembly component", wasm.display());
+    }
+    Ok(wasm)
+}
+
+/// Copies the files under `from` into `to`, creating directories.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()))?;
+        } else {
+            fs::copy(&path, to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `cmd`, failing with its output if it fails.

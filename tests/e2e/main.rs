@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use weir_test_plugins as plugins;
 
+mod javascript;
 mod languages;
 
 /// Runs `weir ARGS` with a plugin cache shared by all tests.
