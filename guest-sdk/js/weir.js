@@ -292,6 +292,29 @@ function describe(v) {
   return typeof v;
 }
 
+/**
+ * A number to store as a WIT `float` even when it is whole: see
+ * {@link float}. A Number object, so arithmetic and `toFixed` work on it.
+ */
+class Float extends Number {
+  get value() {
+    return this.valueOf();
+  }
+}
+
+/**
+ * Marks number `x` to be stored as a WIT `float` even when it is whole,
+ * where a plain number would become an `int`: for state a Rust or Python
+ * twin writes as a float (`{ total: float(total) }`), so every language
+ * writes the same typed value. Read from the host, it is a plain number.
+ */
+export function float(x) {
+  if (typeof x !== 'number') {
+    throw new TypeError(`float() takes a number, not ${describe(x)}`);
+  }
+  return new Float(x);
+}
+
 /** How deep a nested state value may be, as the host enforces. */
 const MAX_DEPTH = 64;
 
@@ -313,6 +336,9 @@ function toValue(v) {
     default: {
       if (isBytes(v)) {
         return { tag: 'bytes', val: v };
+      }
+      if (v instanceof Float) {
+        return { tag: 'float', val: v.value };
       }
       const nodes = [];
       flatten(v, nodes, 0);
@@ -354,6 +380,10 @@ function flatten(v, out, depth) {
       }
       if (isBytes(v)) {
         out.push({ tag: 'bytes', val: v });
+        return;
+      }
+      if (v instanceof Float) {
+        out.push({ tag: 'float', val: v.value });
         return;
       }
       if (Array.isArray(v)) {
@@ -480,7 +510,7 @@ function valueId(w) {
     case 'nested':
       return `nested:${JSON.stringify(w.val.map(nodeId))}`;
     default:
-      return `${w.tag}:${w.val}`;
+      return `${numberTag(w)}:${w.val}`;
   }
 }
 
@@ -494,8 +524,13 @@ function nodeId(n) {
     case 'none':
       return ['none'];
     default:
-      return [n.tag, String(n.val)];
+      return [numberTag(n), String(n.val)];
   }
+}
+
+/** The tag of a scalar, with a whole `float(x)` the same key as the integer it reads back as. */
+function numberTag(w) {
+  return w.tag === 'float' && Number.isSafeInteger(w.val) ? 'int' : w.tag;
 }
 
 /** A string with one char per byte: a cache key for binary keys. */

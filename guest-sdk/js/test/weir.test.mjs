@@ -235,6 +235,53 @@ test('JavaScript values map to WIT values and back', async () => {
   assert.ok(read.at(-1) instanceof Uint8Array, 'bytes read from the host are of this realm');
 });
 
+test('float() stores a whole number as a float, in values and in trees', async () => {
+  let read;
+  const [weir, op] = await open((w) =>
+    class extends w.Operator {
+      open() {
+        this.v = new w.ValueState('v');
+        this.m = new w.MapState('m');
+      }
+
+      process(record) {
+        if (record.valueString() === 'write') {
+          this.v.set({ total: w.float(6), count: 6 });
+          this.m.put(w.float(2), w.float(3));
+        } else {
+          read = [this.v.get(), this.m.get(2), this.m.entries()];
+        }
+      }
+    },
+  );
+  op.process(batch([['k', 'write', null]]));
+  op.snapshot(1n);
+  assert.deepEqual(host.store.get('v\0k').value.val.slice(1), [
+    { tag: 'float', val: 6 },
+    { tag: 'int', val: 6n },
+  ]);
+  assert.deepEqual([...host.store.get('m\0k').entries.values()][0][1], { tag: 'float', val: 3 });
+  op.process(batch([['k', 'read', null]]));
+  assert.equal(read[0].total.toFixed(1), '6.0', 'the cache holds the Number object set');
+  assert.equal(read[1] * 2, 6);
+  const [, reader] = await open((w) =>
+    class extends w.Operator {
+      open() {
+        this.v = new w.ValueState('v');
+        this.m = new w.MapState('m');
+      }
+
+      process() {
+        read = [this.v.get(), this.m.get(2), this.m.entries()];
+      }
+    },
+  );
+  reader.process(batch([['k', '', null]]));
+  assert.deepEqual(read, [{ total: 6, count: 6 }, 3, [[2, 3]]], 'floats read from the host are numbers');
+  assert.equal(weir.float(1.5) + 1, 2.5);
+  assert.throws(() => weir.float(1n), /float\(\) takes a number, not bigint/);
+});
+
 test('values outside the mapping fail the hook with a type or range error', async () => {
   let deep = 1;
   for (let i = 0; i < 65; i += 1) {
