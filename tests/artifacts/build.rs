@@ -41,7 +41,11 @@ const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// `(constant name, directory under the workspace)` of every JavaScript
 /// plugin; each directory holds an `app.js` that imports `./weir.js`, the
 /// helper module `guest-sdk/js/weir.js`.
-const JS_PLUGINS: &[(&str, &str)] = &[("JS_WORD_COUNT", "plugins/js/word-count")];
+const JS_PLUGINS: &[(&str, &str)] = &[
+    ("JS_WORD_COUNT", "plugins/js/word-count"),
+    ("JS_STATS", "plugins/js/stats"),
+    ("JS_FORMAT", "plugins/js/format"),
+];
 
 /// Where the JavaScript toolchain (componentize-js, pinned with its lock
 /// file) is described.

@@ -4,14 +4,6 @@
 
 use super::*;
 
-/// Every output line of a file sink, sorted: equal for two runs that emit
-/// the same records, whatever the interleaving between subtasks.
-fn sorted_lines(dir: &Path) -> Vec<String> {
-    let mut lines = output_lines(dir);
-    lines.sort();
-    lines
-}
-
 #[test]
 fn javascript_word_count_matches_rust_at_parallelism_1_and_2() {
     let dir = tempfile::tempdir().unwrap();

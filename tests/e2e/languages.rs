@@ -2,14 +2,6 @@
 
 use super::*;
 
-/// Every output line of a file sink, sorted: equal for two runs that emit
-/// the same records, whatever the interleaving between subtasks.
-fn sorted_lines(dir: &Path) -> Vec<String> {
-    let mut lines = output_lines(dir);
-    lines.sort();
-    lines
-}
-
 #[test]
 fn python_word_count_matches_rust_at_parallelism_1_and_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,4 +44,67 @@ fn a_python_exception_fails_the_job_with_its_message_and_the_uid() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("operator `count`"), "{err}");
     assert!(err.contains("ValueError: cannot count 'hello'"), "{err}");
+}
+
+#[test]
+fn a_job_mixing_rust_python_and_javascript_operators_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(2_000, 500);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.path().join("out");
+    let job = format!(
+        r#"
+name = "mixed"
+parallelism = 2
+
+[[sources]]
+uid = "lines"
+type = "file"
+path = "{input}"
+parallelism = 1
+
+[[operators]]
+uid = "tokenize"
+plugin = "{rust}"
+input = "lines"
+partition = "rebalance"
+
+[[operators]]
+uid = "count"
+plugin = "{python}"
+input = "tokenize"
+partition = "hash"
+
+[[operators]]
+uid = "format"
+plugin = "{javascript}"
+input = "count"
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "format"
+"#,
+        input = input.display(),
+        out = out.display(),
+        rust = plugins::TOKENIZE,
+        python = plugins::PY_WORD_COUNT,
+        javascript = plugins::JS_FORMAT,
+    );
+    let o = run_job(dir.path(), &job);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Every word once per occurrence, as `word: n` with n counting up.
+    let lines = output_lines(&out);
+    assert_eq!(lines.len(), text.split_whitespace().count());
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for line in &lines {
+        let (word, n) = line.split_once(": ").expect("`word: count` lines");
+        let n: u64 = n.parse().unwrap();
+        let prev = last.insert(word.to_owned(), n).unwrap_or(0);
+        assert_eq!(n, prev + 1, "counts of `{word}` out of order");
+    }
+    assert_eq!(last, reference_counts(&text));
 }

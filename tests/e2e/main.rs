@@ -75,8 +75,6 @@ fn reference_counts(text: &str) -> HashMap<String, u64> {
     counts
 }
 
-/// Reads `dir/part-*` of a word-count sink: the last count of each word,
-/// checking that each word's counts go 1, 2, 3, … in order.
 /// Every line of every `part-*` file in `dir`, each file's lines in order.
 fn output_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -87,6 +85,16 @@ fn output_lines(dir: &Path) -> Vec<String> {
     lines
 }
 
+/// Every output line of a file sink, sorted: equal for two runs that emit
+/// the same records, whatever the interleaving between subtasks.
+fn sorted_lines(dir: &Path) -> Vec<String> {
+    let mut lines = output_lines(dir);
+    lines.sort();
+    lines
+}
+
+/// Reads `dir/part-*` of a word-count sink: the last count of each word,
+/// checking that each word's counts go 1, 2, 3, … in order.
 fn read_counts(dir: &Path) -> (HashMap<String, u64>, u64) {
     let mut last: HashMap<String, u64> = HashMap::new();
     let lines = output_lines(dir);

@@ -20,7 +20,11 @@ const MAX_PARALLELISM: u32 = 128;
 
 /// The same operator in every language.
 fn languages() -> Vec<(&'static str, &'static str)> {
-    vec![("rust", plugins::STATS), ("python", plugins::PY_STATS)]
+    vec![
+        ("rust", plugins::STATS),
+        ("python", plugins::PY_STATS),
+        ("javascript", plugins::JS_STATS),
+    ]
 }
 
 const USERS: &[&str] = &["ann", "bob", "cy"];
