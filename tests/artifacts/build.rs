@@ -247,7 +247,7 @@ fn install_componentize_js(workspace: &Path, out_dir: &Path) -> Result<PathBuf> 
         "--no-fund",
         "--loglevel=error",
     ]))
-    .context("installing componentize-js (needs Node.js 20 or later and npm)")?;
+    .context("installing componentize-js (needs Node.js 20.6 or later and npm)")?;
     if !tool.is_file() {
         bail!("npm install did not install {}", tool.display());
     }
