@@ -283,10 +283,13 @@ class ValueState(_KeyedState):
     def get(self, default=None):
         """The current key's value, or ``default``."""
         key = _current_key(self.name)
-        if key not in self._cache:
+        # One dict lookup on a hit: the hit path is most of word count's time.
+        try:
+            v = self._cache[key]
+        except KeyError:
             v = keyed_state.value_get(self.name, key)
-            self._cache[key] = None if v is None else _from_value(v, self._type)
-        v = self._cache[key]
+            v = None if v is None else _from_value(v, self._type)
+            self._cache[key] = v
         return default if v is None else v
 
     def set(self, value):
