@@ -4,27 +4,7 @@ use super::*;
 
 #[test]
 fn python_word_count_matches_rust_at_parallelism_1_and_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = corpus(20_000, 3_000);
-    let input = dir.path().join("corpus.txt");
-    std::fs::write(&input, &text).unwrap();
-    for parallelism in [1, 2] {
-        let rust_out = dir.path().join(format!("rust-{parallelism}"));
-        let o = run_job(dir.path(), &wordcount_job(&input, &rust_out, parallelism));
-        assert!(o.status.success(), "{}", stderr(&o));
-        let py_out = dir.path().join(format!("python-{parallelism}"));
-        let job = wordcount_job(&input, &py_out, parallelism)
-            .replace(plugins::WORD_COUNT, plugins::PY_WORD_COUNT);
-        let o = run_job(dir.path(), &job);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let rust = sorted_lines(&rust_out);
-        assert_eq!(rust.len(), 200_000);
-        assert!(
-            rust == sorted_lines(&py_out),
-            "parallelism {parallelism}: Python output differs from Rust"
-        );
-        assert_eq!(read_counts(&py_out).0, reference_counts(&text));
-    }
+    assert_word_count_matches_rust(plugins::PY_WORD_COUNT, "Python", 20_000);
 }
 
 #[test]

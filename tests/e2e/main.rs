@@ -93,6 +93,33 @@ fn sorted_lines(dir: &Path) -> Vec<String> {
     lines
 }
 
+/// Runs the word-count job on a `lines × 10`-word corpus with the Rust
+/// count and with `plugin` (another language's) at parallelism 1 and 2,
+/// and checks both write the same records and the reference counts.
+fn assert_word_count_matches_rust(plugin: &str, language: &str, lines: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(lines, 3_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    for parallelism in [1, 2] {
+        let rust_out = dir.path().join(format!("rust-{parallelism}"));
+        let o = run_job(dir.path(), &wordcount_job(&input, &rust_out, parallelism));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let other_out = dir.path().join(format!("{language}-{parallelism}"));
+        let job =
+            wordcount_job(&input, &other_out, parallelism).replace(plugins::WORD_COUNT, plugin);
+        let o = run_job(dir.path(), &job);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rust = sorted_lines(&rust_out);
+        assert_eq!(rust.len(), lines * 10);
+        assert!(
+            rust == sorted_lines(&other_out),
+            "parallelism {parallelism}: {language} output differs from Rust"
+        );
+        assert_eq!(read_counts(&other_out).0, reference_counts(&text));
+    }
+}
+
 /// Reads `dir/part-*` of a word-count sink: the last count of each word,
 /// checking that each word's counts go 1, 2, 3, … in order.
 fn read_counts(dir: &Path) -> (HashMap<String, u64>, u64) {
