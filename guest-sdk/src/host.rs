@@ -200,11 +200,15 @@ mod wasm {
         out.push(Node::Leaf(leaf));
     }
 
-    /// Every tree among `values`, flattened, in order.
+    /// Every container tree among `values`, flattened, in order. A scalar
+    /// in a tree (a serde newtype around a `String`, a unit enum variant)
+    /// is lowered as its own case, never as a one-node tree.
     fn flatten_trees<'a>(values: impl Iterator<Item = &'a ValueRef<'a>>) -> Vec<Vec<Node<'a>>> {
         values
             .filter_map(|v| match v {
-                ValueRef::Tree(tree) => {
+                ValueRef::Tree(
+                    tree @ (Value::None | Value::List(_) | Value::Map(_) | Value::Record(_)),
+                ) => {
                     let mut nodes = Vec::new();
                     flatten(tree, &mut nodes);
                     Some(nodes)
@@ -243,24 +247,30 @@ mod wasm {
             ValueRef::Float(f) => types::ValueParam::Float(*f),
             ValueRef::Text(s) => types::ValueParam::Text(s),
             ValueRef::Bytes(b) => types::ValueParam::Bytes(b),
+            ValueRef::Tree(Value::Boolean(b)) => types::ValueParam::Boolean(*b),
+            ValueRef::Tree(Value::Int(i)) => types::ValueParam::Int(*i),
+            ValueRef::Tree(Value::Uint(u)) => types::ValueParam::Uint(*u),
+            ValueRef::Tree(Value::Float(f)) => types::ValueParam::Float(*f),
+            ValueRef::Tree(Value::Text(s)) => types::ValueParam::Text(s),
+            ValueRef::Tree(Value::Bytes(b)) => types::ValueParam::Bytes(b),
             ValueRef::Tree(_) => types::ValueParam::Nested(
                 trees
                     .next()
-                    .expect("invariant: one lowered tree per tree value"),
+                    .expect("invariant: one lowered tree per container tree"),
             ),
         }
     }
 
-    /// Every value an update carries, in the order [`lower`] visits them.
-    fn values<'u, 'a>(update: &'u Update<'a>) -> Box<dyn Iterator<Item = &'u ValueRef<'a>> + 'u> {
-        match update {
-            Update::ValueSet(v) | Update::MapRemove(v) => Box::new(std::iter::once(v)),
-            Update::MapPut(k, v) => Box::new([k, v].into_iter()),
-            Update::ListSet(vs) => Box::new(vs.iter()),
-            Update::ValueClear | Update::MapClear | Update::ListClear => {
-                Box::new(std::iter::empty())
-            }
-        }
+    /// Every value an update carries, in the order [`lower`] visits them
+    /// (no allocation: this runs for every dirty entry of every flush).
+    fn values<'u, 'a>(update: &'u Update<'a>) -> impl Iterator<Item = &'u ValueRef<'a>> {
+        let (pair, list): ([Option<&'u ValueRef<'a>>; 2], &'u [ValueRef<'a>]) = match update {
+            Update::ValueSet(v) | Update::MapRemove(v) => ([Some(v), None], &[]),
+            Update::MapPut(k, v) => ([Some(k), Some(v)], &[]),
+            Update::ListSet(vs) => ([None, None], vs),
+            Update::ValueClear | Update::MapClear | Update::ListClear => ([None, None], &[]),
+        };
+        pair.into_iter().flatten().chain(list)
     }
 
     impl Host for WasmHost {

@@ -47,11 +47,9 @@ impl<T: Structured> StateValue for T {
     }
 
     fn to_value(&self) -> ValueRef<'_> {
+        // The serialised value is owned, so even a scalar (a newtype, a
+        // unit variant) travels as a tree; lowering sends it as a scalar.
         match to_value(self) {
-            Ok(Value::Boolean(b)) => ValueRef::Boolean(b),
-            Ok(Value::Int(i)) => ValueRef::Int(i),
-            Ok(Value::Uint(u)) => ValueRef::Uint(u),
-            Ok(Value::Float(f)) => ValueRef::Float(f),
             Ok(tree) => ValueRef::Tree(tree),
             Err(e) => panic!(
                 "state value of type {} cannot be stored: {e}",

@@ -33,8 +33,9 @@ pub enum Value {
 }
 
 /// A borrowed state value, as handed to the host (mirrors WIT `value`).
-/// Scalars borrow; a list, map, record or none is a tree built for the
-/// call ([`ValueRef::Tree`]).
+/// Scalars borrow; a value built for the call (what a
+/// [`Structured`](crate::Structured) type serialises to) is owned
+/// ([`ValueRef::Tree`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ValueRef<'a> {
     /// A boolean.
@@ -49,8 +50,8 @@ pub enum ValueRef<'a> {
     Text(&'a str),
     /// Opaque bytes.
     Bytes(&'a [u8]),
-    /// A nested value: [`Value::None`], [`Value::List`], [`Value::Map`] or
-    /// [`Value::Record`].
+    /// An owned value: a list, map, record or none travels as a WIT
+    /// `nested` tree, a scalar as its own case.
     Tree(Value),
 }
 
