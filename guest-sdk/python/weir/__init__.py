@@ -171,8 +171,9 @@ def _flatten(v, out, depth=0):
         out.append(types.Node_List(len(v)))
         for item in v:
             _flatten(item, out, depth + 1)
-    elif isinstance(v, dict) or _fields(v) is not None:
-        d = v if isinstance(v, dict) else _fields(v)
+    elif isinstance(v, dict) or (d := _fields(v)) is not None:
+        if isinstance(v, dict):
+            d = v
         if all(isinstance(k, str) for k in d):
             out.append(types.Node_Record(list(d)))
             for item in d.values():
@@ -186,6 +187,17 @@ def _flatten(v, out, depth=0):
         raise TypeError(
             "state values are bool, int, float, str, bytes, None, list, tuple, "
             f"dict or a dataclass, not {type(v).__name__}")
+
+
+def _check(v):
+    """Raises now, at the call, for a value a flush could not store. Runs
+    per record: common scalars are checked without building the WIT value."""
+    t = type(v)
+    if t is int:
+        if not _I64_MIN <= v <= _U64_MAX:
+            raise OverflowError(f"state integers fit in 64 bits; {v} does not")
+    elif t is not float and t is not str and t is not bool:
+        _to_value(v)
 
 
 def _to_value(v):
@@ -295,7 +307,7 @@ class ValueState(_KeyedState):
     def set(self, value):
         """Sets the current key's value."""
         key = _current_key(self.name)
-        _to_value(value)  # type check now, not at flush
+        _check(value)  # now, not at the flush
         self._cache[key] = value
         self._dirty.add(key)
 
@@ -326,7 +338,7 @@ class ListState(_KeyedState):
 
     def add(self, value):
         """Appends to the current key's list."""
-        _to_value(value)
+        _check(value)
         key = self._load()
         self._cache[key].append(value)
         self._dirty.add(key)
@@ -335,7 +347,7 @@ class ListState(_KeyedState):
         """Replaces the current key's list."""
         values = list(values)
         for v in values:
-            _to_value(v)
+            _check(v)
         key = _current_key(self.name)
         self._cache[key] = values
         self._dirty.add(key)
@@ -369,8 +381,8 @@ class MapState(_KeyedState):
 
     def put(self, map_key, value):
         """Sets an entry under the current key."""
-        _to_value(map_key)
-        _to_value(value)
+        _check(map_key)
+        _check(value)
         key = self._load()
         entries, changed, cleared = self._cache[key]
         entries[map_key] = value
