@@ -61,8 +61,7 @@ fn lift_tree(
     };
     // A declared count can never exceed the nodes that are left, so a
     // hostile count cannot make the host allocate more than the guest sent.
-    let count = |n: u32, per: usize| -> Result<usize, String> {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let count = |n: usize, per: usize| -> Result<usize, String> {
         if n.saturating_mul(per) > total {
             return Err(format!(
                 "malformed nested value: a container declares {n} children in a tree of {total} nodes"
@@ -79,7 +78,7 @@ fn lift_tree(
         types::Node::Text(s) => Value::Text(s),
         types::Node::Bytes(b) => Value::Bytes(b),
         types::Node::List(n) => {
-            let n = count(n, 1)?;
+            let n = count(n as usize, 1)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(lift_tree(nodes, total, depth + 1)?);
@@ -87,7 +86,7 @@ fn lift_tree(
             Value::List(items)
         }
         types::Node::Map(n) => {
-            let n = count(n, 2)?;
+            let n = count(n as usize, 2)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 let k = lift_tree(nodes, total, depth + 1)?;
@@ -97,7 +96,7 @@ fn lift_tree(
             Value::Map(entries)
         }
         types::Node::Record(names) => {
-            count(u32::try_from(names.len()).unwrap_or(u32::MAX), 1)?;
+            count(names.len(), 1)?;
             let mut fields = Vec::with_capacity(names.len());
             for name in names {
                 fields.push((name, lift_tree(nodes, total, depth + 1)?));
