@@ -110,8 +110,7 @@ fn main() -> Result<()> {
 
     let artifacts = target_dir.join(TARGET).join("release");
     let mut deps = BTreeSet::new();
-    let mut code = String::new();
-    let mut all = String::new();
+    let mut generated = Generated::default();
     for (constant, package, stem) in PLUGINS {
         let wasm = artifacts.join(format!("{stem}.wasm"));
         let bytes = fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
@@ -120,13 +119,11 @@ fn main() -> Result<()> {
             bail!("{} is not a WebAssembly component", wasm.display());
         }
         read_deps(&wasm, &mut deps)?;
-        let path = wasm.to_str().context("artifact path is not UTF-8")?;
-        writeln!(code, "/// The `{package}` plugin, a `{TARGET}` component.")?;
-        writeln!(code, "pub const {constant}: &str = {path:?};")?;
-        writeln!(
-            all,
-            "        ({:?}, {constant}),",
-            package.trim_start_matches("weir-plugin-")
+        generated.plugin(
+            constant,
+            package.trim_start_matches("weir-plugin-"),
+            &format!("The `{package}` plugin, a `{TARGET}` component."),
+            &wasm,
         )?;
     }
     for dep in deps {
@@ -134,43 +131,28 @@ fn main() -> Result<()> {
     }
     for (constant, dir) in PYTHON_PLUGINS {
         let wasm = build_python(&workspace, &out_dir, dir)?;
-        let path = wasm.to_str().context("artifact path is not UTF-8")?;
-        writeln!(
-            code,
-            "/// The Python plugin in `{dir}`, built with {COMPONENTIZE_PY}."
-        )?;
-        writeln!(code, "pub const {constant}: &str = {path:?};")?;
-        writeln!(
-            all,
-            "        ({:?}, {constant}),",
-            dir.trim_start_matches("plugins/")
+        generated.plugin(
+            constant,
+            dir.trim_start_matches("plugins/"),
+            &format!("The Python plugin in `{dir}`, built with {COMPONENTIZE_PY}."),
+            &wasm,
         )?;
     }
     if !JS_PLUGINS.is_empty() {
         let tool = install_componentize_js(&workspace, &out_dir)?;
         for (constant, dir) in JS_PLUGINS {
             let wasm = build_js(&workspace, &out_dir, &tool, dir)?;
-            let path = wasm.to_str().context("artifact path is not UTF-8")?;
-            writeln!(
-                code,
-                "/// The JavaScript plugin in `{dir}`, built with componentize-js and `{JS_SDK}/weir.js`."
-            )?;
-            writeln!(code, "pub const {constant}: &str = {path:?};")?;
-            writeln!(
-                all,
-                "        ({:?}, {constant}),",
-                dir.trim_start_matches("plugins/")
+            generated.plugin(
+                constant,
+                dir.trim_start_matches("plugins/"),
+                &format!(
+                    "The JavaScript plugin in `{dir}`, built with componentize-js and `{JS_SDK}/weir.js`."
+                ),
+                &wasm,
             )?;
         }
     }
-    writeln!(
-        code,
-        "/// Every plugin as `(name, path)`, name without the `weir-plugin-` prefix."
-    )?;
-    writeln!(
-        code,
-        "pub fn all() -> &'static [(&'static str, &'static str)] {{\n    &[\n{all}    ]\n}}"
-    )?;
+    let code = generated.finish()?;
     fs::write(out_dir.join("plugins.rs"), code).context("writing plugins.rs")?;
     Ok(())
 }
@@ -309,6 +291,39 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The generated `plugins.rs`: one path constant per plugin, and `all()`.
+#[derive(Default)]
+struct Generated {
+    code: String,
+    all: String,
+}
+
+impl Generated {
+    /// Adds `constant` (documented by `doc`) for the component at `wasm`,
+    /// listed in `all()` as `name`.
+    fn plugin(&mut self, constant: &str, name: &str, doc: &str, wasm: &Path) -> Result<()> {
+        let path = wasm.to_str().context("artifact path is not UTF-8")?;
+        writeln!(self.code, "/// {doc}")?;
+        writeln!(self.code, "pub const {constant}: &str = {path:?};")?;
+        writeln!(self.all, "        ({name:?}, {constant}),")?;
+        Ok(())
+    }
+
+    /// The file's text.
+    fn finish(self) -> Result<String> {
+        let Self { mut code, all } = self;
+        writeln!(
+            code,
+            "/// Every plugin as `(name, path)`, name without the `weir-plugin-` prefix."
+        )?;
+        writeln!(
+            code,
+            "pub fn all() -> &'static [(&'static str, &'static str)] {{\n    &[\n{all}    ]\n}}"
+        )?;
+        Ok(code)
+    }
 }
 
 /// Runs `cmd`, failing with its output if it fails.
