@@ -14,25 +14,15 @@ fn javascript_word_count_matches_rust_at_parallelism_1_and_2() {
 #[test]
 fn a_javascript_error_fails_the_job_with_its_message_location_and_the_uid() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.txt");
-    std::fs::write(&input, "hello world\n").unwrap();
-    let job = wordcount_job(&input, &dir.path().join("out"), 1).replace(
-        &format!("plugin = \"{}\"", plugins::WORD_COUNT),
-        &format!(
-            "plugin = \"{}\"\nconfig = \"throw\"",
-            plugins::JS_WORD_COUNT
-        ),
-    );
-    let o = run_job(dir.path(), &job);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("operator `count`"), "{err}");
-    assert!(err.contains(plugins::JS_WORD_COUNT), "{err}");
-    assert!(err.contains("failed in `process`"), "{err}");
-    // Name, message, and the line of app.js that threw.
-    assert!(
-        err.contains("Error: cannot count 'hello' (at app.js:"),
-        "{err}"
+    let plugin = plugins::JS_WORD_COUNT;
+    let o = run_single_operator(dir.path(), "hello\n", "count", plugin, "config = \"throw\"");
+    // Name, message, and the line of app.js that threw, from `process`.
+    assert_operator_failure(&o, "count", plugin, "failed in `process`");
+    assert_operator_failure(
+        &o,
+        "count",
+        plugin,
+        "Error: cannot count 'hello' (at app.js:",
     );
 }
 

@@ -10,20 +10,9 @@ fn python_word_count_matches_rust_at_parallelism_1_and_2() {
 #[test]
 fn a_python_exception_fails_the_job_with_its_message_and_the_uid() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.txt");
-    std::fs::write(&input, "hello world\n").unwrap();
-    let job = wordcount_job(&input, &dir.path().join("out"), 1).replace(
-        &format!("plugin = \"{}\"", plugins::WORD_COUNT),
-        &format!(
-            "plugin = \"{}\"\nconfig = \"raise\"",
-            plugins::PY_WORD_COUNT
-        ),
-    );
-    let o = run_job(dir.path(), &job);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("operator `count`"), "{err}");
-    assert!(err.contains("ValueError: cannot count 'hello'"), "{err}");
+    let plugin = plugins::PY_WORD_COUNT;
+    let o = run_single_operator(dir.path(), "hello\n", "count", plugin, "config = \"raise\"");
+    assert_operator_failure(&o, "count", plugin, "ValueError: cannot count 'hello'");
 }
 
 #[test]

@@ -318,27 +318,28 @@ input = "{uid}"
     )
 }
 
-fn faulty_job(dir: &Path, mode: &str, limits: &str) -> Output {
-    let extra = format!("config = \"{mode}\"\n{limits}");
-    let job = single_operator_job(
-        dir,
-        "some line\n",
-        "bad-op",
-        plugins::FAULTY,
-        &extra,
-        "blackhole",
-    );
+/// Runs operator `uid` (`plugin`, with `extra` job lines) over `input`
+/// into a blackhole.
+fn run_single_operator(dir: &Path, input: &str, uid: &str, plugin: &str, extra: &str) -> Output {
+    let job = single_operator_job(dir, input, uid, plugin, extra, "blackhole");
     run_job(dir, &job)
 }
 
-fn assert_operator_failure(o: &Output, needle: &str) {
+fn faulty_job(dir: &Path, mode: &str, limits: &str) -> Output {
+    let extra = format!("config = \"{mode}\"\n{limits}");
+    run_single_operator(dir, "some line\n", "bad-op", plugins::FAULTY, &extra)
+}
+
+/// Checks a run failed as a user error naming operator `uid`, its plugin
+/// file and `needle`.
+fn assert_operator_failure(o: &Output, uid: &str, plugin: &str, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "user error exit code: {err}");
-    assert!(err.contains("operator `bad-op`"), "names the uid: {err}");
     assert!(
-        err.contains(plugins::FAULTY),
-        "names the plugin file: {err}"
+        err.contains(&format!("operator `{uid}`")),
+        "names the uid: {err}"
     );
+    assert!(err.contains(plugin), "names the plugin file: {err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }
 
@@ -346,7 +347,7 @@ fn assert_operator_failure(o: &Output, needle: &str) {
 fn a_trapping_plugin_fails_the_job_with_its_panic_message() {
     let dir = tempfile::tempdir().unwrap();
     let o = faulty_job(dir.path(), "trap", "");
-    assert_operator_failure(&o, "trapped");
+    assert_operator_failure(&o, "bad-op", plugins::FAULTY, "trapped");
     let err = stderr(&o);
     assert!(err.contains("guest stderr: "), "{err}");
     assert!(err.contains("faulty plugin asked to trap"), "{err}");
@@ -404,21 +405,36 @@ fn a_plugin_has_no_ambient_authority() {
 fn an_infinite_loop_exhausts_the_cpu_budget() {
     let dir = tempfile::tempdir().unwrap();
     let o = faulty_job(dir.path(), "loop", "limits = { fuel_per_call = 50000000 }");
-    assert_operator_failure(&o, "exceeded its CPU budget of 50000000 fuel per call");
+    assert_operator_failure(
+        &o,
+        "bad-op",
+        plugins::FAULTY,
+        "exceeded its CPU budget of 50000000 fuel per call",
+    );
 }
 
 #[test]
 fn a_memory_hog_hits_the_memory_cap() {
     let dir = tempfile::tempdir().unwrap();
     let o = faulty_job(dir.path(), "hog", "limits = { memory_mb = 32 }");
-    assert_operator_failure(&o, "exceeded its memory limit of 32 MiB");
+    assert_operator_failure(
+        &o,
+        "bad-op",
+        plugins::FAULTY,
+        "exceeded its memory limit of 32 MiB",
+    );
 }
 
 #[test]
 fn a_plugin_error_fails_the_job_with_its_message() {
     let dir = tempfile::tempdir().unwrap();
     let o = faulty_job(dir.path(), "error", "");
-    assert_operator_failure(&o, "returned an error: faulty plugin asked to fail");
+    assert_operator_failure(
+        &o,
+        "bad-op",
+        plugins::FAULTY,
+        "returned an error: faulty plugin asked to fail",
+    );
 }
 
 #[test]
