@@ -46,4 +46,12 @@ fn the_javascript_sdk_unit_tests_pass() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("# fail 0"), "{out}");
+    // Every test the file declares ran and passed: a file that failed to
+    // load its tests would also report no failures.
+    let declared = std::fs::read_to_string(sdk.join("test/weir.test.mjs"))
+        .unwrap()
+        .matches("\ntest(")
+        .count();
+    assert!(declared >= 10, "{declared} tests declared");
+    assert!(out.contains(&format!("# pass {declared}\n")), "{out}");
 }
