@@ -5,6 +5,7 @@
 //! [`job`] are plain data and logic; [`runtime`] wires threads and channels;
 //! [`connectors`] holds the built-in sources and sinks.
 
+pub mod checkpoint;
 pub mod connectors;
 pub mod error;
 pub mod job;
@@ -12,6 +13,7 @@ pub mod keygroup;
 pub mod metrics;
 pub mod native;
 pub mod plugin;
+pub mod restart;
 pub mod runtime;
 pub mod state;
 
