@@ -11,3 +11,24 @@
 pub mod coordinator;
 pub mod format;
 pub mod storage;
+
+/// A checkpoint's id: 1, 2, 3, … within a job, continuing across restores
+/// (a job restored from checkpoint 7 takes checkpoint 8 next).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct CheckpointId(pub u64);
+
+impl CheckpointId {
+    /// The id after this one.
+    pub fn next(self) -> Self {
+        CheckpointId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
