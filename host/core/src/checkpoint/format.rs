@@ -1,1 +1,1534 @@
-//! (being written)
+//! The durable, versioned encodings of a checkpoint: one binary state file
+//! per subtask and the `_metadata` JSON that ties them together. The
+//! specification is `docs/checkpoint-format.md`; this module is its only
+//! implementation, so any change here that alters bytes on disk needs a new
+//! version there first.
+//!
+//! A state file is a magic, a version, then framed sections (header, one
+//! per key group, operator state, source, sink, in-flight channels, end
+//! marker), each with its length and an xxh3-64 checksum. Payloads are
+//! postcard 1.x. Decoding untrusted bytes never panics, never allocates
+//! from a length it has not checked against the bytes present, and always
+//! names the file and byte offset of what is wrong.
+//!
+//! Pure data in, bytes out: no I/O, no tokio (storage does that).
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::state::{KeyGroupSnapshot, MAX_DECODE_DEPTH, Value, bytes_codec, watch_decode_depth};
+
+/// The first bytes of every state file.
+pub const STATE_FILE_MAGIC: [u8; 8] = *b"WEIRSTAT";
+
+/// The state-file version this build writes (and the newest it reads).
+pub const STATE_FILE_VERSION: u16 = 1;
+
+/// The `_metadata` version this build writes (and the newest it reads).
+pub const METADATA_VERSION: u32 = 1;
+
+/// The `format` field of every `_metadata` file.
+pub const METADATA_FORMAT: &str = "weir-checkpoint";
+
+/// Bytes before the first section: magic and version.
+const PREFIX_LEN: usize = STATE_FILE_MAGIC.len() + 2;
+
+/// A section's framing: tag (1) and length (8) before the payload,
+/// checksum (8) after it.
+const FRAME_HEAD: usize = 9;
+const FRAME_OVERHEAD: usize = FRAME_HEAD + 8;
+
+/// Everything one subtask contributes to a checkpoint.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SubtaskSnapshot {
+    /// Keyed state, in ascending key-group order.
+    pub keyed: Vec<KeyGroupSnapshot>,
+    /// Non-keyed list state, by name.
+    pub operator_state: Vec<(String, Vec<Value>)>,
+    /// Sources: where to resume reading.
+    pub source_offset: Option<u64>,
+    /// Transactional sinks: what awaits commit.
+    pub sink: Option<SinkSnapshot>,
+    /// Unaligned checkpoints: the records in flight, per input channel.
+    pub in_flight: Vec<InFlightChannel>,
+}
+
+impl SubtaskSnapshot {
+    /// Whether there is nothing to store (no file needs to be written).
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty()
+            && self.operator_state.is_empty()
+            && self.source_offset.is_none()
+            && self.sink.is_none()
+            && self.in_flight.is_empty()
+    }
+}
+
+/// A transactional sink's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SinkSnapshot {
+    /// Pre-committed part files awaiting commit.
+    pub pending: Vec<String>,
+    /// The number of the next part file.
+    pub next_part: u64,
+}
+
+/// The records in flight on one input channel (unaligned checkpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightChannel {
+    /// The input channel.
+    pub channel: u32,
+    /// Packed record batches, in order.
+    #[serde(with = "byte_strings")]
+    pub batches: Vec<Vec<u8>>,
+}
+
+/// An encoded state file and where its key groups lie in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedStateFile {
+    /// The whole file.
+    pub bytes: Vec<u8>,
+    /// One extent per key group, ascending, for the `_metadata`.
+    pub key_groups: Vec<KeyGroupExtent>,
+}
+
+/// Where one key group's section lies in a state file: the whole framed
+/// section (tag through checksum), so a ranged read can fetch and verify
+/// it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyGroupExtent {
+    /// The key group.
+    pub key_group: u32,
+    /// The section's first byte (its tag), from the start of the file.
+    pub offset: u64,
+    /// The section's length in bytes, framing included.
+    pub len: u64,
+}
+
+/// A state or metadata file that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+#[error("{file}: {message}")]
+pub struct FormatError {
+    /// The file, as the caller displays it (e.g. `chk-7/tokenize-0.state`).
+    pub file: String,
+    /// What is wrong, with the section and byte offset where known.
+    pub message: String,
+}
+
+impl FormatError {
+    fn new(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The state file name of subtask `subtask` of vertex `uid`:
+/// `<uid>-<subtask>.state`, one path segment.
+///
+/// Bytes of the uid outside `[A-Za-z0-9._-]` are written `%XX` (uppercase
+/// hex), so any uid gives a portable name that cannot leave the checkpoint
+/// directory. Readers take names from `_metadata` and never rebuild them.
+pub fn state_file_name(uid: &str, subtask: u32) -> String {
+    let mut name = String::with_capacity(uid.len() + 12);
+    for b in uid.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // A uid of only dots would make `.`/`..`-like names; the suffix below
+    // already rules those out, since every name ends in `.state`.
+    name.push_str(&format!("-{subtask}.state"));
+    name
+}
+
+// ---------------------------------------------------------------------------
+// State file: sections
+
+/// Section tags. Durable: values never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Tag {
+    Header = 0x01,
+    KeyGroup = 0x02,
+    OperatorState = 0x03,
+    Source = 0x04,
+    Sink = 0x05,
+    InFlight = 0x06,
+    End = 0xFF,
+}
+
+impl Tag {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0x01 => Tag::Header,
+            0x02 => Tag::KeyGroup,
+            0x03 => Tag::OperatorState,
+            0x04 => Tag::Source,
+            0x05 => Tag::Sink,
+            0x06 => Tag::InFlight,
+            0xFF => Tag::End,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Tag::Header => "header",
+            Tag::KeyGroup => "key-group",
+            Tag::OperatorState => "operator-state",
+            Tag::Source => "source",
+            Tag::Sink => "sink",
+            Tag::InFlight => "in-flight",
+            Tag::End => "end",
+        }
+    }
+}
+
+/// The header section: how many repeated sections follow, so a missing
+/// one is detected.
+#[derive(Debug, Serialize, Deserialize)]
+struct FileHeader {
+    key_groups: u32,
+    in_flight_channels: u32,
+}
+
+/// Appends postcard output to an existing vector (postcard's own flavors
+/// allocate a fresh one, which would cost a copy of every section).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T) {
+    let start = out.len();
+    out.push(tag as u8);
+    out.extend_from_slice(&[0; 8]);
+    postcard::serialize_with_flavor(payload, Append(out))
+        .expect("invariant: postcard serializes snapshot data into a vector without error");
+    let len = (out.len() - start - FRAME_HEAD) as u64;
+    out[start + 1..start + FRAME_HEAD].copy_from_slice(&len.to_le_bytes());
+    let checksum = xxh3_64(&out[start..]);
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// Encodes a subtask's snapshot as a state file (current version).
+///
+/// Key groups are written in ascending order whatever the order of
+/// `snapshot.keyed`.
+///
+/// # Panics
+/// If two key-group snapshots carry the same key group (a backend hands
+/// out each group once).
+pub fn encode_state_file(snapshot: &SubtaskSnapshot) -> EncodedStateFile {
+    let mut keyed: Vec<&KeyGroupSnapshot> = snapshot.keyed.iter().collect();
+    keyed.sort_by_key(|g| g.key_group);
+    if let Some(w) = keyed.windows(2).find(|w| w[0].key_group == w[1].key_group) {
+        panic!(
+            "invariant: a subtask snapshot holds key group {} once, found it twice",
+            w[0].key_group
+        );
+    }
+
+    let mut out = Vec::new();
+    out.extend_from_slice(&STATE_FILE_MAGIC);
+    out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+    let header = FileHeader {
+        key_groups: u32::try_from(keyed.len()).expect("invariant: key groups fit in u32"),
+        in_flight_channels: u32::try_from(snapshot.in_flight.len())
+            .expect("invariant: input channels fit in u32"),
+    };
+    write_section(&mut out, Tag::Header, &header);
+    let mut key_groups = Vec::with_capacity(keyed.len());
+    for group in keyed {
+        let offset = out.len();
+        write_section(&mut out, Tag::KeyGroup, group);
+        key_groups.push(KeyGroupExtent {
+            key_group: group.key_group,
+            offset: offset as u64,
+            len: (out.len() - offset) as u64,
+        });
+    }
+    write_section(&mut out, Tag::OperatorState, &snapshot.operator_state);
+    write_section(&mut out, Tag::Source, &snapshot.source_offset);
+    write_section(&mut out, Tag::Sink, &snapshot.sink);
+    for channel in &snapshot.in_flight {
+        write_section(&mut out, Tag::InFlight, channel);
+    }
+    write_section(&mut out, Tag::End, &());
+    EncodedStateFile {
+        bytes: out,
+        key_groups,
+    }
+}
+
+/// A verified section: its tag and payload.
+struct Section<'a> {
+    tag: Tag,
+    /// Where the section starts, from the start of the file.
+    offset: u64,
+    payload: &'a [u8],
+}
+
+/// Reads framed sections from (part of) a state file.
+struct Reader<'a> {
+    file: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    /// The file offset of `bytes[0]` (non-zero for a ranged read).
+    base: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, message: impl Into<String>) -> FormatError {
+        FormatError::new(self.file, message)
+    }
+
+    fn at(&self, pos: usize) -> u64 {
+        self.base + pos as u64
+    }
+
+    /// Reads and verifies the next section, whatever its tag.
+    fn next(&mut self) -> Result<Section<'a>, FormatError> {
+        let start = self.pos;
+        let at = self.at(start);
+        let rest = &self.bytes[start..];
+        if rest.is_empty() {
+            return Err(self.err(format!("truncated at byte {at}: the end marker is missing")));
+        }
+        if rest.len() < FRAME_OVERHEAD {
+            return Err(self.err(format!(
+                "truncated at byte {at}: a section needs at least {FRAME_OVERHEAD} bytes, {} remain",
+                rest.len()
+            )));
+        }
+        let tag_byte = rest[0];
+        let len = u64::from_le_bytes(rest[1..FRAME_HEAD].try_into().expect("8 bytes"));
+        let room = (rest.len() - FRAME_OVERHEAD) as u64;
+        if len > room {
+            return Err(self.err(format!(
+                "truncated or corrupt: the section at byte {at} (tag 0x{tag_byte:02x}) claims {len} payload bytes, {room} remain"
+            )));
+        }
+        let end = FRAME_HEAD + len as usize;
+        let stored = u64::from_le_bytes(rest[end..end + 8].try_into().expect("8 bytes"));
+        if xxh3_64(&rest[..end]) != stored {
+            return Err(self.err(format!(
+                "corrupt: checksum mismatch in the section at byte {at} (tag 0x{tag_byte:02x}, {len} payload bytes)"
+            )));
+        }
+        let Some(tag) = Tag::from_byte(tag_byte) else {
+            return Err(self.err(format!("unknown section tag 0x{tag_byte:02x} at byte {at}")));
+        };
+        self.pos = start + end + 8;
+        Ok(Section {
+            tag,
+            offset: at,
+            payload: &rest[FRAME_HEAD..end],
+        })
+    }
+
+    /// Reads the next section, which must be a `tag` section.
+    fn expect(&mut self, tag: Tag) -> Result<Section<'a>, FormatError> {
+        let section = self.next()?;
+        if section.tag != tag {
+            return Err(self.err(format!(
+                "expected the {} section at byte {}, found a {} section",
+                tag.name(),
+                section.offset,
+                section.tag.name()
+            )));
+        }
+        Ok(section)
+    }
+
+    /// Decodes a section's payload, which must be exactly one `T`.
+    fn decode<T: Deserialize<'a>>(&self, section: &Section<'a>) -> Result<T, FormatError> {
+        let (decoded, too_deep) =
+            watch_decode_depth(|| postcard::take_from_bytes::<T>(section.payload));
+        let (value, rest) = decoded.map_err(|e| {
+            let why = if too_deep {
+                format!("a value nested deeper than {MAX_DECODE_DEPTH} levels")
+            } else {
+                e.to_string()
+            };
+            self.err(format!(
+                "cannot decode the {} section at byte {}: {why}",
+                section.tag.name(),
+                section.offset
+            ))
+        })?;
+        if !rest.is_empty() {
+            return Err(self.err(format!(
+                "{} stray bytes at the end of the {} section at byte {}",
+                rest.len(),
+                section.tag.name(),
+                section.offset
+            )));
+        }
+        Ok(value)
+    }
+
+    fn key_group(&mut self) -> Result<KeyGroupSnapshot, FormatError> {
+        let section = self.expect(Tag::KeyGroup)?;
+        self.decode(&section)
+    }
+}
+
+/// Checks the magic and returns the version.
+fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
+    if bytes.is_empty() {
+        return Err(FormatError::new(file, "empty file: not a Weir state file"));
+    }
+    let n = bytes.len().min(STATE_FILE_MAGIC.len());
+    if bytes[..n] != STATE_FILE_MAGIC[..n] {
+        return Err(FormatError::new(
+            file,
+            "not a Weir state file (bad magic at byte 0)",
+        ));
+    }
+    if bytes.len() < PREFIX_LEN {
+        return Err(FormatError::new(
+            file,
+            format!(
+                "truncated at byte {}: the file header needs {PREFIX_LEN} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    match version {
+        STATE_FILE_VERSION => Ok(version),
+        0 => Err(FormatError::new(
+            file,
+            "corrupt: state file version 0 (at byte 8) does not exist",
+        )),
+        v if v > STATE_FILE_VERSION => Err(FormatError::new(
+            file,
+            format!(
+                "written by a newer Weir: state file version {v}, this build reads up to {STATE_FILE_VERSION}"
+            ),
+        )),
+        v => unreachable!(
+            "invariant: every version below {STATE_FILE_VERSION} has a decoder, not {v}"
+        ),
+    }
+}
+
+/// Decodes a whole state file.
+///
+/// # Errors
+/// [`FormatError`] naming `file` (the display path) and what is wrong: not
+/// a state file, a newer version, truncated, a checksum mismatch, a
+/// section missing, out of order or undecodable, bytes after the end.
+pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, FormatError> {
+    read_prefix(file, bytes)?;
+    let mut r = Reader {
+        file,
+        bytes,
+        pos: PREFIX_LEN,
+        base: 0,
+    };
+    let header_section = r.expect(Tag::Header)?;
+    let header: FileHeader = r.decode(&header_section)?;
+    // The counts come from the file: a section takes at least
+    // FRAME_OVERHEAD bytes, which bounds any honest count.
+    let most = bytes.len() / FRAME_OVERHEAD;
+    let mut keyed = Vec::with_capacity((header.key_groups as usize).min(most));
+    for _ in 0..header.key_groups {
+        let offset = r.at(r.pos);
+        let group = r.key_group()?;
+        if let Some(prev) = keyed.last().map(|g: &KeyGroupSnapshot| g.key_group)
+            && prev >= group.key_group
+        {
+            return Err(r.err(format!(
+                "key group {} in the section at byte {offset} follows key group {prev}: not ascending",
+                group.key_group
+            )));
+        }
+        keyed.push(group);
+    }
+    let section = r.expect(Tag::OperatorState)?;
+    let operator_state = r.decode(&section)?;
+    let section = r.expect(Tag::Source)?;
+    let source_offset = r.decode(&section)?;
+    let section = r.expect(Tag::Sink)?;
+    let sink = r.decode(&section)?;
+    let mut in_flight = Vec::with_capacity((header.in_flight_channels as usize).min(most));
+    for _ in 0..header.in_flight_channels {
+        let section = r.expect(Tag::InFlight)?;
+        in_flight.push(r.decode(&section)?);
+    }
+    let end = r.expect(Tag::End)?;
+    r.decode::<()>(&end)?;
+    if r.pos != bytes.len() {
+        return Err(r.err(format!(
+            "{} bytes after the end marker at byte {}",
+            bytes.len() - r.pos,
+            end.offset
+        )));
+    }
+    Ok(SubtaskSnapshot {
+        keyed,
+        operator_state,
+        source_offset,
+        sink,
+        in_flight,
+    })
+}
+
+/// Decodes only the given key groups' sections of a whole state file (for
+/// a restore at another parallelism), using the extents recorded in the
+/// `_metadata`; groups come back in the order of `extents`.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: not a state file, a newer version, an
+/// extent outside the file, or a section that is corrupt, not a key-group
+/// section, or holds another key group than its extent says.
+pub fn decode_key_groups(
+    file: &str,
+    bytes: &[u8],
+    extents: &[KeyGroupExtent],
+) -> Result<Vec<KeyGroupSnapshot>, FormatError> {
+    read_prefix(file, bytes)?;
+    extents
+        .iter()
+        .map(|extent| {
+            let range = usize::try_from(extent.offset)
+                .ok()
+                .zip(usize::try_from(extent.len).ok())
+                .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+                .filter(|r| r.start >= PREFIX_LEN && r.end <= bytes.len());
+            let Some(range) = range else {
+                return Err(FormatError::new(
+                    file,
+                    format!(
+                        "key group {}: extent {}+{} lies outside the file's sections (bytes {PREFIX_LEN}..{})",
+                        extent.key_group,
+                        extent.offset,
+                        extent.len,
+                        bytes.len()
+                    ),
+                ));
+            };
+            decode_key_group_section(file, extent, &bytes[range])
+        })
+        .collect()
+}
+
+/// Decodes one key-group section fetched by a ranged read of exactly
+/// `extent` from a state file whose version the caller knows is the
+/// current one (every version-1 `_metadata` references version-1 files).
+///
+/// # Errors
+/// [`FormatError`] naming `file`: `section` is not exactly one verified
+/// key-group section of `extent.len` bytes, or holds another key group.
+pub fn decode_key_group_section(
+    file: &str,
+    extent: &KeyGroupExtent,
+    section: &[u8],
+) -> Result<KeyGroupSnapshot, FormatError> {
+    if section.len() as u64 != extent.len {
+        return Err(FormatError::new(
+            file,
+            format!(
+                "key group {}: got {} bytes for the section at byte {}, its extent says {}",
+                extent.key_group,
+                section.len(),
+                extent.offset,
+                extent.len
+            ),
+        ));
+    }
+    let mut r = Reader {
+        file,
+        bytes: section,
+        pos: 0,
+        base: extent.offset,
+    };
+    let group = r.key_group()?;
+    if r.pos != section.len() {
+        return Err(r.err(format!(
+            "key group {}: the extent at byte {} is {} bytes longer than its section",
+            extent.key_group,
+            extent.offset,
+            section.len() - r.pos
+        )));
+    }
+    if group.key_group != extent.key_group {
+        return Err(r.err(format!(
+            "the section at byte {} holds key group {}, its extent says {}",
+            extent.offset, group.key_group, extent.key_group
+        )));
+    }
+    Ok(group)
+}
+
+/// `Vec<Vec<u8>>` as a sequence of serde byte strings.
+mod byte_strings {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+
+    use super::bytes_codec::{ByteBuf, BytesRef};
+
+    pub(super) fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(items.len()))?;
+        for item in items {
+            seq.serialize_element(&BytesRef(item))?;
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        d.deserialize_seq(ItemsVisitor)
+    }
+
+    struct ItemsVisitor;
+
+    impl<'de> Visitor<'de> for ItemsVisitor {
+        type Value = Vec<Vec<u8>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence of byte strings")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // The count comes from the file: preallocate a bounded amount.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(ByteBuf(item)) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// _metadata
+
+/// A completed checkpoint's `_metadata`: what was stored, where, and how
+/// long it took. Encoded as JSON with `"format": "weir-checkpoint"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMetadata {
+    /// The metadata version ([`METADATA_VERSION`] when written by this
+    /// build).
+    pub version: u32,
+    /// The job's name.
+    pub job_name: String,
+    /// The checkpoint's id.
+    pub checkpoint_id: super::CheckpointId,
+    /// When the checkpoint was triggered, in Unix epoch milliseconds.
+    pub trigger_time_ms: u64,
+    /// When it completed, in Unix epoch milliseconds.
+    pub completion_time_ms: u64,
+    /// The number of key groups (the job's `max_parallelism`).
+    pub max_parallelism: u32,
+    /// Whether barriers were aligned for exactly-once (else at-least-once).
+    pub exactly_once: bool,
+    /// Whether the checkpoint was unaligned (in-flight records stored).
+    pub unaligned: bool,
+    /// Whether this is the checkpoint a bounded job takes when its input
+    /// ends.
+    pub is_final: bool,
+    /// Every vertex, with its subtasks' files.
+    pub vertices: Vec<VertexMetadata>,
+}
+
+/// One vertex (source, operator or sink) of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexMetadata {
+    /// The vertex's uid.
+    pub uid: String,
+    /// Its parallelism when the checkpoint was taken.
+    pub parallelism: u32,
+    /// One entry per subtask, by index.
+    pub subtasks: Vec<SubtaskMetadata>,
+}
+
+/// One subtask's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskMetadata {
+    /// The subtask index.
+    pub subtask: u32,
+    /// Its state file, relative to the checkpoint directory (e.g.
+    /// `tokenize-0.state`); `None` when the subtask had nothing to store.
+    pub file: Option<String>,
+    /// The state file's size in bytes (0 without a file).
+    pub size: u64,
+    /// The first key group the subtask owned.
+    pub key_group_start: u32,
+    /// One past the last key group it owned.
+    pub key_group_end: u32,
+    /// Where each non-empty key group lies in the state file.
+    pub key_groups: Vec<KeyGroupExtent>,
+    /// Milliseconds of the synchronous part (processing paused).
+    #[serde(serialize_with = "finite_ms")]
+    pub sync_ms: f64,
+    /// Milliseconds of the asynchronous part (encode and upload).
+    #[serde(serialize_with = "finite_ms")]
+    pub async_ms: f64,
+    /// Milliseconds from the first barrier to the last (alignment).
+    #[serde(serialize_with = "finite_ms")]
+    pub alignment_ms: f64,
+}
+
+/// Writes a timing, or 0 for a non-finite one: JSON has no NaN, and
+/// serde_json would write `null`, which no reader accepts as a number.
+fn finite_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(if ms.is_finite() { *ms } else { 0.0 })
+}
+
+impl CheckpointMetadata {
+    /// The bytes of all state files together.
+    pub fn total_bytes(&self) -> u64 {
+        self.vertices
+            .iter()
+            .flat_map(|v| &v.subtasks)
+            .map(|s| s.size)
+            .sum()
+    }
+
+    /// Milliseconds from trigger to completion.
+    pub fn duration_ms(&self) -> u64 {
+        self.completion_time_ms.saturating_sub(self.trigger_time_ms)
+    }
+}
+
+/// The `_metadata` file as written: the format tag first, then the fields.
+#[derive(Serialize)]
+struct MetadataFile<'a> {
+    format: &'static str,
+    #[serde(flatten)]
+    metadata: &'a CheckpointMetadata,
+}
+
+/// Encodes `_metadata` as pretty-printed JSON.
+pub fn encode_metadata(m: &CheckpointMetadata) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(&MetadataFile {
+        format: METADATA_FORMAT,
+        metadata: m,
+    })
+    .expect("invariant: checkpoint metadata has only string map keys and finite numbers");
+    out.push(b'\n');
+    out
+}
+
+/// Decodes `_metadata`.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: not JSON, a wrong or missing `format`, a
+/// newer version, missing or unknown fields, or a state file reference
+/// that is not a relative path inside the checkpoint directory.
+pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| FormatError::new(file, format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(mut fields) = json else {
+        return Err(FormatError::new(
+            file,
+            "not a checkpoint _metadata file: the JSON is not an object",
+        ));
+    };
+    match fields.remove("format") {
+        Some(serde_json::Value::String(f)) if f == METADATA_FORMAT => {}
+        Some(other) => {
+            return Err(FormatError::new(
+                file,
+                format!("format is {other}, expected \"{METADATA_FORMAT}\""),
+            ));
+        }
+        None => {
+            return Err(FormatError::new(
+                file,
+                format!(
+                    "no \"format\" field: not a checkpoint _metadata file (expected \"format\": \"{METADATA_FORMAT}\")"
+                ),
+            ));
+        }
+    }
+    // The version decides how to read everything else, so check it before
+    // the fields: a newer file may have fields this build does not know.
+    match fields.get("version").map(|v| (v, v.as_u64())) {
+        None => return Err(FormatError::new(file, "missing field `version`")),
+        Some((_, Some(v))) if v > u64::from(METADATA_VERSION) => {
+            return Err(FormatError::new(
+                file,
+                format!(
+                    "written by a newer Weir: checkpoint metadata version {v}, this build reads up to {METADATA_VERSION}"
+                ),
+            ));
+        }
+        Some((_, Some(v))) if v == u64::from(METADATA_VERSION) => {}
+        Some((v, _)) => {
+            return Err(FormatError::new(
+                file,
+                format!("version {v} does not exist"),
+            ));
+        }
+    }
+    let metadata: CheckpointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| FormatError::new(file, format!("invalid checkpoint metadata: {e}")))?;
+    for vertex in &metadata.vertices {
+        for subtask in &vertex.subtasks {
+            if let Some(name) = &subtask.file
+                && !is_contained_relative(name)
+            {
+                return Err(FormatError::new(
+                    file,
+                    format!(
+                        "vertex `{}` subtask {}: state file `{name}` is not a relative path inside the checkpoint directory",
+                        vertex.uid, subtask.subtask
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(metadata)
+}
+
+/// Whether `path` is relative and stays inside the directory it is
+/// resolved against, so a checkpoint can be moved or copied as a whole and
+/// a crafted `_metadata` cannot point elsewhere.
+fn is_contained_relative(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && !path.contains(':')
+        && path
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NamedStateSnapshot, StateEntries};
+
+    const FILE: &str = "chk-3/tokenize-0.state";
+
+    fn every_value() -> Vec<Value> {
+        vec![
+            Value::Boolean(true),
+            Value::Int(-7),
+            Value::Uint(u64::MAX),
+            Value::Float(-0.0),
+            Value::Float(f64::INFINITY),
+            Value::Text("héllo".into()),
+            Value::Bytes(vec![0, 255, 7]),
+            Value::None,
+            Value::List(vec![Value::None, Value::List(vec![Value::Int(1)])]),
+            Value::Map(vec![
+                (Value::Text("k".into()), Value::Bytes(vec![])),
+                (
+                    Value::Int(2),
+                    Value::Map(vec![(Value::None, Value::Boolean(false))]),
+                ),
+            ]),
+            Value::Record(vec![
+                ("a".into(), Value::Uint(1)),
+                (
+                    "nested".into(),
+                    Value::Record(vec![("b".into(), Value::List(vec![]))]),
+                ),
+            ]),
+        ]
+    }
+
+    fn rich() -> SubtaskSnapshot {
+        let values = every_value();
+        SubtaskSnapshot {
+            keyed: vec![
+                KeyGroupSnapshot {
+                    key_group: 3,
+                    states: vec![
+                        NamedStateSnapshot {
+                            name: "count".into(),
+                            entries: StateEntries::Value(
+                                values
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| (vec![i as u8; i], v.clone()))
+                                    .collect(),
+                            ),
+                        },
+                        NamedStateSnapshot {
+                            name: "list".into(),
+                            entries: StateEntries::List(vec![(b"k".to_vec(), values.clone())]),
+                        },
+                        NamedStateSnapshot {
+                            name: "map".into(),
+                            entries: StateEntries::Map(vec![(
+                                b"k".to_vec(),
+                                values
+                                    .iter()
+                                    .cloned()
+                                    .zip(values.iter().rev().cloned())
+                                    .collect(),
+                            )]),
+                        },
+                    ],
+                },
+                KeyGroupSnapshot {
+                    key_group: 9,
+                    states: vec![NamedStateSnapshot {
+                        name: "empty".into(),
+                        entries: StateEntries::Value(vec![]),
+                    }],
+                },
+                KeyGroupSnapshot {
+                    key_group: 70,
+                    states: vec![NamedStateSnapshot {
+                        name: "count".into(),
+                        entries: StateEntries::Value(vec![(b"x".to_vec(), Value::Int(1))]),
+                    }],
+                },
+            ],
+            operator_state: vec![("buffer".into(), values), ("none".into(), vec![])],
+            source_offset: Some(1 << 40),
+            sink: Some(SinkSnapshot {
+                pending: vec!["part-0-3".into(), "part-0-4".into()],
+                next_part: 5,
+            }),
+            in_flight: vec![
+                InFlightChannel {
+                    channel: 0,
+                    batches: vec![vec![1, 2, 3], vec![]],
+                },
+                InFlightChannel {
+                    channel: 2,
+                    batches: vec![],
+                },
+            ],
+        }
+    }
+
+    fn small() -> SubtaskSnapshot {
+        SubtaskSnapshot {
+            keyed: vec![
+                KeyGroupSnapshot {
+                    key_group: 1,
+                    states: vec![NamedStateSnapshot {
+                        name: "c".into(),
+                        entries: StateEntries::Value(vec![(b"a".to_vec(), Value::Int(2))]),
+                    }],
+                },
+                KeyGroupSnapshot {
+                    key_group: 4,
+                    states: vec![NamedStateSnapshot {
+                        name: "l".into(),
+                        entries: StateEntries::List(vec![(b"b".to_vec(), vec![Value::None])]),
+                    }],
+                },
+            ],
+            operator_state: vec![("o".into(), vec![Value::Text("t".into())])],
+            source_offset: Some(12),
+            sink: Some(SinkSnapshot {
+                pending: vec!["p".into()],
+                next_part: 1,
+            }),
+            in_flight: vec![InFlightChannel {
+                channel: 1,
+                batches: vec![vec![9]],
+            }],
+        }
+    }
+
+    fn message(r: Result<impl std::fmt::Debug, FormatError>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.file, FILE);
+        let shown = e.to_string();
+        assert!(shown.starts_with(&format!("{FILE}: ")), "{shown}");
+        shown
+    }
+
+    #[test]
+    fn rich_snapshot_round_trips() {
+        let s = rich();
+        let encoded = encode_state_file(&s);
+        assert_eq!(&encoded.bytes[..8], b"WEIRSTAT");
+        assert_eq!(&encoded.bytes[8..10], &[1, 0]);
+        assert_eq!(decode_state_file(FILE, &encoded.bytes).unwrap(), s);
+        let groups: Vec<u32> = encoded.key_groups.iter().map(|e| e.key_group).collect();
+        assert_eq!(groups, vec![3, 9, 70]);
+        // Encoding is deterministic.
+        assert_eq!(encode_state_file(&s).bytes, encoded.bytes);
+    }
+
+    #[test]
+    fn empty_snapshot_round_trips() {
+        let s = SubtaskSnapshot::default();
+        assert!(s.is_empty());
+        assert!(!rich().is_empty());
+        let encoded = encode_state_file(&s);
+        assert!(encoded.key_groups.is_empty());
+        assert_eq!(decode_state_file(FILE, &encoded.bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn key_groups_are_written_in_ascending_order() {
+        let mut s = rich();
+        s.keyed.reverse();
+        let encoded = encode_state_file(&s);
+        assert_eq!(decode_state_file(FILE, &encoded.bytes).unwrap(), rich());
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant: a subtask snapshot holds key group 3 once")]
+    fn a_repeated_key_group_is_a_broken_invariant() {
+        let mut s = rich();
+        s.keyed.push(s.keyed[0].clone());
+        encode_state_file(&s);
+    }
+
+    #[test]
+    fn decode_key_groups_returns_exactly_the_requested_groups() {
+        let s = rich();
+        let encoded = encode_state_file(&s);
+        let wanted = [encoded.key_groups[2], encoded.key_groups[0]];
+        let groups = decode_key_groups(FILE, &encoded.bytes, &wanted).unwrap();
+        assert_eq!(groups, vec![s.keyed[2].clone(), s.keyed[0].clone()]);
+        assert_eq!(
+            decode_key_groups(FILE, &encoded.bytes, &[]).unwrap(),
+            vec![]
+        );
+
+        // A ranged read of one section decodes alone.
+        let e = encoded.key_groups[1];
+        let section = &encoded.bytes[e.offset as usize..(e.offset + e.len) as usize];
+        assert_eq!(
+            decode_key_group_section(FILE, &e, section).unwrap(),
+            s.keyed[1]
+        );
+    }
+
+    #[test]
+    fn decode_key_groups_rejects_wrong_extents() {
+        let encoded = encode_state_file(&rich());
+        let e = encoded.key_groups[0];
+        let cases = [
+            (
+                KeyGroupExtent { key_group: 4, ..e },
+                "holds key group 3, its extent says 4",
+            ),
+            (
+                KeyGroupExtent {
+                    offset: u64::MAX,
+                    ..e
+                },
+                "outside the file",
+            ),
+            (
+                KeyGroupExtent {
+                    len: u64::MAX - 3,
+                    ..e
+                },
+                "outside the file",
+            ),
+            (KeyGroupExtent { offset: 0, ..e }, "outside the file"),
+            (
+                KeyGroupExtent {
+                    len: e.len + 1,
+                    ..e
+                },
+                "longer than its section",
+            ),
+            (
+                KeyGroupExtent {
+                    len: e.len - 1,
+                    ..e
+                },
+                "truncated or corrupt",
+            ),
+            (
+                KeyGroupExtent {
+                    offset: e.offset + 1,
+                    ..e
+                },
+                "",
+            ),
+            // The header section is not a key-group section.
+            (
+                KeyGroupExtent {
+                    key_group: 0,
+                    offset: PREFIX_LEN as u64,
+                    len: encoded.key_groups[0].offset - PREFIX_LEN as u64,
+                },
+                "expected the key-group section at byte 10, found a header section",
+            ),
+        ];
+        for (extent, expected) in cases {
+            let shown = message(decode_key_groups(FILE, &encoded.bytes, &[extent]));
+            assert!(shown.contains(expected), "{extent:?}: {shown}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_naming_the_file() {
+        let bytes = encode_state_file(&small()).bytes;
+        for n in 0..bytes.len() {
+            let shown = message(decode_state_file(FILE, &bytes[..n]));
+            if n >= PREFIX_LEN {
+                assert!(
+                    shown.contains("truncated") || shown.contains("end marker"),
+                    "prefix {n}: {shown}"
+                );
+            }
+        }
+        // Cut exactly before the end marker: names what is missing.
+        let end = bytes.len() - FRAME_OVERHEAD;
+        let shown = message(decode_state_file(FILE, &bytes[..end]));
+        assert!(
+            shown.contains(&format!(
+                "truncated at byte {end}: the end marker is missing"
+            )),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn every_corrupted_byte_is_detected() {
+        let bytes = encode_state_file(&small()).bytes;
+        for pos in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[pos] ^= flip;
+                message(decode_state_file(FILE, &bad));
+            }
+        }
+        let mut bad = bytes.clone();
+        bad[PREFIX_LEN + FRAME_HEAD] ^= 1;
+        let shown = message(decode_state_file(FILE, &bad));
+        assert!(
+            shown.contains("checksum mismatch in the section at byte 10"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_and_missing_sections_are_errors() {
+        let mut bytes = encode_state_file(&small()).bytes;
+        bytes.push(0);
+        let shown = message(decode_state_file(FILE, &bytes));
+        assert!(shown.contains("1 bytes after the end marker"), "{shown}");
+
+        // A well-formed file whose header promises a key group it lacks.
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_FILE_MAGIC);
+        out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+        let header = FileHeader {
+            key_groups: 1,
+            in_flight_channels: 0,
+        };
+        write_section(&mut out, Tag::Header, &header);
+        write_section(
+            &mut out,
+            Tag::OperatorState,
+            &Vec::<(String, Vec<Value>)>::new(),
+        );
+        let shown = message(decode_state_file(FILE, &out));
+        assert!(
+            shown.contains("expected the key-group section at byte"),
+            "{shown}"
+        );
+
+        // A checksummed section with an unknown tag.
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_FILE_MAGIC);
+        out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+        write_section(&mut out, Tag::Header, &header);
+        out[PREFIX_LEN] = 0x42;
+        let sum_at = out.len() - 8;
+        let sum = xxh3_64(&out[PREFIX_LEN..sum_at]);
+        out[sum_at..].copy_from_slice(&sum.to_le_bytes());
+        let shown = message(decode_state_file(FILE, &out));
+        assert!(
+            shown.contains("unknown section tag 0x42 at byte 10"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_clearly() {
+        let mut bytes = encode_state_file(&small()).bytes;
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let shown = message(decode_state_file(FILE, &bytes));
+        assert_eq!(
+            shown,
+            format!(
+                "{FILE}: written by a newer Weir: state file version 2, this build reads up to 1"
+            )
+        );
+        let shown = message(decode_key_groups(FILE, &bytes, &[]));
+        assert!(shown.contains("newer Weir"), "{shown}");
+    }
+
+    #[test]
+    fn garbage_and_empty_input_are_errors() {
+        assert!(message(decode_state_file(FILE, b"")).contains("empty file"));
+        assert!(message(decode_state_file(FILE, b"PK\x03\x04 zip")).contains("bad magic"));
+        assert!(message(decode_state_file(FILE, b"WEIR")).contains("truncated at byte 4"));
+        // The right magic, then a huge declared length: no allocation, an
+        // error.
+        let mut bytes = b"WEIRSTAT\x01\x00\x01".to_vec();
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        let shown = message(decode_state_file(FILE, &bytes));
+        assert!(
+            shown.contains("claims 18446744073709551615 payload bytes, 0 remain"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_crafted_section_with_a_valid_checksum_still_cannot_harm() {
+        // Huge counts inside a checksummed payload: bounded allocation and
+        // an error.
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_FILE_MAGIC);
+        out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+        write_section(
+            &mut out,
+            Tag::Header,
+            &FileHeader {
+                key_groups: u32::MAX,
+                in_flight_channels: u32::MAX,
+            },
+        );
+        // A key-group section claiming a billion states.
+        let payload: &[u8] = &[0x05, 0x80, 0x94, 0xeb, 0xdc, 0x03];
+        let start = out.len();
+        out.push(Tag::KeyGroup as u8);
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(payload);
+        let sum = xxh3_64(&out[start..]);
+        out.extend_from_slice(&sum.to_le_bytes());
+        let shown = message(decode_state_file(FILE, &out));
+        assert!(
+            shown.contains("cannot decode the key-group section at byte"),
+            "{shown}"
+        );
+
+        // Values nested past the decode limit are refused, not a stack
+        // overflow; the guest limit is far below it.
+        let deep = |n: usize| (0..n).fold(Value::Int(0), |v, _| Value::List(vec![v]));
+        let ok = SubtaskSnapshot {
+            operator_state: vec![("d".into(), vec![deep(100)])],
+            ..Default::default()
+        };
+        let bytes = encode_state_file(&ok).bytes;
+        assert_eq!(decode_state_file(FILE, &bytes).unwrap(), ok);
+        let too_deep = SubtaskSnapshot {
+            operator_state: vec![("d".into(), vec![deep(1000)])],
+            ..Default::default()
+        };
+        let bytes = encode_state_file(&too_deep).bytes;
+        let shown = message(decode_state_file(FILE, &bytes));
+        assert!(
+            shown.contains("a value nested deeper than 128 levels"),
+            "{shown}"
+        );
+        // The depth count is back to zero after the error.
+        assert_eq!(
+            decode_state_file(FILE, &encode_state_file(&ok).bytes).unwrap(),
+            ok
+        );
+    }
+
+    #[test]
+    fn state_file_names_are_one_safe_segment() {
+        assert_eq!(state_file_name("tokenize", 0), "tokenize-0.state");
+        assert_eq!(state_file_name("a.b_c-D9", 12), "a.b_c-D9-12.state");
+        assert_eq!(
+            state_file_name("../x y/é", 1),
+            "..%2Fx%20y%2F%C3%A9-1.state"
+        );
+        assert!(is_contained_relative(&state_file_name("..", 0)));
+    }
+
+    fn metadata() -> CheckpointMetadata {
+        let encoded = encode_state_file(&rich());
+        CheckpointMetadata {
+            version: METADATA_VERSION,
+            job_name: "wordcount".into(),
+            checkpoint_id: super::super::CheckpointId(7),
+            trigger_time_ms: 1_700_000_000_000,
+            completion_time_ms: 1_700_000_000_250,
+            max_parallelism: 128,
+            exactly_once: true,
+            unaligned: false,
+            is_final: false,
+            vertices: vec![
+                VertexMetadata {
+                    uid: "source".into(),
+                    parallelism: 1,
+                    subtasks: vec![SubtaskMetadata {
+                        subtask: 0,
+                        file: None,
+                        size: 0,
+                        key_group_start: 0,
+                        key_group_end: 128,
+                        key_groups: vec![],
+                        sync_ms: 0.0,
+                        async_ms: 0.0,
+                        alignment_ms: 0.0,
+                    }],
+                },
+                VertexMetadata {
+                    uid: "count".into(),
+                    parallelism: 2,
+                    subtasks: vec![SubtaskMetadata {
+                        subtask: 1,
+                        file: Some("count-1.state".into()),
+                        size: encoded.bytes.len() as u64,
+                        key_group_start: 64,
+                        key_group_end: 128,
+                        key_groups: encoded.key_groups,
+                        sync_ms: 1.25,
+                        async_ms: 10.5,
+                        alignment_ms: 0.125,
+                    }],
+                },
+            ],
+        }
+    }
+
+    const META: &str = "chk-7/_metadata";
+
+    fn meta_error(bytes: &[u8]) -> String {
+        let e = decode_metadata(META, bytes).unwrap_err();
+        assert_eq!(e.file, META);
+        e.to_string()
+    }
+
+    #[test]
+    fn metadata_round_trips_and_reads_by_eye() {
+        let m = metadata();
+        let bytes = encode_metadata(&m);
+        assert_eq!(decode_metadata(META, &bytes).unwrap(), m);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("{\n  \"format\": \"weir-checkpoint\",\n  \"version\": 1,\n"),
+            "{text}"
+        );
+        assert!(text.contains("\"checkpoint_id\": 7,"), "{text}");
+        assert!(text.contains("\"file\": \"count-1.state\""), "{text}");
+        assert_eq!(m.duration_ms(), 250);
+        assert_eq!(
+            m.total_bytes(),
+            encode_state_file(&rich()).bytes.len() as u64
+        );
+    }
+
+    #[test]
+    fn metadata_writes_non_finite_timings_as_zero() {
+        let mut m = metadata();
+        m.vertices[1].subtasks[0].sync_ms = f64::NAN;
+        let back = decode_metadata(META, &encode_metadata(&m)).unwrap();
+        assert_eq!(back.vertices[1].subtasks[0].sync_ms, 0.0);
+    }
+
+    #[test]
+    fn metadata_errors_name_the_file_and_the_problem() {
+        let good: serde_json::Value =
+            serde_json::from_slice(&encode_metadata(&metadata())).unwrap();
+        let with = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let mut v = good.clone();
+            f(v.as_object_mut().unwrap());
+            serde_json::to_vec(&v).unwrap()
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "not JSON"),
+            (b"\x00\xff garbage".to_vec(), "not JSON"),
+            (b"[1, 2]".to_vec(), "not an object"),
+            (
+                with(&|m| {
+                    m.remove("format");
+                }),
+                "no \"format\" field",
+            ),
+            (
+                with(&|m| {
+                    m.insert("format".into(), "flink".into());
+                }),
+                "format is \"flink\", expected \"weir-checkpoint\"",
+            ),
+            (
+                with(&|m| {
+                    m.insert("version".into(), 2.into());
+                }),
+                "written by a newer Weir: checkpoint metadata version 2, this build reads up to 1",
+            ),
+            (
+                with(&|m| {
+                    m.insert("version".into(), 0.into());
+                }),
+                "version 0 does not exist",
+            ),
+            (
+                with(&|m| {
+                    m.remove("version");
+                }),
+                "missing field `version`",
+            ),
+            (
+                with(&|m| {
+                    m.remove("job_name");
+                }),
+                "missing field `job_name`",
+            ),
+            (
+                with(&|m| {
+                    m.insert("jobname".into(), "x".into());
+                }),
+                "unknown field `jobname`",
+            ),
+            (
+                with(&|m| {
+                    m["vertices"][1]["subtasks"][0]["file"] = "../../etc/passwd".into();
+                }),
+                "vertex `count` subtask 1: state file `../../etc/passwd` is not a relative path",
+            ),
+            (
+                with(&|m| {
+                    m["vertices"][1]["subtasks"][0]["file"] = "/abs/count-1.state".into();
+                }),
+                "is not a relative path",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let shown = meta_error(&bytes);
+            assert!(shown.starts_with("chk-7/_metadata: "), "{shown}");
+            assert!(shown.contains(expected), "expected {expected:?} in {shown}");
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::state::{NamedStateSnapshot, StateEntries};
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<bool>().prop_map(Value::Boolean),
+                any::<i64>().prop_map(Value::Int),
+                any::<u64>().prop_map(Value::Uint),
+                any::<f64>().prop_map(Value::Float),
+                ".{0,8}".prop_map(Value::Text),
+                prop::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+                Just(Value::None),
+            ];
+            leaf.prop_recursive(4, 32, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                    prop::collection::vec((inner.clone(), inner.clone()), 0..4)
+                        .prop_map(Value::Map),
+                    prop::collection::vec(("[a-z]{0,4}", inner), 0..4).prop_map(Value::Record),
+                ]
+            })
+        }
+
+        fn key() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(any::<u8>(), 0..12)
+        }
+
+        fn entries() -> impl Strategy<Value = StateEntries> {
+            prop_oneof![
+                prop::collection::vec((key(), value()), 0..4).prop_map(StateEntries::Value),
+                prop::collection::vec(
+                    (key(), prop::collection::vec((value(), value()), 0..3)),
+                    0..4
+                )
+                .prop_map(StateEntries::Map),
+                prop::collection::vec((key(), prop::collection::vec(value(), 0..3)), 0..4)
+                    .prop_map(StateEntries::List),
+            ]
+        }
+
+        fn snapshot() -> impl Strategy<Value = SubtaskSnapshot> {
+            let group = prop::collection::vec(("[a-z]{1,6}", entries()), 0..3).prop_map(|s| {
+                s.into_iter()
+                    .map(|(name, entries)| NamedStateSnapshot { name, entries })
+                    .collect::<Vec<_>>()
+            });
+            (
+                prop::collection::btree_map(any::<u16>(), group, 0..4),
+                prop::collection::vec((".{0,6}", prop::collection::vec(value(), 0..3)), 0..3),
+                any::<Option<u64>>(),
+                proptest::option::of((prop::collection::vec(".{0,6}", 0..3), any::<u64>())),
+                prop::collection::vec(
+                    (
+                        any::<u32>(),
+                        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..16), 0..3),
+                    ),
+                    0..3,
+                ),
+            )
+                .prop_map(
+                    |(groups, operator_state, source_offset, sink, in_flight)| SubtaskSnapshot {
+                        keyed: groups
+                            .into_iter()
+                            .map(|(kg, states)| KeyGroupSnapshot {
+                                key_group: u32::from(kg),
+                                states,
+                            })
+                            .collect(),
+                        operator_state,
+                        source_offset,
+                        sink: sink.map(|(pending, next_part)| SinkSnapshot { pending, next_part }),
+                        in_flight: in_flight
+                            .into_iter()
+                            .map(|(channel, batches)| InFlightChannel { channel, batches })
+                            .collect(),
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn random_snapshots_round_trip(s in snapshot()) {
+                let encoded = encode_state_file(&s);
+                let back = decode_state_file("p.state", &encoded.bytes).unwrap();
+                // Floats compare by bits (NaN != NaN): re-encoding must give
+                // the same bytes, and then the values match bit for bit.
+                prop_assert_eq!(&encode_state_file(&back).bytes, &encoded.bytes);
+                let all = decode_key_groups("p.state", &encoded.bytes, &encoded.key_groups).unwrap();
+                prop_assert_eq!(all.len(), s.keyed.len());
+                for (got, want) in all.iter().zip(&s.keyed) {
+                    prop_assert_eq!(got.key_group, want.key_group);
+                }
+            }
+
+            #[test]
+            fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+                let mut with_magic = b"WEIRSTAT\x01\x00".to_vec();
+                with_magic.extend_from_slice(&bytes);
+                prop_assert!(decode_state_file("p.state", &bytes).is_err());
+                prop_assert!(decode_state_file("p.state", &with_magic).is_err());
+            }
+        }
+    }
+}
