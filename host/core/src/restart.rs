@@ -9,6 +9,25 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// Flink's default delay before a restart (`fixed-delay`, `failure-rate`).
+pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
+/// Flink's default `fixed-delay` attempts.
+pub const DEFAULT_ATTEMPTS: u32 = 1;
+/// Flink's default first delay of `exponential-backoff`.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// Flink's default longest delay of `exponential-backoff`.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Flink's default growth per failure of `exponential-backoff` (since 1.19).
+pub const DEFAULT_MULTIPLIER: f64 = 1.5;
+/// Flink's default jitter of `exponential-backoff` (since 1.19).
+pub const DEFAULT_JITTER: f64 = 0.1;
+/// Flink's default healthy run that resets `exponential-backoff`.
+pub const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(3600);
+/// Flink's default failures per interval of `failure-rate`.
+pub const DEFAULT_MAX_FAILURES: u32 = 1;
+/// Flink's default window of `failure-rate`.
+pub const DEFAULT_FAILURE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How a failed job is restarted (Flink's `restart-strategy`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestartStrategy {
@@ -54,11 +73,11 @@ impl RestartStrategy {
     /// (`restart-strategy.exponential-delay.*` since Flink 1.19).
     pub fn default_exponential_backoff() -> Self {
         RestartStrategy::ExponentialBackoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-            multiplier: 1.5,
-            jitter: 0.1,
-            reset_after: Duration::from_secs(3600),
+            initial: DEFAULT_INITIAL_BACKOFF,
+            max: DEFAULT_MAX_BACKOFF,
+            multiplier: DEFAULT_MULTIPLIER,
+            jitter: DEFAULT_JITTER,
+            reset_after: DEFAULT_RESET_AFTER,
         }
     }
 
