@@ -8,12 +8,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointingMode, RetentionOnCancel};
 use crate::error::{Error, Problem};
 use crate::keygroup::{DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM};
 use crate::native::NativeOperatorFactory;
+use crate::restart::{self, RestartStrategy};
 
 /// Default records per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
@@ -23,6 +26,9 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 8;
 pub const DEFAULT_MEMORY_MB: u64 = 256;
 /// Default CPU budget per hook call, in Wasm fuel (~1 s of guest code).
 pub const DEFAULT_FUEL_PER_CALL: u64 = 2_000_000_000;
+/// The shortest checkpoint interval and timeout (Flink's
+/// `MINIMAL_CHECKPOINT_TIME`): below it, checkpointing is all a job does.
+pub const MIN_CHECKPOINT_TIME: Duration = Duration::from_millis(10);
 
 /// The top level of a job file, as written.
 #[derive(Debug, Deserialize)]
@@ -49,6 +55,91 @@ pub struct JobFile {
     /// Sinks, `[[sinks]]`.
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+    /// Checkpointing, `[checkpoints]`; absent means checkpoints off.
+    pub checkpoints: Option<CheckpointsSpec>,
+    /// What happens after a failure, `[restart]`.
+    pub restart: Option<RestartSpec>,
+}
+
+/// The `[checkpoints]` section, as written. Durations are strings such as
+/// `"500ms"`, `"10s"` or `"2m"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsSpec {
+    /// Time between periodic checkpoints; absent means checkpoints off.
+    pub interval: Option<String>,
+    /// `exactly-once` or `at-least-once`.
+    pub mode: Option<CheckpointingMode>,
+    /// A checkpoint not complete within this is aborted.
+    pub timeout: Option<String>,
+    /// Least time between a completion and the next trigger.
+    pub min_pause: Option<String>,
+    /// Most checkpoints in progress at once.
+    pub max_concurrent: Option<u32>,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    pub tolerable_failures: Option<u32>,
+    /// Barriers overtake buffered records.
+    pub unaligned: Option<bool>,
+    /// With `unaligned`: switch from aligned to unaligned after this.
+    pub aligned_timeout: Option<String>,
+    /// Completed checkpoints kept.
+    pub retained: Option<u32>,
+    /// `retain` or `delete` retained checkpoints when the job is cancelled.
+    pub retention_on_cancel: Option<RetentionOnCancel>,
+    /// A URL or a path (relative to the job file's directory).
+    pub storage: Option<String>,
+}
+
+/// Restart strategy names, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartKind {
+    /// Never restart.
+    None,
+    /// A fixed number of restarts with a fixed delay.
+    FixedDelay,
+    /// Growing delays, forever.
+    ExponentialBackoff,
+    /// Restart unless failures come too often.
+    FailureRate,
+}
+
+impl RestartKind {
+    fn name(self) -> &'static str {
+        match self {
+            RestartKind::None => "none",
+            RestartKind::FixedDelay => "fixed-delay",
+            RestartKind::ExponentialBackoff => "exponential-backoff",
+            RestartKind::FailureRate => "failure-rate",
+        }
+    }
+}
+
+/// The `[restart]` section, as written: a `strategy` and that strategy's
+/// keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// Which strategy.
+    pub strategy: Option<RestartKind>,
+    /// `fixed-delay`: restarts allowed.
+    pub attempts: Option<u32>,
+    /// `fixed-delay`, `failure-rate`: wait before each restart.
+    pub delay: Option<String>,
+    /// `exponential-backoff`: the first delay.
+    pub initial_backoff: Option<String>,
+    /// `exponential-backoff`: the longest delay.
+    pub max_backoff: Option<String>,
+    /// `exponential-backoff`: growth per failure.
+    pub multiplier: Option<f64>,
+    /// `exponential-backoff`: random spread, a fraction of the delay.
+    pub jitter: Option<f64>,
+    /// `exponential-backoff`: a run this long without failure resets the delay.
+    pub reset_after: Option<String>,
+    /// `failure-rate`: failures tolerated per `interval`.
+    pub max_failures: Option<u32>,
+    /// `failure-rate`: the window failures are counted in.
+    pub interval: Option<String>,
 }
 
 /// Resource limits of plugin instances, as written.
@@ -302,6 +393,13 @@ pub struct JobGraph {
     pub channel_capacity: usize,
     /// The vertices, topologically sorted.
     pub vertices: Vec<Vertex>,
+    /// Checkpointing settings (off unless `[checkpoints]` sets `interval`).
+    pub checkpoints: CheckpointConfig,
+    /// What happens after a failure.
+    pub restart: RestartStrategy,
+    /// The job file's directory: a relative checkpoint `storage` path
+    /// resolves against it.
+    pub job_dir: PathBuf,
 }
 
 /// Reads, parses and validates a job file.
@@ -381,6 +479,8 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         problems.add("channel_capacity", "must be at least 1");
     }
     let job_limits = file.limits.clone().unwrap_or_default();
+    let checkpoints = checkpoint_config(file.checkpoints, &mut problems);
+    let restart = restart_strategy(file.restart, checkpoints.enabled(), &mut problems);
     let check_parallelism = |problems: &mut Problems, field: String, p: Option<u32>| {
         let p = p.unwrap_or(default_parallelism);
         if p == 0 || p > max_parallelism {
@@ -586,9 +686,288 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             batch_size,
             channel_capacity,
             vertices: graph,
+            checkpoints,
+            restart,
+            job_dir: if base.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                base.to_owned()
+            },
         })
     } else {
         Err(problems.0)
+    }
+}
+
+/// Parses a duration field written as a string, e.g. `"500ms"`.
+fn duration(problems: &mut Problems, field: &str, text: Option<&str>) -> Option<Duration> {
+    let text = text?;
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) => Some(d),
+        Err(_) => {
+            problems.add(
+                field,
+                format!(r#""{text}" is not a duration (e.g. "500ms", "10s", "2m")"#),
+            );
+            None
+        }
+    }
+}
+
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+/// Validates `[checkpoints]`; an absent section leaves checkpoints off.
+fn checkpoint_config(spec: Option<CheckpointsSpec>, problems: &mut Problems) -> CheckpointConfig {
+    let mut config = CheckpointConfig::default();
+    let Some(spec) = spec else {
+        return config;
+    };
+    let at_least = |problems: &mut Problems, field: &str, d: Option<Duration>| {
+        if let Some(d) = d
+            && d < MIN_CHECKPOINT_TIME
+        {
+            problems.add(
+                field,
+                format!(
+                    "must be at least {}, got {}",
+                    show(MIN_CHECKPOINT_TIME),
+                    show(d)
+                ),
+            );
+        }
+        d
+    };
+    let interval = duration(problems, "checkpoints.interval", spec.interval.as_deref());
+    config.interval = at_least(problems, "checkpoints.interval", interval);
+    if let Some(timeout) = duration(problems, "checkpoints.timeout", spec.timeout.as_deref()) {
+        at_least(problems, "checkpoints.timeout", Some(timeout));
+        config.timeout = timeout;
+    }
+    if let Some(min_pause) = duration(problems, "checkpoints.min_pause", spec.min_pause.as_deref())
+    {
+        config.min_pause = min_pause;
+    }
+    config.mode = spec.mode.unwrap_or(config.mode);
+    config.max_concurrent = spec.max_concurrent.unwrap_or(config.max_concurrent);
+    if config.max_concurrent == 0 {
+        problems.add("checkpoints.max_concurrent", "must be at least 1");
+    }
+    config.tolerable_failures = spec.tolerable_failures.unwrap_or(config.tolerable_failures);
+    config.unaligned = spec.unaligned.unwrap_or(config.unaligned);
+    if config.unaligned {
+        // Flink's rules: at-least-once never aligns, so there is nothing to
+        // skip; concurrent unaligned checkpoints would store the same
+        // in-flight records twice.
+        if config.mode == CheckpointingMode::AtLeastOnce {
+            problems.add(
+                "checkpoints.unaligned",
+                r#"needs mode = "exactly-once": at-least-once checkpoints do not align barriers at all"#,
+            );
+        }
+        if config.max_concurrent > 1 {
+            problems.add(
+                "checkpoints.unaligned",
+                format!("needs max_concurrent = 1, got {}", config.max_concurrent),
+            );
+        }
+    }
+    let aligned_timeout = duration(
+        problems,
+        "checkpoints.aligned_timeout",
+        spec.aligned_timeout.as_deref(),
+    );
+    if let Some(t) = aligned_timeout {
+        if !config.unaligned {
+            problems.add(
+                "checkpoints.aligned_timeout",
+                "applies only with unaligned = true (checkpoints start aligned and switch to unaligned after it)",
+            );
+        } else if t.is_zero() {
+            problems.add(
+                "checkpoints.aligned_timeout",
+                "must be more than 0s; leave it out to start unaligned at once",
+            );
+        }
+    }
+    config.aligned_timeout = aligned_timeout;
+    config.retained = spec.retained.unwrap_or(config.retained);
+    if config.retained == 0 {
+        problems.add(
+            "checkpoints.retained",
+            "must be at least 1: recovery needs the latest completed checkpoint",
+        );
+    }
+    config.retention_on_cancel = spec
+        .retention_on_cancel
+        .unwrap_or(config.retention_on_cancel);
+    if let Some(storage) = spec.storage {
+        if storage.trim().is_empty() {
+            problems.add("checkpoints.storage", "must not be empty");
+        }
+        config.storage = storage;
+    }
+    if spec.interval.is_none() {
+        // Checkpoints are off: a knob set here is almost surely a
+        // forgotten `interval`, not a wish. `storage` alone is fine
+        // (savepoints use it too).
+        for (name, set) in [
+            ("mode", spec.mode.is_some()),
+            ("timeout", spec.timeout.is_some()),
+            ("min_pause", spec.min_pause.is_some()),
+            ("max_concurrent", spec.max_concurrent.is_some()),
+            ("tolerable_failures", spec.tolerable_failures.is_some()),
+            ("unaligned", spec.unaligned.is_some()),
+            ("aligned_timeout", spec.aligned_timeout.is_some()),
+            ("retained", spec.retained.is_some()),
+            ("retention_on_cancel", spec.retention_on_cancel.is_some()),
+        ] {
+            if set {
+                problems.add(
+                    format!("checkpoints.{name}"),
+                    "has no effect without checkpoints.interval (checkpoints are off)",
+                );
+            }
+        }
+    }
+    config
+}
+
+/// Validates `[restart]`; without it, Flink's default for the job's
+/// checkpointing.
+fn restart_strategy(
+    spec: Option<RestartSpec>,
+    checkpointing: bool,
+    problems: &mut Problems,
+) -> RestartStrategy {
+    let Some(spec) = spec else {
+        return RestartStrategy::default_for(checkpointing);
+    };
+    let Some(kind) = spec.strategy else {
+        problems.add(
+            "restart.strategy",
+            r#"required: "none", "fixed-delay", "exponential-backoff" or "failure-rate""#,
+        );
+        return RestartStrategy::None;
+    };
+    let allowed: &[&str] = match kind {
+        RestartKind::None => &[],
+        RestartKind::FixedDelay => &["attempts", "delay"],
+        RestartKind::ExponentialBackoff => &[
+            "initial_backoff",
+            "max_backoff",
+            "multiplier",
+            "jitter",
+            "reset_after",
+        ],
+        RestartKind::FailureRate => &["max_failures", "interval", "delay"],
+    };
+    for (name, set) in [
+        ("attempts", spec.attempts.is_some()),
+        ("delay", spec.delay.is_some()),
+        ("initial_backoff", spec.initial_backoff.is_some()),
+        ("max_backoff", spec.max_backoff.is_some()),
+        ("multiplier", spec.multiplier.is_some()),
+        ("jitter", spec.jitter.is_some()),
+        ("reset_after", spec.reset_after.is_some()),
+        ("max_failures", spec.max_failures.is_some()),
+        ("interval", spec.interval.is_some()),
+    ] {
+        if set && !allowed.contains(&name) {
+            problems.add(
+                format!("restart.{name}"),
+                format!(r#"does not apply to strategy "{}""#, kind.name()),
+            );
+        }
+    }
+    let field = |name: &str| format!("restart.{name}");
+    let mut duration_or = |name: &str, text: &Option<String>, default: Duration| {
+        duration(problems, &field(name), text.as_deref()).unwrap_or(default)
+    };
+    match kind {
+        RestartKind::None => RestartStrategy::None,
+        RestartKind::FixedDelay => RestartStrategy::FixedDelay {
+            attempts: spec.attempts.unwrap_or(restart::DEFAULT_ATTEMPTS),
+            delay: duration_or("delay", &spec.delay, restart::DEFAULT_DELAY),
+        },
+        RestartKind::ExponentialBackoff => {
+            let initial = duration_or(
+                "initial_backoff",
+                &spec.initial_backoff,
+                restart::DEFAULT_INITIAL_BACKOFF,
+            );
+            let max = duration_or(
+                "max_backoff",
+                &spec.max_backoff,
+                restart::DEFAULT_MAX_BACKOFF,
+            );
+            let reset_after = duration_or(
+                "reset_after",
+                &spec.reset_after,
+                restart::DEFAULT_RESET_AFTER,
+            );
+            let multiplier = spec.multiplier.unwrap_or(restart::DEFAULT_MULTIPLIER);
+            let jitter = spec.jitter.unwrap_or(restart::DEFAULT_JITTER);
+            if initial < Duration::from_millis(1) {
+                problems.add(field("initial_backoff"), "must be at least 1ms");
+            }
+            if max < initial {
+                problems.add(
+                    field("max_backoff"),
+                    format!(
+                        "must be at least initial_backoff ({}), got {}",
+                        show(initial),
+                        show(max)
+                    ),
+                );
+            }
+            if !(multiplier.is_finite() && multiplier > 1.0) {
+                problems.add(
+                    field("multiplier"),
+                    format!("must be a number greater than 1, got {multiplier}"),
+                );
+            }
+            if !(0.0..=1.0).contains(&jitter) {
+                problems.add(
+                    field("jitter"),
+                    format!("must be between 0 and 1, got {jitter}"),
+                );
+            }
+            if reset_after.is_zero() {
+                problems.add(field("reset_after"), "must be more than 0s");
+            }
+            RestartStrategy::ExponentialBackoff {
+                initial,
+                max,
+                multiplier,
+                jitter,
+                reset_after,
+            }
+        }
+        RestartKind::FailureRate => {
+            let delay = duration_or("delay", &spec.delay, restart::DEFAULT_DELAY);
+            let interval = duration_or(
+                "interval",
+                &spec.interval,
+                restart::DEFAULT_FAILURE_INTERVAL,
+            );
+            let max_failures = spec.max_failures.unwrap_or(restart::DEFAULT_MAX_FAILURES);
+            if max_failures == 0 {
+                problems.add(
+                    field("max_failures"),
+                    r#"must be at least 1 (for no restart at all, use strategy = "none")"#,
+                );
+            }
+            if interval.is_zero() {
+                problems.add(field("interval"), "must be more than 0s");
+            }
+            RestartStrategy::FailureRate {
+                max_failures,
+                interval,
+                delay,
+            }
+        }
     }
 }
 
@@ -905,5 +1284,331 @@ input = ["count"]
     fn field_that_does_not_apply() {
         let p = problems(&GOOD.replace("path = \"in.txt\"", "path = \"in.txt\"\nseed = 3"));
         assert_eq!(p, ["sources[0].seed: does not apply to a `file` source"]);
+    }
+
+    fn with(section: &str) -> String {
+        format!("{GOOD}\n{section}\n")
+    }
+
+    #[test]
+    fn without_sections_checkpoints_are_off_and_nothing_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "a b\n").unwrap();
+        std::fs::write(dir.path().join("op.wasm"), "not really").unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let g = load(&path).unwrap();
+        assert_eq!(g.checkpoints, CheckpointConfig::default());
+        assert!(!g.checkpoints.enabled());
+        assert_eq!(g.restart, RestartStrategy::None);
+        assert_eq!(g.job_dir, dir.path());
+    }
+
+    #[test]
+    fn a_relative_job_path_has_the_current_directory_as_job_dir() {
+        let file: JobFile = toml::from_str(
+            "name = \"j\"\n[[sources]]\nuid = \"s\"\ntype = \"datagen\"\n\
+             [[sinks]]\nuid = \"o\"\ntype = \"blackhole\"\ninput = \"s\"\n",
+        )
+        .unwrap();
+        let g = build_graph(file, Path::new("job.toml").parent().unwrap()).unwrap();
+        assert_eq!(g.job_dir, Path::new("."));
+    }
+
+    #[test]
+    fn checkpoints_section_with_every_key() {
+        let g = parse(&with(
+            r#"[checkpoints]
+interval = "500ms"
+mode = "exactly-once"
+timeout = "1m 30s"
+min_pause = "100ms"
+max_concurrent = 1
+tolerable_failures = 3
+unaligned = true
+aligned_timeout = "30s"
+retained = 3
+retention_on_cancel = "delete"
+storage = "s3://bucket/weir"
+"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.checkpoints,
+            CheckpointConfig {
+                interval: Some(Duration::from_millis(500)),
+                mode: CheckpointingMode::ExactlyOnce,
+                timeout: Duration::from_secs(90),
+                min_pause: Duration::from_millis(100),
+                max_concurrent: 1,
+                tolerable_failures: 3,
+                unaligned: true,
+                aligned_timeout: Some(Duration::from_secs(30)),
+                retained: 3,
+                retention_on_cancel: RetentionOnCancel::Delete,
+                storage: "s3://bucket/weir".into(),
+            }
+        );
+        // Checkpoints on and no [restart]: Flink's exponential backoff.
+        assert_eq!(g.restart, RestartStrategy::default_exponential_backoff());
+    }
+
+    #[test]
+    fn checkpoints_defaults_with_only_an_interval() {
+        let g = parse(&with("[checkpoints]\ninterval = \"10s\"")).unwrap();
+        assert_eq!(
+            g.checkpoints,
+            CheckpointConfig {
+                interval: Some(Duration::from_secs(10)),
+                ..CheckpointConfig::default()
+            }
+        );
+        let g = parse(&with(
+            "[checkpoints]\ninterval = \"1s\"\nmode = \"at-least-once\"\nmax_concurrent = 2",
+        ))
+        .unwrap();
+        assert_eq!(g.checkpoints.mode, CheckpointingMode::AtLeastOnce);
+        assert_eq!(g.checkpoints.max_concurrent, 2);
+    }
+
+    #[test]
+    fn storage_alone_is_allowed_with_checkpoints_off() {
+        let g = parse(&with("[checkpoints]\nstorage = \"/var/weir\"")).unwrap();
+        assert!(!g.checkpoints.enabled());
+        assert_eq!(g.checkpoints.storage, "/var/weir");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_field() {
+        let p = problems(&with("[checkpoints]\ninterval = \"5 parsecs\""));
+        assert_eq!(
+            p,
+            [r#"checkpoints.interval: "5 parsecs" is not a duration (e.g. "500ms", "10s", "2m")"#]
+        );
+        let p = problems(&with(
+            "[restart]\nstrategy = \"fixed-delay\"\ndelay = \"soon\"",
+        ));
+        assert_eq!(
+            p,
+            [r#"restart.delay: "soon" is not a duration (e.g. "500ms", "10s", "2m")"#]
+        );
+    }
+
+    #[test]
+    fn checkpoint_values_out_of_range() {
+        let p = problems(&with(
+            r#"[checkpoints]
+interval = "0s"
+timeout = "5ms"
+max_concurrent = 0
+retained = 0
+storage = " "
+"#,
+        ));
+        assert_eq!(
+            p,
+            [
+                "checkpoints.interval: must be at least 10ms, got 0s",
+                "checkpoints.timeout: must be at least 10ms, got 5ms",
+                "checkpoints.max_concurrent: must be at least 1",
+                "checkpoints.retained: must be at least 1: recovery needs the latest completed checkpoint",
+                "checkpoints.storage: must not be empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn unaligned_needs_exactly_once_and_one_checkpoint_at_a_time() {
+        let p = problems(&with(
+            "[checkpoints]\ninterval = \"1s\"\nunaligned = true\nmode = \"at-least-once\"\nmax_concurrent = 2",
+        ));
+        assert_eq!(
+            p,
+            [
+                r#"checkpoints.unaligned: needs mode = "exactly-once": at-least-once checkpoints do not align barriers at all"#,
+                "checkpoints.unaligned: needs max_concurrent = 1, got 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn aligned_timeout_needs_unaligned() {
+        let p = problems(&with(
+            "[checkpoints]\ninterval = \"1s\"\naligned_timeout = \"5s\"",
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("checkpoints.aligned_timeout: applies only with unaligned = true"),
+            "{p:?}"
+        );
+        let p = problems(&with(
+            "[checkpoints]\ninterval = \"1s\"\nunaligned = true\naligned_timeout = \"0s\"",
+        ));
+        assert_eq!(
+            p,
+            [
+                "checkpoints.aligned_timeout: must be more than 0s; leave it out to start unaligned at once"
+            ]
+        );
+    }
+
+    #[test]
+    fn checkpoint_knobs_without_an_interval() {
+        let p = problems(&with("[checkpoints]\ntimeout = \"1m\"\nretained = 2"));
+        assert_eq!(
+            p,
+            [
+                "checkpoints.timeout: has no effect without checkpoints.interval (checkpoints are off)",
+                "checkpoints.retained: has no effect without checkpoints.interval (checkpoints are off)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_mode_and_unknown_key_are_parse_errors() {
+        let msg = parse(&with("[checkpoints]\ninterval = \"1s\"\nmode = \"twice\""))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown variant `twice`"), "{msg}");
+        let msg = parse(&with("[checkpoints]\nintervall = \"1s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown field `intervall`"), "{msg}");
+    }
+
+    #[test]
+    fn restart_fixed_delay() {
+        let g = parse(&with(
+            "[restart]\nstrategy = \"fixed-delay\"\nattempts = 3\ndelay = \"2s\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            g.restart,
+            RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay: Duration::from_secs(2)
+            }
+        );
+        // Flink's defaults for the keys left out.
+        let g = parse(&with("[restart]\nstrategy = \"fixed-delay\"")).unwrap();
+        assert_eq!(
+            g.restart,
+            RestartStrategy::FixedDelay {
+                attempts: 1,
+                delay: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn restart_exponential_backoff() {
+        let g = parse(&with(
+            r#"[restart]
+strategy = "exponential-backoff"
+initial_backoff = "500ms"
+max_backoff = "30s"
+multiplier = 2.0
+jitter = 0.2
+reset_after = "10m"
+"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.restart,
+            RestartStrategy::ExponentialBackoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+                multiplier: 2.0,
+                jitter: 0.2,
+                reset_after: Duration::from_secs(600),
+            }
+        );
+        let g = parse(&with("[restart]\nstrategy = \"exponential-backoff\"")).unwrap();
+        assert_eq!(g.restart, RestartStrategy::default_exponential_backoff());
+    }
+
+    #[test]
+    fn restart_exponential_backoff_out_of_range() {
+        let p = problems(&with(
+            r#"[restart]
+strategy = "exponential-backoff"
+initial_backoff = "10s"
+max_backoff = "5s"
+multiplier = 1.0
+jitter = 1.5
+reset_after = "0s"
+"#,
+        ));
+        assert_eq!(
+            p,
+            [
+                "restart.max_backoff: must be at least initial_backoff (10s), got 5s",
+                "restart.multiplier: must be a number greater than 1, got 1",
+                "restart.jitter: must be between 0 and 1, got 1.5",
+                "restart.reset_after: must be more than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_failure_rate() {
+        let g = parse(&with(
+            "[restart]\nstrategy = \"failure-rate\"\nmax_failures = 3\ninterval = \"5m\"\ndelay = \"10s\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            g.restart,
+            RestartStrategy::FailureRate {
+                max_failures: 3,
+                interval: Duration::from_secs(300),
+                delay: Duration::from_secs(10)
+            }
+        );
+        let p = problems(&with(
+            "[restart]\nstrategy = \"failure-rate\"\nmax_failures = 0\ninterval = \"0s\"",
+        ));
+        assert_eq!(
+            p,
+            [
+                r#"restart.max_failures: must be at least 1 (for no restart at all, use strategy = "none")"#,
+                "restart.interval: must be more than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_none_overrides_the_checkpointing_default() {
+        let g = parse(&with(
+            "[checkpoints]\ninterval = \"1s\"\n[restart]\nstrategy = \"none\"",
+        ))
+        .unwrap();
+        assert_eq!(g.restart, RestartStrategy::None);
+    }
+
+    #[test]
+    fn restart_keys_of_another_strategy() {
+        let p = problems(&with(
+            "[restart]\nstrategy = \"fixed-delay\"\nattempts = 2\njitter = 0.5\ninterval = \"1m\"",
+        ));
+        assert_eq!(
+            p,
+            [
+                r#"restart.jitter: does not apply to strategy "fixed-delay""#,
+                r#"restart.interval: does not apply to strategy "fixed-delay""#,
+            ]
+        );
+        let p = problems(&with("[restart]\nstrategy = \"none\"\ndelay = \"1s\""));
+        assert_eq!(p, [r#"restart.delay: does not apply to strategy "none""#]);
+    }
+
+    #[test]
+    fn restart_needs_a_strategy() {
+        let p = problems(&with("[restart]\nattempts = 3"));
+        assert_eq!(
+            p,
+            [
+                r#"restart.strategy: required: "none", "fixed-delay", "exponential-backoff" or "failure-rate""#
+            ]
+        );
     }
 }
