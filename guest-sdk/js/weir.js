@@ -85,6 +85,8 @@ export class Context {
     this.parallelism = context.parallelism;
     /** The number of key groups keys hash into. */
     this.maxParallelism = context.maxParallelism;
+    /** How many times the job restarted before this instance (0 first). */
+    this.attemptNumber = context.attemptNumber;
     Object.freeze(this);
   }
 }

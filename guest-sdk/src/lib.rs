@@ -85,11 +85,13 @@ pub mod __private {
 
     impl<O: Operator> Guest for Adapter<O> {
         fn open(context: OperatorContext) -> Result<(), String> {
-            let ctx = Context::new(context.uid, context.config).with_subtask(
-                context.subtask_index,
-                context.parallelism,
-                context.max_parallelism,
-            );
+            let ctx = Context::new(context.uid, context.config)
+                .with_subtask(
+                    context.subtask_index,
+                    context.parallelism,
+                    context.max_parallelism,
+                )
+                .with_attempt_number(context.attempt_number);
             runtime::open::<O>(&ctx).map_err(|e| e.to_string())
         }
         fn process(batch: Vec<u8>) -> Result<(), String> {

@@ -78,6 +78,7 @@ pub struct Context {
     subtask_index: u32,
     parallelism: u32,
     max_parallelism: u32,
+    attempt_number: u32,
 }
 
 impl Context {
@@ -89,7 +90,14 @@ impl Context {
             subtask_index: 0,
             parallelism: 1,
             max_parallelism: 128,
+            attempt_number: 0,
         }
+    }
+
+    /// The same context in the job's `attempt_number`-th restart.
+    pub fn with_attempt_number(mut self, attempt_number: u32) -> Self {
+        self.attempt_number = attempt_number;
+        self
     }
 
     /// The same context as subtask `subtask_index` of `parallelism`, with
@@ -129,6 +137,12 @@ impl Context {
     /// The number of key groups keys hash into.
     pub fn max_parallelism(&self) -> u32 {
         self.max_parallelism
+    }
+
+    /// How many times the job restarted before this instance: 0 on the
+    /// first run, then 1, 2, … after each restart from a checkpoint.
+    pub fn attempt_number(&self) -> u32 {
+        self.attempt_number
     }
 }
 

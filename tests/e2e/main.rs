@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use weir_test_plugins as plugins;
 
+mod checkpoints;
 mod javascript;
 mod languages;
 
@@ -75,11 +76,23 @@ fn reference_counts(text: &str) -> HashMap<String, u64> {
     counts
 }
 
-/// Every line of every `part-*` file in `dir`, each file's lines in order.
+/// Every line of every visible part file in `dir` (hidden in-progress and
+/// pending parts are not output), in part order: by subtask, then part
+/// number, so each subtask's lines keep the order it wrote them.
 fn output_lines(dir: &Path) -> Vec<String> {
+    let mut parts: Vec<((u64, u64), std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let (subtask, part) = name.strip_prefix("part-")?.split_once('-')?;
+            Some(((subtask.parse().ok()?, part.parse().ok()?), path))
+        })
+        .collect();
+    parts.sort();
     let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for (_, path) in parts {
+        let text = std::fs::read_to_string(path).unwrap();
         lines.extend(text.lines().map(str::to_owned));
     }
     lines

@@ -68,7 +68,7 @@ const plain = (v) =>
       ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]))
       : v;
 
-const ctx = (config = '') => ({ uid: 'op', config, subtaskIndex: 0, parallelism: 1, maxParallelism: 128 });
+const ctx = (config = '') => ({ uid: 'op', config, subtaskIndex: 0, parallelism: 1, maxParallelism: 128, attemptNumber: 2 });
 
 /** Exports `Op` from a fresh SDK and opens it; returns `[weir, operator]`. */
 async function open(makeOp, config = '') {
@@ -636,6 +636,6 @@ test('the context carries the subtask facts', async () => {
       },
     'cfg',
   );
-  assert.deepEqual({ ...seen }, { uid: 'op', config: 'cfg', subtaskIndex: 0, parallelism: 1, maxParallelism: 128 });
+  assert.deepEqual({ ...seen }, { uid: 'op', config: 'cfg', subtaskIndex: 0, parallelism: 1, maxParallelism: 128, attemptNumber: 2 });
   assert.ok(Object.isFrozen(seen));
 });

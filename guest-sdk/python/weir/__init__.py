@@ -34,7 +34,8 @@ _I64 = struct.Struct("<q")
 
 
 class Context:
-    """Static facts about the subtask: uid, config, subtask index, parallelism."""
+    """Static facts about the subtask: uid, config, subtask index, parallelism,
+    key groups, and the attempt number (restarts before this instance)."""
 
     def __init__(self, ctx):
         self.uid = ctx.uid
@@ -42,6 +43,7 @@ class Context:
         self.subtask_index = ctx.subtask_index
         self.parallelism = ctx.parallelism
         self.max_parallelism = ctx.max_parallelism
+        self.attempt_number = ctx.attempt_number
 
 
 class Record:

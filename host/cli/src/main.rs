@@ -14,6 +14,7 @@ use weir_host::error::{Error, Problem};
 use weir_host::job::{self, JobGraph, VertexKind};
 use weir_host::metrics::JobMetrics;
 use weir_host::plugin::PluginEngine;
+use weir_host::runtime::{Restore, RunOptions};
 use weir_host::{ErrorKind, runtime};
 
 /// Exit code for a user error (bad job file, failing plugin).
@@ -44,6 +45,22 @@ enum Command {
         /// Do not show progress or the final summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Resume from the latest completed checkpoint of this job in its
+        /// storage (from scratch if there is none).
+        #[arg(long, conflicts_with = "from")]
+        from_latest: bool,
+        /// Resume from this checkpoint: its directory (chk-<n>) or its
+        /// _metadata file, a local path or a storage URL.
+        #[arg(long = "from-checkpoint", short = 's', value_name = "PATH")]
+        from: Option<String>,
+    },
+    /// Lists the job's completed checkpoints in its storage.
+    Checkpoints {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Delete them all, so the job starts from scratch next time.
+        #[arg(long)]
+        delete: bool,
     },
     /// Checks a job file and compiles its plugins, without running it.
     Validate {
@@ -64,7 +81,20 @@ fn main() -> ExitCode {
         .init();
     let result = PluginEngine::new(Some(cli.cache_dir.unwrap_or_else(default_cache_dir))).and_then(
         |engine| match cli.command {
-            Command::Run { job, quiet } => run(&engine, &job, quiet),
+            Command::Run {
+                job,
+                quiet,
+                from_latest,
+                from,
+            } => {
+                let restore = match (from_latest, from) {
+                    (_, Some(path)) => Restore::From(path),
+                    (true, None) => Restore::Latest,
+                    (false, None) => Restore::Fresh,
+                };
+                run(&engine, &job, quiet, restore)
+            }
+            Command::Checkpoints { job, delete } => checkpoints(&job, delete),
             Command::Validate { job } => validate(&engine, &job),
         },
     );
@@ -94,7 +124,7 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-fn run(engine: &PluginEngine, path: &Path, quiet: bool) -> Result<(), Error> {
+fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Result<(), Error> {
     let graph = job::load(path)?;
     let metrics = JobMetrics::for_graph(&graph);
     let done = Arc::new(AtomicBool::new(false));
@@ -103,14 +133,31 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool) -> Result<(), Error> {
         let graph = graph.clone();
         std::thread::spawn(move || show_progress(&graph, &metrics, &done))
     });
-    let result = runtime::run(&graph, engine, metrics);
+    let options = RunOptions {
+        restore,
+        job_file: Some(path.to_owned()),
+    };
+    let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
     }
     let report = result?;
     if !quiet {
-        eprintln!("job `{}` finished in {:.2?}", graph.name, report.elapsed);
+        let mut how = String::new();
+        if let Some(id) = report.restored_from {
+            how.push_str(&format!(", restored from checkpoint {id}"));
+        }
+        if report.restarts > 0 {
+            how.push_str(&format!(", after {} restart(s)", report.restarts));
+        }
+        if let Some(id) = metrics.last_checkpoint() {
+            how.push_str(&format!(", last checkpoint {id}"));
+        }
+        eprintln!(
+            "job `{}` finished in {:.2?}{how}",
+            graph.name, report.elapsed
+        );
         for (v, (uid, r_in, r_out)) in graph.vertices.iter().zip(&report.vertices) {
             let written = match &v.kind {
                 VertexKind::FileSink { dir } => format!(" → {}", dir.display()),
@@ -132,6 +179,7 @@ fn show_progress(graph: &JobGraph, metrics: &JobMetrics, done: &AtomicBool) {
         .iter()
         .map(|_| multi.add(ProgressBar::new_spinner().with_style(style.clone())))
         .collect();
+    let status = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
     let mut last: Vec<u64> = vec![0; bars.len()];
     let mut last_at = Instant::now();
     while !done.load(Ordering::Relaxed) {
@@ -148,7 +196,15 @@ fn show_progress(graph: &JobGraph, metrics: &JobMetrics, done: &AtomicBool) {
             ));
             bar.tick();
         }
+        if graph.checkpoints.enabled() {
+            status.set_message(match metrics.last_checkpoint() {
+                Some(id) => format!("last completed checkpoint: {id}"),
+                None => "no checkpoint completed yet".to_owned(),
+            });
+            status.tick();
+        }
     }
+    status.finish_and_clear();
     for bar in bars {
         bar.finish_and_clear();
     }
@@ -188,5 +244,72 @@ fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
         graph.name,
         graph.vertices.len()
     );
+    Ok(())
+}
+
+/// `weir checkpoints`: one line per checkpoint directory of the job.
+fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
+    use weir_host::checkpoint::catalog::{self, Status, human_bytes};
+    use weir_host::checkpoint::storage::CheckpointStorage;
+    let graph = job::load(path)?;
+    let storage = CheckpointStorage::open(&graph.checkpoints.storage, &graph.job_dir)?;
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))?;
+    let location = storage.location(&graph.name);
+    if delete {
+        let n = io.block_on(storage.delete_prefix(&graph.name))?;
+        println!("deleted {n} files of job `{}` in {location}", graph.name);
+        return Ok(());
+    }
+    let listed = io.block_on(catalog::scan(&storage, &graph.name))?;
+    if listed.is_empty() {
+        println!("job `{}` has no checkpoints in {location}", graph.name);
+        return Ok(());
+    }
+    println!("checkpoints of job `{}` in {location}:", graph.name);
+    println!(
+        "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  status",
+        "id", "triggered (UTC)", "size", "duration", "sync", "async", "align"
+    );
+    for l in listed {
+        match l.status {
+            Status::Completed(m) => {
+                let subtasks = || m.vertices.iter().flat_map(|v| &v.subtasks);
+                let max = |f: fn(&weir_host::checkpoint::format::SubtaskMetadata) -> f64| {
+                    subtasks().map(f).fold(0.0, f64::max)
+                };
+                let triggered = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(m.trigger_time_ms),
+                );
+                println!(
+                    "{:>6}  {:<24}  {:>10}  {:>8}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}ms  completed{}",
+                    l.id,
+                    triggered.to_string(),
+                    human_bytes(m.total_bytes()),
+                    m.duration_ms(),
+                    max(|s| s.sync_ms),
+                    max(|s| s.async_ms),
+                    max(|s| s.alignment_ms),
+                    if m.is_final { " (final)" } else { "" }
+                );
+                for v in &m.vertices {
+                    let bytes: u64 = v.subtasks.iter().map(|s| s.size).sum();
+                    if bytes > 0 {
+                        println!("{:>8}{:<22} {:>10}", "", v.uid, human_bytes(bytes));
+                    }
+                }
+            }
+            Status::Incomplete => println!(
+                "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  incomplete (no _metadata)",
+                l.id, "-", "-", "-", "-", "-", "-"
+            ),
+            Status::Corrupt(why) => println!(
+                "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  corrupt: {why}",
+                l.id, "-", "-", "-", "-", "-", "-"
+            ),
+        }
+    }
     Ok(())
 }

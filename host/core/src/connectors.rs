@@ -1,10 +1,15 @@
 //! Built-in sources and sinks.
 //!
-//! Sources report a replay position ([`Source::offset`]) so a later
-//! checkpoint can record it and a restore can resume from it: the `file`
-//! source's byte offset of the next line, the `datagen` source's count of
-//! records emitted (its output is a pure function of seed, subtask and
-//! position).
+//! Sources report a replay position ([`Source::offset`]) so a checkpoint
+//! can record it and a restore can resume from it: the `file` source's byte
+//! offset of the next line, the `datagen` source's count of records emitted
+//! (its output is a pure function of seed, subtask and position).
+//!
+//! Sinks take part in checkpoints by two-phase commit
+//! ([`Sink::pre_commit`], [`Sink::commit`]): the `file` sink writes each
+//! checkpoint interval to a hidden part file, renames it to a pending name
+//! on the snapshot and to its visible name once the checkpoint completed,
+//! so its visible output is exactly-once.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
@@ -15,6 +20,8 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use weir_format::{BatchReader, BatchWriter, RecordRef};
 
+use crate::checkpoint::CheckpointId;
+use crate::checkpoint::format::SinkSnapshot;
 use crate::error::Error;
 use crate::job::DatagenSpec;
 
@@ -106,6 +113,8 @@ pub struct DatagenSource {
     emitted: u64,
     /// Records per second for this subtask.
     rate: Option<f64>,
+    /// Pacing counts from here: the position and time the source started.
+    paced_from: u64,
     started: Instant,
     line: String,
 }
@@ -124,9 +133,26 @@ impl DatagenSource {
             quota,
             emitted: 0,
             rate: spec.rate.map(|r| r / f64::from(parallelism)),
+            paced_from: 0,
             started: Instant::now(),
             line: String::new(),
         }
+    }
+
+    /// As [`DatagenSource::new`], resuming at `position` (a checkpointed
+    /// [`Source::offset`]): the records from there on are the same as an
+    /// uninterrupted source's.
+    pub fn resume(spec: &DatagenSpec, index: u32, parallelism: u32, position: u64) -> Self {
+        let mut source = Self::new(spec, index, parallelism);
+        let position = source.quota.map_or(position, |q| position.min(q));
+        // The stream is a pure function of the position: replay the draws.
+        let draws = position * u64::from(spec.words_per_record);
+        for _ in 0..draws {
+            source.rng.random_range(0..spec.vocabulary);
+        }
+        source.emitted = position;
+        source.paced_from = position;
+        source
     }
 }
 
@@ -139,7 +165,7 @@ impl Source for DatagenSource {
         };
         if let Some(rate) = self.rate {
             // Pace: do not run ahead of `rate` records per second.
-            let due = Duration::from_secs_f64((self.emitted + n) as f64 / rate);
+            let due = Duration::from_secs_f64((self.emitted + n - self.paced_from) as f64 / rate);
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(wait);
             }
@@ -173,7 +199,35 @@ pub trait Sink: Send {
     /// batch.
     fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error>;
 
-    /// Flushes everything written; called once at end of input.
+    /// The first phase of a checkpoint's commit: makes everything written
+    /// so far durable (not yet visible) and returns what a restore needs to
+    /// finish or discard it; `None` for a sink without transactions.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing or renaming fails.
+    fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {
+        let _ = id;
+        self.flush().map(|()| None)
+    }
+
+    /// The second phase: checkpoint `id` completed, so everything
+    /// pre-committed up to it becomes visible. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if renaming fails.
+    fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Flushes buffered output (without committing it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing fails.
+    fn flush(&mut self) -> Result<(), Error>;
+
+    /// End of input: flushes and commits everything written (with
+    /// checkpoints, the final checkpoint already committed it all).
     ///
     /// # Errors
     /// [`Error::Io`] if flushing fails.
@@ -219,13 +273,17 @@ impl<W: Write + Send> Sink for LineSink<W> {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), Error> {
+    fn flush(&mut self) -> Result<(), Error> {
         self.out.flush().map_err(|source| Error::Io {
             role: "sink",
             uid: self.uid.clone(),
             path: self.path.clone(),
             source,
         })
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        self.flush()
     }
 }
 
@@ -238,25 +296,244 @@ pub fn stdout_sink(uid: &str) -> LineSink<BufWriter<std::io::Stdout>> {
     }
 }
 
-/// A sink writing `dir/part-<subtask>`, replacing an earlier file.
+/// The transactional `file` sink of one subtask.
+///
+/// Part files: `.part-<subtask>-<n>.inprogress` while written,
+/// `.part-<subtask>-<n>.pending` once pre-committed by a checkpoint, and
+/// `part-<subtask>-<n>` (visible) once that checkpoint completed. Hidden
+/// files are never output: a reader of the directory sees exactly the
+/// records of completed checkpoints.
+pub struct FileSink {
+    uid: String,
+    dir: PathBuf,
+    subtask: u32,
+    /// The part being written: its number, path and writer.
+    current: Option<(u64, PathBuf, BufWriter<File>)>,
+    next_part: u64,
+    /// Pre-committed parts not yet committed, with the checkpoint that
+    /// pre-committed them.
+    pending: Vec<(CheckpointId, String)>,
+}
+
+impl FileSink {
+    /// Opens subtask `subtask`'s sink over `dir`.
+    ///
+    /// Fresh (`restored` is `None`): removes every part file this subtask
+    /// left in `dir` (a job started from scratch replaces its output).
+    /// Restored: commits the parts the restored checkpoint pre-committed
+    /// (that checkpoint completed) and removes this subtask's parts written
+    /// after it, so the output is that of the checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory or part file.
+    pub fn open(
+        uid: &str,
+        dir: &Path,
+        subtask: u32,
+        restored: Option<&SinkSnapshot>,
+    ) -> Result<Self, Error> {
+        let sink = Self {
+            uid: uid.to_owned(),
+            dir: dir.to_owned(),
+            subtask,
+            current: None,
+            next_part: restored.map_or(0, |r| r.next_part),
+            pending: Vec::new(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| sink.io(dir, e))?;
+        let keep: Vec<&str> = restored
+            .map(|r| r.pending.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        for name in &keep {
+            sink.publish(name)?;
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| sink.io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| sink.io(dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((hidden, part)) = sink.parse_part(name) else {
+                continue;
+            };
+            // Hidden parts were never committed; visible ones past the
+            // checkpoint's position came from a later, rewound run.
+            if hidden || restored.is_none() || part >= sink.next_part {
+                let path = entry.path();
+                if !hidden {
+                    tracing::warn!(
+                        "sink `{uid}`: removing {} written after the restored checkpoint",
+                        path.display()
+                    );
+                }
+                std::fs::remove_file(&path).map_err(|e| sink.io(&path, e))?;
+            }
+        }
+        Ok(sink)
+    }
+
+    fn io(&self, path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            role: "sink",
+            uid: self.uid.clone(),
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// `(hidden, part number)` if `name` is one of this subtask's parts.
+    fn parse_part(&self, name: &str) -> Option<(bool, u64)> {
+        let (hidden, rest) = match name.strip_prefix('.') {
+            Some(rest) => (true, rest),
+            None => (false, name),
+        };
+        let rest = rest.strip_prefix("part-")?;
+        let rest = rest.strip_prefix(&format!("{}-", self.subtask))?;
+        let number = match rest.split_once('.') {
+            Some((n, "inprogress" | "pending")) if hidden => n,
+            None if !hidden => rest,
+            _ => return None,
+        };
+        number.parse().ok().map(|n| (hidden, n))
+    }
+
+    /// Renames pending part `name` to its visible name, unless that was
+    /// done before (commits are idempotent).
+    fn publish(&self, name: &str) -> Result<(), Error> {
+        let pending = self.dir.join(name);
+        let visible = self
+            .dir
+            .join(name.trim_start_matches('.').trim_end_matches(".pending"));
+        match std::fs::rename(&pending, &visible) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && visible.exists() => Ok(()),
+            Err(e) => Err(self.io(&pending, e)),
+        }
+    }
+
+    fn writer(&mut self) -> Result<&mut BufWriter<File>, Error> {
+        if self.current.is_none() {
+            let n = self.next_part;
+            let path = self
+                .dir
+                .join(format!(".part-{}-{n}.inprogress", self.subtask));
+            let file = File::create(&path).map_err(|e| self.io(&path, e))?;
+            self.next_part += 1;
+            self.current = Some((n, path, BufWriter::with_capacity(256 * 1024, file)));
+        }
+        Ok(&mut self
+            .current
+            .as_mut()
+            .expect("invariant: a part is open after opening one")
+            .2)
+    }
+
+    /// Closes the current part durably under its pending name.
+    fn close_part(&mut self) -> Result<Option<String>, Error> {
+        let Some((n, path, mut w)) = self.current.take() else {
+            return Ok(None);
+        };
+        w.flush().map_err(|e| self.io(&path, e))?;
+        let file = w.into_inner().map_err(|e| self.io(&path, e.into_error()))?;
+        file.sync_data().map_err(|e| self.io(&path, e))?;
+        let name = format!(".part-{}-{n}.pending", self.subtask);
+        std::fs::rename(&path, self.dir.join(&name)).map_err(|e| self.io(&path, e))?;
+        Ok(Some(name))
+    }
+}
+
+impl Sink for FileSink {
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error> {
+        let uid = self.uid.clone();
+        let out = self.writer()?;
+        let mut result = Ok(());
+        for r in BatchReader::new(batch) {
+            let r = r.map_err(|e| bad_batch(&uid, e))?;
+            if let Err(e) = write_line(out, &r) {
+                result = Err(e);
+                break;
+            }
+        }
+        result.map_err(|e| {
+            let path = self
+                .current
+                .as_ref()
+                .map(|c| c.1.clone())
+                .unwrap_or_default();
+            self.io(&path, e)
+        })
+    }
+
+    fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {
+        if let Some(name) = self.close_part()? {
+            self.pending.push((id, name));
+        }
+        Ok(Some(SinkSnapshot {
+            pending: self.pending.iter().map(|(_, n)| n.clone()).collect(),
+            next_part: self.next_part,
+        }))
+    }
+
+    fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
+        while let Some((cid, name)) = self.pending.first() {
+            if *cid > id {
+                break;
+            }
+            self.publish(name)?;
+            self.pending.remove(0);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        match &mut self.current {
+            Some((_, path, w)) => {
+                let path = path.clone();
+                w.flush().map_err(|e| self.io(&path, e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        if let Some(name) = self.close_part()? {
+            self.publish(&name)?;
+        }
+        for (_, name) in std::mem::take(&mut self.pending) {
+            self.publish(&name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes every part file (visible or not) of a `file` sink's directory:
+/// a job started from scratch replaces its output, whatever parallelism
+/// wrote it before.
 ///
 /// # Errors
-/// [`Error::Io`] if the directory or file cannot be created.
-pub fn file_sink(uid: &str, dir: &Path, subtask: u32) -> Result<LineSink<BufWriter<File>>, Error> {
-    let path = dir.join(format!("part-{subtask}"));
-    let io = |source| Error::Io {
+/// [`Error::Io`] naming the directory or file.
+pub fn clear_file_sink(uid: &str, dir: &Path) -> Result<(), Error> {
+    let io = |path: &Path, source| Error::Io {
         role: "sink",
         uid: uid.to_owned(),
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = File::create(&path).map_err(io)?;
-    Ok(LineSink {
-        uid: uid.to_owned(),
-        path: path.clone(),
-        out: BufWriter::with_capacity(256 * 1024, file),
-    })
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("part-") || n.starts_with(".part-"))
+        {
+            std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Discards records (the runtime counts them).
@@ -264,6 +541,9 @@ pub struct BlackholeSink;
 
 impl Sink for BlackholeSink {
     fn write_batch(&mut self, _: &[u8]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), Error> {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), Error> {
@@ -327,5 +607,88 @@ mod tests {
             assert_eq!(words.len(), 2);
             assert!(words.iter().all(|w| w[1..].parse::<u64>().unwrap() < 5));
         }
+    }
+
+    #[test]
+    fn datagen_resumes_exactly_where_it_stopped() {
+        let spec = DatagenSpec {
+            seed: 3,
+            records: Some(50),
+            rate: None,
+            vocabulary: 100,
+            words_per_record: 3,
+        };
+        let all = drain(&mut DatagenSource::new(&spec, 1, 2), 7);
+        let mut head = DatagenSource::new(&spec, 1, 2);
+        let mut w = BatchWriter::default();
+        head.next_batch(&mut w, 10).unwrap();
+        let rest = drain(&mut DatagenSource::resume(&spec, 1, 2, head.offset()), 4);
+        assert_eq!(rest, all[10..]);
+    }
+
+    fn batch(lines: &[&str]) -> Vec<u8> {
+        let mut w = BatchWriter::default();
+        for l in lines {
+            w.push(None, l.as_bytes(), None);
+        }
+        w.as_bytes().to_vec()
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn file_sink_shows_only_what_completed_checkpoints_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut sink = FileSink::open("s", &out, 0, None).unwrap();
+        sink.write_batch(&batch(&["a", "b"])).unwrap();
+        let snap1 = sink.pre_commit(CheckpointId(1)).unwrap().unwrap();
+        assert_eq!(snap1.pending, [".part-0-0.pending"]);
+        sink.write_batch(&batch(&["c"])).unwrap();
+        let snap2 = sink.pre_commit(CheckpointId(2)).unwrap().unwrap();
+        assert_eq!(snap2.pending.len(), 2, "checkpoint 1 not yet complete");
+        sink.write_batch(&batch(&["d"])).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(
+            listing(&out),
+            [
+                ".part-0-0.pending",
+                ".part-0-1.pending",
+                ".part-0-2.inprogress"
+            ]
+        );
+        sink.commit(CheckpointId(1)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("part-0-0")).unwrap(),
+            "a\nb\n"
+        );
+
+        // The process dies here; restoring checkpoint 2 commits its pending
+        // part and drops what came after.
+        drop(sink);
+        let mut sink = FileSink::open("s", &out, 0, Some(&snap2)).unwrap();
+        assert_eq!(listing(&out), ["part-0-0", "part-0-1"]);
+        sink.write_batch(&batch(&["e"])).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(listing(&out), ["part-0-0", "part-0-1", "part-0-2"]);
+        assert_eq!(
+            std::fs::read_to_string(out.join("part-0-2")).unwrap(),
+            "e\n"
+        );
+
+        // Rewinding to checkpoint 1 removes the later visible parts; a fresh
+        // start removes everything of this subtask.
+        FileSink::open("s", &out, 0, Some(&snap1)).unwrap();
+        assert_eq!(listing(&out), ["part-0-0"]);
+        std::fs::write(out.join("part-1-0"), "other subtask").unwrap();
+        FileSink::open("s", &out, 0, None).unwrap();
+        assert_eq!(listing(&out), ["part-1-0"]);
     }
 }

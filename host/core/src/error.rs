@@ -106,6 +106,44 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Checkpoint storage failed, or its URL is invalid.
+    #[error("checkpoint storage: {0}")]
+    Storage(#[from] crate::checkpoint::storage::StorageError),
+    /// A checkpoint file is truncated, corrupt or of an unknown version.
+    #[error("corrupt checkpoint: {0}")]
+    Format(#[from] crate::checkpoint::format::FormatError),
+    /// A checkpoint does not fit the job it should restore.
+    #[error("cannot restore: {message}")]
+    Restore {
+        /// What does not match, naming the checkpoint.
+        message: String,
+    },
+    /// More checkpoints failed in a row than the job tolerates.
+    #[error("checkpointing failed: {reason}")]
+    CheckpointFailed {
+        /// The last failure.
+        reason: String,
+    },
+    /// The job's storage holds checkpoints but no restore was asked for.
+    #[error(
+        "job `{job}` has {count} completed checkpoint(s) in {location} (latest: chk-{latest}); \
+         it will not silently start from scratch.\n  \
+         resume from the latest:   weir run {job_file} --from-latest\n  \
+         resume from a given one:  weir run {job_file} -s {location}/chk-{latest}\n  \
+         start from scratch:       weir checkpoints {job_file} --delete, then run again"
+    )]
+    CheckpointsExist {
+        /// The job's name.
+        job: String,
+        /// The job file, as given.
+        job_file: String,
+        /// The job's checkpoint directory.
+        location: String,
+        /// How many completed checkpoints.
+        count: usize,
+        /// The latest one's id.
+        latest: u64,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -125,7 +163,32 @@ impl Error {
                 ErrorKind::User
             }
             Error::JobRead { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::Storage(e) => e.kind(),
+            Error::Format(_) | Error::CheckpointFailed { .. } => ErrorKind::External,
+            Error::Restore { .. } | Error::CheckpointsExist { .. } => ErrorKind::User,
             Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether restarting the job from its latest checkpoint could get past
+    /// this failure: a trap, a bad record, an I/O or storage error may not
+    /// recur; a plugin that does not load or a checkpoint that does not fit
+    /// the job will.
+    pub fn restartable(&self) -> bool {
+        match self {
+            Error::OperatorFailed { .. }
+            | Error::BadRecord { .. }
+            | Error::Io { .. }
+            | Error::CheckpointFailed { .. } => true,
+            Error::Storage(e) => e.kind() == ErrorKind::External,
+            Error::JobRead { .. }
+            | Error::JobParse { .. }
+            | Error::InvalidJob { .. }
+            | Error::Plugin { .. }
+            | Error::Format(_)
+            | Error::Restore { .. }
+            | Error::CheckpointsExist { .. }
+            | Error::Internal(_) => false,
         }
     }
 }

@@ -35,6 +35,10 @@ impl VertexMetrics {
 pub struct JobMetrics {
     /// One entry per vertex.
     pub vertices: Vec<VertexMetrics>,
+    /// The latest completed checkpoint's id, 0 before the first.
+    pub last_checkpoint: AtomicU64,
+    /// How many times the job restarted after a failure.
+    pub restarts: AtomicU64,
 }
 
 impl JobMetrics {
@@ -50,6 +54,18 @@ impl JobMetrics {
                     records_out: AtomicU64::new(0),
                 })
                 .collect(),
+            last_checkpoint: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         })
+    }
+
+    /// Records that checkpoint `id` completed.
+    pub fn checkpoint_completed(&self, id: u64) {
+        self.last_checkpoint.fetch_max(id, Ordering::Relaxed);
+    }
+
+    /// The latest completed checkpoint, if any.
+    pub fn last_checkpoint(&self) -> Option<u64> {
+        Some(self.last_checkpoint.load(Ordering::Relaxed)).filter(|id| *id > 0)
     }
 }

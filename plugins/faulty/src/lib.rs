@@ -2,6 +2,9 @@
 //! host's sandboxing and error handling can be tested:
 //!
 //! - `trap`: panics (a Wasm trap);
+//! - `trap-once:N`: passes records through, but panics at the `N`-th
+//!   record this subtask processes in the job's first attempt only, so a
+//!   restart from a checkpoint gets past it;
 //! - `loop`: spins forever (the host's CPU budget must stop it);
 //! - `hog`: allocates and touches 1 MiB blocks forever (the host's memory
 //!   cap must stop it);
@@ -17,6 +20,8 @@ use weir_sdk::{Context, Emitter, Error, Operator, Record};
 /// The failure `process` performs.
 enum Mode {
     Trap,
+    /// Trap at this record (1-based) of the first attempt.
+    TrapOnce(u64),
     Loop,
     Hog,
     Fail,
@@ -27,24 +32,45 @@ enum Mode {
 /// The faulty operator.
 pub struct Faulty {
     mode: Mode,
+    /// Records processed by this instance.
+    seen: u64,
 }
 
 impl Operator for Faulty {
     fn open(ctx: &Context) -> Result<Self, Error> {
-        let mode = match ctx.config().trim() {
+        let config = ctx.config().trim();
+        let mode = match config {
             "trap" => Mode::Trap,
+            _ if config.starts_with("trap-once:") => {
+                let n = config["trap-once:".len()..]
+                    .parse()
+                    .map_err(|_| format!("`{config}`: expected trap-once:<record number>"))?;
+                if ctx.attempt_number() == 0 {
+                    Mode::TrapOnce(n)
+                } else {
+                    Mode::Identity
+                }
+            }
             "loop" => Mode::Loop,
             "hog" => Mode::Hog,
             "error" => Mode::Fail,
             "probe" => Mode::Probe,
             _ => Mode::Identity,
         };
-        Ok(Self { mode })
+        Ok(Self { mode, seen: 0 })
     }
 
     fn process(&mut self, record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
+        self.seen += 1;
         match self.mode {
             Mode::Trap => panic!("faulty plugin asked to trap"),
+            Mode::TrapOnce(n) if self.seen == n => {
+                panic!("faulty plugin asked to trap once, at record {n}")
+            }
+            Mode::TrapOnce(_) => {
+                out.emit_with_timestamp(record.key, record.value, record.timestamp);
+                Ok(())
+            }
             Mode::Loop => {
                 let mut i = 0u64;
                 loop {

@@ -46,6 +46,9 @@ pub fn pipeline(lines: u64, tokenize: VertexKind, count: VertexKind) -> JobGraph
         max_parallelism: 128,
         batch_size: 1024,
         channel_capacity: 8,
+        checkpoints: Default::default(),
+        restart: weir_host::restart::RestartStrategy::None,
+        job_dir: ".".into(),
         vertices: vec![
             vertex(
                 "gen",
@@ -160,6 +163,8 @@ pub fn instance_config(i: u32) -> InstanceConfig {
             4,
             128,
         ))),
+        operator_state: Vec::new(),
+        attempt_number: 0,
     }
 }
 

@@ -7,7 +7,9 @@
 //!   (`docs/checkpoint-format.md`).
 //! - [`coordinator`]: when to trigger, complete, abort and subsume
 //!   checkpoints (pure decisions; the runtime carries them out).
+//! - [`catalog`]: the checkpoints a job has in storage; loading one.
 
+pub mod catalog;
 pub mod coordinator;
 pub mod format;
 pub mod storage;

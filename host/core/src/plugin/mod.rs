@@ -190,6 +190,10 @@ pub struct InstanceConfig {
     pub limits: Limits,
     /// The subtask's keyed state.
     pub state: Box<dyn KeyedStateBackend>,
+    /// Restored operator (non-keyed) state, by name.
+    pub operator_state: Vec<(String, Vec<Value>)>,
+    /// How many times the job restarted before this instance.
+    pub attempt_number: u32,
 }
 
 /// The store data of one instance: its sandbox and the host side of every
@@ -250,7 +254,7 @@ impl Plugin {
                 },
                 output: Vec::new(),
                 keyed: cfg.state,
-                operator_state: HashMap::new(),
+                operator_state: cfg.operator_state.into_iter().collect(),
                 max_parallelism: cfg.max_parallelism,
                 tag,
             },
@@ -278,6 +282,7 @@ impl Plugin {
             subtask_index: cfg.subtask,
             parallelism: cfg.parallelism,
             max_parallelism: cfg.max_parallelism,
+            attempt_number: cfg.attempt_number,
         };
         instance.call("open", |b, s| {
             b.weir_operator_operator().call_open(s, &context)
@@ -421,6 +426,19 @@ impl OperatorInstance {
     /// The subtask's keyed state.
     pub fn state(&self) -> &dyn KeyedStateBackend {
         self.store.data().keyed.as_ref()
+    }
+
+    /// A copy of the operator (non-keyed) state, by name, sorted.
+    pub fn operator_state(&self) -> Vec<(String, Vec<Value>)> {
+        let mut all: Vec<_> = self
+            .store
+            .data()
+            .operator_state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Ends the instance and hands back its keyed state, to give to the
@@ -596,6 +614,8 @@ mod tests {
                 state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
                     0, 1, 128,
                 ))),
+                operator_state: Vec::new(),
+                attempt_number: 0,
             })
             .unwrap();
         let mut batch = weir_format::BatchWriter::default();

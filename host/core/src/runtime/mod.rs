@@ -1,0 +1,571 @@
+//! Executes a [`JobGraph`]: one OS thread per subtask (Wasm is CPU-bound
+//! and must never block an async runtime), bounded channels between them
+//! for backpressure, packed record batches on the channels.
+//!
+//! Every pair of connected subtasks has its own channel, which carries data
+//! batches and control events (checkpoint barriers, end of data, end of
+//! input) in order; a consumer reads its channels through an input gate
+//! ([`gate`]), which aligns barriers. Each subtask also has a control
+//! channel from the job: checkpoint triggers (sources), completions, cancel.
+//!
+//! With checkpoints on, a coordinator thread ([`checkpointing`]) triggers
+//! them and commits their metadata, and a small tokio runtime stores
+//! snapshots, so neither storage nor the coordinator ever blocks a subtask.
+//!
+//! Failure: the first subtask to fail records the error and the job
+//! cancels every subtask; the job then restarts from its latest completed
+//! checkpoint as its restart strategy allows, or [`run`] returns the root
+//! cause.
+
+mod checkpointing;
+mod gate;
+mod router;
+mod task;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::CheckpointId;
+use crate::checkpoint::catalog::{self, RestorePoint, Status};
+use crate::checkpoint::coordinator::CheckpointingMode;
+use crate::checkpoint::format::SubtaskSnapshot;
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::connectors;
+use crate::error::Error;
+use crate::job::{JobGraph, VertexKind};
+use crate::metrics::JobMetrics;
+use crate::plugin::{Plugin, PluginEngine};
+use crate::restart::RestartTracker;
+use checkpointing::{CoordinatorMsg, CoordinatorOutcome, CoordinatorSetup, Uploader};
+use gate::InputGate;
+use router::{Router, wire};
+use task::{Task, TaskCheckpointing};
+
+/// What travels on a channel, in order.
+#[derive(Debug)]
+pub enum Element {
+    /// A packed batch of `len` records.
+    Records {
+        /// The packed bytes.
+        data: Vec<u8>,
+        /// How many records.
+        len: usize,
+    },
+    /// Checkpoint barrier: everything before it belongs to the checkpoint.
+    Barrier(CheckpointBarrier),
+    /// The sender will send no more records (barriers may follow).
+    EndOfData,
+    /// The sender will send nothing more.
+    EndOfInput,
+}
+
+/// A checkpoint barrier, as it flows with the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointBarrier {
+    /// The checkpoint.
+    pub id: CheckpointId,
+    /// The last checkpoint of a bounded job, after all its data.
+    pub is_final: bool,
+}
+
+/// What the job tells a subtask, apart from its data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    /// Sources: take checkpoint `barrier.id` now.
+    Trigger(CheckpointBarrier),
+    /// The checkpoint completed: commit (sinks), notify the plugin.
+    Complete(CheckpointId),
+    /// The checkpoint was abandoned.
+    Abort(CheckpointId),
+    /// Stop: another subtask failed.
+    Cancel,
+}
+
+/// How a subtask stopped early.
+enum Exit {
+    /// It failed: the job's root cause (unless another came first).
+    Failed(Error),
+    /// A neighbour failed and hung up, or the job was cancelled.
+    Cancelled,
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Self {
+        Exit::Failed(e)
+    }
+}
+
+type TaskResult = Result<(), Exit>;
+
+/// What a finished job did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Wall-clock time from start to the last sink's flush.
+    pub elapsed: Duration,
+    /// Per vertex, in graph order: `(uid, records in, records out)`.
+    pub vertices: Vec<(String, u64, u64)>,
+    /// The checkpoint the run started from, if any.
+    pub restored_from: Option<CheckpointId>,
+    /// How many times the job restarted after a failure.
+    pub restarts: u32,
+}
+
+/// Where a run starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Restore {
+    /// From scratch; refused if the job's storage holds checkpoints.
+    #[default]
+    Fresh,
+    /// From the latest completed checkpoint in the job's storage, or from
+    /// scratch if there is none.
+    Latest,
+    /// From the checkpoint at this location (directory or `_metadata`; a
+    /// local path or a storage URL).
+    From(String),
+}
+
+/// How to run a job.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where to start.
+    pub restore: Restore,
+    /// The job file as the user named it, for messages.
+    pub job_file: Option<PathBuf>,
+}
+
+/// Runs `graph` to completion from scratch.
+///
+/// # Errors
+/// As [`run_with`].
+pub fn run(
+    graph: &JobGraph,
+    engine: &PluginEngine,
+    metrics: Arc<JobMetrics>,
+) -> Result<RunReport, Error> {
+    run_with(graph, engine, metrics, &RunOptions::default())
+}
+
+/// Runs `graph` to completion, restoring as `options` say, restarting
+/// after failures as the job's restart strategy allows.
+///
+/// # Errors
+/// The failure that ended the job: a plugin that fails to load, traps or
+/// exceeds a limit (once restarts are used up), a source or sink I/O
+/// error, a malformed record, a storage error, a checkpoint that cannot be
+/// restored, or checkpoints in storage when starting fresh.
+pub fn run_with(
+    graph: &JobGraph,
+    engine: &PluginEngine,
+    metrics: Arc<JobMetrics>,
+    options: &RunOptions,
+) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    let plugins = load_plugins(graph, engine)?;
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))?;
+    // Without checkpoints a fresh run touches no storage at all.
+    let storage = (graph.checkpoints.enabled() || options.restore != Restore::Fresh)
+        .then(|| CheckpointStorage::open(&graph.checkpoints.storage, &graph.job_dir))
+        .transpose()?;
+    let (mut restore, mut next_id) =
+        io.block_on(starting_point(graph, storage.as_ref(), options))?;
+    let restored_from = restore.as_ref().map(|r| r.metadata.checkpoint_id);
+    let mut tracker = RestartTracker::new(graph.restart.clone());
+    let graph = Arc::new(graph.clone());
+    loop {
+        let attempt = Attempt {
+            graph: graph.clone(),
+            plugins: &plugins,
+            metrics: metrics.clone(),
+            storage: storage.as_ref(),
+            io: io.handle(),
+            attempt_number: tracker.restarts(),
+        };
+        let (result, outcome) = attempt.run(restore.as_ref(), next_id);
+        if let Some(id) = outcome.last_triggered {
+            next_id = next_id.max(id.next());
+        }
+        let latest = outcome.latest_completed;
+        match result {
+            Ok(()) => {
+                if let Some(storage) = &storage
+                    && graph.checkpoints.enabled()
+                {
+                    // As Flink: a finished job's checkpoints are discarded.
+                    io.block_on(storage.delete_prefix(&graph.name))?;
+                }
+                return Ok(RunReport {
+                    elapsed: started.elapsed(),
+                    vertices: metrics
+                        .vertices
+                        .iter()
+                        .map(|m| (m.uid.clone(), m.records_in(), m.records_out()))
+                        .collect(),
+                    restored_from,
+                    restarts: tracker.restarts(),
+                });
+            }
+            Err(e) => {
+                if !e.restartable() {
+                    return Err(e);
+                }
+                let Some(delay) = tracker.on_failure(Instant::now(), rand::random::<f64>()) else {
+                    return Err(e);
+                };
+                if let (Some(id), Some(storage)) = (latest, &storage)
+                    && restore
+                        .as_ref()
+                        .is_none_or(|r| r.metadata.checkpoint_id != id)
+                {
+                    let dir = checkpointing::checkpoint_dir(&graph.name, id);
+                    restore = Some(io.block_on(open_stored(storage, &dir))?);
+                }
+                metrics.restarts.store(
+                    u64::from(tracker.restarts()),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tracing::warn!(
+                    "job `{}` failed: {e}; restart {} ({}) in {delay:.1?} from {}",
+                    graph.name,
+                    tracker.restarts(),
+                    tracker.describe(),
+                    restore.as_ref().map_or("scratch".to_owned(), |r| format!(
+                        "checkpoint {}",
+                        r.metadata.checkpoint_id
+                    ))
+                );
+                std::thread::sleep(delay);
+            }
+        }
+    }
+}
+
+/// The completed checkpoint in `dir` of `storage`.
+async fn open_stored(storage: &CheckpointStorage, dir: &str) -> Result<RestorePoint, Error> {
+    let path = format!("{dir}/{}", catalog::METADATA_FILE);
+    let bytes = storage.get(&path).await?;
+    Ok(RestorePoint {
+        storage: storage.clone(),
+        dir: dir.to_owned(),
+        metadata: crate::checkpoint::format::decode_metadata(&storage.location(&path), &bytes)?,
+    })
+}
+
+/// Decides where the run starts: the checkpoint to restore, if any.
+async fn starting_point(
+    graph: &JobGraph,
+    storage: Option<&CheckpointStorage>,
+    options: &RunOptions,
+) -> Result<(Option<RestorePoint>, CheckpointId), Error> {
+    let Some(storage) = storage else {
+        clear_file_sinks(graph)?;
+        return Ok((None, CheckpointId(1)));
+    };
+    let listed = catalog::scan(storage, &graph.name).await?;
+    // A corrupt checkpoint still counts: starting from scratch (or from an
+    // older one) past it would silently throw its state away.
+    let completed: Vec<&catalog::Listed> = listed
+        .iter()
+        .filter(|l| !matches!(l.status, Status::Incomplete))
+        .collect();
+    let point = match &options.restore {
+        Restore::Fresh => {
+            if let Some(latest) = completed.last() {
+                return Err(Error::CheckpointsExist {
+                    job: graph.name.clone(),
+                    job_file: options
+                        .job_file
+                        .as_deref()
+                        .unwrap_or(Path::new("JOB.toml"))
+                        .display()
+                        .to_string(),
+                    location: storage.location(&graph.name),
+                    count: completed.len(),
+                    latest: latest.id.0,
+                });
+            }
+            None
+        }
+        Restore::Latest => match completed.last() {
+            Some(l) => {
+                if let Status::Corrupt(why) = &l.status {
+                    return Err(Error::Restore {
+                        message: format!(
+                            "the latest checkpoint, {}, is unreadable: {why}; resume from an older one with `-s`, or delete it",
+                            storage.location(&l.dir)
+                        ),
+                    });
+                }
+                Some(open_stored(storage, &l.dir).await?)
+            }
+            None => {
+                tracing::info!(
+                    "no completed checkpoint of job `{}` in {}: starting from scratch",
+                    graph.name,
+                    storage.location(&graph.name)
+                );
+                None
+            }
+        },
+        Restore::From(location) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            Some(RestorePoint::open(location, &cwd).await?)
+        }
+    };
+    for l in &listed {
+        if matches!(l.status, Status::Incomplete) {
+            tracing::debug!("removing incomplete checkpoint directory {}", l.dir);
+            storage.delete_prefix(&l.dir).await?;
+        }
+    }
+    match &point {
+        Some(p) => tracing::info!(
+            "restoring job `{}` from checkpoint {} ({})",
+            graph.name,
+            p.metadata.checkpoint_id,
+            p.location()
+        ),
+        None => clear_file_sinks(graph)?,
+    }
+    // Never reuse an id: not one in storage, nor the restored one.
+    let next_id = listed
+        .iter()
+        .map(|l| l.id)
+        .chain(point.as_ref().map(|p| p.metadata.checkpoint_id))
+        .max()
+        .map_or(CheckpointId(1), CheckpointId::next);
+    Ok((point, next_id))
+}
+
+/// A fresh run replaces the output of the job's `file` sinks.
+fn clear_file_sinks(graph: &JobGraph) -> Result<(), Error> {
+    for v in &graph.vertices {
+        if let VertexKind::FileSink { dir } = &v.kind {
+            connectors::clear_file_sink(&v.uid, dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// One run of the job's dataflow, from a checkpoint or from scratch.
+struct Attempt<'a> {
+    graph: Arc<JobGraph>,
+    plugins: &'a HashMap<usize, Plugin>,
+    metrics: Arc<JobMetrics>,
+    storage: Option<&'a CheckpointStorage>,
+    io: &'a tokio::runtime::Handle,
+    attempt_number: u32,
+}
+
+impl Attempt<'_> {
+    /// Runs until the job ends or fails; returns the outcome and the
+    /// latest checkpoint completed (in this attempt or restored).
+    fn run(
+        self,
+        restore: Option<&RestorePoint>,
+        first_id: CheckpointId,
+    ) -> (Result<(), Error>, CoordinatorOutcome) {
+        let restored_id = restore.map(|r| r.metadata.checkpoint_id);
+        let (result, mut outcome) = match self.run_inner(restore, first_id) {
+            Ok(r) => r,
+            Err(e) => (Err(e), CoordinatorOutcome::default()),
+        };
+        outcome.latest_completed = outcome.latest_completed.or(restored_id);
+        (result, outcome)
+    }
+
+    fn run_inner(
+        self,
+        restore: Option<&RestorePoint>,
+        first_id: CheckpointId,
+    ) -> Result<(Result<(), Error>, CoordinatorOutcome), Error> {
+        let graph = &*self.graph;
+        let config = &graph.checkpoints;
+        let mut snapshots: Vec<SubtaskSnapshot> = match restore {
+            Some(r) => self.io.block_on(r.load(graph))?,
+            None => Vec::new(),
+        };
+        snapshots.reverse();
+        let (mut outputs, mut inputs) = wire(graph);
+        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let mut tasks = Vec::new();
+        let mut addresses = Vec::new();
+        let mut sources = Vec::new();
+        let (controls, control_rx): (Vec<_>, Vec<_>) = graph
+            .vertices
+            .iter()
+            .flat_map(|v| (0..v.parallelism).map(move |_| task::control_channel()))
+            .unzip();
+        let controls = Arc::new(controls);
+        let (coordinator_tx, inbox) = crossbeam_channel::unbounded();
+        let uploader = self
+            .storage
+            .filter(|_| config.enabled())
+            .map(|storage| Uploader {
+                handle: self.io.clone(),
+                storage: storage.clone(),
+                job: graph.name.clone(),
+            });
+        let blocking = config.mode == CheckpointingMode::ExactlyOnce;
+        let mut control_rx = control_rx.into_iter();
+        for (v_idx, vertex) in graph.vertices.iter().enumerate() {
+            for subtask in 0..vertex.parallelism {
+                let index = addresses.len();
+                addresses.push((v_idx, subtask));
+                if !vertex.kind.has_inputs() {
+                    sources.push(index);
+                }
+                tasks.push(Task {
+                    batch_size: graph.batch_size,
+                    max_parallelism: graph.max_parallelism,
+                    vertex: vertex.clone(),
+                    subtask,
+                    plugin: self.plugins.get(&v_idx).cloned(),
+                    router: Router::new(
+                        vertex.uid.clone(),
+                        std::mem::take(&mut outputs[v_idx][subtask as usize]),
+                        graph.batch_size,
+                        graph.max_parallelism,
+                    ),
+                    gate: InputGate::new(
+                        std::mem::take(&mut inputs[v_idx][subtask as usize]),
+                        control_rx
+                            .next()
+                            .expect("invariant: one control channel per subtask"),
+                        blocking,
+                    ),
+                    metrics: self.metrics.clone(),
+                    v_idx,
+                    checkpointing: uploader.as_ref().map(|uploader| TaskCheckpointing {
+                        task: index,
+                        coordinator: coordinator_tx.clone(),
+                        uploader: uploader.clone(),
+                    }),
+                    attempt_number: self.attempt_number,
+                    restored: snapshots.pop(),
+                });
+            }
+        }
+        drop(outputs);
+        drop(inputs);
+        // The coordinator's inbox outlives the subtasks (uploads hold
+        // senders): this one tells it to stop.
+        let shutdown = coordinator_tx;
+        // Completed checkpoints already in storage are subsumed in turn by
+        // the new ones.
+        let completed: Vec<CheckpointId> = match &uploader {
+            Some(u) => self
+                .io
+                .block_on(catalog::scan(&u.storage, &graph.name))?
+                .into_iter()
+                .filter(|l| matches!(l.status, Status::Completed(_)))
+                .map(|l| l.id)
+                .collect(),
+            None => Vec::new(),
+        };
+        let coordinator = uploader.map(|uploader| {
+            let setup = CoordinatorSetup {
+                config: config.clone(),
+                graph: self.graph.clone(),
+                storage: uploader.storage,
+                handle: self.io.clone(),
+                tasks: addresses.clone(),
+                sources: sources.clone(),
+                controls: controls.clone(),
+                inbox,
+                first_id,
+                completed,
+                failure: failure.clone(),
+                metrics: self.metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name("checkpoint-coordinator".into())
+                .spawn(move || checkpointing::coordinate(setup))
+        });
+        let coordinator = coordinator
+            .transpose()
+            .map_err(|e| Error::Internal(format!("spawning the coordinator thread: {e}")))?;
+        let mut handles = Vec::new();
+        for task in tasks {
+            let failure = failure.clone();
+            let controls = controls.clone();
+            let name = format!("{}#{}", task.vertex.uid, task.subtask);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    if let Err(Exit::Failed(e)) = task.run() {
+                        failure
+                            .lock()
+                            .expect("invariant: failure lock not poisoned")
+                            .get_or_insert(e);
+                        for c in controls.iter() {
+                            let _ = c.send(Control::Cancel);
+                        }
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("spawning a subtask thread: {e}")))?;
+            handles.push(handle);
+        }
+        let mut panicked = None;
+        for h in handles {
+            let name = h.thread().name().unwrap_or("?").to_owned();
+            if h.join().is_err() {
+                panicked.get_or_insert(name);
+                for c in controls.iter() {
+                    let _ = c.send(Control::Cancel);
+                }
+            }
+        }
+        let latest = match coordinator {
+            Some(c) => {
+                let _ = shutdown.send(CoordinatorMsg::Shutdown);
+                c.join()
+                    .map_err(|_| Error::Internal("the checkpoint coordinator panicked".into()))?
+            }
+            None => CoordinatorOutcome::default(),
+        };
+        let failed = failure
+            .lock()
+            .expect("invariant: failure lock not poisoned")
+            .take();
+        let result = match (failed, panicked) {
+            (Some(e), _) => Err(e),
+            (None, Some(name)) => Err(Error::Internal(format!("subtask {name} panicked"))),
+            (None, None) => Ok(()),
+        };
+        Ok((result, latest))
+    }
+}
+
+/// Loads every distinct plugin once; subtasks instantiate their own copy.
+fn load_plugins(graph: &JobGraph, engine: &PluginEngine) -> Result<HashMap<usize, Plugin>, Error> {
+    let mut by_path: HashMap<PathBuf, Plugin> = HashMap::new();
+    let mut by_vertex = HashMap::new();
+    for (i, v) in graph.vertices.iter().enumerate() {
+        if let VertexKind::Operator { plugin, .. } = &v.kind {
+            let loaded = match by_path.get(plugin) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = engine.load(&v.uid, plugin)?;
+                    tracing::debug!(
+                        "loaded plugin {} for `{}` in {:?} (cached: {})",
+                        plugin.display(),
+                        v.uid,
+                        p.stats.elapsed,
+                        p.stats.from_cache
+                    );
+                    by_path.insert(plugin.clone(), p.clone());
+                    p
+                }
+            };
+            by_vertex.insert(i, loaded);
+        }
+    }
+    Ok(by_vertex)
+}

@@ -1,0 +1,396 @@
+//! One subtask: a source, an operator (Wasm or native) or a sink, run on
+//! its own thread until its input ends, the job is cancelled, or it fails.
+//!
+//! Checkpoints, as a subtask sees them:
+//! - a source gets a trigger on its control channel between two batches,
+//!   records its offset and emits the barrier after the records it sent;
+//! - an operator or sink gets the barrier from its gate once aligned, calls
+//!   the plugin's `snapshot` hook (or pre-commits the sink), copies its state
+//!   (the synchronous phase), forwards the barrier and hands the copy to the
+//!   uploader (the asynchronous phase) — processing goes on meanwhile.
+//!
+//! A bounded job ends in two steps: end of data (operators `close`, emitting
+//! their last records), then — with checkpoints — a final checkpoint that
+//! commits every sink, and only then end of input.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use weir_format::BatchWriter;
+
+use super::checkpointing::{CoordinatorMsg, SyncTiming, Uploader};
+use super::gate::{GateEvent, InputGate};
+use super::router::Router;
+use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
+use crate::checkpoint::CheckpointId;
+use crate::checkpoint::format::SubtaskSnapshot;
+use crate::connectors::{self, BlackholeSink, DatagenSource, FileSink, FileSource, Sink, Source};
+use crate::error::Error;
+use crate::job::{Vertex, VertexKind};
+use crate::keygroup::KeyGroupRange;
+use crate::metrics::{JobMetrics, VertexMetrics};
+use crate::native::NativeOperator;
+use crate::plugin::{InstanceConfig, OperatorInstance, Plugin};
+use crate::state::{KeyedStateBackend, MemoryStateBackend};
+
+/// A subtask's part in checkpoints (absent when checkpoints are off).
+pub(crate) struct TaskCheckpointing {
+    /// This subtask's index among all the job's subtasks.
+    pub task: usize,
+    pub coordinator: Sender<CoordinatorMsg>,
+    pub uploader: Uploader,
+}
+
+/// One subtask and everything it owns.
+pub(crate) struct Task {
+    pub batch_size: usize,
+    pub max_parallelism: u32,
+    pub vertex: Vertex,
+    pub subtask: u32,
+    pub plugin: Option<Plugin>,
+    pub router: Router,
+    pub gate: InputGate,
+    pub metrics: Arc<JobMetrics>,
+    pub v_idx: usize,
+    pub checkpointing: Option<TaskCheckpointing>,
+    /// How many times the job restarted before this run.
+    pub attempt_number: u32,
+    /// What this subtask restores from, if the job was restored.
+    pub restored: Option<SubtaskSnapshot>,
+}
+
+/// The operator logic a subtask runs.
+enum Logic {
+    Wasm(Box<OperatorInstance>),
+    Native {
+        op: Box<dyn NativeOperator>,
+        state: Box<dyn KeyedStateBackend>,
+        out: BatchWriter,
+    },
+}
+
+impl Task {
+    fn counters(&self) -> &VertexMetrics {
+        &self.metrics.vertices[self.v_idx]
+    }
+
+    pub(crate) fn run(mut self) -> TaskResult {
+        let restored = self.restored.take().unwrap_or_default();
+        match self.vertex.kind.clone() {
+            VertexKind::FileSource { path } => {
+                let offset = restored.source_offset.unwrap_or(0);
+                let source = FileSource::open(&self.vertex.uid, &path, offset)?;
+                self.run_source(Box::new(source))
+            }
+            VertexKind::Datagen(spec) => {
+                let p = self.vertex.parallelism;
+                let source = match restored.source_offset {
+                    Some(at) => DatagenSource::resume(&spec, self.subtask, p, at),
+                    None => DatagenSource::new(&spec, self.subtask, p),
+                };
+                self.run_source(Box::new(source))
+            }
+            VertexKind::StdoutSink => {
+                self.run_sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
+            }
+            VertexKind::FileSink { dir } => {
+                let sink =
+                    FileSink::open(&self.vertex.uid, &dir, self.subtask, restored.sink.as_ref())?;
+                self.run_sink(Box::new(sink))
+            }
+            VertexKind::BlackholeSink => self.run_sink(Box::new(BlackholeSink)),
+            VertexKind::Operator { config, limits, .. } => {
+                let plugin = self
+                    .plugin
+                    .take()
+                    .expect("invariant: every operator vertex has a loaded plugin");
+                let instance = plugin.instantiate(InstanceConfig {
+                    uid: self.vertex.uid.clone(),
+                    config,
+                    subtask: self.subtask,
+                    parallelism: self.vertex.parallelism,
+                    max_parallelism: self.max_parallelism,
+                    limits,
+                    state: self.state_backend(restored.keyed)?,
+                    operator_state: restored.operator_state,
+                    attempt_number: self.attempt_number,
+                })?;
+                self.run_operator(Logic::Wasm(Box::new(instance)))
+            }
+            VertexKind::Native(factory) => {
+                let logic = Logic::Native {
+                    op: factory.create(),
+                    state: self.state_backend(restored.keyed)?,
+                    out: BatchWriter::default(),
+                };
+                self.run_operator(logic)
+            }
+        }
+    }
+
+    fn key_groups(&self) -> KeyGroupRange {
+        KeyGroupRange::for_subtask(self.subtask, self.vertex.parallelism, self.max_parallelism)
+    }
+
+    fn state_backend(
+        &self,
+        restored: Vec<crate::state::KeyGroupSnapshot>,
+    ) -> Result<Box<dyn KeyedStateBackend>, Error> {
+        let mut backend = MemoryStateBackend::new(self.key_groups());
+        backend.restore(restored).map_err(|e| Error::Restore {
+            message: format!(
+                "operator `{}` subtask {}: {e}",
+                self.vertex.uid, self.subtask
+            ),
+        })?;
+        Ok(Box::new(backend))
+    }
+
+    /// Hands a snapshot to the uploader; the coordinator hears of it once
+    /// it is stored.
+    fn acknowledge(
+        &self,
+        barrier: CheckpointBarrier,
+        snapshot: SubtaskSnapshot,
+        sync_started: Instant,
+        alignment: Duration,
+    ) {
+        let Some(c) = &self.checkpointing else {
+            return;
+        };
+        c.uploader.upload(
+            barrier.id,
+            c.task,
+            crate::checkpoint::format::state_file_name(&self.vertex.uid, self.subtask),
+            snapshot,
+            SyncTiming {
+                sync: sync_started.elapsed(),
+                alignment,
+                key_groups: self.key_groups(),
+            },
+            c.coordinator.clone(),
+        );
+    }
+
+    fn decline(&self, id: CheckpointId, reason: String) {
+        if let Some(c) = &self.checkpointing {
+            let _ = c.coordinator.send(CoordinatorMsg::Decline {
+                id,
+                task: c.task,
+                reason,
+            });
+        }
+    }
+
+    // ---- sources ----
+
+    fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
+        let control = self.gate.control().clone();
+        let mut batch = BatchWriter::default();
+        loop {
+            while let Ok(c) = control.try_recv() {
+                self.source_control(c, source.as_ref())?;
+            }
+            let more = source.next_batch(&mut batch, self.batch_size)?;
+            let n = self.router.route(batch.as_bytes())?;
+            batch.clear();
+            self.counters().records_out.fetch_add(n, Ordering::Relaxed);
+            self.router.flush()?;
+            if !more {
+                break;
+            }
+        }
+        self.router.broadcast(|| Element::EndOfData)?;
+        let Some(c) = &self.checkpointing else {
+            return self.router.broadcast(|| Element::EndOfInput);
+        };
+        // Serve checkpoints until the final one completed: only then may
+        // the job end, every sink committed.
+        let _ = c
+            .coordinator
+            .send(CoordinatorMsg::SourceFinished { task: c.task });
+        let mut final_id = None;
+        loop {
+            let msg = control.recv().map_err(|_| Exit::Cancelled)?;
+            match msg {
+                Control::Complete(id) if final_id.is_some_and(|f| id >= f) => {
+                    return self.router.broadcast(|| Element::EndOfInput);
+                }
+                Control::Trigger(b) if b.is_final => {
+                    final_id = Some(b.id);
+                    self.source_control(msg, source.as_ref())?;
+                }
+                other => self.source_control(other, source.as_ref())?,
+            }
+        }
+    }
+
+    fn source_control(&mut self, c: Control, source: &dyn Source) -> TaskResult {
+        match c {
+            Control::Trigger(barrier) => {
+                let started = Instant::now();
+                let snapshot = SubtaskSnapshot {
+                    source_offset: Some(source.offset()),
+                    ..SubtaskSnapshot::default()
+                };
+                self.router.broadcast(|| Element::Barrier(barrier))?;
+                self.acknowledge(barrier, snapshot, started, Duration::ZERO);
+                Ok(())
+            }
+            Control::Cancel => Err(Exit::Cancelled),
+            Control::Complete(_) | Control::Abort(_) => Ok(()),
+        }
+    }
+
+    // ---- sinks ----
+
+    fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
+        loop {
+            match self.gate.next()? {
+                GateEvent::Records(data, len) => {
+                    self.counters()
+                        .records_in
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    sink.write_batch(&data)?;
+                    self.counters()
+                        .records_out
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                }
+                GateEvent::Barrier { barrier, alignment } => {
+                    let started = Instant::now();
+                    let snapshot = SubtaskSnapshot {
+                        sink: sink.pre_commit(barrier.id)?,
+                        ..SubtaskSnapshot::default()
+                    };
+                    self.acknowledge(barrier, snapshot, started, alignment);
+                }
+                GateEvent::Abandoned(id) => {
+                    self.decline(id, "a newer barrier overtook it".into());
+                }
+                GateEvent::EndOfData => sink.flush()?,
+                GateEvent::Control(c) => sink_control(c, sink.as_mut())?,
+                GateEvent::End => {
+                    // The final checkpoint's completion was sent before the
+                    // sources ended their channels: commit it first.
+                    while let Ok(c) = self.gate.control().try_recv() {
+                        sink_control(c, sink.as_mut())?;
+                    }
+                    sink.finish()?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    // ---- operators ----
+
+    fn run_operator(&mut self, mut logic: Logic) -> TaskResult {
+        loop {
+            match self.gate.next()? {
+                GateEvent::Records(data, len) => {
+                    self.counters()
+                        .records_in
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    match &mut logic {
+                        Logic::Wasm(instance) => instance.process(&data)?,
+                        Logic::Native { op, state, out } => {
+                            op.process(&data, state.as_mut(), self.max_parallelism, out)
+                                .map_err(|message| Error::BadRecord {
+                                    uid: self.vertex.uid.clone(),
+                                    message,
+                                })?;
+                        }
+                    }
+                    self.emit(&mut logic)?;
+                }
+                GateEvent::Barrier { barrier, alignment } => {
+                    let started = Instant::now();
+                    let snapshot = match &mut logic {
+                        Logic::Wasm(instance) => {
+                            instance.snapshot(barrier.id.0)?;
+                            SubtaskSnapshot {
+                                keyed: instance.state().snapshot(),
+                                operator_state: instance.operator_state(),
+                                ..SubtaskSnapshot::default()
+                            }
+                        }
+                        Logic::Native { state, .. } => SubtaskSnapshot {
+                            keyed: state.snapshot(),
+                            ..SubtaskSnapshot::default()
+                        },
+                    };
+                    // What the snapshot hook emitted precedes the barrier.
+                    self.emit(&mut logic)?;
+                    self.router.broadcast(|| Element::Barrier(barrier))?;
+                    self.acknowledge(barrier, snapshot, started, alignment);
+                }
+                GateEvent::Abandoned(id) => {
+                    self.decline(id, "a newer barrier overtook it".into());
+                }
+                GateEvent::EndOfData => {
+                    if let Logic::Wasm(instance) = &mut logic {
+                        instance.close()?;
+                        tracing::debug!(
+                            "`{}`#{} closed holding {} state entries",
+                            self.vertex.uid,
+                            self.subtask,
+                            instance.state().len()
+                        );
+                    }
+                    self.emit(&mut logic)?;
+                    self.router.broadcast(|| Element::EndOfData)?;
+                }
+                GateEvent::Control(Control::Complete(id)) => {
+                    if let Logic::Wasm(instance) = &mut logic {
+                        instance.on_checkpoint_complete(id.0)?;
+                        self.emit(&mut logic)?;
+                    }
+                }
+                GateEvent::Control(Control::Cancel) => return Err(Exit::Cancelled),
+                GateEvent::Control(Control::Abort(id)) => {
+                    tracing::debug!(
+                        "`{}`#{}: checkpoint {id} aborted",
+                        self.vertex.uid,
+                        self.subtask
+                    );
+                }
+                GateEvent::Control(Control::Trigger(_)) => {}
+                GateEvent::End => return self.router.broadcast(|| Element::EndOfInput),
+            }
+        }
+    }
+
+    /// Routes what the logic emitted during the last call.
+    fn emit(&mut self, logic: &mut Logic) -> TaskResult {
+        let n = match logic {
+            Logic::Wasm(instance) => {
+                let out = instance.output();
+                let n = self.router.route(out)?;
+                out.clear();
+                n
+            }
+            Logic::Native { out, .. } => {
+                let n = self.router.route(out.as_bytes())?;
+                out.clear();
+                n
+            }
+        };
+        self.counters().records_out.fetch_add(n, Ordering::Relaxed);
+        self.router.flush()
+    }
+}
+
+fn sink_control(c: Control, sink: &mut dyn Sink) -> TaskResult {
+    match c {
+        Control::Complete(id) => Ok(sink.commit(id)?),
+        Control::Cancel => Err(Exit::Cancelled),
+        Control::Trigger(_) | Control::Abort(_) => Ok(()),
+    }
+}
+
+/// The control channel of a subtask, for the runtime to keep its sender.
+pub(crate) fn control_channel() -> (Sender<Control>, Receiver<Control>) {
+    crossbeam_channel::unbounded()
+}
