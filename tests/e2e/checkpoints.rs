@@ -13,7 +13,7 @@ fn checkpointed_job(input: &Path, out: &Path, storage: &Path, extra: &str) -> St
     format!(
         r#"{job}
 [checkpoints]
-interval = "200ms"
+interval = "100ms"
 storage = "{storage}"
 {extra}
 "#,
@@ -63,6 +63,15 @@ fn assert_exactly_once(out: &Path, text: &str) {
     assert!(hidden.is_empty(), "uncommitted parts left: {hidden:?}");
 }
 
+/// The id of the newest completed checkpoint in `storage`, 0 if none.
+fn newest_completed(storage: &Path) -> u64 {
+    completed_checkpoints(storage)
+        .iter()
+        .filter_map(|c| c.strip_prefix("chk-")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 fn completed_checkpoints(storage: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(storage.join("wordcount")) else {
         return Vec::new();
@@ -76,6 +85,18 @@ fn completed_checkpoints(storage: &Path) -> Vec<String> {
 
 #[test]
 fn kill_9_at_random_moments_then_resuming_commits_every_record_exactly_once() {
+    kill_and_resume("");
+}
+
+#[test]
+fn unaligned_checkpoints_survive_kill_9_exactly_once_too() {
+    kill_and_resume("unaligned = true");
+}
+
+/// Runs the 5M-word count with checkpoints (plus `extra` settings),
+/// `kill -9`s it at random moments at least 5 times, resumes each time with
+/// `--from-latest`, and checks the committed output is exactly once.
+fn kill_and_resume(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let text = corpus(500_000, 20_000);
     assert!(text.split_whitespace().count() >= 5_000_000);
@@ -83,7 +104,7 @@ fn kill_9_at_random_moments_then_resuming_commits_every_record_exactly_once() {
     std::fs::write(&input, &text).unwrap();
     let (out, storage) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let job = dir.path().join("job.toml");
-    std::fs::write(&job, checkpointed_job(&input, &out, &storage, "")).unwrap();
+    std::fs::write(&job, checkpointed_job(&input, &out, &storage, extra)).unwrap();
     let job = job.to_str().unwrap();
 
     // xorshift, seeded per run; the seed is printed to replay a failure.
@@ -103,11 +124,21 @@ fn kill_9_at_random_moments_then_resuming_commits_every_record_exactly_once() {
     let mut refused = false;
     let finished = loop {
         let log = dir.path().join(format!("run-{kills}.log"));
+        let before = newest_completed(&storage);
         let mut child = spawn_weir(&["run", "--quiet", job, "--from-latest"], &log);
         let limit = if kills < 5 {
-            // Short lives: five of them stay well under the ~3.5 s an
-            // uninterrupted run takes here, so every kill lands mid-run.
-            Duration::from_millis(150 + next() % 500)
+            // Each life makes progress — a new checkpoint completes — then
+            // dies a random moment later: short enough that five lives stay
+            // well under the ~3.5 s an uninterrupted run takes here.
+            let start = Instant::now();
+            while newest_completed(&storage) <= before && child.try_wait().unwrap().is_none() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "no checkpoint completes"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Duration::from_millis(next() % 250)
         } else {
             Duration::from_secs(600)
         };
@@ -341,4 +372,44 @@ fn a_plugin_that_keeps_trapping_fails_the_job_once_restarts_are_used_up() {
         "two restarts, then the failure:\n{e}"
     );
     assert_operator_failure(&o, "faulty", plugins::FAULTY, "faulty plugin asked to trap");
+}
+
+#[test]
+fn unaligned_and_at_least_once_in_process_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(100_000, 5_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let restart = "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"";
+    for (mode, settings) in [
+        ("unaligned", "unaligned = true"),
+        ("at-least-once", "mode = \"at-least-once\""),
+    ] {
+        let (out, storage) = (
+            dir.path().join(mode),
+            dir.path().join(format!("{mode}-chk")),
+        );
+        let job = faulty_wordcount_job(&input, &out, &storage, "trap-once:300000", restart)
+            .replace("[checkpoints]", &format!("[checkpoints]\n{settings}"));
+        let o = run_job(dir.path(), &job);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{mode}: {e}");
+        assert!(e.contains("restart 1"), "{mode}: {e}");
+        if mode == "unaligned" {
+            assert_exactly_once(&out, &text);
+        } else {
+            // Duplicates allowed, loss not: every word reaches its count
+            // (replayed records count twice, so maybe more).
+            let expected = reference_counts(&text);
+            let mut max: HashMap<String, u64> = HashMap::new();
+            for line in output_lines(&out) {
+                let (word, count) = line.split_once('\t').unwrap();
+                let m = max.entry(word.to_owned()).or_default();
+                *m = (*m).max(count.parse().unwrap());
+            }
+            assert_eq!(max.len(), expected.len(), "{mode}: every word counted");
+            let short: Vec<_> = expected.iter().filter(|(w, n)| max[*w] < **n).collect();
+            assert!(short.is_empty(), "{mode}: counts lost: {short:?}");
+        }
+    }
 }

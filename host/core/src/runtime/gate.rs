@@ -12,14 +12,27 @@
 //! restore: duplicates, never loss).
 //!
 //! A channel that ended counts as having delivered every barrier.
+//!
+//! Unaligned (exactly-once without blocking): the first arrival of barrier
+//! *n* — usually on a channel's priority lane, overtaking the queued records
+//! — makes the subtask snapshot at once. The gate then pulls every queued
+//! record up to each channel's in-band barrier *n* ahead into its own
+//! buffer, so upstream senders unblock, and records them (and every record
+//! arriving before a channel's in-band barrier) as the checkpoint's
+//! in-flight data; the subtask processes them as usual. A restored subtask
+//! gets its in-flight records back first, before anything new.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 
+use crossbeam_channel::TryRecvError;
+use weir_format::BatchReader;
+
 use super::{CheckpointBarrier, Control, Element, Exit};
 use crate::checkpoint::CheckpointId;
+use crate::checkpoint::format::InFlightChannel;
 
 /// What the aligner tells the gate.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,15 +166,36 @@ impl BarrierAligner {
     }
 }
 
+/// How a gate treats barriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateMode {
+    /// Exactly-once, aligned: block each channel from its barrier.
+    Aligned,
+    /// Exactly-once, unaligned: snapshot at the first barrier, store the
+    /// records in flight.
+    Unaligned,
+    /// At-least-once: never block.
+    AtLeastOnce,
+}
+
 /// What a subtask gets from its gate, in order.
 #[derive(Debug)]
 pub(crate) enum GateEvent {
     /// A packed batch of `len` records.
     Records(Vec<u8>, usize),
-    /// Snapshot now, then forward the barrier.
+    /// Snapshot now, then forward the barrier. `unaligned`: the snapshot is
+    /// complete only with the in-flight records a later
+    /// [`GateEvent::InFlight`] brings.
     Barrier {
         barrier: CheckpointBarrier,
         alignment: Duration,
+        unaligned: bool,
+    },
+    /// Unaligned checkpoint `id`: every channel delivered its in-band
+    /// barrier; these records were in flight at the snapshot.
+    InFlight {
+        id: CheckpointId,
+        channels: Vec<InFlightChannel>,
     },
     /// The subtask cannot take this checkpoint: decline it.
     Abandoned(CheckpointId),
@@ -173,6 +207,15 @@ pub(crate) enum GateEvent {
     End,
 }
 
+/// An unaligned checkpoint between its snapshot and the last channel's
+/// in-band barrier.
+struct InFlightRecording {
+    barrier: CheckpointBarrier,
+    delivered: Vec<bool>,
+    remaining: usize,
+    recorded: Vec<Vec<Vec<u8>>>,
+}
+
 /// A subtask's input channels and its control channel.
 pub(crate) struct InputGate {
     channels: Vec<Receiver<Element>>,
@@ -182,16 +225,22 @@ pub(crate) struct InputGate {
     data_open: usize,
     control: Receiver<Control>,
     control_open: bool,
+    mode: GateMode,
     aligner: BarrierAligner,
+    recording: Option<InFlightRecording>,
+    latest_unaligned: Option<CheckpointId>,
+    /// Per channel: elements taken off the channel but not yet handed to
+    /// the subtask (pulled ahead by an unaligned barrier, or restored).
+    front: Vec<VecDeque<Element>>,
     ready: VecDeque<GateEvent>,
 }
 
 impl InputGate {
-    /// A gate over `channels`; `blocking` aligns barriers for exactly-once.
+    /// A gate over `channels` and the subtask's `control` channel.
     pub(crate) fn new(
         channels: Vec<Receiver<Element>>,
         control: Receiver<Control>,
-        blocking: bool,
+        mode: GateMode,
     ) -> Self {
         let n = channels.len();
         Self {
@@ -201,7 +250,11 @@ impl InputGate {
             data_open: n,
             control,
             control_open: true,
-            aligner: BarrierAligner::new(n, blocking),
+            mode,
+            aligner: BarrierAligner::new(n, mode == GateMode::Aligned),
+            recording: None,
+            latest_unaligned: None,
+            front: (0..n).map(|_| VecDeque::new()).collect(),
             channels,
             ready: VecDeque::new(),
         }
@@ -210,6 +263,38 @@ impl InputGate {
     /// The control channel, for a subtask that waits on it alone.
     pub(crate) fn control(&self) -> &Receiver<Control> {
         &self.control
+    }
+
+    /// How the gate treats barriers.
+    pub(crate) fn mode(&self) -> GateMode {
+        self.mode
+    }
+
+    /// Queues a restored checkpoint's in-flight records ahead of anything
+    /// new on their channels.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] if a channel does not exist in this job.
+    pub(crate) fn preload(
+        &mut self,
+        in_flight: Vec<InFlightChannel>,
+    ) -> Result<(), crate::error::Error> {
+        for c in in_flight {
+            let Some(front) = self.front.get_mut(c.channel as usize) else {
+                return Err(crate::error::Error::Restore {
+                    message: format!(
+                        "in-flight records of input channel {} but the subtask has {}",
+                        c.channel,
+                        self.channels.len()
+                    ),
+                });
+            };
+            for data in c.batches {
+                let len = BatchReader::new(&data).count();
+                front.push_back(Element::Records { data, len });
+            }
+        }
+        Ok(())
     }
 
     /// The next event.
@@ -221,6 +306,13 @@ impl InputGate {
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
+            }
+            if let Some(ch) = self.front.iter().position(|f| !f.is_empty()) {
+                let element = self.front[ch]
+                    .pop_front()
+                    .expect("invariant: the front buffer is not empty");
+                self.arrived(ch, element, false);
+                continue;
             }
             if self.open_count == 0 {
                 return Ok(GateEvent::End);
@@ -244,50 +336,192 @@ impl InputGate {
             let op = select.select();
             let Some(idx) = ids[op.index()] else {
                 match op.recv(&self.control) {
-                    Ok(c) => return Ok(GateEvent::Control(c)),
-                    Err(_) => {
-                        self.control_open = false;
-                        continue;
+                    Ok(Control::PriorityBarrier { barrier, channel }) => {
+                        if self.mode == GateMode::Unaligned {
+                            self.unaligned_barrier(channel, barrier, false);
+                        }
                     }
+                    Ok(c) => return Ok(GateEvent::Control(c)),
+                    Err(_) => self.control_open = false,
                 }
+                continue;
             };
             match op.recv(&self.channels[idx]) {
-                Ok(Element::Records { data, len }) => return Ok(GateEvent::Records(data, len)),
-                Ok(Element::Barrier(b)) => {
-                    let events = self.aligner.on_barrier(idx, b, Instant::now());
-                    self.push_aligned(events);
-                }
-                Ok(Element::EndOfData) => {
-                    if !self.data_ended[idx] {
-                        self.data_ended[idx] = true;
-                        self.data_open -= 1;
-                        if self.data_open == 0 {
-                            self.ready.push_back(GateEvent::EndOfData);
-                        }
-                    }
-                }
-                Ok(Element::EndOfInput) => {
-                    self.open[idx] = false;
-                    self.open_count -= 1;
-                    if !self.data_ended[idx] {
-                        self.data_ended[idx] = true;
-                        self.data_open -= 1;
-                        if self.data_open == 0 {
-                            self.ready.push_back(GateEvent::EndOfData);
-                        }
-                    }
-                    let events = self.aligner.on_closed(idx, Instant::now());
-                    self.push_aligned(events);
-                }
+                Ok(element) => self.arrived(idx, element, true),
                 // The sender exited without ending its channel: it failed.
                 Err(_) => return Err(Exit::Cancelled),
             }
         }
     }
 
+    /// Handles one element from channel `ch`; `live` when it comes straight
+    /// off the channel (not from the front buffer), so an unaligned
+    /// checkpoint may have to record it.
+    fn arrived(&mut self, ch: usize, element: Element, live: bool) {
+        match element {
+            Element::Records { data, len } => {
+                if live
+                    && let Some(r) = &mut self.recording
+                    && !r.delivered[ch]
+                {
+                    r.recorded[ch].push(data.clone());
+                }
+                self.ready.push_back(GateEvent::Records(data, len));
+            }
+            Element::Barrier(b) => match self.mode {
+                GateMode::Unaligned => self.unaligned_barrier(ch, b, true),
+                GateMode::Aligned | GateMode::AtLeastOnce => {
+                    let events = self.aligner.on_barrier(ch, b, Instant::now());
+                    self.push_aligned(events);
+                }
+            },
+            Element::EndOfData => self.data_ended(ch),
+            Element::EndOfInput => {
+                self.open[ch] = false;
+                self.open_count -= 1;
+                self.data_ended(ch);
+                match self.mode {
+                    GateMode::Unaligned => self.delivered(ch),
+                    GateMode::Aligned | GateMode::AtLeastOnce => {
+                        let events = self.aligner.on_closed(ch, Instant::now());
+                        self.push_aligned(events);
+                    }
+                }
+            }
+        }
+    }
+
+    fn data_ended(&mut self, ch: usize) {
+        if !self.data_ended[ch] {
+            self.data_ended[ch] = true;
+            self.data_open -= 1;
+            if self.data_open == 0 {
+                self.ready.push_back(GateEvent::EndOfData);
+            }
+        }
+    }
+
+    /// Unaligned barrier `barrier` on channel `ch`: in-band (the marker
+    /// after the channel's records) or from the priority lane.
+    fn unaligned_barrier(&mut self, ch: usize, barrier: CheckpointBarrier, in_band: bool) {
+        if self
+            .recording
+            .as_ref()
+            .is_some_and(|r| r.barrier.id == barrier.id)
+        {
+            if in_band {
+                self.delivered(ch);
+            }
+            return;
+        }
+        if self.latest_unaligned.is_some_and(|l| l >= barrier.id) {
+            return;
+        }
+        if let Some(old) = self.recording.take() {
+            // At most one unaligned checkpoint runs at a time (the job file
+            // requires max_concurrent = 1); an older one cannot finish.
+            self.ready.push_back(GateEvent::Abandoned(old.barrier.id));
+        }
+        self.latest_unaligned = Some(barrier.id);
+        let n = self.channels.len();
+        // Records taken off a channel but not yet processed are not in the
+        // snapshot: they are in flight too.
+        let recorded = self
+            .front
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|e| match e {
+                        Element::Records { data, .. } => Some(data.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let delivered: Vec<bool> = self.open.iter().map(|o| !o).collect();
+        self.recording = Some(InFlightRecording {
+            barrier,
+            remaining: delivered.iter().filter(|d| !**d).count(),
+            delivered,
+            recorded,
+        });
+        self.ready.push_back(GateEvent::Barrier {
+            barrier,
+            alignment: Duration::ZERO,
+            unaligned: true,
+        });
+        if in_band {
+            self.delivered(ch);
+        }
+        for c in 0..n {
+            self.pull_ahead(c);
+        }
+    }
+
+    /// Takes channel `c`'s queued elements up to its in-band barrier into
+    /// the front buffer, recording the records, so its sender unblocks.
+    fn pull_ahead(&mut self, c: usize) {
+        loop {
+            let Some(r) = &mut self.recording else {
+                return;
+            };
+            if !self.open[c] || r.delivered[c] {
+                return;
+            }
+            match self.channels[c].try_recv() {
+                Ok(Element::Records { data, len }) => {
+                    r.recorded[c].push(data.clone());
+                    self.front[c].push_back(Element::Records { data, len });
+                }
+                Ok(Element::Barrier(b)) if b.id == r.barrier.id => self.delivered(c),
+                // An older barrier, already handled.
+                Ok(Element::Barrier(_)) => {}
+                Ok(e @ Element::EndOfData) => self.front[c].push_back(e),
+                Ok(e @ Element::EndOfInput) => {
+                    self.front[c].push_back(e);
+                    self.delivered(c);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Channel `ch` delivered the recording checkpoint's in-band barrier
+    /// (or ended); once all did, the in-flight records are complete.
+    fn delivered(&mut self, ch: usize) {
+        let Some(r) = &mut self.recording else {
+            return;
+        };
+        if !r.delivered[ch] {
+            r.delivered[ch] = true;
+            r.remaining -= 1;
+        }
+        if r.remaining == 0 {
+            let r = self.recording.take().expect("invariant: recording");
+            let channels = r
+                .recorded
+                .into_iter()
+                .enumerate()
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(c, batches)| InFlightChannel {
+                    channel: c as u32,
+                    batches,
+                })
+                .collect();
+            self.ready.push_back(GateEvent::InFlight {
+                id: r.barrier.id,
+                channels,
+            });
+        }
+    }
+
     fn push_aligned(&mut self, events: Vec<Aligned>) {
         self.ready.extend(events.into_iter().map(|e| match e {
-            Aligned::Barrier { barrier, alignment } => GateEvent::Barrier { barrier, alignment },
+            Aligned::Barrier { barrier, alignment } => GateEvent::Barrier {
+                barrier,
+                alignment,
+                unaligned: false,
+            },
             Aligned::Abandoned(id) => GateEvent::Abandoned(id),
         }));
     }
@@ -478,5 +712,129 @@ mod tests {
                 prop_assert!(processed.is_superset(&before(&scripts, id)), "checkpoint {}", id);
             }
         }
+    }
+
+    fn records(values: &[&str]) -> Element {
+        let mut w = weir_format::BatchWriter::default();
+        for v in values {
+            w.push(None, v.as_bytes(), None);
+        }
+        let (data, len) = w.take();
+        Element::Records { data, len }
+    }
+
+    fn values(data: &[u8]) -> Vec<String> {
+        BatchReader::new(data)
+            .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// Whatever order the gate reads its channels and control in, an
+    /// unaligned snapshot plus its in-flight records hold every record
+    /// before the barrier exactly once, and nothing after it.
+    #[test]
+    fn an_unaligned_barrier_overtakes_queued_records_which_become_in_flight() {
+        for _ in 0..50 {
+            let (tx0, rx0) = crossbeam_channel::bounded(16);
+            let (tx1, rx1) = crossbeam_channel::bounded(16);
+            let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+            let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Unaligned);
+            for e in [
+                records(&["a", "b"]),
+                Element::Barrier(barrier(1)),
+                records(&["c"]),
+            ] {
+                tx0.send(e).unwrap();
+            }
+            for e in [
+                records(&["x"]),
+                records(&["y"]),
+                Element::Barrier(barrier(1)),
+            ] {
+                tx1.send(e).unwrap();
+            }
+            ctl.send(Control::PriorityBarrier {
+                barrier: barrier(1),
+                channel: 1,
+            })
+            .unwrap();
+            for tx in [&tx0, &tx1] {
+                tx.send(records(&["after"])).unwrap();
+                tx.send(Element::EndOfInput).unwrap();
+            }
+            let (mut before, mut after, mut in_flight) = (Vec::new(), Vec::new(), None);
+            let mut snapshotted = false;
+            loop {
+                match gate.next().ok().unwrap() {
+                    GateEvent::Records(data, _) if snapshotted => after.extend(values(&data)),
+                    GateEvent::Records(data, _) => before.extend(values(&data)),
+                    GateEvent::Barrier { unaligned, .. } => {
+                        assert!(unaligned && !snapshotted);
+                        snapshotted = true;
+                    }
+                    GateEvent::InFlight { id, channels } => {
+                        assert_eq!(id, CheckpointId(1));
+                        let all: Vec<String> = channels
+                            .iter()
+                            .flat_map(|c| &c.batches)
+                            .flat_map(|b| values(b))
+                            .collect();
+                        in_flight = Some(all);
+                    }
+                    GateEvent::End => break,
+                    GateEvent::EndOfData => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let mut in_flight = in_flight.expect("the in-flight records were reported");
+            let mut covered: Vec<String> = before.iter().chain(&in_flight).cloned().collect();
+            covered.sort();
+            assert_eq!(
+                covered,
+                ["a", "b", "x", "y"],
+                "before the barrier, exactly once"
+            );
+            in_flight.sort();
+            let mut processed_after: Vec<String> = after
+                .into_iter()
+                .filter(|v| !in_flight.contains(v))
+                .collect();
+            processed_after.sort();
+            assert_eq!(processed_after, ["after", "after", "c"]);
+        }
+    }
+
+    #[test]
+    fn restored_in_flight_records_come_before_new_ones() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let mut gate = InputGate::new(vec![rx], ctl_rx, GateMode::Unaligned);
+        let Element::Records { data, .. } = records(&["old1", "old2"]) else {
+            unreachable!()
+        };
+        gate.preload(vec![InFlightChannel {
+            channel: 0,
+            batches: vec![data],
+        }])
+        .unwrap();
+        tx.send(records(&["new"])).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match gate.next().ok().unwrap() {
+                GateEvent::Records(data, len) => {
+                    assert_eq!(len, values(&data).len());
+                    seen.extend(values(&data));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, ["old1", "old2", "new"]);
+        assert!(
+            gate.preload(vec![InFlightChannel {
+                channel: 3,
+                batches: vec![]
+            }])
+            .is_err()
+        );
     }
 }

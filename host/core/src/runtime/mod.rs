@@ -39,7 +39,7 @@ use crate::metrics::JobMetrics;
 use crate::plugin::{Plugin, PluginEngine};
 use crate::restart::RestartTracker;
 use checkpointing::{CoordinatorMsg, CoordinatorOutcome, CoordinatorSetup, Uploader};
-use gate::InputGate;
+use gate::{GateMode, InputGate};
 use router::{Router, wire};
 use task::{Task, TaskCheckpointing};
 
@@ -75,6 +75,12 @@ pub struct CheckpointBarrier {
 pub(crate) enum Control {
     /// Sources: take checkpoint `barrier.id` now.
     Trigger(CheckpointBarrier),
+    /// An unaligned checkpoint's barrier, overtaking the records queued on
+    /// input channel `channel`.
+    PriorityBarrier {
+        barrier: CheckpointBarrier,
+        channel: usize,
+    },
     /// The checkpoint completed: commit (sinks), notify the plugin.
     Complete(CheckpointId),
     /// The checkpoint was abandoned.
@@ -392,7 +398,6 @@ impl Attempt<'_> {
             None => Vec::new(),
         };
         snapshots.reverse();
-        let (mut outputs, mut inputs) = wire(graph);
         let failure: Arc<Mutex<Option<Error>>> = Arc::default();
         let mut tasks = Vec::new();
         let mut addresses = Vec::new();
@@ -402,6 +407,16 @@ impl Attempt<'_> {
             .iter()
             .flat_map(|v| (0..v.parallelism).map(move |_| task::control_channel()))
             .unzip();
+        let first: Vec<usize> = graph
+            .vertices
+            .iter()
+            .scan(0, |next, v| {
+                let at = *next;
+                *next += v.parallelism as usize;
+                Some(at)
+            })
+            .collect();
+        let (mut outputs, mut inputs) = wire(graph, &controls, &first);
         let controls = Arc::new(controls);
         let (coordinator_tx, inbox) = crossbeam_channel::unbounded();
         let uploader = self
@@ -412,7 +427,11 @@ impl Attempt<'_> {
                 storage: storage.clone(),
                 job: graph.name.clone(),
             });
-        let blocking = config.mode == CheckpointingMode::ExactlyOnce;
+        let gate_mode = match (config.mode, config.unaligned) {
+            (CheckpointingMode::AtLeastOnce, _) => GateMode::AtLeastOnce,
+            (CheckpointingMode::ExactlyOnce, false) => GateMode::Aligned,
+            (CheckpointingMode::ExactlyOnce, true) => GateMode::Unaligned,
+        };
         let mut control_rx = control_rx.into_iter();
         for (v_idx, vertex) in graph.vertices.iter().enumerate() {
             for subtask in 0..vertex.parallelism {
@@ -438,7 +457,7 @@ impl Attempt<'_> {
                         control_rx
                             .next()
                             .expect("invariant: one control channel per subtask"),
-                        blocking,
+                        gate_mode,
                     ),
                     metrics: self.metrics.clone(),
                     v_idx,
@@ -449,6 +468,7 @@ impl Attempt<'_> {
                     }),
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
+                    awaiting_in_flight: None,
                 });
             }
         }

@@ -2,11 +2,15 @@
 //! batch buffer per channel, and the [`Router`] that partitions records
 //! over them and broadcasts control events (barriers, end of input) in
 //! order with the data.
+//!
+//! Each channel also has a priority lane, the receiving subtask's control
+//! channel: an unaligned checkpoint's barrier goes there first, overtaking
+//! the records queued in the channel, and in-band after them as a marker.
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use weir_format::{BatchReader, BatchWriter};
 
-use super::{Element, Exit, TaskResult};
+use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
 use crate::error::Error;
 use crate::job::{JobGraph, Partition};
 use crate::keygroup::{key_group_of, subtask_of};
@@ -16,6 +20,9 @@ use crate::keygroup::{key_group_of, subtask_of};
 pub(crate) struct OutEdge {
     partition: Partition,
     targets: Vec<Sender<Element>>,
+    /// Per target: its subtask's control channel and which of its input
+    /// channels this is.
+    priority: Vec<(Sender<Control>, usize)>,
     buffers: Vec<BatchWriter>,
     next: usize,
 }
@@ -23,8 +30,9 @@ pub(crate) struct OutEdge {
 pub(crate) type Wiring = (Vec<Vec<Vec<OutEdge>>>, Vec<Vec<Vec<Receiver<Element>>>>);
 
 /// Creates the channels: per vertex, per subtask, its output edges and
-/// input receivers.
-pub(crate) fn wire(graph: &JobGraph) -> Wiring {
+/// input receivers. `controls[first[v] + j]` is the control channel of
+/// subtask `j` of vertex `v`.
+pub(crate) fn wire(graph: &JobGraph, controls: &[Sender<Control>], first: &[usize]) -> Wiring {
     let mut outputs: Vec<Vec<Vec<OutEdge>>> = graph
         .vertices
         .iter()
@@ -45,13 +53,17 @@ pub(crate) fn wire(graph: &JobGraph) -> Wiring {
                     (0..consumer.parallelism).collect()
                 };
                 let mut targets = Vec::new();
+                let mut priority = Vec::new();
                 for j in reachable {
                     let (tx, rx) = bounded(graph.channel_capacity);
                     targets.push(tx);
-                    inputs[down][j as usize].push(rx);
+                    let receiver = &mut inputs[down][j as usize];
+                    priority.push((controls[first[down] + j as usize].clone(), receiver.len()));
+                    receiver.push(rx);
                 }
                 outputs[edge.from][i as usize].push(OutEdge {
                     partition: edge.partition,
+                    priority,
                     buffers: (0..targets.len()).map(|_| BatchWriter::default()).collect(),
                     targets,
                     // Spread round robins so subtasks do not all start at 0.
@@ -147,6 +159,25 @@ impl Router {
         Ok(())
     }
 
+    /// Forwards checkpoint barrier `barrier`. Unaligned, it first
+    /// overtakes everything queued, through each receiver's priority lane;
+    /// either way it then follows everything routed so far in-band.
+    pub(crate) fn barrier(&mut self, barrier: CheckpointBarrier, unaligned: bool) -> TaskResult {
+        if unaligned {
+            for edge in &self.edges {
+                for (control, channel) in &edge.priority {
+                    control
+                        .send(Control::PriorityBarrier {
+                            barrier,
+                            channel: *channel,
+                        })
+                        .map_err(|_| Exit::Cancelled)?;
+                }
+            }
+        }
+        self.broadcast(|| Element::Barrier(barrier))
+    }
+
     /// Flushes, then sends `event` (a barrier, end of data or end of
     /// input) to every downstream subtask, after everything routed so far.
     pub(crate) fn broadcast(&mut self, event: impl Fn() -> Element) -> TaskResult {
@@ -177,6 +208,7 @@ mod tests {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets).map(|_| bounded(64)).unzip();
         let edge = OutEdge {
             partition,
+            priority: Vec::new(),
             buffers: (0..targets).map(|_| BatchWriter::default()).collect(),
             targets: txs,
             next: 0,

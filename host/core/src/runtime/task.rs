@@ -21,11 +21,11 @@ use crossbeam_channel::{Receiver, Sender};
 use weir_format::BatchWriter;
 
 use super::checkpointing::{CoordinatorMsg, SyncTiming, Uploader};
-use super::gate::{GateEvent, InputGate};
+use super::gate::{GateEvent, GateMode, InputGate};
 use super::router::Router;
 use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::format::SubtaskSnapshot;
+use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
 use crate::connectors::{self, BlackholeSink, DatagenSource, FileSink, FileSource, Sink, Source};
 use crate::error::Error;
 use crate::job::{Vertex, VertexKind};
@@ -59,6 +59,9 @@ pub(crate) struct Task {
     pub attempt_number: u32,
     /// What this subtask restores from, if the job was restored.
     pub restored: Option<SubtaskSnapshot>,
+    /// An unaligned checkpoint's snapshot waiting for its in-flight
+    /// records: the barrier, the snapshot, its sync time.
+    pub awaiting_in_flight: Option<(CheckpointBarrier, SubtaskSnapshot, Duration)>,
 }
 
 /// The operator logic a subtask runs.
@@ -77,7 +80,8 @@ impl Task {
     }
 
     pub(crate) fn run(mut self) -> TaskResult {
-        let restored = self.restored.take().unwrap_or_default();
+        let mut restored = self.restored.take().unwrap_or_default();
+        self.gate.preload(std::mem::take(&mut restored.in_flight))?;
         match self.vertex.kind.clone() {
             VertexKind::FileSource { path } => {
                 let offset = restored.source_offset.unwrap_or(0);
@@ -148,13 +152,48 @@ impl Task {
         Ok(Box::new(backend))
     }
 
+    /// Ends the synchronous phase of a snapshot taken since `sync_started`:
+    /// forwards the barrier, then hands the snapshot to the uploader — or,
+    /// unaligned, keeps it until the gate has its in-flight records.
+    fn snapshot_taken(
+        &mut self,
+        barrier: CheckpointBarrier,
+        snapshot: SubtaskSnapshot,
+        sync_started: Instant,
+        alignment: Duration,
+        unaligned: bool,
+    ) -> TaskResult {
+        let sync = sync_started.elapsed();
+        self.router.barrier(barrier, unaligned)?;
+        if unaligned {
+            self.awaiting_in_flight = Some((barrier, snapshot, sync));
+        } else {
+            self.acknowledge(barrier, snapshot, sync, alignment);
+        }
+        Ok(())
+    }
+
+    /// Completes an unaligned snapshot with its in-flight records.
+    fn in_flight(&mut self, id: CheckpointId, channels: Vec<InFlightChannel>) {
+        match self.awaiting_in_flight.take() {
+            Some((barrier, mut snapshot, sync)) if barrier.id == id => {
+                snapshot.in_flight = channels;
+                self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
+            }
+            other => {
+                self.awaiting_in_flight = other;
+                self.decline(id, "in-flight records without a snapshot".into());
+            }
+        }
+    }
+
     /// Hands a snapshot to the uploader; the coordinator hears of it once
     /// it is stored.
     fn acknowledge(
         &self,
         barrier: CheckpointBarrier,
         snapshot: SubtaskSnapshot,
-        sync_started: Instant,
+        sync: Duration,
         alignment: Duration,
     ) {
         let Some(c) = &self.checkpointing else {
@@ -166,7 +205,7 @@ impl Task {
             crate::checkpoint::format::state_file_name(&self.vertex.uid, self.subtask),
             snapshot,
             SyncTiming {
-                sync: sync_started.elapsed(),
+                sync,
                 alignment,
                 key_groups: self.key_groups(),
             },
@@ -235,12 +274,13 @@ impl Task {
                     source_offset: Some(source.offset()),
                     ..SubtaskSnapshot::default()
                 };
-                self.router.broadcast(|| Element::Barrier(barrier))?;
-                self.acknowledge(barrier, snapshot, started, Duration::ZERO);
+                let unaligned = self.gate.mode() == GateMode::Unaligned;
+                self.router.barrier(barrier, unaligned)?;
+                self.acknowledge(barrier, snapshot, started.elapsed(), Duration::ZERO);
                 Ok(())
             }
             Control::Cancel => Err(Exit::Cancelled),
-            Control::Complete(_) | Control::Abort(_) => Ok(()),
+            Control::Complete(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => Ok(()),
         }
     }
 
@@ -258,14 +298,19 @@ impl Task {
                         .records_out
                         .fetch_add(len as u64, Ordering::Relaxed);
                 }
-                GateEvent::Barrier { barrier, alignment } => {
+                GateEvent::Barrier {
+                    barrier,
+                    alignment,
+                    unaligned,
+                } => {
                     let started = Instant::now();
                     let snapshot = SubtaskSnapshot {
                         sink: sink.pre_commit(barrier.id)?,
                         ..SubtaskSnapshot::default()
                     };
-                    self.acknowledge(barrier, snapshot, started, alignment);
+                    self.snapshot_taken(barrier, snapshot, started, alignment, unaligned)?;
                 }
+                GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
@@ -305,7 +350,11 @@ impl Task {
                     }
                     self.emit(&mut logic)?;
                 }
-                GateEvent::Barrier { barrier, alignment } => {
+                GateEvent::Barrier {
+                    barrier,
+                    alignment,
+                    unaligned,
+                } => {
                     let started = Instant::now();
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
@@ -323,9 +372,9 @@ impl Task {
                     };
                     // What the snapshot hook emitted precedes the barrier.
                     self.emit(&mut logic)?;
-                    self.router.broadcast(|| Element::Barrier(barrier))?;
-                    self.acknowledge(barrier, snapshot, started, alignment);
+                    self.snapshot_taken(barrier, snapshot, started, alignment, unaligned)?;
                 }
+                GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
@@ -356,7 +405,7 @@ impl Task {
                         self.subtask
                     );
                 }
-                GateEvent::Control(Control::Trigger(_)) => {}
+                GateEvent::Control(Control::Trigger(_) | Control::PriorityBarrier { .. }) => {}
                 GateEvent::End => return self.router.broadcast(|| Element::EndOfInput),
             }
         }
@@ -386,7 +435,7 @@ fn sink_control(c: Control, sink: &mut dyn Sink) -> TaskResult {
     match c {
         Control::Complete(id) => Ok(sink.commit(id)?),
         Control::Cancel => Err(Exit::Cancelled),
-        Control::Trigger(_) | Control::Abort(_) => Ok(()),
+        Control::Trigger(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => Ok(()),
     }
 }
 
