@@ -383,6 +383,10 @@ fn unaligned_and_at_least_once_in_process_restarts() {
     let restart = "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"";
     for (mode, settings) in [
         ("unaligned", "unaligned = true"),
+        (
+            "aligned-then-unaligned",
+            "unaligned = true\naligned_timeout = \"1ms\"",
+        ),
         ("at-least-once", "mode = \"at-least-once\""),
     ] {
         let (out, storage) = (
@@ -395,7 +399,7 @@ fn unaligned_and_at_least_once_in_process_restarts() {
         let e = stderr(&o);
         assert!(o.status.success(), "{mode}: {e}");
         assert!(e.contains("restart 1"), "{mode}: {e}");
-        if mode == "unaligned" {
+        if mode != "at-least-once" {
             assert_exactly_once(&out, &text);
         } else {
             // Duplicates allowed, loss not: every word reaches its count
@@ -410,6 +414,43 @@ fn unaligned_and_at_least_once_in_process_restarts() {
             assert_eq!(max.len(), expected.len(), "{mode}: every word counted");
             let short: Vec<_> = expected.iter().filter(|(w, n)| max[*w] < **n).collect();
             assert!(short.is_empty(), "{mode}: counts lost: {short:?}");
+        }
+    }
+}
+
+#[test]
+fn sigterm_cancels_and_retention_on_cancel_keeps_or_deletes_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, corpus(500_000, 20_000)).unwrap();
+    for retention in ["retain", "delete"] {
+        let (out, storage) = (dir.path().join("out"), dir.path().join(retention));
+        let job = dir.path().join(format!("{retention}.toml"));
+        let extra = format!("retention_on_cancel = \"{retention}\"");
+        std::fs::write(&job, checkpointed_job(&input, &out, &storage, &extra)).unwrap();
+        let log = dir.path().join(format!("{retention}.log"));
+        let mut child = spawn_weir(&["run", "--quiet", job.to_str().unwrap()], &log);
+        let start = Instant::now();
+        while newest_completed(&storage) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+            assert!(child.try_wait().unwrap().is_none(), "finished too early");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(130), "{log}");
+        assert!(log.contains("cancelled"), "{log}");
+        if retention == "retain" {
+            assert!(newest_completed(&storage) > 0, "{log}");
+            assert!(log.contains("--from-latest"), "{log}");
+        } else {
+            assert_eq!(newest_completed(&storage), 0, "{log}");
+            assert!(log.contains("deleted"), "{log}");
         }
     }
 }

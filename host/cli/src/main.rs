@@ -23,6 +23,8 @@ const EXIT_USER: u8 = 2;
 const EXIT_EXTERNAL: u8 = 3;
 /// Exit code for an internal error.
 const EXIT_INTERNAL: u8 = 1;
+/// Exit code for a job cancelled by SIGINT or SIGTERM (128 + SIGINT).
+const EXIT_CANCELLED: u8 = 130;
 
 /// Weir runs stream jobs whose operators are WebAssembly components.
 #[derive(Parser)]
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
                 ErrorKind::User => EXIT_USER,
                 ErrorKind::External => EXIT_EXTERNAL,
                 ErrorKind::Internal => EXIT_INTERNAL,
+                ErrorKind::Cancelled => EXIT_CANCELLED,
             })
         }
     }
@@ -133,9 +136,12 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Res
         let graph = graph.clone();
         std::thread::spawn(move || show_progress(&graph, &metrics, &done))
     });
+    let cancel = Arc::new(AtomicBool::new(false));
+    on_signal(cancel.clone());
     let options = RunOptions {
         restore,
         job_file: Some(path.to_owned()),
+        cancel: Some(cancel),
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
     done.store(true, Ordering::Relaxed);
@@ -312,4 +318,36 @@ fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Sets `cancel` on the first SIGINT or SIGTERM, so the job stops cleanly
+/// (checkpoints kept or deleted as the job file says); a second signal
+/// exits at once.
+fn on_signal(cancel: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("cancelling (again to exit at once)");
+            cancel.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            std::process::exit(i32::from(EXIT_CANCELLED));
+        });
+    });
 }

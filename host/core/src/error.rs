@@ -16,6 +16,8 @@ pub enum ErrorKind {
     External,
     /// A broken invariant inside Weir.
     Internal,
+    /// The user stopped the job (a signal); not a failure of anything.
+    Cancelled,
 }
 
 /// One problem found in a job file.
@@ -144,6 +146,14 @@ pub enum Error {
         /// The latest one's id.
         latest: u64,
     },
+    /// The job was cancelled (SIGINT, SIGTERM) before it finished.
+    #[error("job `{job}` cancelled; {checkpoints}")]
+    Cancelled {
+        /// The job's name.
+        job: String,
+        /// What became of its checkpoints (`retention_on_cancel`).
+        checkpoints: String,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -167,6 +177,7 @@ impl Error {
             Error::Format(_) | Error::CheckpointFailed { .. } => ErrorKind::External,
             Error::Restore { .. } | Error::CheckpointsExist { .. } => ErrorKind::User,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
     }
 
@@ -188,6 +199,7 @@ impl Error {
             | Error::Format(_)
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
+            | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }
     }

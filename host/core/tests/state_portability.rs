@@ -80,6 +80,8 @@ fn run(
                 fuel_per_call: 20_000_000_000,
             },
             state,
+            operator_state: Vec::new(),
+            attempt_number: 0,
         })
         .unwrap();
     let mut batch = BatchWriter::default();

@@ -21,6 +21,12 @@
 //! arriving before a channel's in-band barrier) as the checkpoint's
 //! in-flight data; the subtask processes them as usual. A restored subtask
 //! gets its in-flight records back first, before anything new.
+//!
+//! With an alignment timeout, a checkpoint starts aligned and switches to
+//! unaligned when its alignment has not finished in time (or when an
+//! upstream subtask already switched and its barrier arrives on the
+//! priority lane); the records the blocked channels held back after their
+//! barriers stay where they are, the others become in-flight data.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -80,6 +86,28 @@ impl BarrierAligner {
             pending: Vec::new(),
             latest: None,
         }
+    }
+
+    /// The oldest checkpoint being aligned and its first barrier's arrival.
+    pub(crate) fn aligning_since(&self) -> Option<Instant> {
+        self.pending.first().map(|p| p.first_arrival)
+    }
+
+    /// The oldest checkpoint being aligned.
+    pub(crate) fn aligning(&self) -> Option<CheckpointId> {
+        self.pending.first().map(|p| p.barrier.id)
+    }
+
+    /// Gives up aligning checkpoint `id` (to take it unaligned instead):
+    /// its barrier and which channels delivered it.
+    pub(crate) fn take_pending(
+        &mut self,
+        id: CheckpointId,
+    ) -> Option<(CheckpointBarrier, Vec<bool>)> {
+        let at = self.pending.iter().position(|p| p.barrier.id == id)?;
+        let p = self.pending.remove(at);
+        self.latest = self.latest.max(Some(id));
+        Some((p.barrier, p.delivered))
     }
 
     /// Whether the gate must not read `channel` now.
@@ -226,6 +254,8 @@ pub(crate) struct InputGate {
     control: Receiver<Control>,
     control_open: bool,
     mode: GateMode,
+    /// Unaligned mode: align first, and switch after this long.
+    aligned_timeout: Option<Duration>,
     aligner: BarrierAligner,
     recording: Option<InFlightRecording>,
     latest_unaligned: Option<CheckpointId>,
@@ -236,11 +266,13 @@ pub(crate) struct InputGate {
 }
 
 impl InputGate {
-    /// A gate over `channels` and the subtask's `control` channel.
+    /// A gate over `channels` and the subtask's `control` channel;
+    /// `aligned_timeout` only matters in [`GateMode::Unaligned`].
     pub(crate) fn new(
         channels: Vec<Receiver<Element>>,
         control: Receiver<Control>,
         mode: GateMode,
+        aligned_timeout: Option<Duration>,
     ) -> Self {
         let n = channels.len();
         Self {
@@ -251,7 +283,12 @@ impl InputGate {
             control,
             control_open: true,
             mode,
-            aligner: BarrierAligner::new(n, mode == GateMode::Aligned),
+            aligned_timeout: aligned_timeout.filter(|_| mode == GateMode::Unaligned),
+            aligner: BarrierAligner::new(
+                n,
+                mode == GateMode::Aligned
+                    || (mode == GateMode::Unaligned && aligned_timeout.is_some()),
+            ),
             recording: None,
             latest_unaligned: None,
             front: (0..n).map(|_| VecDeque::new()).collect(),
@@ -317,6 +354,14 @@ impl InputGate {
             if self.open_count == 0 {
                 return Ok(GateEvent::End);
             }
+            let deadline = self
+                .aligned_timeout
+                .zip(self.aligner.aligning_since())
+                .map(|(timeout, since)| since + timeout);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.alignment_timed_out();
+                continue;
+            }
             let mut select = Select::new();
             let mut ids = Vec::with_capacity(self.open_count + 1);
             for (i, ch) in self.channels.iter().enumerate() {
@@ -333,13 +378,18 @@ impl InputGate {
                 !ids.is_empty(),
                 "invariant: an aligning gate always has an unblocked open channel"
             );
-            let op = select.select();
+            // The next loop sees the deadline passed and switches.
+            let op = match deadline {
+                Some(d) => match select.select_deadline(d) {
+                    Ok(op) => op,
+                    Err(_) => continue,
+                },
+                None => select.select(),
+            };
             let Some(idx) = ids[op.index()] else {
                 match op.recv(&self.control) {
                     Ok(Control::PriorityBarrier { barrier, channel }) => {
-                        if self.mode == GateMode::Unaligned {
-                            self.unaligned_barrier(channel, barrier, false);
-                        }
+                        self.priority_barrier(channel, barrier);
                     }
                     Ok(c) => return Ok(GateEvent::Control(c)),
                     Err(_) => self.control_open = false,
@@ -368,25 +418,25 @@ impl InputGate {
                 }
                 self.ready.push_back(GateEvent::Records(data, len));
             }
-            Element::Barrier(b) => match self.mode {
-                GateMode::Unaligned => self.unaligned_barrier(ch, b, true),
-                GateMode::Aligned | GateMode::AtLeastOnce => {
+            Element::Barrier(b) => {
+                let unaligned = self.mode == GateMode::Unaligned
+                    && (self.aligned_timeout.is_none()
+                        || self.latest_unaligned.is_some_and(|l| l >= b.id));
+                if unaligned {
+                    self.unaligned_barrier(ch, b, true);
+                } else {
                     let events = self.aligner.on_barrier(ch, b, Instant::now());
                     self.push_aligned(events);
                 }
-            },
+            }
             Element::EndOfData => self.data_ended(ch),
             Element::EndOfInput => {
                 self.open[ch] = false;
                 self.open_count -= 1;
                 self.data_ended(ch);
-                match self.mode {
-                    GateMode::Unaligned => self.delivered(ch),
-                    GateMode::Aligned | GateMode::AtLeastOnce => {
-                        let events = self.aligner.on_closed(ch, Instant::now());
-                        self.push_aligned(events);
-                    }
-                }
+                self.delivered(ch);
+                let events = self.aligner.on_closed(ch, Instant::now());
+                self.push_aligned(events);
             }
         }
     }
@@ -398,6 +448,29 @@ impl InputGate {
             if self.data_open == 0 {
                 self.ready.push_back(GateEvent::EndOfData);
             }
+        }
+    }
+
+    /// An upstream subtask's unaligned barrier on the priority lane.
+    fn priority_barrier(&mut self, ch: usize, barrier: CheckpointBarrier) {
+        if self.mode != GateMode::Unaligned {
+            return;
+        }
+        match self.aligner.take_pending(barrier.id) {
+            // It was being aligned here: switch now, as upstream did.
+            Some((barrier, delivered)) => self.start_recording(barrier, delivered),
+            None => self.unaligned_barrier(ch, barrier, false),
+        }
+    }
+
+    /// The oldest aligning checkpoint ran out of time: take it unaligned.
+    fn alignment_timed_out(&mut self) {
+        let Some(id) = self.aligner.aligning() else {
+            return;
+        };
+        if let Some((barrier, delivered)) = self.aligner.take_pending(id) {
+            tracing::debug!("checkpoint {id} did not align in time: switching to unaligned");
+            self.start_recording(barrier, delivered);
         }
     }
 
@@ -417,6 +490,15 @@ impl InputGate {
         if self.latest_unaligned.is_some_and(|l| l >= barrier.id) {
             return;
         }
+        let mut delivered: Vec<bool> = self.open.iter().map(|o| !o).collect();
+        // Its in-band barrier came: nothing after it on `ch` is in flight.
+        delivered[ch] |= in_band;
+        self.start_recording(barrier, delivered);
+    }
+
+    /// Snapshots for unaligned checkpoint `barrier` now and records the
+    /// in-flight records of every channel not `delivered` yet.
+    fn start_recording(&mut self, barrier: CheckpointBarrier, delivered: Vec<bool>) {
         if let Some(old) = self.recording.take() {
             // At most one unaligned checkpoint runs at a time (the job file
             // requires max_concurrent = 1); an older one cannot finish.
@@ -438,7 +520,6 @@ impl InputGate {
                     .collect()
             })
             .collect();
-        let delivered: Vec<bool> = self.open.iter().map(|o| !o).collect();
         self.recording = Some(InFlightRecording {
             barrier,
             remaining: delivered.iter().filter(|d| !**d).count(),
@@ -450,12 +531,12 @@ impl InputGate {
             alignment: Duration::ZERO,
             unaligned: true,
         });
-        if in_band {
-            self.delivered(ch);
-        }
         for c in 0..n {
             self.pull_ahead(c);
         }
+        // Every channel may have delivered already (a switch after the last
+        // open channel's barrier arrived).
+        self.finish_if_complete();
     }
 
     /// Takes channel `c`'s queued elements up to its in-band barrier into
@@ -496,7 +577,12 @@ impl InputGate {
             r.delivered[ch] = true;
             r.remaining -= 1;
         }
-        if r.remaining == 0 {
+        self.finish_if_complete();
+    }
+
+    /// Reports the in-flight records once every channel delivered.
+    fn finish_if_complete(&mut self) {
+        if self.recording.as_ref().is_some_and(|r| r.remaining == 0) {
             let r = self.recording.take().expect("invariant: recording");
             let channels = r
                 .recorded
@@ -738,7 +824,7 @@ mod tests {
             let (tx0, rx0) = crossbeam_channel::bounded(16);
             let (tx1, rx1) = crossbeam_channel::bounded(16);
             let (ctl, ctl_rx) = crossbeam_channel::unbounded();
-            let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Unaligned);
+            let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Unaligned, None);
             for e in [
                 records(&["a", "b"]),
                 Element::Barrier(barrier(1)),
@@ -808,7 +894,7 @@ mod tests {
     fn restored_in_flight_records_come_before_new_ones() {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
-        let mut gate = InputGate::new(vec![rx], ctl_rx, GateMode::Unaligned);
+        let mut gate = InputGate::new(vec![rx], ctl_rx, GateMode::Unaligned, None);
         let Element::Records { data, .. } = records(&["old1", "old2"]) else {
             unreachable!()
         };
@@ -836,5 +922,72 @@ mod tests {
             }])
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_slow_alignment_switches_to_unaligned_after_the_timeout() {
+        let (tx0, rx0) = crossbeam_channel::bounded(16);
+        let (tx1, rx1) = crossbeam_channel::bounded(16);
+        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let mut gate = InputGate::new(
+            vec![rx0, rx1],
+            ctl_rx,
+            GateMode::Unaligned,
+            Some(Duration::from_millis(20)),
+        );
+        for e in [
+            records(&["a"]),
+            Element::Barrier(barrier(1)),
+            records(&["post"]),
+        ] {
+            tx0.send(e).unwrap();
+        }
+        tx1.send(records(&["b"])).unwrap();
+        let mut before = Vec::new();
+        loop {
+            match gate.next().ok().unwrap() {
+                GateEvent::Records(data, _) => before.extend(values(&data)),
+                GateEvent::Barrier { unaligned, .. } => {
+                    assert!(unaligned, "switched after the timeout");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        before.sort();
+        assert_eq!(
+            before,
+            ["a", "b"],
+            "channel 0 stayed blocked while aligning"
+        );
+        tx1.send(records(&["x"])).unwrap();
+        tx1.send(Element::Barrier(barrier(1))).unwrap();
+        for tx in [&tx0, &tx1] {
+            tx.send(Element::EndOfInput).unwrap();
+        }
+        let (mut after, mut in_flight) = (Vec::new(), None);
+        loop {
+            match gate.next().ok().unwrap() {
+                GateEvent::Records(data, _) => after.extend(values(&data)),
+                GateEvent::InFlight { channels, .. } => {
+                    let all: Vec<String> = channels
+                        .iter()
+                        .flat_map(|c| &c.batches)
+                        .flat_map(|b| values(b))
+                        .collect();
+                    in_flight = Some(all);
+                }
+                GateEvent::EndOfData => {}
+                GateEvent::End => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            in_flight.unwrap(),
+            ["x"],
+            "only the unaligned channel's records"
+        );
+        after.sort();
+        assert_eq!(after, ["post", "x"]);
     }
 }

@@ -24,6 +24,7 @@ mod task;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,10 @@ pub struct RunOptions {
     pub restore: Restore,
     /// The job file as the user named it, for messages.
     pub job_file: Option<PathBuf>,
+    /// Set to cancel the job (e.g. from a signal handler): every subtask
+    /// stops, and its checkpoints are kept or deleted as
+    /// `retention_on_cancel` says.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// Runs `graph` to completion from scratch.
@@ -192,12 +197,20 @@ pub fn run_with(
             storage: storage.as_ref(),
             io: io.handle(),
             attempt_number: tracker.restarts(),
+            cancel: options.cancel.clone(),
         };
         let (result, outcome) = attempt.run(restore.as_ref(), next_id);
         if let Some(id) = outcome.last_triggered {
             next_id = next_id.max(id.next());
         }
         let latest = outcome.latest_completed;
+        if options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(cancelled(graph.as_ref(), storage.as_ref(), &io));
+        }
         match result {
             Ok(()) => {
                 if let Some(storage) = &storage
@@ -246,9 +259,47 @@ pub fn run_with(
                         r.metadata.checkpoint_id
                     ))
                 );
-                std::thread::sleep(delay);
+                let until = Instant::now() + delay;
+                while Instant::now() < until {
+                    if options
+                        .cancel
+                        .as_ref()
+                        .is_some_and(|c| c.load(Ordering::Relaxed))
+                    {
+                        return Err(cancelled(graph.as_ref(), storage.as_ref(), &io));
+                    }
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+                }
             }
         }
+    }
+}
+
+/// Applies `retention_on_cancel` to a cancelled job's checkpoints.
+fn cancelled(
+    graph: &JobGraph,
+    storage: Option<&CheckpointStorage>,
+    io: &tokio::runtime::Runtime,
+) -> Error {
+    use crate::checkpoint::coordinator::RetentionOnCancel;
+    let checkpoints = match storage {
+        Some(s) if graph.checkpoints.enabled() => {
+            let location = s.location(&graph.name);
+            match graph.checkpoints.retention_on_cancel {
+                RetentionOnCancel::Retain => {
+                    format!("its checkpoints are kept in {location}: resume with --from-latest")
+                }
+                RetentionOnCancel::Delete => match io.block_on(s.delete_prefix(&graph.name)) {
+                    Ok(_) => format!("its checkpoints in {location} were deleted"),
+                    Err(e) => format!("deleting its checkpoints failed: {e}"),
+                },
+            }
+        }
+        _ => "it has no checkpoints".to_owned(),
+    };
+    Error::Cancelled {
+        job: graph.name.clone(),
+        checkpoints,
     }
 }
 
@@ -367,6 +418,7 @@ struct Attempt<'a> {
     storage: Option<&'a CheckpointStorage>,
     io: &'a tokio::runtime::Handle,
     attempt_number: u32,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Attempt<'_> {
@@ -458,6 +510,7 @@ impl Attempt<'_> {
                             .next()
                             .expect("invariant: one control channel per subtask"),
                         gate_mode,
+                        config.aligned_timeout,
                     ),
                     metrics: self.metrics.clone(),
                     v_idx,
@@ -532,6 +585,22 @@ impl Attempt<'_> {
                 .map_err(|e| Error::Internal(format!("spawning a subtask thread: {e}")))?;
             handles.push(handle);
         }
+        // Cancelling: watch the flag while the subtasks run.
+        let attempt_done = Arc::new(AtomicBool::new(false));
+        let watcher = self.cancel.clone().map(|cancel| {
+            let (done, controls) = (attempt_done.clone(), controls.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) {
+                        for c in controls.iter() {
+                            let _ = c.send(Control::Cancel);
+                        }
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        });
         let mut panicked = None;
         for h in handles {
             let name = h.thread().name().unwrap_or("?").to_owned();
@@ -541,6 +610,10 @@ impl Attempt<'_> {
                     let _ = c.send(Control::Cancel);
                 }
             }
+        }
+        attempt_done.store(true, Ordering::Relaxed);
+        if let Some(w) = watcher {
+            let _ = w.join();
         }
         let latest = match coordinator {
             Some(c) => {
