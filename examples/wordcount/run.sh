@@ -8,5 +8,5 @@ cargo build --quiet --release --target wasm32-wasip2 \
     -p weir-plugin-tokenize -p weir-plugin-filter -p weir-plugin-word-count
 cargo run --quiet -p weir -- run examples/wordcount/job.toml
 echo
-echo "Final count per word (the last line per word in examples/wordcount/out/part-*):"
-cat examples/wordcount/out/part-* | awk -F'\t' '{c[$1]=$2} END {for (w in c) print c[w] "\t" w}' | sort -rn | head -10
+echo "Final count per word (the highest count per word in examples/wordcount/out/part-*):"
+cat examples/wordcount/out/part-* | awk -F'\t' '$2 > c[$1] {c[$1]=$2} END {for (w in c) print c[w] "\t" w}' | sort -rn | head -10
