@@ -328,26 +328,33 @@ fn a_plugin_that_traps_once_restarts_in_process_from_the_latest_checkpoint() {
     let text = corpus(200_000, 20_000);
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).unwrap();
-    let (out, storage) = (dir.path().join("out"), dir.path().join("checkpoints"));
-    let job = faulty_wordcount_job(
-        &input,
-        &out,
-        &storage,
-        "trap-once:600000",
-        "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"50ms\"",
-    );
-    let o = run_job(dir.path(), &job);
-    let e = stderr(&o);
-    assert!(o.status.success(), "{e}");
-    assert!(
-        e.contains("asked to trap once, at record 600000") && e.contains("restart 1"),
-        "the restart is logged with its cause:\n{e}"
-    );
-    assert!(
-        e.contains("from checkpoint"),
-        "it restarted from a checkpoint:\n{e}"
-    );
-    assert_exactly_once(&out, &text);
+    // On local files and in memory: an in-process restart finds its
+    // checkpoints in either.
+    for storage in [
+        dir.path().join("checkpoints"),
+        PathBuf::from("memory://trap"),
+    ] {
+        let out = dir.path().join("out");
+        let job = faulty_wordcount_job(
+            &input,
+            &out,
+            &storage,
+            "trap-once:600000",
+            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"50ms\"",
+        );
+        let o = run_job(dir.path(), &job);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{}: {e}", storage.display());
+        assert!(
+            e.contains("asked to trap once, at record 600000") && e.contains("restart 1"),
+            "the restart is logged with its cause:\n{e}"
+        );
+        assert!(
+            e.contains("from checkpoint"),
+            "it restarted from a checkpoint:\n{e}"
+        );
+        assert_exactly_once(&out, &text);
+    }
 }
 
 #[test]
@@ -453,4 +460,78 @@ fn sigterm_cancels_and_retention_on_cancel_keeps_or_deletes_the_checkpoints() {
             assert!(log.contains("deleted"), "{log}");
         }
     }
+}
+
+/// The S3 test location `.ci/run` provides (a local S3-compatible server).
+fn s3_url(test: &str) -> Option<String> {
+    match std::env::var("WEIR_TEST_S3_URL") {
+        Ok(url) => Some(format!(
+            "{}/{test}-{}",
+            url.trim_end_matches('/'),
+            std::process::id()
+        )),
+        Err(_) => {
+            eprintln!(
+                "skipping {test}: WEIR_TEST_S3_URL is not set (.ci/run starts a local S3 server)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn checkpoints_in_s3_survive_kill_9_and_resume_exactly_once() {
+    let Some(url) = s3_url("e2e-kill") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(300_000, 20_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.toml");
+    let toml = checkpointed_job(&input, &out, Path::new("UNUSED"), "")
+        .replace("storage = \"UNUSED\"", &format!("storage = \"{url}\""));
+    std::fs::write(&job, toml).unwrap();
+    let job = job.to_str().unwrap();
+
+    let mut child = spawn_weir(&["run", "--quiet", job], &dir.path().join("run.log"));
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint in S3"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before a kill"
+        );
+        let listing = weir(&["checkpoints", job]);
+        if String::from_utf8_lossy(&listing.stdout).contains("completed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let o = weir(&["run", "--quiet", job]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "refuses to start over: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(&url), "{}", stderr(&o));
+    let o = weir_with_env(
+        &["run", "--quiet", job, "--from-latest"],
+        &[("WEIR_LOG", "info")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("restoring job `wordcount` from checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    assert_exactly_once(&out, &text);
 }
