@@ -250,6 +250,35 @@ fn damaged_or_missing_checkpoints_fail_with_the_file_named() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("unreadable"), "{}", stderr(&o));
 
+    // A checkpoint that does not fit the job is refused, naming what.
+    let older_meta = older.join("_metadata");
+    let original = std::fs::read_to_string(job).unwrap();
+    for (edit, needle) in [
+        (
+            original
+                .replace("uid = \"count\"", "uid = \"counter\"")
+                .replace("input = \"count\"", "input = \"counter\""),
+            "uids the job does not have: count",
+        ),
+        (
+            original.replace("parallelism = 2", "parallelism = 3"),
+            "`tokenize` ran with parallelism 2 there and has 3 now",
+        ),
+        (
+            original.replace(
+                "name = \"wordcount\"",
+                "name = \"wordcount\"\nmax_parallelism = 64",
+            ),
+            "max_parallelism 128",
+        ),
+    ] {
+        std::fs::write(job, edit).unwrap();
+        let o = weir(&["run", "--quiet", job, "-s", older_meta.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+    std::fs::write(job, original).unwrap();
+
     // The older checkpoint still restores, with `-s` on its _metadata, and
     // the output is exactly once.
     let o = weir(&[
