@@ -272,7 +272,7 @@ fn spawn_run(
     std::thread::spawn(move || {
         let options = RunOptions {
             restore,
-            job_file: None,
+            ..RunOptions::default()
         };
         runtime::run_with(&graph, &engine, metrics, &options)
     })
