@@ -344,6 +344,17 @@ impl InputGate {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
             }
+            if self.recording.is_some() {
+                // Keep pulling ahead while recording, so the in-band
+                // barriers are seen without first working through the
+                // buffered records (which may take long under backpressure).
+                for c in 0..self.channels.len() {
+                    self.pull_ahead(c);
+                }
+                if let Some(e) = self.ready.pop_front() {
+                    return Ok(e);
+                }
+            }
             if let Some(ch) = self.front.iter().position(|f| !f.is_empty()) {
                 let element = self.front[ch]
                     .pop_front()

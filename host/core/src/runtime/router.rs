@@ -164,18 +164,26 @@ impl Router {
     /// either way it then follows everything routed so far in-band.
     pub(crate) fn barrier(&mut self, barrier: CheckpointBarrier, unaligned: bool) -> TaskResult {
         if unaligned {
-            for edge in &self.edges {
-                for (control, channel) in &edge.priority {
-                    control
-                        .send(Control::PriorityBarrier {
-                            barrier,
-                            channel: *channel,
-                        })
-                        .map_err(|_| Exit::Cancelled)?;
-                }
-            }
+            self.priority_barrier(barrier)?;
         }
         self.broadcast(|| Element::Barrier(barrier))
+    }
+
+    /// Sends an unaligned barrier through every receiver's priority lane
+    /// (never blocks); its in-band copy must follow with [`Router::barrier`]
+    /// or [`Router::broadcast`].
+    pub(crate) fn priority_barrier(&mut self, barrier: CheckpointBarrier) -> TaskResult {
+        for edge in &self.edges {
+            for (control, channel) in &edge.priority {
+                control
+                    .send(Control::PriorityBarrier {
+                        barrier,
+                        channel: *channel,
+                    })
+                    .map_err(|_| Exit::Cancelled)?;
+            }
+        }
+        Ok(())
     }
 
     /// Flushes, then sends `event` (a barrier, end of data or end of

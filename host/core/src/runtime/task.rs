@@ -155,16 +155,19 @@ impl Task {
     /// Ends the synchronous phase of a snapshot taken since `sync_started`:
     /// forwards the barrier, then hands the snapshot to the uploader — or,
     /// unaligned, keeps it until the gate has its in-flight records.
+    ///
+    /// `sync` excludes waiting to send the barrier (backpressure); an
+    /// unaligned barrier already went out on the priority lanes when the
+    /// snapshot began, only its in-band copy is left to send.
     fn snapshot_taken(
         &mut self,
         barrier: CheckpointBarrier,
         snapshot: SubtaskSnapshot,
-        sync_started: Instant,
+        sync: Duration,
         alignment: Duration,
         unaligned: bool,
     ) -> TaskResult {
-        let sync = sync_started.elapsed();
-        self.router.barrier(barrier, unaligned)?;
+        self.router.broadcast(|| Element::Barrier(barrier))?;
         if unaligned {
             self.awaiting_in_flight = Some((barrier, snapshot, sync));
         } else {
@@ -274,9 +277,10 @@ impl Task {
                     source_offset: Some(source.offset()),
                     ..SubtaskSnapshot::default()
                 };
+                let sync = started.elapsed();
                 let unaligned = self.gate.mode() == GateMode::Unaligned;
                 self.router.barrier(barrier, unaligned)?;
-                self.acknowledge(barrier, snapshot, started.elapsed(), Duration::ZERO);
+                self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
                 Ok(())
             }
             Control::Cancel => Err(Exit::Cancelled),
@@ -308,7 +312,8 @@ impl Task {
                         sink: sink.pre_commit(barrier.id)?,
                         ..SubtaskSnapshot::default()
                     };
-                    self.snapshot_taken(barrier, snapshot, started, alignment, unaligned)?;
+                    let sync = started.elapsed();
+                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
                 }
                 GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
@@ -355,6 +360,11 @@ impl Task {
                     alignment,
                     unaligned,
                 } => {
+                    if unaligned {
+                        // Downstream snapshots at once too, whatever the
+                        // hook emits or the channels hold.
+                        self.router.priority_barrier(barrier)?;
+                    }
                     let started = Instant::now();
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
@@ -370,9 +380,10 @@ impl Task {
                             ..SubtaskSnapshot::default()
                         },
                     };
+                    let sync = started.elapsed();
                     // What the snapshot hook emitted precedes the barrier.
                     self.emit(&mut logic)?;
-                    self.snapshot_taken(barrier, snapshot, started, alignment, unaligned)?;
+                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
                 }
                 GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
