@@ -564,3 +564,40 @@ fn checkpoints_in_s3_survive_kill_9_and_resume_exactly_once() {
     );
     assert_exactly_once(&out, &text);
 }
+
+#[test]
+fn python_and_javascript_operators_take_part_in_checkpoints_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small: the interpreters count 0.04–0.2 M words/s.
+    let text = corpus(10_000, 2_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    for (language, plugin) in [
+        ("python", plugins::PY_WORD_COUNT),
+        ("javascript", plugins::JS_WORD_COUNT),
+    ] {
+        let (out, storage) = (
+            dir.path().join(language),
+            dir.path().join(format!("{language}-chk")),
+        );
+        let job = faulty_wordcount_job(
+            &input,
+            &out,
+            &storage,
+            "trap-once:45000",
+            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"",
+        )
+        .replace(plugins::WORD_COUNT, plugin)
+        // Unaligned: behind the slow interpreter an aligned barrier would
+        // wait for the full queues, so the trap could come first.
+        .replace("[checkpoints]", "[checkpoints]\nunaligned = true");
+        let o = run_job(dir.path(), &job);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{language}: {e}");
+        assert!(
+            e.contains("restart 1") && e.contains("from checkpoint"),
+            "{language}: {e}"
+        );
+        assert_exactly_once(&out, &text);
+    }
+}
