@@ -232,6 +232,39 @@ fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T
     out.extend_from_slice(&checksum.to_le_bytes());
 }
 
+/// One key group's section payload (the postcard encoding of its
+/// [`KeyGroupSnapshot`]), encoded straight from the live state in a
+/// checkpoint's synchronous phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedKeyGroup {
+    /// The key group.
+    pub key_group: u32,
+    /// Its section payload.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes borrowed key-group views (see
+/// [`crate::state::KeyedStateBackend::snapshot_views`]).
+pub fn encode_key_groups(views: &[crate::state::KeyGroupView<'_>]) -> Vec<EncodedKeyGroup> {
+    views
+        .iter()
+        .map(|v| EncodedKeyGroup {
+            key_group: v.key_group(),
+            payload: postcard::to_allocvec(v)
+                .expect("invariant: postcard serializes state into a vector without error"),
+        })
+        .collect()
+}
+
+fn write_raw_section(out: &mut Vec<u8>, tag: Tag, payload: &[u8]) {
+    let start = out.len();
+    out.push(tag as u8);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    let checksum = xxh3_64(&out[start..]);
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
 /// Encodes a subtask's snapshot as a state file (current version).
 ///
 /// Key groups are written in ascending order whatever the order of
@@ -241,7 +274,27 @@ fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T
 /// If two key-group snapshots carry the same key group (a backend hands
 /// out each group once).
 pub fn encode_state_file(snapshot: &SubtaskSnapshot) -> EncodedStateFile {
-    let mut keyed: Vec<&KeyGroupSnapshot> = snapshot.keyed.iter().collect();
+    encode_state_file_with(snapshot, Vec::new())
+}
+
+/// As [`encode_state_file`], with more key groups already encoded.
+///
+/// # Panics
+/// If a key group appears twice, in `snapshot.keyed` or `encoded`.
+pub fn encode_state_file_with(
+    snapshot: &SubtaskSnapshot,
+    encoded: Vec<EncodedKeyGroup>,
+) -> EncodedStateFile {
+    let mut keyed: Vec<EncodedKeyGroup> = snapshot
+        .keyed
+        .iter()
+        .map(|g| EncodedKeyGroup {
+            key_group: g.key_group,
+            payload: postcard::to_allocvec(g)
+                .expect("invariant: postcard serializes state into a vector without error"),
+        })
+        .chain(encoded)
+        .collect();
     keyed.sort_by_key(|g| g.key_group);
     if let Some(w) = keyed.windows(2).find(|w| w[0].key_group == w[1].key_group) {
         panic!(
@@ -262,7 +315,7 @@ pub fn encode_state_file(snapshot: &SubtaskSnapshot) -> EncodedStateFile {
     let mut key_groups = Vec::with_capacity(keyed.len());
     for group in keyed {
         let offset = out.len();
-        write_section(&mut out, Tag::KeyGroup, group);
+        write_raw_section(&mut out, Tag::KeyGroup, &group.payload);
         key_groups.push(KeyGroupExtent {
             key_group: group.key_group,
             offset: offset as u64,
@@ -1530,5 +1583,49 @@ mod tests {
                 prop_assert!(decode_state_file("p.state", &with_magic).is_err());
             }
         }
+    }
+
+    /// Encoding from borrowed views of the live state gives byte for byte
+    /// the file a deep copy would.
+    #[test]
+    fn views_of_the_live_state_encode_exactly_as_its_copy() {
+        use crate::keygroup::{KeyGroupRange, key_group_of};
+        use crate::state::{KeyedStateBackend, MemoryStateBackend, Update};
+        let mut b = MemoryStateBackend::new(KeyGroupRange { start: 0, end: 16 });
+        for i in 0..500u32 {
+            let key = format!("key-{i}").into_bytes();
+            let kg = key_group_of(&key, 16);
+            b.apply(
+                kg,
+                "count",
+                &key,
+                Update::ValueSet(Value::Int(i64::from(i))),
+            )
+            .unwrap();
+            if i % 3 == 0 {
+                let entry = (Value::Text(format!("m{i}")), Value::Float(f64::from(i)));
+                b.apply(kg, "map", &key, Update::MapPut(entry.0, entry.1))
+                    .unwrap();
+            }
+            if i % 5 == 0 {
+                let items = vec![Value::None, Value::List(vec![Value::Uint(u64::from(i))])];
+                b.apply(kg, "list", &key, Update::ListSet(items)).unwrap();
+            }
+        }
+        // A state emptied again is left out of both.
+        let gone = b"key-7".to_vec();
+        b.apply(key_group_of(&gone, 16), "count", &gone, Update::ValueClear)
+            .unwrap();
+        let copied = encode_state_file(&SubtaskSnapshot {
+            keyed: b.snapshot(),
+            ..SubtaskSnapshot::default()
+        });
+        let viewed = encode_state_file_with(
+            &SubtaskSnapshot::default(),
+            encode_key_groups(&b.snapshot_views()),
+        );
+        assert_eq!(viewed, copied);
+        let decoded = decode_state_file("f", &viewed.bytes).unwrap();
+        assert_eq!(decoded.keyed, b.snapshot());
     }
 }

@@ -50,6 +50,22 @@ pub(crate) enum CoordinatorMsg {
     Shutdown,
 }
 
+/// What a subtask's synchronous phase took: its snapshot, with its keyed
+/// state already encoded (cheaper than copying it).
+pub(crate) struct Taken {
+    pub snapshot: SubtaskSnapshot,
+    pub keyed: Vec<format::EncodedKeyGroup>,
+}
+
+impl From<SubtaskSnapshot> for Taken {
+    fn from(snapshot: SubtaskSnapshot) -> Self {
+        Self {
+            snapshot,
+            keyed: Vec::new(),
+        }
+    }
+}
+
 /// The synchronous phase's figures, passed along to the metadata.
 pub(crate) struct SyncTiming {
     pub sync: Duration,
@@ -82,7 +98,7 @@ impl Uploader {
         id: CheckpointId,
         task: usize,
         file: String,
-        snapshot: SubtaskSnapshot,
+        taken: Taken,
         timing: SyncTiming,
         coordinator: Sender<CoordinatorMsg>,
     ) {
@@ -98,7 +114,7 @@ impl Uploader {
             async_ms: millis(started.elapsed()),
             alignment_ms: millis(timing.alignment),
         };
-        if snapshot.is_empty() {
+        if taken.snapshot.is_empty() && taken.keyed.is_empty() {
             let _ = coordinator.send(CoordinatorMsg::Ack {
                 id,
                 task,
@@ -111,9 +127,11 @@ impl Uploader {
             format!("{}/{file}", checkpoint_dir(&self.job, id)),
         );
         self.handle.spawn(async move {
-            let encoded = tokio::task::spawn_blocking(move || format::encode_state_file(&snapshot))
-                .await
-                .expect("invariant: encoding a snapshot does not panic");
+            let encoded = tokio::task::spawn_blocking(move || {
+                format::encode_state_file_with(&taken.snapshot, taken.keyed)
+            })
+            .await
+            .expect("invariant: encoding a snapshot does not panic");
             let size = encoded.bytes.len() as u64;
             let msg = match storage.put(&path, Bytes::from(encoded.bytes)).await {
                 Ok(()) => CoordinatorMsg::Ack {

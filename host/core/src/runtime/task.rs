@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use weir_format::BatchWriter;
 
-use super::checkpointing::{CoordinatorMsg, SyncTiming, Uploader};
+use super::checkpointing::{CoordinatorMsg, SyncTiming, Taken, Uploader};
 use super::gate::{GateEvent, GateMode, InputGate};
 use super::router::Router;
 use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
+use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot, encode_key_groups};
 use crate::connectors::{self, BlackholeSink, DatagenSource, FileSink, FileSource, Sink, Source};
 use crate::error::Error;
 use crate::job::{Vertex, VertexKind};
@@ -61,7 +61,7 @@ pub(crate) struct Task {
     pub restored: Option<SubtaskSnapshot>,
     /// An unaligned checkpoint's snapshot waiting for its in-flight
     /// records: the barrier, the snapshot, its sync time.
-    pub awaiting_in_flight: Option<(CheckpointBarrier, SubtaskSnapshot, Duration)>,
+    pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
 }
 
 /// The operator logic a subtask runs.
@@ -162,7 +162,7 @@ impl Task {
     fn snapshot_taken(
         &mut self,
         barrier: CheckpointBarrier,
-        snapshot: SubtaskSnapshot,
+        snapshot: Taken,
         sync: Duration,
         alignment: Duration,
         unaligned: bool,
@@ -180,7 +180,7 @@ impl Task {
     fn in_flight(&mut self, id: CheckpointId, channels: Vec<InFlightChannel>) {
         match self.awaiting_in_flight.take() {
             Some((barrier, mut snapshot, sync)) if barrier.id == id => {
-                snapshot.in_flight = channels;
+                snapshot.snapshot.in_flight = channels;
                 self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
             }
             other => {
@@ -195,7 +195,7 @@ impl Task {
     fn acknowledge(
         &self,
         barrier: CheckpointBarrier,
-        snapshot: SubtaskSnapshot,
+        snapshot: Taken,
         sync: Duration,
         alignment: Duration,
     ) {
@@ -273,10 +273,10 @@ impl Task {
         match c {
             Control::Trigger(barrier) => {
                 let started = Instant::now();
-                let snapshot = SubtaskSnapshot {
+                let snapshot = Taken::from(SubtaskSnapshot {
                     source_offset: Some(source.offset()),
                     ..SubtaskSnapshot::default()
-                };
+                });
                 let sync = started.elapsed();
                 let unaligned = self.gate.mode() == GateMode::Unaligned;
                 self.router.barrier(barrier, unaligned)?;
@@ -308,10 +308,10 @@ impl Task {
                     unaligned,
                 } => {
                     let started = Instant::now();
-                    let snapshot = SubtaskSnapshot {
+                    let snapshot = Taken::from(SubtaskSnapshot {
                         sink: sink.pre_commit(barrier.id)?,
                         ..SubtaskSnapshot::default()
-                    };
+                    });
                     let sync = started.elapsed();
                     self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
                 }
@@ -369,15 +369,17 @@ impl Task {
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
                             instance.snapshot(barrier.id.0)?;
-                            SubtaskSnapshot {
-                                keyed: instance.state().snapshot(),
-                                operator_state: instance.operator_state(),
-                                ..SubtaskSnapshot::default()
+                            Taken {
+                                snapshot: SubtaskSnapshot {
+                                    operator_state: instance.operator_state(),
+                                    ..SubtaskSnapshot::default()
+                                },
+                                keyed: encode_key_groups(&instance.state().snapshot_views()),
                             }
                         }
-                        Logic::Native { state, .. } => SubtaskSnapshot {
-                            keyed: state.snapshot(),
-                            ..SubtaskSnapshot::default()
+                        Logic::Native { state, .. } => Taken {
+                            snapshot: SubtaskSnapshot::default(),
+                            keyed: encode_key_groups(&state.snapshot_views()),
                         },
                     };
                     let sync = started.elapsed();
