@@ -16,16 +16,51 @@ fn weir(args: &[&str]) -> Output {
 }
 
 /// Runs `weir ARGS` with extra environment variables (`WEIR_LOG=warn`
-/// unless they set it).
+/// unless they set it). A run that hangs is killed after five minutes and
+/// fails the test, instead of stalling the suite.
 fn weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .env("WEIR_CACHE_DIR", cache)
         .env("WEIR_LOG", "warn")
         .envs(env.iter().copied())
-        .output()
-        .expect("weir runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir runs");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).expect("reading weir's output");
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for weir") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            child.kill().expect("killing a hung weir");
+            child.wait().expect("reaping weir");
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!(
+                "`weir {}` hung for 5 minutes; stderr:\n{err}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 fn stderr(o: &Output) -> String {

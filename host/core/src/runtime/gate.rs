@@ -93,6 +93,11 @@ impl BarrierAligner {
         self.pending.first().map(|p| p.first_arrival)
     }
 
+    /// The newest checkpoint aligned or given up here.
+    pub(crate) fn latest(&self) -> Option<CheckpointId> {
+        self.latest
+    }
+
     /// The oldest checkpoint being aligned.
     pub(crate) fn aligning(&self) -> Option<CheckpointId> {
         self.pending.first().map(|p| p.barrier.id)
@@ -498,7 +503,10 @@ impl InputGate {
             }
             return;
         }
-        if self.latest_unaligned.is_some_and(|l| l >= barrier.id) {
+        // Late: already taken here, unaligned or (with an alignment
+        // timeout) aligned — e.g. a priority barrier read after the
+        // in-band barriers that completed the alignment.
+        if self.latest_unaligned.max(self.aligner.latest()) >= Some(barrier.id) {
             return;
         }
         let mut delivered: Vec<bool> = self.open.iter().map(|o| !o).collect();
@@ -1000,5 +1008,38 @@ mod tests {
         );
         after.sort();
         assert_eq!(after, ["post", "x"]);
+    }
+
+    #[test]
+    fn a_priority_barrier_after_the_alignment_completed_is_ignored() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let mut gate = InputGate::new(
+            vec![rx],
+            ctl_rx,
+            GateMode::Unaligned,
+            Some(Duration::from_secs(60)),
+        );
+        tx.send(Element::Barrier(barrier(1))).unwrap();
+        match gate.next().ok().unwrap() {
+            GateEvent::Barrier { unaligned, .. } => assert!(!unaligned, "aligned in time"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The upstream switched to unaligned; its priority barrier comes
+        // after its in-band one completed the alignment here.
+        ctl.send(Control::PriorityBarrier {
+            barrier: barrier(1),
+            channel: 0,
+        })
+        .unwrap();
+        tx.send(Element::EndOfInput).unwrap();
+        let mut rest = Vec::new();
+        loop {
+            match gate.next().ok().unwrap() {
+                GateEvent::End => break,
+                e => rest.push(format!("{e:?}")),
+            }
+        }
+        assert_eq!(rest, ["EndOfData"], "no second snapshot");
     }
 }
