@@ -300,54 +300,24 @@ fn faulty_wordcount_job(
     mode: &str,
     restart: &str,
 ) -> String {
+    let faulty = format!(
+        "uid = \"faulty\"\nplugin = \"{}\"\nconfig = \"{mode}\"\ninput = \"tokenize\"\n\n[[operators]]\nuid = \"count\"",
+        plugins::FAULTY
+    );
+    let job = wordcount_job(input, out, 2)
+        .replacen("uid = \"count\"", &faulty, 1)
+        .replacen(
+            "input = \"tokenize\"\npartition = \"hash\"",
+            "input = \"faulty\"\npartition = \"hash\"",
+            1,
+        );
+    assert!(
+        job.contains("input = \"faulty\""),
+        "the count reads the faulty operator"
+    );
     format!(
-        r#"
-name = "wordcount"
-parallelism = 2
-
-[[sources]]
-uid = "lines"
-type = "file"
-path = "{input}"
-parallelism = 1
-
-[[operators]]
-uid = "tokenize"
-plugin = "{tokenize}"
-input = "lines"
-partition = "rebalance"
-
-[[operators]]
-uid = "faulty"
-plugin = "{faulty}"
-config = "{mode}"
-input = "tokenize"
-
-[[operators]]
-uid = "count"
-plugin = "{count}"
-input = "faulty"
-partition = "hash"
-
-[[sinks]]
-uid = "out"
-type = "file"
-path = "{out}"
-input = "count"
-
-[checkpoints]
-interval = "100ms"
-storage = "{storage}"
-
-[restart]
-{restart}
-"#,
-        input = input.display(),
-        out = out.display(),
-        storage = storage.display(),
-        tokenize = plugins::TOKENIZE,
-        faulty = plugins::FAULTY,
-        count = plugins::WORD_COUNT,
+        "{job}\n[checkpoints]\ninterval = \"100ms\"\nstorage = \"{storage}\"\n\n[restart]\n{restart}\n",
+        storage = storage.display()
     )
 }
 
