@@ -282,10 +282,6 @@ fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
     for l in listed {
         match l.status {
             Status::Completed(m) => {
-                let subtasks = || m.vertices.iter().flat_map(|v| &v.subtasks);
-                let max = |f: fn(&weir_host::checkpoint::format::SubtaskMetadata) -> f64| {
-                    subtasks().map(f).fold(0.0, f64::max)
-                };
                 let triggered = humantime::format_rfc3339_millis(
                     std::time::UNIX_EPOCH + Duration::from_millis(m.trigger_time_ms),
                 );
@@ -295,15 +291,14 @@ fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
                     triggered.to_string(),
                     human_bytes(m.total_bytes()),
                     m.duration_ms(),
-                    max(|s| s.sync_ms),
-                    max(|s| s.async_ms),
-                    max(|s| s.alignment_ms),
+                    m.slowest(|s| s.sync_ms),
+                    m.slowest(|s| s.async_ms),
+                    m.slowest(|s| s.alignment_ms),
                     if m.is_final { " (final)" } else { "" }
                 );
                 for v in &m.vertices {
-                    let bytes: u64 = v.subtasks.iter().map(|s| s.size).sum();
-                    if bytes > 0 {
-                        println!("{:>8}{:<22} {:>10}", "", v.uid, human_bytes(bytes));
+                    if v.bytes() > 0 {
+                        println!("{:>8}{:<22} {:>10}", "", v.uid, human_bytes(v.bytes()));
                     }
                 }
             }

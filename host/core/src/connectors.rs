@@ -443,24 +443,20 @@ impl FileSink {
 
 impl Sink for FileSink {
     fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error> {
-        let uid = self.uid.clone();
-        let out = self.writer()?;
-        let mut result = Ok(());
+        self.writer()?;
+        // Disjoint fields: the uid for errors, the open part to write.
+        let Self { uid, current, .. } = self;
+        let (_, path, out) = current.as_mut().expect("invariant: writer() opened a part");
         for r in BatchReader::new(batch) {
-            let r = r.map_err(|e| bad_batch(&uid, e))?;
-            if let Err(e) = write_line(out, &r) {
-                result = Err(e);
-                break;
-            }
+            let r = r.map_err(|e| bad_batch(uid, e))?;
+            write_line(out, &r).map_err(|source| Error::Io {
+                role: "sink",
+                uid: uid.clone(),
+                path: path.clone(),
+                source,
+            })?;
         }
-        result.map_err(|e| {
-            let path = self
-                .current
-                .as_ref()
-                .map(|c| c.1.clone())
-                .unwrap_or_default();
-            self.io(&path, e)
-        })
+        Ok(())
     }
 
     fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {

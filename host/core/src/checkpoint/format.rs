@@ -768,6 +768,23 @@ impl CheckpointMetadata {
     pub fn duration_ms(&self) -> u64 {
         self.completion_time_ms.saturating_sub(self.trigger_time_ms)
     }
+
+    /// The slowest subtask's time in one phase, as Flink reports it, e.g.
+    /// `m.slowest(|s| s.sync_ms)`.
+    pub fn slowest(&self, phase: fn(&SubtaskMetadata) -> f64) -> f64 {
+        self.vertices
+            .iter()
+            .flat_map(|v| &v.subtasks)
+            .map(phase)
+            .fold(0.0, f64::max)
+    }
+}
+
+impl VertexMetadata {
+    /// The bytes of this vertex's state files together.
+    pub fn bytes(&self) -> u64 {
+        self.subtasks.iter().map(|s| s.size).sum()
+    }
 }
 
 /// The `_metadata` file as written: the format tag first, then the fields.

@@ -387,24 +387,19 @@ impl Coordinator {
 /// One line per completed checkpoint, with Flink's figures: total, and the
 /// slowest subtask's synchronous, asynchronous and alignment times.
 fn log_completed(m: &CheckpointMetadata, took: Duration) {
-    let subtasks = || m.vertices.iter().flat_map(|v| &v.subtasks);
-    let max = |f: fn(&SubtaskMetadata) -> f64| subtasks().map(f).fold(0.0, f64::max);
     let per_vertex: Vec<String> = m
         .vertices
         .iter()
-        .map(|v| {
-            let bytes: u64 = v.subtasks.iter().map(|s| s.size).sum();
-            format!("{} {}", v.uid, human_bytes(bytes))
-        })
+        .map(|v| format!("{} {}", v.uid, human_bytes(v.bytes())))
         .collect();
     tracing::info!(
         "checkpoint {} completed in {:.0?}{} (sync {:.1} ms, async {:.1} ms, alignment {:.1} ms), {}: {}",
         m.checkpoint_id,
         took,
         if m.is_final { " (final)" } else { "" },
-        max(|s| s.sync_ms),
-        max(|s| s.async_ms),
-        max(|s| s.alignment_ms),
+        m.slowest(|s| s.sync_ms),
+        m.slowest(|s| s.async_ms),
+        m.slowest(|s| s.alignment_ms),
         human_bytes(m.total_bytes()),
         per_vertex.join(", ")
     );
