@@ -142,6 +142,7 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Res
         restore,
         job_file: Some(path.to_owned()),
         cancel: Some(cancel),
+        control: None,
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
     done.store(true, Ordering::Relaxed);

@@ -154,6 +154,12 @@ pub enum Error {
         /// What became of its checkpoints (`retention_on_cancel`).
         checkpoints: String,
     },
+    /// A savepoint could not be taken, or a savepoint request is invalid.
+    #[error("savepoint: {message}")]
+    Savepoint {
+        /// What went wrong, naming the job or the location.
+        message: String,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -175,7 +181,9 @@ impl Error {
             Error::JobRead { .. } | Error::Io { .. } => ErrorKind::External,
             Error::Storage(e) => e.kind(),
             Error::Format(_) | Error::CheckpointFailed { .. } => ErrorKind::External,
-            Error::Restore { .. } | Error::CheckpointsExist { .. } => ErrorKind::User,
+            Error::Restore { .. } | Error::CheckpointsExist { .. } | Error::Savepoint { .. } => {
+                ErrorKind::User
+            }
             Error::Internal(_) => ErrorKind::Internal,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
@@ -199,6 +207,7 @@ impl Error {
             | Error::Format(_)
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
+            | Error::Savepoint { .. }
             | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }

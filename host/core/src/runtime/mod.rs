@@ -18,6 +18,7 @@
 //! cause.
 
 mod checkpointing;
+mod control;
 mod gate;
 mod router;
 mod task;
@@ -43,6 +44,11 @@ use checkpointing::{CoordinatorMsg, CoordinatorOutcome, CoordinatorSetup, Upload
 use gate::{GateMode, InputGate};
 use router::{Router, wire};
 use task::{Task, TaskCheckpointing};
+
+pub use control::{
+    JobControl, JobId, JobInfo, JobState, SavepointFormat, SavepointInfo, SavepointRequest,
+    SavepointTicket, StopMode,
+};
 
 /// What travels on a channel, in order.
 #[derive(Debug)]
@@ -144,6 +150,9 @@ pub struct RunOptions {
     /// stops, and its checkpoints are kept or deleted as
     /// `retention_on_cancel` says.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The job's control handle (REST API): state, savepoints, stop,
+    /// cancel. Its cancel flag acts as `cancel`.
+    pub control: Option<JobControl>,
 }
 
 /// Runs `graph` to completion from scratch.
@@ -172,6 +181,29 @@ pub fn run_with(
     metrics: Arc<JobMetrics>,
     options: &RunOptions,
 ) -> Result<RunReport, Error> {
+    let mut options = options.clone();
+    if let Some(control) = &options.control {
+        options
+            .cancel
+            .get_or_insert_with(|| control.cancel_flag().clone());
+    }
+    let result = run_controlled(graph, engine, metrics, &options);
+    if let Some(control) = &options.control {
+        control.set_state(match &result {
+            Ok(_) => JobState::Finished,
+            Err(e) if e.kind() == crate::ErrorKind::Cancelled => JobState::Cancelled,
+            Err(_) => JobState::Failed,
+        });
+    }
+    result
+}
+
+fn run_controlled(
+    graph: &JobGraph,
+    engine: &PluginEngine,
+    metrics: Arc<JobMetrics>,
+    options: &RunOptions,
+) -> Result<RunReport, Error> {
     let started = Instant::now();
     let plugins = load_plugins(graph, engine)?;
     let io = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +222,9 @@ pub fn run_with(
     let mut tracker = RestartTracker::new(graph.restart.clone());
     let graph = Arc::new(graph.clone());
     loop {
+        if let Some(c) = &options.control {
+            c.set_state(JobState::Running);
+        }
         let attempt = Attempt {
             graph: graph.clone(),
             plugins: &plugins,
@@ -244,6 +279,9 @@ pub fn run_with(
                 {
                     let dir = checkpointing::checkpoint_dir(&graph.name, id);
                     restore = Some(io.block_on(open_stored(storage, &dir))?);
+                }
+                if let Some(c) = &options.control {
+                    c.set_state(JobState::Restarting);
                 }
                 metrics.restarts.store(
                     u64::from(tracker.restarts()),
