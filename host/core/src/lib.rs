@@ -15,6 +15,7 @@ pub mod native;
 pub mod plugin;
 pub mod restart;
 pub mod runtime;
+pub mod savepoint;
 pub mod state;
 
 pub use error::{Error, ErrorKind};

@@ -118,7 +118,7 @@ pub struct FormatError {
 }
 
 impl FormatError {
-    fn new(file: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             message: message.into(),
@@ -221,8 +221,14 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 }
 
 fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T) {
+    write_frame_with(out, tag as u8, payload);
+}
+
+/// Appends one framed section (tag, length, postcard payload, checksum) to
+/// `out`. Shared with the savepoint file, which frames sections the same way.
+pub(crate) fn write_frame_with<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: u8, payload: &T) {
     let start = out.len();
-    out.push(tag as u8);
+    out.push(tag);
     out.extend_from_slice(&[0; 8]);
     postcard::serialize_with_flavor(payload, Append(out))
         .expect("invariant: postcard serializes snapshot data into a vector without error");
@@ -257,8 +263,13 @@ pub fn encode_key_groups(views: &[crate::state::KeyGroupView<'_>]) -> Vec<Encode
 }
 
 fn write_raw_section(out: &mut Vec<u8>, tag: Tag, payload: &[u8]) {
+    write_frame(out, tag as u8, payload);
+}
+
+/// Appends one framed section around already-encoded `payload`.
+pub(crate) fn write_frame(out: &mut Vec<u8>, tag: u8, payload: &[u8]) {
     let start = out.len();
-    out.push(tag as u8);
+    out.push(tag);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
     let checksum = xxh3_64(&out[start..]);
@@ -363,41 +374,19 @@ impl<'a> Reader<'a> {
 
     /// Reads and verifies the next section, whatever its tag.
     fn next(&mut self) -> Result<Section<'a>, FormatError> {
-        let start = self.pos;
-        let at = self.at(start);
-        let rest = &self.bytes[start..];
-        if rest.is_empty() {
-            return Err(self.err(format!("truncated at byte {at}: the end marker is missing")));
-        }
-        if rest.len() < FRAME_OVERHEAD {
+        let at = self.at(self.pos);
+        let frame = read_frame(self.file, self.bytes, self.pos, self.base)?;
+        let Some(tag) = Tag::from_byte(frame.tag) else {
             return Err(self.err(format!(
-                "truncated at byte {at}: a section needs at least {FRAME_OVERHEAD} bytes, {} remain",
-                rest.len()
+                "unknown section tag 0x{:02x} at byte {at}",
+                frame.tag
             )));
-        }
-        let tag_byte = rest[0];
-        let len = u64::from_le_bytes(rest[1..FRAME_HEAD].try_into().expect("8 bytes"));
-        let room = (rest.len() - FRAME_OVERHEAD) as u64;
-        if len > room {
-            return Err(self.err(format!(
-                "truncated or corrupt: the section at byte {at} (tag 0x{tag_byte:02x}) claims {len} payload bytes, {room} remain"
-            )));
-        }
-        let end = FRAME_HEAD + len as usize;
-        let stored = u64::from_le_bytes(rest[end..end + 8].try_into().expect("8 bytes"));
-        if xxh3_64(&rest[..end]) != stored {
-            return Err(self.err(format!(
-                "corrupt: checksum mismatch in the section at byte {at} (tag 0x{tag_byte:02x}, {len} payload bytes)"
-            )));
-        }
-        let Some(tag) = Tag::from_byte(tag_byte) else {
-            return Err(self.err(format!("unknown section tag 0x{tag_byte:02x} at byte {at}")));
         };
-        self.pos = start + end + 8;
+        self.pos = frame.next;
         Ok(Section {
             tag,
             offset: at,
-            payload: &rest[FRAME_HEAD..end],
+            payload: frame.payload,
         })
     }
 
@@ -417,35 +406,112 @@ impl<'a> Reader<'a> {
 
     /// Decodes a section's payload, which must be exactly one `T`.
     fn decode<T: Deserialize<'a>>(&self, section: &Section<'a>) -> Result<T, FormatError> {
-        let (decoded, too_deep) =
-            watch_decode_depth(|| postcard::take_from_bytes::<T>(section.payload));
-        let (value, rest) = decoded.map_err(|e| {
-            let why = if too_deep {
-                format!("a value nested deeper than {MAX_DECODE_DEPTH} levels")
-            } else {
-                e.to_string()
-            };
-            self.err(format!(
-                "cannot decode the {} section at byte {}: {why}",
-                section.tag.name(),
-                section.offset
-            ))
-        })?;
-        if !rest.is_empty() {
-            return Err(self.err(format!(
-                "{} stray bytes at the end of the {} section at byte {}",
-                rest.len(),
-                section.tag.name(),
-                section.offset
-            )));
-        }
-        Ok(value)
+        decode_payload(
+            self.file,
+            section.tag.name(),
+            section.offset,
+            section.payload,
+        )
     }
 
     fn key_group(&mut self) -> Result<KeyGroupSnapshot, FormatError> {
         let section = self.expect(Tag::KeyGroup)?;
         self.decode(&section)
     }
+}
+
+/// One verified framed section.
+pub(crate) struct Frame<'a> {
+    /// Its tag byte.
+    pub tag: u8,
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Where the next section starts in `bytes`.
+    pub next: usize,
+}
+
+/// Reads and verifies the framed section at `bytes[pos..]` (`base`: the
+/// file offset of `bytes[0]`, for messages): its length fits and its
+/// checksum matches.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: truncated, or a checksum mismatch.
+pub(crate) fn read_frame<'a>(
+    file: &str,
+    bytes: &'a [u8],
+    pos: usize,
+    base: u64,
+) -> Result<Frame<'a>, FormatError> {
+    let at = base + pos as u64;
+    let rest = &bytes[pos.min(bytes.len())..];
+    let err = |m: String| FormatError::new(file, m);
+    if rest.is_empty() {
+        return Err(err(format!(
+            "truncated at byte {at}: the end marker is missing"
+        )));
+    }
+    if rest.len() < FRAME_OVERHEAD {
+        return Err(err(format!(
+            "truncated at byte {at}: a section needs at least {FRAME_OVERHEAD} bytes, {} remain",
+            rest.len()
+        )));
+    }
+    let tag = rest[0];
+    let len = u64::from_le_bytes(rest[1..FRAME_HEAD].try_into().expect("8 bytes"));
+    let room = (rest.len() - FRAME_OVERHEAD) as u64;
+    if len > room {
+        return Err(err(format!(
+            "truncated or corrupt: the section at byte {at} (tag 0x{tag:02x}) claims {len} payload bytes, {room} remain"
+        )));
+    }
+    let end = FRAME_HEAD + len as usize;
+    let stored = u64::from_le_bytes(rest[end..end + 8].try_into().expect("8 bytes"));
+    if xxh3_64(&rest[..end]) != stored {
+        return Err(err(format!(
+            "corrupt: checksum mismatch in the section at byte {at} (tag 0x{tag:02x}, {len} payload bytes)"
+        )));
+    }
+    Ok(Frame {
+        tag,
+        payload: &rest[FRAME_HEAD..end],
+        next: pos + end + 8,
+    })
+}
+
+/// Decodes a section payload that must be exactly one postcard `T`;
+/// `what` and `at` name the section in errors.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: undecodable, nested too deep, or stray
+/// bytes after the value.
+pub(crate) fn decode_payload<'a, T: Deserialize<'a>>(
+    file: &str,
+    what: &str,
+    at: u64,
+    payload: &'a [u8],
+) -> Result<T, FormatError> {
+    let (decoded, too_deep) = watch_decode_depth(|| postcard::take_from_bytes::<T>(payload));
+    let (value, rest) = decoded.map_err(|e| {
+        let why = if too_deep {
+            format!("a value nested deeper than {MAX_DECODE_DEPTH} levels")
+        } else {
+            e.to_string()
+        };
+        FormatError::new(
+            file,
+            format!("cannot decode the {what} section at byte {at}: {why}"),
+        )
+    })?;
+    if !rest.is_empty() {
+        return Err(FormatError::new(
+            file,
+            format!(
+                "{} stray bytes at the end of the {what} section at byte {at}",
+                rest.len()
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Checks the magic and returns the version.

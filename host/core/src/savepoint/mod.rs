@@ -1,0 +1,66 @@
+//! Savepoints: user-owned snapshots of a job in a documented,
+//! backend-independent layout ([`format`]), restored by operator uid at any
+//! parallelism ([`restore`]), listed, inspected and disposed of without
+//! running a job.
+//!
+//! A savepoint is taken like a checkpoint (barriers, always aligned) but
+//! written to `<target>/savepoint-<job>-<id>/`, never subsumed or deleted
+//! by Weir, and not used for failover.
+
+pub mod format;
+pub mod restore;
+
+/// What a run restored from a snapshot may do with it (Flink's
+/// `RecoveryClaimMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClaimMode {
+    /// The snapshot is never modified or deleted; the run's first
+    /// checkpoint is a full one of its own.
+    #[default]
+    NoClaim,
+    /// The run owns the snapshot: once a newer checkpoint of the run
+    /// subsumes it, it is deleted like any checkpoint of the run.
+    Claim,
+}
+
+impl std::str::FromStr for ClaimMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "no-claim" => Ok(ClaimMode::NoClaim),
+            "claim" => Ok(ClaimMode::Claim),
+            other => Err(format!(
+                "unknown claim mode `{other}`: expected `no-claim` or `claim`"
+            )),
+        }
+    }
+}
+
+/// `savepoint-<job>-<id>`, one path segment: bytes of the job name outside
+/// `[A-Za-z0-9._-]` are written `%XX`.
+pub fn savepoint_dir_name(job: &str, id: u64) -> String {
+    let mut name = String::from("savepoint-");
+    for b in job.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name.push_str(&format!("-{id}"));
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_names_are_one_portable_segment() {
+        assert_eq!(savepoint_dir_name("wordcount", 7), "savepoint-wordcount-7");
+        assert_eq!(savepoint_dir_name("a/b c", 1), "savepoint-a%2Fb%20c-1");
+        assert_eq!("claim".parse(), Ok(ClaimMode::Claim));
+        assert!("keep".parse::<ClaimMode>().is_err());
+    }
+}
