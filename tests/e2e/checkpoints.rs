@@ -270,10 +270,6 @@ fn damaged_or_missing_checkpoints_fail_with_the_file_named() {
             "uids the job does not have: count",
         ),
         (
-            original.replace("parallelism = 2", "parallelism = 3"),
-            "`tokenize` ran with parallelism 2 there and has 3 now",
-        ),
-        (
             original.replace(
                 "name = \"wordcount\"",
                 "name = \"wordcount\"\nmax_parallelism = 64",

@@ -15,6 +15,7 @@ use weir_host::job::{self, JobGraph, VertexKind};
 use weir_host::metrics::JobMetrics;
 use weir_host::plugin::PluginEngine;
 use weir_host::runtime::{Restore, RunOptions};
+use weir_host::savepoint::ClaimMode;
 use weir_host::{ErrorKind, runtime};
 
 /// Exit code for a user error (bad job file, failing plugin).
@@ -51,10 +52,30 @@ enum Command {
         /// storage (from scratch if there is none).
         #[arg(long, conflicts_with = "from")]
         from_latest: bool,
-        /// Resume from this checkpoint: its directory (chk-<n>) or its
-        /// _metadata file, a local path or a storage URL.
-        #[arg(long = "from-checkpoint", short = 's', value_name = "PATH")]
+        /// Restore from this savepoint or checkpoint: its directory
+        /// (savepoint-<job>-<id>, chk-<n>) or its _metadata file, a local
+        /// path or a storage URL. State is matched to operators by uid, at
+        /// any parallelism.
+        #[arg(
+            long = "from-savepoint",
+            visible_alias = "from-checkpoint",
+            short = 's',
+            value_name = "PATH"
+        )]
         from: Option<String>,
+        /// With -s: restore even if the snapshot holds state of uids the
+        /// job no longer has (that state is dropped and reported).
+        #[arg(long = "allow-non-restored-state", short = 'n', requires = "from")]
+        allow_non_restored: bool,
+        /// With -s: `no-claim` never modifies or deletes the snapshot;
+        /// `claim` hands it to the run, which deletes it once subsumed.
+        #[arg(
+            long,
+            value_name = "MODE",
+            default_value = "no-claim",
+            requires = "from"
+        )]
+        claim_mode: ClaimMode,
     },
     /// Lists the job's completed checkpoints in its storage.
     Checkpoints {
@@ -88,13 +109,21 @@ fn main() -> ExitCode {
                 quiet,
                 from_latest,
                 from,
+                allow_non_restored,
+                claim_mode,
             } => {
                 let restore = match (from_latest, from) {
                     (_, Some(path)) => Restore::From(path),
                     (true, None) => Restore::Latest,
                     (false, None) => Restore::Fresh,
                 };
-                run(&engine, &job, quiet, restore)
+                let options = RunOptions {
+                    restore,
+                    allow_non_restored,
+                    claim_mode,
+                    ..RunOptions::default()
+                };
+                run(&engine, &job, quiet, options)
             }
             Command::Checkpoints { job, delete } => checkpoints(&job, delete),
             Command::Validate { job } => validate(&engine, &job),
@@ -127,7 +156,7 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Result<(), Error> {
+fn run(engine: &PluginEngine, path: &Path, quiet: bool, options: RunOptions) -> Result<(), Error> {
     let graph = job::load(path)?;
     let metrics = JobMetrics::for_graph(&graph);
     let done = Arc::new(AtomicBool::new(false));
@@ -139,10 +168,9 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Res
     let cancel = Arc::new(AtomicBool::new(false));
     on_signal(cancel.clone());
     let options = RunOptions {
-        restore,
         job_file: Some(path.to_owned()),
         cancel: Some(cancel),
-        control: None,
+        ..options
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
     done.store(true, Ordering::Relaxed);
@@ -160,6 +188,9 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool, restore: Restore) -> Res
         }
         if let Some(id) = metrics.last_checkpoint() {
             how.push_str(&format!(", last checkpoint {id}"));
+        }
+        if let Some(sp) = &report.stopped_with {
+            how.push_str(&format!(", stopped with savepoint {}", sp.location));
         }
         eprintln!(
             "job `{}` finished in {:.2?}{how}",

@@ -59,6 +59,18 @@ pub struct JobFile {
     pub checkpoints: Option<CheckpointsSpec>,
     /// What happens after a failure, `[restart]`.
     pub restart: Option<RestartSpec>,
+    /// Savepoint defaults, `[savepoints]`.
+    pub savepoints: Option<SavepointsSpec>,
+}
+
+/// The `[savepoints]` section, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavepointsSpec {
+    /// Where `weir savepoint` and `weir stop` create
+    /// `savepoint-<job>-<id>` when given no directory: a path (relative to
+    /// the job file) or a storage URL.
+    pub dir: Option<String>,
 }
 
 /// The `[checkpoints]` section, as written. Durations are strings such as
@@ -397,6 +409,8 @@ pub struct JobGraph {
     pub checkpoints: CheckpointConfig,
     /// What happens after a failure.
     pub restart: RestartStrategy,
+    /// The default savepoint directory (`[savepoints] dir`), as written.
+    pub savepoint_dir: Option<String>,
     /// The job file's directory: a relative checkpoint `storage` path
     /// resolves against it.
     pub job_dir: PathBuf,
@@ -480,6 +494,13 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
     }
     let job_limits = file.limits.clone().unwrap_or_default();
     let checkpoints = checkpoint_config(file.checkpoints, &mut problems);
+    let savepoint_dir = file.savepoints.and_then(|s| s.dir);
+    if savepoint_dir
+        .as_deref()
+        .is_some_and(|d| d.trim().is_empty())
+    {
+        problems.add("savepoints.dir", "must not be empty");
+    }
     let restart = restart_strategy(file.restart, checkpoints.enabled(), &mut problems);
     let check_parallelism = |problems: &mut Problems, field: String, p: Option<u32>| {
         let p = p.unwrap_or(default_parallelism);
@@ -688,6 +709,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             vertices: graph,
             checkpoints,
             restart,
+            savepoint_dir,
             job_dir: if base.as_os_str().is_empty() {
                 PathBuf::from(".")
             } else {

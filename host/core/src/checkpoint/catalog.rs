@@ -13,6 +13,9 @@ use super::format::{self, CheckpointMetadata, SubtaskSnapshot};
 use super::storage::{CheckpointStorage, StorageError};
 use crate::error::Error;
 use crate::job::JobGraph;
+use crate::savepoint::format::{self as savepoint_format, SavepointMetadata};
+use crate::savepoint::restore::{self, JobVertex, OperatorSnapshot, RestorePlan, StoredVertex};
+use crate::state::NamedStateSnapshot;
 
 /// The metadata file of a checkpoint directory.
 pub const METADATA_FILE: &str = "_metadata";
@@ -69,7 +72,94 @@ pub async fn scan(storage: &CheckpointStorage, job: &str) -> Result<Vec<Listed>,
     Ok(out)
 }
 
-/// A completed checkpoint to restore from.
+/// What a snapshot directory's `_metadata` describes.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    /// A checkpoint, or a savepoint in the checkpoint layout (`--type
+    /// native`).
+    Checkpoint(CheckpointMetadata),
+    /// A savepoint in the canonical layout.
+    Savepoint(SavepointMetadata),
+}
+
+impl Manifest {
+    /// The snapshot's id in the job's checkpoint id sequence.
+    pub fn id(&self) -> CheckpointId {
+        match self {
+            Manifest::Checkpoint(m) => m.checkpoint_id,
+            Manifest::Savepoint(m) => CheckpointId(m.savepoint_id),
+        }
+    }
+
+    /// The name of the job that took it.
+    pub fn job_name(&self) -> &str {
+        match self {
+            Manifest::Checkpoint(m) => &m.job_name,
+            Manifest::Savepoint(m) => &m.job_name,
+        }
+    }
+
+    /// Its number of key groups.
+    pub fn max_parallelism(&self) -> u32 {
+        match self {
+            Manifest::Checkpoint(m) => m.max_parallelism,
+            Manifest::Savepoint(m) => m.max_parallelism,
+        }
+    }
+
+    /// `checkpoint 7` or `savepoint 7`, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Manifest::Checkpoint(m) => format!("checkpoint {}", m.checkpoint_id),
+            Manifest::Savepoint(m) => format!("savepoint {}", m.savepoint_id),
+        }
+    }
+
+    /// Every vertex it stored, as the restore plan needs them.
+    pub fn stored_vertices(&self) -> Vec<StoredVertex> {
+        match self {
+            Manifest::Checkpoint(m) => m
+                .vertices
+                .iter()
+                .map(|v| StoredVertex {
+                    uid: v.uid.clone(),
+                    parallelism: v.parallelism,
+                    has_state: v.subtasks.iter().any(|s| s.file.is_some()),
+                    may_have_in_flight: m.unaligned,
+                })
+                .collect(),
+            Manifest::Savepoint(m) => m
+                .operators
+                .iter()
+                .map(|o| StoredVertex {
+                    uid: o.uid.clone(),
+                    parallelism: o.parallelism,
+                    has_state: !o.keyed_states.is_empty()
+                        || !o.operator_states.is_empty()
+                        || o.source_offsets.is_some()
+                        || o.sink.is_some(),
+                    may_have_in_flight: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// Decodes the `_metadata` at `file` (display path), whichever layout
+    /// its `format` field names.
+    ///
+    /// # Errors
+    /// [`FormatError`] naming `file`.
+    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
+        match savepoint_format::metadata_format(bytes).as_deref() {
+            Some(savepoint_format::SAVEPOINT_FORMAT) => Ok(Manifest::Savepoint(
+                savepoint_format::decode_metadata(file, bytes)?,
+            )),
+            _ => Ok(Manifest::Checkpoint(format::decode_metadata(file, bytes)?)),
+        }
+    }
+}
+
+/// A completed checkpoint or savepoint to restore from.
 #[derive(Debug, Clone)]
 pub struct RestorePoint {
     /// The storage holding it.
@@ -77,11 +167,21 @@ pub struct RestorePoint {
     /// Its directory in that storage (`""` when the storage is rooted at it).
     pub dir: String,
     /// Its decoded `_metadata`.
-    pub metadata: CheckpointMetadata,
+    pub manifest: Manifest,
+}
+
+/// What a restore read: each subtask's state in graph order, and how the
+/// snapshot mapped onto the job.
+#[derive(Debug)]
+pub struct Restored {
+    /// One snapshot per subtask of the job, vertex by vertex.
+    pub snapshots: Vec<SubtaskSnapshot>,
+    /// Matched, new and dropped uids.
+    pub plan: RestorePlan,
 }
 
 impl RestorePoint {
-    /// The checkpoint `location` names: a checkpoint directory or its
+    /// The checkpoint or savepoint `location` names: its directory or its
     /// `_metadata` file, as a local path (relative to `cwd`) or a storage
     /// URL.
     ///
@@ -101,17 +201,17 @@ impl RestorePoint {
             Err(StorageError::NotFound { location }) => {
                 return Err(Error::Restore {
                     message: format!(
-                        "{location} does not exist: `-s` takes a completed checkpoint's directory (chk-<n>) or its _metadata file"
+                        "{location} does not exist: `-s` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file"
                     ),
                 });
             }
             Err(e) => return Err(e.into()),
         };
-        let metadata = format::decode_metadata(&storage.location(METADATA_FILE), &bytes)?;
+        let manifest = Manifest::decode(&storage.location(METADATA_FILE), &bytes)?;
         Ok(Self {
             storage,
             dir: String::new(),
-            metadata,
+            manifest,
         })
     }
 
@@ -132,70 +232,218 @@ impl RestorePoint {
         }
     }
 
-    /// Checks the checkpoint fits `graph` and loads every subtask's
-    /// snapshot, in graph order (vertex by vertex, subtask by subtask).
+    /// Plans the restore into `graph` from the metadata alone.
     ///
     /// # Errors
-    /// [`Error::Restore`] naming what does not match (uids, parallelism,
-    /// max parallelism); [`Error::Storage`] or [`Error::Format`] for a
-    /// missing or corrupt state file.
-    pub async fn load(&self, graph: &JobGraph) -> Result<Vec<SubtaskSnapshot>, Error> {
-        let m = &self.metadata;
-        let mismatch = |message: String| Error::Restore {
-            message: format!(
-                "checkpoint {} ({}): {message}",
-                m.checkpoint_id,
-                self.location()
-            ),
-        };
-        if m.max_parallelism != graph.max_parallelism {
-            return Err(mismatch(format!(
-                "it was taken with max_parallelism {}, the job has {}; the number of key groups cannot change",
-                m.max_parallelism, graph.max_parallelism
-            )));
-        }
-        let unknown: Vec<&str> = m
+    /// [`Error::Restore`] naming the snapshot and what does not fit.
+    pub fn plan(&self, graph: &JobGraph, allow_non_restored: bool) -> Result<RestorePlan, Error> {
+        let job: Vec<JobVertex> = graph
             .vertices
             .iter()
-            .filter(|v| v.subtasks.iter().any(|s| s.file.is_some()))
-            .filter(|v| graph.vertices.iter().all(|g| g.uid != v.uid))
-            .map(|v| v.uid.as_str())
+            .map(|v| JobVertex {
+                uid: v.uid.clone(),
+                parallelism: v.parallelism,
+                is_source: !v.kind.has_inputs(),
+            })
             .collect();
-        if !unknown.is_empty() {
-            return Err(mismatch(format!(
-                "it holds state of uids the job does not have: {}",
-                unknown.join(", ")
-            )));
-        }
-        let mut loads = Vec::new();
+        restore::plan(
+            &self.manifest.stored_vertices(),
+            self.manifest.max_parallelism(),
+            &job,
+            graph.max_parallelism,
+            allow_non_restored,
+        )
+        .map_err(|e| Error::Restore {
+            message: format!("{} ({}): {e}", self.manifest.describe(), self.location()),
+        })
+    }
+
+    /// Checks the snapshot fits `graph`, reads the state of every matched
+    /// uid and deals it to the job's subtasks at their parallelism.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] naming what does not match (uids, max
+    /// parallelism, a rescaled source); [`Error::Storage`] or
+    /// [`Error::Format`] for a missing or corrupt state file.
+    pub async fn load(
+        &self,
+        graph: &JobGraph,
+        allow_non_restored: bool,
+    ) -> Result<Restored, Error> {
+        let plan = self.plan(graph, allow_non_restored)?;
+        let wanted: Vec<&str> = plan.matched.iter().map(|(uid, ..)| uid.as_str()).collect();
+        let operators = match &self.manifest {
+            Manifest::Checkpoint(m) => self.read_checkpoint(m, &wanted).await?,
+            Manifest::Savepoint(m) => self.read_savepoint(m, &wanted).await?,
+        };
+        let mut by_uid: std::collections::HashMap<String, OperatorSnapshot> =
+            operators.into_iter().map(|o| (o.uid.clone(), o)).collect();
+        let mut snapshots = Vec::new();
         for v in &graph.vertices {
-            let stored = m.vertices.iter().find(|s| s.uid == v.uid);
-            if let Some(s) = stored
-                && s.parallelism != v.parallelism
-            {
-                return Err(mismatch(format!(
-                    "`{}` ran with parallelism {} there and has {} now; a checkpoint restores at the same parallelism",
-                    v.uid, s.parallelism, v.parallelism
-                )));
-            }
-            for i in 0..v.parallelism as usize {
-                let file = stored
-                    .and_then(|s| s.subtasks.get(i))
-                    .and_then(|s| s.file.clone());
-                loads.push(async move {
-                    let Some(file) = file else {
-                        return Ok(SubtaskSnapshot::default());
-                    };
-                    let path = self.path(&file);
-                    let bytes = self.storage.get(&path).await?;
-                    Ok::<_, Error>(format::decode_state_file(
-                        &self.storage.location(&path),
-                        &bytes,
-                    )?)
-                });
+            match by_uid.remove(&v.uid) {
+                Some(op) => snapshots.extend(restore::redistribute(
+                    op,
+                    v.parallelism,
+                    graph.max_parallelism,
+                )),
+                None => snapshots.extend((0..v.parallelism).map(|_| SubtaskSnapshot::default())),
             }
         }
-        try_join_all(loads).await
+        Ok(Restored { snapshots, plan })
+    }
+
+    async fn fetch(&self, file: &str) -> Result<(String, bytes::Bytes), Error> {
+        let path = self.path(file);
+        let bytes = self.storage.get(&path).await?;
+        Ok((self.storage.location(&path), bytes))
+    }
+
+    /// Reads whole checkpoint state files of the `wanted` uids.
+    async fn read_checkpoint(
+        &self,
+        m: &CheckpointMetadata,
+        wanted: &[&str],
+    ) -> Result<Vec<OperatorSnapshot>, Error> {
+        let mut out = Vec::new();
+        for v in m
+            .vertices
+            .iter()
+            .filter(|v| wanted.contains(&v.uid.as_str()))
+        {
+            let loads = v.subtasks.iter().map(|s| async move {
+                let Some(file) = &s.file else {
+                    return Ok::<_, Error>(SubtaskSnapshot::default());
+                };
+                let (location, bytes) = self.fetch(file).await?;
+                Ok(format::decode_state_file(&location, &bytes)?)
+            });
+            let subtasks = try_join_all(loads).await?;
+            let mut op = OperatorSnapshot {
+                uid: v.uid.clone(),
+                parallelism: v.parallelism,
+                ..OperatorSnapshot::default()
+            };
+            let mut offsets = Vec::new();
+            let mut sinks = Vec::new();
+            for s in subtasks {
+                for g in s.keyed {
+                    op.keyed.insert(g.key_group, g.states);
+                }
+                op.operator_state.push(s.operator_state);
+                offsets.push(s.source_offset);
+                sinks.push(s.sink);
+                op.in_flight.push(s.in_flight);
+            }
+            op.source_offsets = offsets.iter().any(Option::is_some).then_some(offsets);
+            op.sinks = sinks.iter().any(Option::is_some).then_some(sinks);
+            out.push(op);
+        }
+        Ok(out)
+    }
+
+    /// Reads the sections of the `wanted` uids from canonical savepoint
+    /// state files, each file fetched once.
+    async fn read_savepoint(
+        &self,
+        m: &SavepointMetadata,
+        wanted: &[&str],
+    ) -> Result<Vec<OperatorSnapshot>, Error> {
+        let ops: Vec<_> = m
+            .operators
+            .iter()
+            .filter(|o| wanted.contains(&o.uid.as_str()))
+            .collect();
+        let mut files: Vec<&str> = ops
+            .iter()
+            .flat_map(|o| {
+                o.keyed_states
+                    .iter()
+                    .flat_map(|s| s.key_groups.iter().map(|g| g.at.file.as_str()))
+                    .chain(
+                        o.operator_states
+                            .iter()
+                            .flat_map(|s| s.subtasks.iter().map(|t| t.at.file.as_str())),
+                    )
+            })
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        let fetched: std::collections::HashMap<&str, (String, bytes::Bytes)> = try_join_all(
+            files
+                .iter()
+                .map(|f| async move { Ok::<_, Error>((*f, self.fetch(f).await?)) }),
+        )
+        .await?
+        .into_iter()
+        .collect();
+        let section = |at: &savepoint_format::SectionRef| {
+            let (location, bytes) = &fetched[at.file.as_str()];
+            savepoint_format::decode_section(location, bytes, at)
+        };
+        let mut out = Vec::new();
+        for o in ops {
+            let mut op = OperatorSnapshot {
+                uid: o.uid.clone(),
+                parallelism: o.parallelism,
+                operator_state: vec![Vec::new(); o.parallelism as usize],
+                ..OperatorSnapshot::default()
+            };
+            for state in &o.keyed_states {
+                for g in &state.key_groups {
+                    let savepoint_format::Section::Keyed(s) = section(&g.at)? else {
+                        return Err(self.mismatch(&g.at, "an operator-state section"));
+                    };
+                    if s.state != state.name || s.key_group != g.key_group {
+                        return Err(self.mismatch(
+                            &g.at,
+                            &format!("state `{}` key group {}", s.state, s.key_group),
+                        ));
+                    }
+                    let states = op.keyed.entry(g.key_group).or_default();
+                    states.push(NamedStateSnapshot {
+                        name: s.state,
+                        entries: s.entries,
+                    });
+                }
+            }
+            for states in op.keyed.values_mut() {
+                states.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            for state in &o.operator_states {
+                if state.redistribution == savepoint_format::Redistribution::Union {
+                    op.union.insert(state.name.clone());
+                }
+                for t in &state.subtasks {
+                    let savepoint_format::Section::Operator(s) = section(&t.at)? else {
+                        return Err(self.mismatch(&t.at, "a keyed-state section"));
+                    };
+                    let Some(slot) = op.operator_state.get_mut(t.subtask as usize) else {
+                        return Err(self.mismatch(&t.at, &format!("subtask {}", t.subtask)));
+                    };
+                    slot.push((s.state, s.items));
+                }
+            }
+            op.source_offsets = o
+                .source_offsets
+                .as_ref()
+                .map(|v| v.iter().copied().map(Some).collect());
+            op.sinks = o
+                .sink
+                .as_ref()
+                .map(|v| v.iter().cloned().map(Some).collect());
+            out.push(op);
+        }
+        Ok(out)
+    }
+
+    fn mismatch(&self, at: &savepoint_format::SectionRef, found: &str) -> Error {
+        Error::Format(format::FormatError::new(
+            &self.storage.location(&self.path(&at.file)),
+            format!(
+                "the section at byte {} holds {found}, not what _metadata says",
+                at.offset
+            ),
+        ))
     }
 }
 

@@ -135,6 +135,9 @@ pub enum Decision {
         id: CheckpointId,
         /// Whether it is the final checkpoint of a bounded job.
         is_final: bool,
+        /// Whether it is a savepoint (always aligned, stored apart, never
+        /// subsumed, not counted as a checkpoint failure).
+        savepoint: bool,
     },
     /// Every task acknowledged `id`: the runtime now writes and commits its
     /// `_metadata`, then calls [`CheckpointCoordinator::completed`] (or
@@ -151,6 +154,10 @@ pub enum Decision {
     /// `id` is complete: tell every task (two-phase commit of sinks;
     /// plugins' `on-checkpoint-complete`).
     NotifyComplete(CheckpointId),
+    /// Savepoint `id` is complete. It changes nothing about checkpoints:
+    /// the runtime answers whoever asked for it (and, for a stop, tells
+    /// the tasks so sinks commit and sources end).
+    SavepointCompleted(CheckpointId),
     /// Delete these completed checkpoints, oldest first: more than
     /// `retained` are kept, and newer ones subsume them.
     Subsume(Vec<CheckpointId>),
@@ -176,6 +183,7 @@ enum Stage {
 #[derive(Debug, Clone)]
 struct Pending {
     is_final: bool,
+    savepoint: bool,
     acked: Vec<bool>,
     missing: usize,
     /// `None`: the timeout is so long that it never expires.
@@ -220,6 +228,10 @@ pub struct CheckpointCoordinator {
     latest_completed: Option<CheckpointId>,
     consecutive_failures: u32,
     final_checkpoint: Final,
+    /// Savepoints asked for and not yet triggered.
+    savepoints_wanted: usize,
+    /// A stop with drain asked for: the final checkpoint is a savepoint.
+    drain: bool,
 }
 
 impl CheckpointCoordinator {
@@ -265,6 +277,8 @@ impl CheckpointCoordinator {
             pending: BTreeMap::new(),
             consecutive_failures: 0,
             final_checkpoint: Final::NotRequested,
+            savepoints_wanted: 0,
+            drain: false,
         }
     }
 
@@ -275,7 +289,7 @@ impl CheckpointCoordinator {
     /// `max_concurrent` checkpoints are pending.
     pub fn poll(&mut self, now: Instant) -> Vec<Decision> {
         let mut out = Vec::new();
-        if !self.enabled() {
+        if !self.active() {
             return out;
         }
         let expired: Vec<CheckpointId> = self
@@ -292,11 +306,28 @@ impl CheckpointCoordinator {
             self.fail(id, reason, now, &mut out);
         }
         self.advance_commit(&mut out);
-        if self.trigger_due().is_some_and(|due| due <= now) {
+        if self.savepoints_wanted > 0 && self.pending.is_empty() {
+            self.trigger(now, false, true, &mut out);
+        } else if self.trigger_due().is_some_and(|due| due <= now) {
             let is_final = matches!(self.final_checkpoint, Final::Due(_));
-            self.trigger(now, is_final, &mut out);
+            self.trigger(now, is_final, is_final && self.drain, &mut out);
         }
         out
+    }
+
+    /// A savepoint is asked for: it triggers as soon as no checkpoint is
+    /// in progress (at once if none is), whatever the interval and the
+    /// minimum pause, and periodic checkpoints wait while it runs. Works
+    /// with periodic checkpoints off too.
+    pub fn request_savepoint(&mut self, now: Instant) -> Vec<Decision> {
+        self.savepoints_wanted += 1;
+        self.poll(now)
+    }
+
+    /// A stop with drain is asked for: the final checkpoint, taken once
+    /// every source has ended, is a savepoint.
+    pub fn request_drain(&mut self) {
+        self.drain = true;
     }
 
     /// Task `task` acknowledged checkpoint `id` (its snapshot is durable).
@@ -365,6 +396,14 @@ impl CheckpointCoordinator {
     pub fn completed(&mut self, id: CheckpointId, now: Instant) -> Vec<Decision> {
         let p = self.take_committing(id, "completed");
         let mut out = Vec::new();
+        if p.savepoint {
+            if p.is_final {
+                self.final_checkpoint = Final::Completed;
+            }
+            out.push(Decision::SavepointCompleted(id));
+            self.advance_commit(&mut out);
+            return out;
+        }
         let older: Vec<CheckpointId> = self.pending.range(..id).map(|(&o, _)| o).collect();
         for o in older {
             self.pending.remove(&o);
@@ -414,12 +453,12 @@ impl CheckpointCoordinator {
     /// [`final_completed`](Self::final_completed) is already true).
     pub fn sources_finished(&mut self, now: Instant) -> Vec<Decision> {
         let mut out = Vec::new();
-        if !self.enabled() || self.final_checkpoint != Final::NotRequested {
+        if !(self.enabled() || self.drain) || self.final_checkpoint != Final::NotRequested {
             return out;
         }
         self.final_checkpoint = Final::Due(now);
         if self.pending.len() < self.max_concurrent {
-            self.trigger(now, true, &mut out);
+            self.trigger(now, true, self.drain, &mut out);
         }
         out
     }
@@ -428,7 +467,7 @@ impl CheckpointCoordinator {
     /// expiry; possibly already past), or `None` when only other events can
     /// change anything.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        if !self.enabled() {
+        if !self.active() {
             return None;
         }
         let expiry = self
@@ -457,11 +496,17 @@ impl CheckpointCoordinator {
     /// Whether the final checkpoint completed, so a bounded job may finish.
     /// Always true with checkpoints off.
     pub fn final_completed(&self) -> bool {
-        !self.enabled() || self.final_checkpoint == Final::Completed
+        !(self.enabled() || self.drain) || self.final_checkpoint == Final::Completed
     }
 
     fn enabled(&self) -> bool {
         self.interval.is_some()
+    }
+
+    /// Whether anything can happen: periodic checkpoints, or savepoints
+    /// asked for or in progress.
+    fn active(&self) -> bool {
+        self.enabled() || self.drain || self.savepoints_wanted > 0 || !self.pending.is_empty()
     }
 
     fn check_task(&self, task: usize) {
@@ -490,13 +535,14 @@ impl CheckpointCoordinator {
         }
     }
 
-    fn trigger(&mut self, now: Instant, is_final: bool, out: &mut Vec<Decision>) {
+    fn trigger(&mut self, now: Instant, is_final: bool, savepoint: bool, out: &mut Vec<Decision>) {
         let id = self.next_id;
         self.next_id = id.next();
         self.pending.insert(
             id,
             Pending {
                 is_final,
+                savepoint,
                 acked: vec![false; self.tasks],
                 missing: self.tasks,
                 deadline: now.checked_add(self.timeout),
@@ -509,10 +555,16 @@ impl CheckpointCoordinator {
         );
         if is_final {
             self.final_checkpoint = Final::Pending(id);
+        } else if savepoint {
+            self.savepoints_wanted -= 1;
         } else {
             self.next_periodic = self.interval.and_then(|i| now.checked_add(i));
         }
-        out.push(Decision::Trigger { id, is_final });
+        out.push(Decision::Trigger {
+            id,
+            is_final,
+            savepoint,
+        });
         self.advance_commit(out);
     }
 
@@ -551,6 +603,11 @@ impl CheckpointCoordinator {
         };
         if p.is_final {
             self.final_checkpoint = Final::Due(now);
+        }
+        if p.savepoint {
+            // A failed savepoint says nothing about checkpoints' health.
+            out.push(Decision::Abort { id, reason });
+            return;
         }
         // As Flink's CheckpointFailureManager: a failure older than the
         // latest success says nothing about the job's health now.
@@ -638,6 +695,12 @@ mod tests {
             self.c.completed(id(n), self.now)
         }
 
+        /// Moves the clock to `ms_since_start` and returns that instant.
+        fn now(&mut self, ms_since_start: u64) -> Instant {
+            self.now = self.t0 + ms(ms_since_start);
+            self.now
+        }
+
         /// Acknowledged by all and committed.
         fn finish(&mut self, n: u64) -> Vec<Decision> {
             assert_eq!(self.ack_all(n), [Decision::AllAcknowledged(id(n))]);
@@ -649,6 +712,7 @@ mod tests {
         Decision::Trigger {
             id: id(n),
             is_final: false,
+            savepoint: false,
         }
     }
 
@@ -656,6 +720,7 @@ mod tests {
         Decision::Trigger {
             id: id(n),
             is_final: true,
+            savepoint: false,
         }
     }
 
@@ -1068,6 +1133,71 @@ mod tests {
         assert_eq!(h.c.next_wakeup(), Some(h.t0 + ms(250)));
     }
 
+    fn savepoint(n: u64) -> Decision {
+        Decision::Trigger {
+            id: id(n),
+            is_final: false,
+            savepoint: true,
+        }
+    }
+
+    #[test]
+    fn a_savepoint_waits_for_a_pending_checkpoint_then_blocks_periodic_ones() {
+        let mut t = Harness::new(config(100), 1);
+        assert_eq!(t.at(100), [trigger(1)]);
+        let now = t.now(110);
+        assert!(t.c.request_savepoint(now).is_empty());
+        assert_eq!(t.ack_all(1), [Decision::AllAcknowledged(id(1))]);
+        assert!(t.complete(1).contains(&Decision::NotifyComplete(id(1))));
+        assert_eq!(t.at(120), [savepoint(2)]);
+        // Periodic checkpoint 3 waits for the savepoint's slot.
+        assert!(t.at(250).is_empty());
+        assert_eq!(t.ack_all(2), [Decision::AllAcknowledged(id(2))]);
+        // A savepoint completes without notifying, subsuming or counting
+        // as the latest checkpoint.
+        assert_eq!(t.complete(2), [Decision::SavepointCompleted(id(2))]);
+        assert_eq!(t.c.latest_completed(), Some(id(1)));
+        assert_eq!(t.at(260), [trigger(3)]);
+    }
+
+    #[test]
+    fn savepoints_work_with_checkpoints_off_and_failures_do_not_count() {
+        let mut t = Harness::new(CheckpointConfig::default(), 2);
+        assert!(t.at(1000).is_empty());
+        let now = t.now(1000);
+        assert_eq!(t.c.request_savepoint(now), [savepoint(1)]);
+        let now = t.now(1001);
+        let d = t.c.decline(id(1), 0, "disk full", now);
+        assert!(
+            matches!(&d[..], [Decision::Abort { id: i, .. }] if *i == id(1)),
+            "{d:?}"
+        );
+        let now = t.now(1002);
+        assert_eq!(t.c.request_savepoint(now), [savepoint(2)]);
+        assert_eq!(t.ack_all(2), [Decision::AllAcknowledged(id(2))]);
+        assert_eq!(t.complete(2), [Decision::SavepointCompleted(id(2))]);
+        assert!(t.c.next_wakeup().is_none());
+    }
+
+    #[test]
+    fn with_drain_the_final_checkpoint_is_a_savepoint() {
+        let mut t = Harness::new(CheckpointConfig::default(), 1);
+        t.c.request_drain();
+        assert!(!t.c.final_completed());
+        let now = t.now(5);
+        assert_eq!(
+            t.c.sources_finished(now),
+            [Decision::Trigger {
+                id: id(1),
+                is_final: true,
+                savepoint: true
+            }]
+        );
+        assert_eq!(t.ack_all(1), [Decision::AllAcknowledged(id(1))]);
+        assert_eq!(t.complete(1), [Decision::SavepointCompleted(id(1))]);
+        assert!(t.c.final_completed());
+    }
+
     #[test]
     #[should_panic(expected = "task index 2 out of range")]
     fn a_task_index_out_of_range_is_a_broken_invariant() {
@@ -1188,7 +1318,7 @@ mod tests {
                     };
                     for d in decisions {
                         match d {
-                            Decision::Trigger { id, is_final } => {
+                            Decision::Trigger { id, is_final, .. } => {
                                 prop_assert!(last_trigger.is_none_or(|l| id > l), "ids grow: {id} after {last_trigger:?}");
                                 prop_assert!(id >= first);
                                 prop_assert!(!final_done, "trigger {id} after the final checkpoint completed");
@@ -1209,6 +1339,9 @@ mod tests {
                                 }
                                 prop_assert!(finished.insert(id), "{} finished twice", id);
                                 prop_assert!(Some(id) != committing, "abort of committing {}", id);
+                            }
+                            Decision::SavepointCompleted(id) => {
+                                prop_assert!(false, "savepoint {} completed but none was asked for", id);
                             }
                             Decision::NotifyComplete(id) => {
                                 prop_assert_eq!(Some(id), just_committed, "notify without commit");

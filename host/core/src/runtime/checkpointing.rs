@@ -6,7 +6,12 @@
 //!
 //! Layout in storage: `<job>/chk-<n>/_metadata` plus one state file per
 //! subtask with something to store, `<job>/chk-<n>/<uid>-<subtask>.state`,
-//! referenced from the metadata by file name only.
+//! referenced from the metadata by file name only. A savepoint goes to
+//! `<target>/savepoint-<job>-<n>/` instead, in the canonical layout
+//! (`crate::savepoint::format`) or, `--type native`, in this one.
+//!
+//! The coordinator also serves the job's [`JobControl`]: savepoint
+//! requests, stop with savepoint (suspend or drain).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,7 +21,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::runtime::Handle;
 
-use super::{CheckpointBarrier, Control};
+use super::control::{JobControl, JobState, PendingSavepoint};
+use super::{CheckpointBarrier, Control, SavepointFormat, SavepointInfo, StopMode};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::catalog::{METADATA_FILE, human_bytes};
 use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator, Decision};
@@ -28,6 +34,8 @@ use crate::error::Error;
 use crate::job::JobGraph;
 use crate::keygroup::KeyGroupRange;
 use crate::metrics::JobMetrics;
+use crate::savepoint::format as sp;
+use crate::state::KeyGroupSnapshot;
 
 /// What subtasks tell the coordinator.
 #[derive(Debug)]
@@ -37,6 +45,8 @@ pub(crate) enum CoordinatorMsg {
         id: CheckpointId,
         task: usize,
         meta: SubtaskMetadata,
+        /// A canonical savepoint's part: what the subtask wrote.
+        part: Option<SavepointPart>,
     },
     /// A subtask cannot take checkpoint `id`.
     Decline {
@@ -49,6 +59,32 @@ pub(crate) enum CoordinatorMsg {
     /// Every subtask has stopped.
     Shutdown,
 }
+
+/// One subtask's part of a canonical savepoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SavepointPart {
+    /// Its state file, if it had keyed or operator state.
+    pub file: Option<String>,
+    /// The sections of that file.
+    pub sections: Vec<sp::WrittenSection>,
+    /// A source's position.
+    pub source_offset: Option<u64>,
+    /// A sink's pre-committed parts.
+    pub sink: Option<format::SinkSnapshot>,
+}
+
+/// Where a savepoint's files go.
+#[derive(Clone)]
+pub(crate) struct SavepointTarget {
+    pub storage: CheckpointStorage,
+    /// `savepoint-<job>-<id>` in that storage.
+    pub dir: String,
+    pub format: SavepointFormat,
+}
+
+/// The targets of savepoints in progress, by id: the coordinator registers
+/// one before triggering, uploaders read it.
+pub(crate) type SavepointTargets = Arc<Mutex<HashMap<CheckpointId, SavepointTarget>>>;
 
 /// What a subtask's synchronous phase took: its snapshot, with its keyed
 /// state already encoded (cheaper than copying it).
@@ -77,8 +113,10 @@ pub(crate) struct SyncTiming {
 #[derive(Clone)]
 pub(crate) struct Uploader {
     pub handle: Handle,
-    pub storage: CheckpointStorage,
+    /// Checkpoint storage; `None` with periodic checkpoints off.
+    pub storage: Option<CheckpointStorage>,
     pub job: String,
+    pub savepoints: SavepointTargets,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -91,17 +129,19 @@ pub(crate) fn checkpoint_dir(job: &str, id: CheckpointId) -> String {
 }
 
 impl Uploader {
-    /// Encodes and stores `snapshot` as `file` of checkpoint `id`, then
-    /// acknowledges (or declines, if storing failed) to the coordinator.
+    /// Encodes and stores `snapshot` as `file` of checkpoint (or
+    /// savepoint) `barrier.id`, then acknowledges (or declines, if storing
+    /// failed) to the coordinator.
     pub(crate) fn upload(
         &self,
-        id: CheckpointId,
+        barrier: CheckpointBarrier,
         task: usize,
         file: String,
         taken: Taken,
         timing: SyncTiming,
         coordinator: Sender<CoordinatorMsg>,
     ) {
+        let id = barrier.id;
         let started = Instant::now();
         let meta = move |file: Option<String>, size: u64, key_groups| SubtaskMetadata {
             subtask: 0,
@@ -114,18 +154,82 @@ impl Uploader {
             async_ms: millis(started.elapsed()),
             alignment_ms: millis(timing.alignment),
         };
+        let decline = {
+            let coordinator = coordinator.clone();
+            move |reason: String| {
+                let _ = coordinator.send(CoordinatorMsg::Decline { id, task, reason });
+            }
+        };
+        let target = if barrier.savepoint {
+            let t = self
+                .savepoints
+                .lock()
+                .expect("invariant: savepoint targets lock not poisoned")
+                .get(&id)
+                .cloned();
+            match t {
+                Some(t) => Some(t),
+                None => return decline(format!("savepoint {id} has no target directory")),
+            }
+        } else {
+            None
+        };
+        let (storage, dir, canonical) = match (target, &self.storage) {
+            (Some(t), _) => (t.storage, t.dir, t.format == SavepointFormat::Canonical),
+            (None, Some(storage)) => (storage.clone(), checkpoint_dir(&self.job, id), false),
+            (None, None) => return decline("checkpoints are off".into()),
+        };
+        if canonical {
+            self.handle.spawn(async move {
+                let source_offset = taken.snapshot.source_offset;
+                let sink = taken.snapshot.sink.clone();
+                let encoded = tokio::task::spawn_blocking(move || encode_canonical(taken))
+                    .await
+                    .expect("invariant: encoding a savepoint part does not panic");
+                let (bytes, sections) = match encoded {
+                    Ok(e) => e,
+                    Err(e) => return decline(e),
+                };
+                let size = bytes.len() as u64;
+                let stored = if sections.is_empty() {
+                    None
+                } else {
+                    if let Err(e) = storage
+                        .put(&format!("{dir}/{file}"), Bytes::from(bytes))
+                        .await
+                    {
+                        return decline(e.to_string());
+                    }
+                    Some(file)
+                };
+                let _ = coordinator.send(CoordinatorMsg::Ack {
+                    id,
+                    task,
+                    meta: meta(
+                        stored.clone(),
+                        if stored.is_some() { size } else { 0 },
+                        Vec::new(),
+                    ),
+                    part: Some(SavepointPart {
+                        file: stored,
+                        sections,
+                        source_offset,
+                        sink,
+                    }),
+                });
+            });
+            return;
+        }
         if taken.snapshot.is_empty() && taken.keyed.is_empty() {
             let _ = coordinator.send(CoordinatorMsg::Ack {
                 id,
                 task,
                 meta: meta(None, 0, Vec::new()),
+                part: None,
             });
             return;
         }
-        let (storage, path) = (
-            self.storage.clone(),
-            format!("{}/{file}", checkpoint_dir(&self.job, id)),
-        );
+        let path = format!("{dir}/{file}");
         self.handle.spawn(async move {
             let encoded = tokio::task::spawn_blocking(move || {
                 format::encode_state_file_with(&taken.snapshot, taken.keyed)
@@ -138,6 +242,7 @@ impl Uploader {
                     id,
                     task,
                     meta: meta(Some(file), size, encoded.key_groups),
+                    part: None,
                 },
                 Err(e) => CoordinatorMsg::Decline {
                     id,
@@ -150,6 +255,26 @@ impl Uploader {
     }
 }
 
+/// Encodes a subtask's snapshot as a canonical savepoint state file: the
+/// keyed state encoded in the synchronous phase is decoded back here, off
+/// the processing thread.
+fn encode_canonical(taken: Taken) -> Result<(Vec<u8>, Vec<sp::WrittenSection>), String> {
+    let mut keyed = taken.snapshot.keyed;
+    for g in taken.keyed {
+        let group: KeyGroupSnapshot = postcard::from_bytes(&g.payload).map_err(|e| {
+            format!(
+                "internal: re-reading key group {} for the savepoint: {e}",
+                g.key_group
+            )
+        })?;
+        keyed.push(group);
+    }
+    Ok(sp::encode_state_file(
+        &keyed,
+        &taken.snapshot.operator_state,
+    ))
+}
+
 /// Which subtask a task index is: `(vertex index, subtask)`.
 pub(crate) type TaskAddress = (usize, u32);
 
@@ -157,7 +282,8 @@ pub(crate) type TaskAddress = (usize, u32);
 pub(crate) struct CoordinatorSetup {
     pub config: CheckpointConfig,
     pub graph: Arc<JobGraph>,
-    pub storage: CheckpointStorage,
+    /// Checkpoint storage; `None` with periodic checkpoints off.
+    pub storage: Option<CheckpointStorage>,
     pub handle: Handle,
     pub tasks: Vec<TaskAddress>,
     pub sources: Vec<usize>,
@@ -167,6 +293,27 @@ pub(crate) struct CoordinatorSetup {
     pub completed: Vec<CheckpointId>,
     pub failure: Arc<Mutex<Option<Error>>>,
     pub metrics: Arc<JobMetrics>,
+    /// Savepoint requests come through it.
+    pub control: Option<JobControl>,
+    pub savepoints: SavepointTargets,
+    /// A snapshot restored with `--claim-mode claim`: deleted once
+    /// `retained` checkpoints of this run completed.
+    pub claimed: Option<String>,
+}
+
+/// A savepoint asked for, its target resolved.
+struct Requested {
+    pending: PendingSavepoint,
+    storage: CheckpointStorage,
+}
+
+/// A savepoint between trigger and completion.
+struct SavepointInFlight {
+    target: SavepointTarget,
+    /// Who asked (a retried drain savepoint was already answered).
+    reply: Option<PendingSavepoint>,
+    stop: Option<StopMode>,
+    parts: Vec<Option<SavepointPart>>,
 }
 
 /// A checkpoint between trigger and completion.
@@ -175,6 +322,7 @@ struct InFlight {
     trigger_time_ms: u64,
     is_final: bool,
     acks: Vec<Option<SubtaskMetadata>>,
+    savepoint: Option<SavepointInFlight>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -183,13 +331,15 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// What a coordinator leaves behind for the next attempt.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct CoordinatorOutcome {
     /// The latest completed checkpoint.
     pub latest_completed: Option<CheckpointId>,
     /// The newest id triggered: the next attempt starts past it, so it
     /// never writes into a directory an earlier attempt used.
     pub last_triggered: Option<CheckpointId>,
+    /// The savepoint the job was stopped with.
+    pub stopped_with: Option<SavepointInfo>,
 }
 
 /// Runs the coordinator until [`CoordinatorMsg::Shutdown`].
@@ -204,9 +354,18 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
         ),
         in_flight: HashMap::new(),
         last_triggered: None,
+        queued: VecDeque::new(),
+        drain: None,
+        stopped_with: None,
+        sources_finished: std::collections::HashSet::new(),
+        completed_here: 0,
         setup,
     };
-    let mut sources_finished = std::collections::HashSet::new();
+    let requests = c
+        .setup
+        .control
+        .as_ref()
+        .map_or_else(crossbeam_channel::never, |ctl| ctl.inbox().clone());
     loop {
         let decisions = c.coordinator.poll(Instant::now());
         c.execute(decisions);
@@ -216,12 +375,31 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
             .map_or(Duration::from_secs(3600), |w| {
                 w.saturating_duration_since(Instant::now())
             });
+        let msg = crossbeam_channel::select! {
+            recv(c.setup.inbox) -> msg => msg.map_err(|_| RecvTimeoutError::Disconnected),
+            recv(requests) -> req => {
+                if let Ok(req) = req {
+                    let decisions = c.requested(req);
+                    c.execute(decisions);
+                }
+                continue;
+            }
+            default(timeout) => Err(RecvTimeoutError::Timeout),
+        };
         let now = Instant::now();
-        let decisions = match c.setup.inbox.recv_timeout(timeout) {
-            Ok(CoordinatorMsg::Ack { id, task, mut meta }) => {
+        let decisions = match msg {
+            Ok(CoordinatorMsg::Ack {
+                id,
+                task,
+                mut meta,
+                part,
+            }) => {
                 if let Some(f) = c.in_flight.get_mut(&id) {
                     meta.subtask = c.setup.tasks[task].1;
                     f.acks[task] = Some(meta);
+                    if let Some(sp) = &mut f.savepoint {
+                        sp.parts[task] = part;
+                    }
                 }
                 c.coordinator.acknowledge(id, task, now)
             }
@@ -234,8 +412,8 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
                 c.coordinator.decline(id, task, &reason, now)
             }
             Ok(CoordinatorMsg::SourceFinished { task }) => {
-                sources_finished.insert(task);
-                if sources_finished.len() == c.setup.sources.len() {
+                c.sources_finished.insert(task);
+                if c.sources_finished.len() == c.setup.sources.len() {
                     c.coordinator.sources_finished(now)
                 } else {
                     Vec::new()
@@ -249,6 +427,7 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
     CoordinatorOutcome {
         latest_completed: c.coordinator.latest_completed(),
         last_triggered: c.last_triggered,
+        stopped_with: c.stopped_with,
     }
 }
 
@@ -256,6 +435,14 @@ struct Coordinator {
     coordinator: CheckpointCoordinator,
     in_flight: HashMap<CheckpointId, InFlight>,
     last_triggered: Option<CheckpointId>,
+    /// Savepoints asked for, not yet triggered, oldest first.
+    queued: VecDeque<Requested>,
+    /// A stop with drain: its target, and who asked until answered.
+    drain: Option<(SavepointTarget, Option<PendingSavepoint>)>,
+    stopped_with: Option<SavepointInfo>,
+    sources_finished: std::collections::HashSet<usize>,
+    /// Checkpoints completed by this attempt.
+    completed_here: u32,
     setup: CoordinatorSetup,
 }
 
@@ -267,26 +454,158 @@ impl Coordinator {
         }
     }
 
-    fn delete_later(&self, id: CheckpointId) {
-        let storage = self.setup.storage.clone();
-        let dir = checkpoint_dir(&self.setup.graph.name, id);
+    fn delete_later(&self, storage: CheckpointStorage, dir: String) {
         self.setup.handle.spawn(async move {
             if let Err(e) = storage.delete_prefix(&dir).await {
-                tracing::warn!("could not delete checkpoint directory: {e}");
+                tracing::warn!("could not delete {dir}: {e}");
             }
         });
+    }
+
+    fn checkpoint_storage(&self) -> CheckpointStorage {
+        self.setup
+            .storage
+            .clone()
+            .expect("invariant: checkpoints are triggered only with checkpoint storage")
+    }
+
+    /// Answers a request at once with `message`, undoing a stop.
+    fn refuse(&self, pending: PendingSavepoint, message: String) {
+        if pending.request.stop.is_some()
+            && let Some(ctl) = &self.setup.control
+        {
+            ctl.stop_failed();
+        }
+        let _ = pending.reply.send(Err(Error::Savepoint { message }));
+    }
+
+    /// A savepoint request from the job's control handle.
+    fn requested(&mut self, pending: PendingSavepoint) -> Vec<Decision> {
+        let graph = &self.setup.graph;
+        if !self.sources_finished.is_empty() {
+            let message = format!(
+                "job `{}` is finishing (its input ended): no savepoint can be taken now",
+                graph.name
+            );
+            self.refuse(pending, message);
+            return Vec::new();
+        }
+        let Some(target) = pending
+            .request
+            .target
+            .clone()
+            .or_else(|| graph.savepoint_dir.clone())
+        else {
+            let message = format!(
+                "no savepoint directory: give one (`weir savepoint JOB_ID DIR`, `weir stop --savepoint-path DIR`) or set `[savepoints] dir` in the job file of `{}`",
+                graph.name
+            );
+            self.refuse(pending, message);
+            return Vec::new();
+        };
+        let storage = match CheckpointStorage::open(&target, &graph.job_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(pending, format!("target directory {target}: {e}"));
+                return Vec::new();
+            }
+        };
+        if pending.request.stop.is_some()
+            && let Some(ctl) = &self.setup.control
+        {
+            ctl.set_state(JobState::Stopping);
+        }
+        let now = Instant::now();
+        if pending.request.stop == Some(StopMode::Drain) {
+            let target = SavepointTarget {
+                storage,
+                dir: String::new(),
+                format: pending.request.format,
+            };
+            self.drain = Some((target, Some(pending)));
+            self.coordinator.request_drain();
+            self.broadcast(self.setup.sources.clone().into_iter(), || Control::Drain);
+            return Vec::new();
+        }
+        self.queued.push_back(Requested { pending, storage });
+        self.coordinator.request_savepoint(now)
+    }
+
+    /// The target and requester of savepoint `id`, just triggered.
+    fn savepoint_for(&mut self, id: CheckpointId, is_final: bool) -> SavepointInFlight {
+        let run = self
+            .setup
+            .control
+            .as_ref()
+            .map_or("000000", |c| &c.id().as_str()[..6]);
+        let dir = crate::savepoint::savepoint_dir_name(&self.setup.graph.name, run, id.0);
+        let (target, reply) = if is_final {
+            let (target, reply) = self
+                .drain
+                .as_mut()
+                .expect("invariant: a final savepoint follows a drain request");
+            let target = SavepointTarget {
+                dir: dir.clone(),
+                ..target.clone()
+            };
+            (target, reply.take())
+        } else {
+            let r = self
+                .queued
+                .pop_front()
+                .expect("invariant: a savepoint is triggered for a queued request");
+            let target = SavepointTarget {
+                storage: r.storage,
+                dir,
+                format: r.pending.request.format,
+            };
+            (target, Some(r.pending))
+        };
+        let stop = if is_final {
+            Some(StopMode::Drain)
+        } else {
+            reply.as_ref().and_then(|r| r.request.stop)
+        };
+        SavepointInFlight {
+            target,
+            reply,
+            stop,
+            parts: vec![None; self.setup.tasks.len()],
+        }
     }
 
     fn execute(&mut self, decisions: Vec<Decision>) {
         let mut queue: VecDeque<Decision> = decisions.into();
         while let Some(d) = queue.pop_front() {
             match d {
-                Decision::Trigger { id, is_final } => {
+                Decision::Trigger {
+                    id,
+                    is_final,
+                    savepoint,
+                } => {
                     tracing::debug!(
-                        "triggering checkpoint {id}{}",
+                        "triggering {} {id}{}",
+                        if savepoint { "savepoint" } else { "checkpoint" },
                         if is_final { " (final)" } else { "" }
                     );
                     self.last_triggered = self.last_triggered.max(Some(id));
+                    let savepoint = savepoint.then(|| self.savepoint_for(id, is_final));
+                    let stop = savepoint
+                        .as_ref()
+                        .is_some_and(|s| s.stop == Some(StopMode::Suspend));
+                    if let Some(s) = &savepoint {
+                        self.setup
+                            .savepoints
+                            .lock()
+                            .expect("invariant: savepoint targets lock not poisoned")
+                            .insert(id, s.target.clone());
+                    }
+                    let barrier = CheckpointBarrier {
+                        id,
+                        is_final,
+                        savepoint: savepoint.is_some(),
+                        stop,
+                    };
                     self.in_flight.insert(
                         id,
                         InFlight {
@@ -294,9 +613,9 @@ impl Coordinator {
                             trigger_time_ms: unix_ms(SystemTime::now()),
                             is_final,
                             acks: vec![None; self.setup.tasks.len()],
+                            savepoint,
                         },
                     );
-                    let barrier = CheckpointBarrier { id, is_final };
                     self.broadcast(self.setup.sources.clone().into_iter(), || {
                         Control::Trigger(barrier)
                     });
@@ -310,18 +629,40 @@ impl Coordinator {
                     queue.extend(next);
                 }
                 Decision::Abort { id, reason } => {
-                    tracing::warn!("checkpoint {id} aborted: {reason}");
-                    self.in_flight.remove(&id);
+                    let f = self.in_flight.remove(&id);
                     self.broadcast(0..self.setup.tasks.len(), || Control::Abort(id));
-                    self.delete_later(id);
+                    match f.and_then(|f| f.savepoint) {
+                        Some(sp) => self.savepoint_failed(id, sp, &reason),
+                        None => {
+                            tracing::warn!("checkpoint {id} aborted: {reason}");
+                            let dir = checkpoint_dir(&self.setup.graph.name, id);
+                            self.delete_later(self.checkpoint_storage(), dir);
+                        }
+                    }
                 }
                 Decision::NotifyComplete(id) => {
                     self.broadcast(0..self.setup.tasks.len(), || Control::Complete(id));
+                    self.completed_here += 1;
+                    if self.completed_here >= self.setup.config.retained
+                        && let Some(claimed) = self.setup.claimed.take()
+                    {
+                        let cwd = std::env::current_dir().unwrap_or_default();
+                        self.setup.handle.spawn(async move {
+                            match crate::savepoint::delete_snapshot(&claimed, &cwd).await {
+                                Ok(_) => tracing::info!(
+                                    "claimed snapshot {claimed} subsumed and deleted"
+                                ),
+                                Err(e) => tracing::warn!("could not delete claimed {claimed}: {e}"),
+                            }
+                        });
+                    }
                 }
+                Decision::SavepointCompleted(id) => self.savepoint_completed(id),
                 Decision::Subsume(ids) => {
                     for id in ids {
                         tracing::debug!("checkpoint {id} subsumed");
-                        self.delete_later(id);
+                        let dir = checkpoint_dir(&self.setup.graph.name, id);
+                        self.delete_later(self.checkpoint_storage(), dir);
                     }
                 }
                 Decision::FailJob { reason } => {
@@ -336,51 +677,238 @@ impl Coordinator {
         }
     }
 
+    fn forget_target(&self, id: CheckpointId) -> Option<SavepointTarget> {
+        self.setup
+            .savepoints
+            .lock()
+            .expect("invariant: savepoint targets lock not poisoned")
+            .remove(&id)
+    }
+
+    fn savepoint_failed(&mut self, id: CheckpointId, sp: SavepointInFlight, reason: &str) {
+        tracing::warn!("savepoint {id} failed: {reason}");
+        self.forget_target(id);
+        self.delete_later(sp.target.storage.clone(), sp.target.dir.clone());
+        if sp.stop == Some(StopMode::Suspend)
+            && let Some(ctl) = &self.setup.control
+        {
+            // The sources resume (they got the abort): the job goes on.
+            ctl.stop_failed();
+            ctl.set_state(JobState::Running);
+        }
+        if let Some(r) = sp.reply {
+            let _ = r.reply.send(Err(Error::Savepoint {
+                message: format!("savepoint {id} failed: {reason}"),
+            }));
+        }
+    }
+
+    fn savepoint_completed(&mut self, id: CheckpointId) {
+        let target = self.forget_target(id);
+        let Some(f) = self.in_flight.remove(&id) else {
+            return;
+        };
+        let sp = f
+            .savepoint
+            .expect("invariant: a completed savepoint was triggered as one");
+        let target = target.unwrap_or(sp.target);
+        let info = SavepointInfo {
+            location: target.storage.location(&target.dir),
+            id: id.0,
+        };
+        tracing::info!(
+            "savepoint {id} completed in {:.0?}: {}",
+            f.triggered_at.elapsed(),
+            info.location
+        );
+        if sp.stop.is_some() {
+            // Sinks commit, suspended sources end.
+            self.stopped_with = Some(info.clone());
+            self.broadcast(0..self.setup.tasks.len(), || Control::Complete(id));
+        }
+        if let Some(r) = sp.reply {
+            let _ = r.reply.send(Ok(info));
+        }
+    }
+
     /// Writes checkpoint `id`'s `_metadata` if absent: the atomic step that
-    /// makes it complete.
+    /// makes it complete. A savepoint's goes to its own directory.
     fn commit(&mut self, id: CheckpointId) -> Result<(), StorageError> {
         let f = self
             .in_flight
-            .remove(&id)
+            .get_mut(&id)
             .expect("invariant: an acknowledged checkpoint is in flight");
-        let graph = &self.setup.graph;
-        let mut acks = f.acks.into_iter();
-        let mut vertices = Vec::new();
-        for v in &graph.vertices {
-            vertices.push(VertexMetadata {
-                uid: v.uid.clone(),
-                parallelism: v.parallelism,
-                subtasks: (0..v.parallelism)
-                    .map(|_| {
-                        acks.next()
-                            .flatten()
-                            .expect("invariant: every task acknowledged")
-                    })
-                    .collect(),
-            });
-        }
-        let metadata = CheckpointMetadata {
+        let acks = std::mem::take(&mut f.acks);
+        let (trigger_time_ms, is_final, triggered_at) =
+            (f.trigger_time_ms, f.is_final, f.triggered_at);
+        let graph = self.setup.graph.clone();
+        let vertices = vertices_of(&graph, acks);
+        let checkpoint = CheckpointMetadata {
             version: METADATA_VERSION,
             job_name: graph.name.clone(),
             checkpoint_id: id,
-            trigger_time_ms: f.trigger_time_ms,
+            trigger_time_ms,
             completion_time_ms: unix_ms(SystemTime::now()),
             max_parallelism: graph.max_parallelism,
             exactly_once: self.setup.config.mode
                 == crate::checkpoint::coordinator::CheckpointingMode::ExactlyOnce,
             unaligned: self.setup.config.unaligned,
-            is_final: f.is_final,
+            is_final,
             vertices,
         };
-        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(&graph.name, id));
-        let storage = self.setup.storage.clone();
-        let bytes = Bytes::from(format::encode_metadata(&metadata));
+        let (storage, path, bytes) = match &mut f.savepoint {
+            Some(sp) => {
+                let bytes = match sp.target.format {
+                    SavepointFormat::Native => format::encode_metadata(&CheckpointMetadata {
+                        unaligned: false,
+                        ..checkpoint.clone()
+                    }),
+                    SavepointFormat::Canonical => sp::encode_metadata(&canonical_metadata(
+                        &graph,
+                        &checkpoint,
+                        std::mem::take(&mut sp.parts),
+                    )),
+                };
+                (
+                    sp.target.storage.clone(),
+                    format!("{}/{METADATA_FILE}", sp.target.dir),
+                    bytes,
+                )
+            }
+            None => {
+                let path = format!("{}/{METADATA_FILE}", checkpoint_dir(&graph.name, id));
+                (
+                    self.checkpoint_storage(),
+                    path,
+                    format::encode_metadata(&checkpoint),
+                )
+            }
+        };
+        let bytes = Bytes::from(bytes);
         self.setup
             .handle
             .block_on(async move { storage.put_if_absent(&path, bytes).await })?;
-        self.setup.metrics.checkpoint_completed(id.0);
-        log_completed(&metadata, f.triggered_at.elapsed());
+        if self.in_flight[&id].savepoint.is_none() {
+            self.in_flight.remove(&id);
+            self.setup.metrics.checkpoint_completed(id.0);
+            log_completed(&checkpoint, triggered_at.elapsed());
+        }
         Ok(())
+    }
+}
+
+/// Every vertex's acknowledgements, in graph order.
+fn vertices_of(graph: &JobGraph, acks: Vec<Option<SubtaskMetadata>>) -> Vec<VertexMetadata> {
+    let mut acks = acks.into_iter();
+    graph
+        .vertices
+        .iter()
+        .map(|v| VertexMetadata {
+            uid: v.uid.clone(),
+            parallelism: v.parallelism,
+            subtasks: (0..v.parallelism)
+                .map(|_| {
+                    acks.next()
+                        .flatten()
+                        .expect("invariant: every task acknowledged")
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A canonical savepoint's `_metadata` from its subtasks' parts (in task
+/// order, which is graph order).
+fn canonical_metadata(
+    graph: &JobGraph,
+    checkpoint: &CheckpointMetadata,
+    parts: Vec<Option<SavepointPart>>,
+) -> sp::SavepointMetadata {
+    let mut parts = parts.into_iter();
+    let mut operators = Vec::new();
+    for v in &graph.vertices {
+        let mine: Vec<SavepointPart> = (0..v.parallelism)
+            .map(|_| parts.next().flatten().unwrap_or_default())
+            .collect();
+        let mut keyed: std::collections::BTreeMap<String, sp::KeyedStateMetadata> =
+            std::collections::BTreeMap::new();
+        let mut ops: std::collections::BTreeMap<String, sp::OperatorStateMetadata> =
+            std::collections::BTreeMap::new();
+        for (subtask, part) in mine.iter().enumerate() {
+            let Some(file) = &part.file else { continue };
+            for s in &part.sections {
+                let at = sp::SectionRef {
+                    file: file.clone(),
+                    offset: s.offset,
+                    len: s.len,
+                    count: s.count,
+                };
+                match (s.kind, s.key_group) {
+                    (Some(kind), Some(key_group)) => {
+                        let m = keyed.entry(s.state.clone()).or_insert_with(|| {
+                            sp::KeyedStateMetadata {
+                                name: s.state.clone(),
+                                kind: kind.into(),
+                                type_name: None,
+                                keys: 0,
+                                bytes: 0,
+                                key_groups: Vec::new(),
+                            }
+                        });
+                        m.keys += s.count;
+                        m.bytes += s.len;
+                        m.key_groups.push(sp::KeyGroupSectionRef { key_group, at });
+                    }
+                    _ => {
+                        let m = ops.entry(s.state.clone()).or_insert_with(|| {
+                            sp::OperatorStateMetadata {
+                                name: s.state.clone(),
+                                redistribution: sp::Redistribution::Split,
+                                type_name: None,
+                                items: 0,
+                                bytes: 0,
+                                subtasks: Vec::new(),
+                            }
+                        });
+                        m.items += s.count;
+                        m.bytes += s.len;
+                        m.subtasks.push(sp::SubtaskSectionRef {
+                            subtask: subtask as u32,
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        for m in keyed.values_mut() {
+            m.key_groups.sort_by_key(|g| g.key_group);
+        }
+        let source_offsets = mine
+            .iter()
+            .any(|p| p.source_offset.is_some())
+            .then(|| mine.iter().map(|p| p.source_offset.unwrap_or(0)).collect());
+        let sink = mine.iter().any(|p| p.sink.is_some()).then(|| {
+            mine.iter()
+                .map(|p| p.sink.clone().unwrap_or_default())
+                .collect()
+        });
+        operators.push(sp::OperatorMetadata {
+            uid: v.uid.clone(),
+            parallelism: v.parallelism,
+            keyed_states: keyed.into_values().collect(),
+            operator_states: ops.into_values().collect(),
+            source_offsets,
+            sink,
+        });
+    }
+    sp::SavepointMetadata {
+        version: sp::SAVEPOINT_METADATA_VERSION,
+        job_name: graph.name.clone(),
+        savepoint_id: checkpoint.checkpoint_id.0,
+        trigger_time_ms: checkpoint.trigger_time_ms,
+        completion_time_ms: checkpoint.completion_time_ms,
+        max_parallelism: graph.max_parallelism,
+        operators,
     }
 }
 

@@ -89,8 +89,12 @@ impl BarrierAligner {
     }
 
     /// The oldest checkpoint being aligned and its first barrier's arrival.
+    /// A savepoint never times out into an unaligned one.
     pub(crate) fn aligning_since(&self) -> Option<Instant> {
-        self.pending.first().map(|p| p.first_arrival)
+        self.pending
+            .first()
+            .filter(|p| !p.barrier.savepoint)
+            .map(|p| p.first_arrival)
     }
 
     /// The newest checkpoint aligned or given up here.
@@ -435,7 +439,9 @@ impl InputGate {
                 self.ready.push_back(GateEvent::Records(data, len));
             }
             Element::Barrier(b) => {
+                // Savepoints are always aligned, as in Flink.
                 let unaligned = self.mode == GateMode::Unaligned
+                    && !b.savepoint
                     && (self.aligned_timeout.is_none()
                         || self.latest_unaligned.is_some_and(|l| l >= b.id));
                 if unaligned {
@@ -469,7 +475,7 @@ impl InputGate {
 
     /// An upstream subtask's unaligned barrier on the priority lane.
     fn priority_barrier(&mut self, ch: usize, barrier: CheckpointBarrier) {
-        if self.mode != GateMode::Unaligned {
+        if self.mode != GateMode::Unaligned || barrier.savepoint {
             return;
         }
         match self.aligner.take_pending(barrier.id) {
@@ -644,6 +650,8 @@ mod tests {
         CheckpointBarrier {
             id: CheckpointId(id),
             is_final: false,
+            savepoint: false,
+            stop: false,
         }
     }
 

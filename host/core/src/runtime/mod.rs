@@ -40,6 +40,7 @@ use crate::job::{JobGraph, VertexKind};
 use crate::metrics::JobMetrics;
 use crate::plugin::{Plugin, PluginEngine};
 use crate::restart::RestartTracker;
+use crate::savepoint::ClaimMode;
 use checkpointing::{CoordinatorMsg, CoordinatorOutcome, CoordinatorSetup, Uploader};
 use gate::{GateMode, InputGate};
 use router::{Router, wire};
@@ -75,6 +76,11 @@ pub struct CheckpointBarrier {
     pub id: CheckpointId,
     /// The last checkpoint of a bounded job, after all its data.
     pub is_final: bool,
+    /// A savepoint: always aligned, stored apart from checkpoints.
+    pub savepoint: bool,
+    /// Stop with savepoint: sources send nothing after this barrier and
+    /// end once it completed (or resume if it was aborted).
+    pub stop: bool,
 }
 
 /// What the job tells a subtask, apart from its data.
@@ -92,6 +98,8 @@ pub(crate) enum Control {
     Complete(CheckpointId),
     /// The checkpoint was abandoned.
     Abort(CheckpointId),
+    /// Sources: end the input now, as if exhausted (stop with drain).
+    Drain,
     /// Stop: another subtask failed.
     Cancel,
 }
@@ -123,6 +131,8 @@ pub struct RunReport {
     pub restored_from: Option<CheckpointId>,
     /// How many times the job restarted after a failure.
     pub restarts: u32,
+    /// The savepoint it was stopped with (`weir stop`), if it was.
+    pub stopped_with: Option<SavepointInfo>,
 }
 
 /// Where a run starts.
@@ -153,6 +163,11 @@ pub struct RunOptions {
     /// The job's control handle (REST API): state, savepoints, stop,
     /// cancel. Its cancel flag acts as `cancel`.
     pub control: Option<JobControl>,
+    /// Restore even if the snapshot holds state of uids the job does not
+    /// have (that state is dropped, and reported).
+    pub allow_non_restored: bool,
+    /// Whether the run owns the snapshot it restores from.
+    pub claim_mode: ClaimMode,
 }
 
 /// Runs `graph` to completion from scratch.
@@ -218,7 +233,12 @@ fn run_controlled(
         .transpose()?;
     let (mut restore, mut next_id) =
         io.block_on(starting_point(graph, storage.as_ref(), options))?;
-    let restored_from = restore.as_ref().map(|r| r.metadata.checkpoint_id);
+    let restored_from = restore.as_ref().map(|r| r.manifest.id());
+    // A snapshot the user named with `-s`; claimed or not.
+    let user_snapshot = match (&options.restore, &restore) {
+        (Restore::From(_), Some(r)) => Some(r.location()),
+        _ => None,
+    };
     let mut tracker = RestartTracker::new(graph.restart.clone());
     let graph = Arc::new(graph.clone());
     loop {
@@ -233,6 +253,14 @@ fn run_controlled(
             io: io.handle(),
             attempt_number: tracker.restarts(),
             cancel: options.cancel.clone(),
+            allow_non_restored: options.allow_non_restored,
+            control: options.control.clone(),
+            claimed: user_snapshot
+                .clone()
+                .filter(|_| options.claim_mode == ClaimMode::Claim),
+            protected: user_snapshot
+                .clone()
+                .filter(|_| options.claim_mode == ClaimMode::NoClaim),
         };
         let (result, outcome) = attempt.run(restore.as_ref(), next_id);
         if let Some(id) = outcome.last_triggered {
@@ -263,6 +291,7 @@ fn run_controlled(
                         .collect(),
                     restored_from,
                     restarts: tracker.restarts(),
+                    stopped_with: outcome.stopped_with,
                 });
             }
             Err(e) => {
@@ -273,9 +302,7 @@ fn run_controlled(
                     return Err(e);
                 };
                 if let (Some(id), Some(storage)) = (latest, &storage)
-                    && restore
-                        .as_ref()
-                        .is_none_or(|r| r.metadata.checkpoint_id != id)
+                    && restore.as_ref().is_none_or(|r| r.manifest.id() != id)
                 {
                     let dir = checkpointing::checkpoint_dir(&graph.name, id);
                     restore = Some(io.block_on(open_stored(storage, &dir))?);
@@ -294,7 +321,7 @@ fn run_controlled(
                     tracker.describe(),
                     restore.as_ref().map_or("scratch".to_owned(), |r| format!(
                         "checkpoint {}",
-                        r.metadata.checkpoint_id
+                        r.manifest.id()
                     ))
                 );
                 let until = Instant::now() + delay;
@@ -348,7 +375,10 @@ async fn open_stored(storage: &CheckpointStorage, dir: &str) -> Result<RestorePo
     Ok(RestorePoint {
         storage: storage.clone(),
         dir: dir.to_owned(),
-        metadata: crate::checkpoint::format::decode_metadata(&storage.location(&path), &bytes)?,
+        manifest: catalog::Manifest::Checkpoint(crate::checkpoint::format::decode_metadata(
+            &storage.location(&path),
+            &bytes,
+        )?),
     })
 }
 
@@ -420,19 +450,34 @@ async fn starting_point(
         }
     }
     match &point {
-        Some(p) => tracing::info!(
-            "restoring job `{}` from checkpoint {} ({})",
-            graph.name,
-            p.metadata.checkpoint_id,
-            p.location()
-        ),
+        Some(p) => {
+            let plan = p.plan(graph, options.allow_non_restored)?;
+            tracing::info!(
+                "restoring job `{}` from {} ({})",
+                graph.name,
+                p.manifest.describe(),
+                p.location()
+            );
+            for (uid, from, to) in plan.rescaled() {
+                tracing::info!("`{uid}` rescales from parallelism {from} to {to}");
+            }
+            if !plan.new.is_empty() {
+                tracing::info!("starting with empty state: {}", plan.new.join(", "));
+            }
+            if !plan.dropped.is_empty() {
+                tracing::warn!(
+                    "dropping the state of uids the job does not have (--allow-non-restored-state): {}",
+                    plan.dropped.join(", ")
+                );
+            }
+        }
         None => clear_file_sinks(graph)?,
     }
     // Never reuse an id: not one in storage, nor the restored one.
     let next_id = listed
         .iter()
         .map(|l| l.id)
-        .chain(point.as_ref().map(|p| p.metadata.checkpoint_id))
+        .chain(point.as_ref().map(|p| p.manifest.id()))
         .max()
         .map_or(CheckpointId(1), CheckpointId::next);
     Ok((point, next_id))
@@ -457,6 +502,12 @@ struct Attempt<'a> {
     io: &'a tokio::runtime::Handle,
     attempt_number: u32,
     cancel: Option<Arc<AtomicBool>>,
+    allow_non_restored: bool,
+    control: Option<JobControl>,
+    /// The restored snapshot the run owns (`--claim-mode claim`).
+    claimed: Option<String>,
+    /// The restored snapshot the run must never delete (`no-claim`).
+    protected: Option<String>,
 }
 
 impl Attempt<'_> {
@@ -467,7 +518,7 @@ impl Attempt<'_> {
         restore: Option<&RestorePoint>,
         first_id: CheckpointId,
     ) -> (Result<(), Error>, CoordinatorOutcome) {
-        let restored_id = restore.map(|r| r.metadata.checkpoint_id);
+        let restored_id = restore.map(|r| r.manifest.id());
         let (result, mut outcome) = match self.run_inner(restore, first_id) {
             Ok(r) => r,
             Err(e) => (Err(e), CoordinatorOutcome::default()),
@@ -484,7 +535,11 @@ impl Attempt<'_> {
         let graph = &*self.graph;
         let config = &graph.checkpoints;
         let mut snapshots: Vec<SubtaskSnapshot> = match restore {
-            Some(r) => self.io.block_on(r.load(graph))?,
+            Some(r) => {
+                self.io
+                    .block_on(r.load(graph, self.allow_non_restored))?
+                    .snapshots
+            }
             None => Vec::new(),
         };
         snapshots.reverse();
@@ -509,14 +564,15 @@ impl Attempt<'_> {
         let (mut outputs, mut inputs) = wire(graph, &controls, &first);
         let controls = Arc::new(controls);
         let (coordinator_tx, inbox) = crossbeam_channel::unbounded();
-        let uploader = self
-            .storage
-            .filter(|_| config.enabled())
-            .map(|storage| Uploader {
-                handle: self.io.clone(),
-                storage: storage.clone(),
-                job: graph.name.clone(),
-            });
+        // The coordinator always runs: with periodic checkpoints off it
+        // still takes savepoints.
+        let savepoints = checkpointing::SavepointTargets::default();
+        let uploader = Uploader {
+            handle: self.io.clone(),
+            storage: self.storage.filter(|_| config.enabled()).cloned(),
+            job: graph.name.clone(),
+            savepoints: savepoints.clone(),
+        };
         let gate_mode = match (config.mode, config.unaligned) {
             (CheckpointingMode::AtLeastOnce, _) => GateMode::AtLeastOnce,
             (CheckpointingMode::ExactlyOnce, false) => GateMode::Aligned,
@@ -552,10 +608,11 @@ impl Attempt<'_> {
                     ),
                     metrics: self.metrics.clone(),
                     v_idx,
-                    checkpointing: uploader.as_ref().map(|uploader| TaskCheckpointing {
+                    checkpointing: Some(TaskCheckpointing {
                         task: index,
                         coordinator: coordinator_tx.clone(),
                         uploader: uploader.clone(),
+                        final_checkpoint: config.enabled(),
                     }),
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
@@ -570,35 +627,43 @@ impl Attempt<'_> {
         let shutdown = coordinator_tx;
         // Completed checkpoints already in storage are subsumed in turn by
         // the new ones.
-        let completed: Vec<CheckpointId> = match &uploader {
-            Some(u) => self
+        let completed: Vec<CheckpointId> = match &uploader.storage {
+            Some(storage) => self
                 .io
-                .block_on(catalog::scan(&u.storage, &graph.name))?
+                .block_on(catalog::scan(storage, &graph.name))?
                 .into_iter()
                 .filter(|l| matches!(l.status, Status::Completed(_)))
+                .filter(|l| {
+                    self.protected
+                        .as_ref()
+                        .is_none_or(|p| *p != storage.location(&l.dir))
+                })
                 .map(|l| l.id)
                 .collect(),
             None => Vec::new(),
         };
-        let coordinator = uploader.map(|uploader| {
-            let setup = CoordinatorSetup {
-                config: config.clone(),
-                graph: self.graph.clone(),
-                storage: uploader.storage,
-                handle: self.io.clone(),
-                tasks: addresses.clone(),
-                sources: sources.clone(),
-                controls: controls.clone(),
-                inbox,
-                first_id,
-                completed,
-                failure: failure.clone(),
-                metrics: self.metrics.clone(),
-            };
+        let setup = CoordinatorSetup {
+            config: config.clone(),
+            graph: self.graph.clone(),
+            storage: uploader.storage,
+            handle: self.io.clone(),
+            tasks: addresses.clone(),
+            sources: sources.clone(),
+            controls: controls.clone(),
+            inbox,
+            first_id,
+            completed,
+            failure: failure.clone(),
+            metrics: self.metrics.clone(),
+            control: self.control.clone(),
+            savepoints,
+            claimed: self.claimed.clone(),
+        };
+        let coordinator = Some(
             std::thread::Builder::new()
                 .name("checkpoint-coordinator".into())
-                .spawn(move || checkpointing::coordinate(setup))
-        });
+                .spawn(move || checkpointing::coordinate(setup)),
+        );
         let coordinator = coordinator
             .transpose()
             .map_err(|e| Error::Internal(format!("spawning the coordinator thread: {e}")))?;

@@ -41,6 +41,19 @@ pub(crate) struct TaskCheckpointing {
     pub task: usize,
     pub coordinator: Sender<CoordinatorMsg>,
     pub uploader: Uploader,
+    /// Periodic checkpoints are on: a bounded job ends with a final
+    /// checkpoint. (Off, the coordinator still takes savepoints.)
+    pub final_checkpoint: bool,
+}
+
+/// What a source does after a control message.
+enum SourceStep {
+    /// Go on reading.
+    Go,
+    /// End the input now (stop with drain).
+    Drain,
+    /// Its stop-with-savepoint completed: end without ending the data.
+    Stopped,
 }
 
 /// One subtask and everything it owns.
@@ -203,7 +216,7 @@ impl Task {
             return;
         };
         c.uploader.upload(
-            barrier.id,
+            barrier,
             c.task,
             crate::checkpoint::format::state_file_name(&self.vertex.uid, self.subtask),
             snapshot,
@@ -231,9 +244,17 @@ impl Task {
     fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
         let control = self.gate.control().clone();
         let mut batch = BatchWriter::default();
-        loop {
+        let mut drained = false;
+        'produce: loop {
             while let Ok(c) = control.try_recv() {
-                self.source_control(c, source.as_ref())?;
+                match self.source_control(c, source.as_ref())? {
+                    SourceStep::Go => {}
+                    SourceStep::Drain => {
+                        drained = true;
+                        break 'produce;
+                    }
+                    SourceStep::Stopped => return self.router.broadcast(|| Element::EndOfInput),
+                }
             }
             let more = source.next_batch(&mut batch, self.batch_size)?;
             let n = self.router.route(batch.as_bytes())?;
@@ -245,7 +266,11 @@ impl Task {
             }
         }
         self.router.broadcast(|| Element::EndOfData)?;
-        let Some(c) = &self.checkpointing else {
+        let Some(c) = self
+            .checkpointing
+            .as_ref()
+            .filter(|c| c.final_checkpoint || drained)
+        else {
             return self.router.broadcast(|| Element::EndOfInput);
         };
         // Serve checkpoints until the final one completed: only then may
@@ -264,12 +289,16 @@ impl Task {
                     final_id = Some(b.id);
                     self.source_control(msg, source.as_ref())?;
                 }
-                other => self.source_control(other, source.as_ref())?,
+                other => {
+                    if let SourceStep::Stopped = self.source_control(other, source.as_ref())? {
+                        return self.router.broadcast(|| Element::EndOfInput);
+                    }
+                }
             }
         }
     }
 
-    fn source_control(&mut self, c: Control, source: &dyn Source) -> TaskResult {
+    fn source_control(&mut self, c: Control, source: &dyn Source) -> Result<SourceStep, Exit> {
         match c {
             Control::Trigger(barrier) => {
                 let started = Instant::now();
@@ -278,13 +307,35 @@ impl Task {
                     ..SubtaskSnapshot::default()
                 });
                 let sync = started.elapsed();
-                let unaligned = self.gate.mode() == GateMode::Unaligned;
+                let unaligned = self.gate.mode() == GateMode::Unaligned && !barrier.savepoint;
                 self.router.barrier(barrier, unaligned)?;
                 self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
-                Ok(())
+                if barrier.stop {
+                    return self.suspended(barrier.id, source);
+                }
+                Ok(SourceStep::Go)
             }
+            Control::Drain => Ok(SourceStep::Drain),
             Control::Cancel => Err(Exit::Cancelled),
-            Control::Complete(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => Ok(()),
+            Control::Complete(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => {
+                Ok(SourceStep::Go)
+            }
+        }
+    }
+
+    /// After a stop-with-savepoint barrier: sends nothing until savepoint
+    /// `id` completed (then the source ends) or was aborted (it resumes).
+    fn suspended(&mut self, id: CheckpointId, source: &dyn Source) -> Result<SourceStep, Exit> {
+        let control = self.gate.control().clone();
+        loop {
+            match control.recv().map_err(|_| Exit::Cancelled)? {
+                Control::Complete(done) if done >= id => return Ok(SourceStep::Stopped),
+                Control::Abort(aborted) if aborted == id => return Ok(SourceStep::Go),
+                other => match self.source_control(other, source)? {
+                    SourceStep::Go => {}
+                    step => return Ok(step),
+                },
+            }
         }
     }
 
@@ -418,7 +469,9 @@ impl Task {
                         self.subtask
                     );
                 }
-                GateEvent::Control(Control::Trigger(_) | Control::PriorityBarrier { .. }) => {}
+                GateEvent::Control(
+                    Control::Trigger(_) | Control::PriorityBarrier { .. } | Control::Drain,
+                ) => {}
                 GateEvent::End => return self.router.broadcast(|| Element::EndOfInput),
             }
         }
@@ -448,7 +501,10 @@ fn sink_control(c: Control, sink: &mut dyn Sink) -> TaskResult {
     match c {
         Control::Complete(id) => Ok(sink.commit(id)?),
         Control::Cancel => Err(Exit::Cancelled),
-        Control::Trigger(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => Ok(()),
+        Control::Trigger(_)
+        | Control::Abort(_)
+        | Control::PriorityBarrier { .. }
+        | Control::Drain => Ok(()),
     }
 }
 

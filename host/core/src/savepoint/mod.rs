@@ -10,6 +10,11 @@
 pub mod format;
 pub mod restore;
 
+use std::path::Path;
+
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::error::Error;
+
 /// What a run restored from a snapshot may do with it (Flink's
 /// `RecoveryClaimMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,9 +42,11 @@ impl std::str::FromStr for ClaimMode {
     }
 }
 
-/// `savepoint-<job>-<id>`, one path segment: bytes of the job name outside
-/// `[A-Za-z0-9._-]` are written `%XX`.
-pub fn savepoint_dir_name(job: &str, id: u64) -> String {
+/// `savepoint-<job>-<run>-<id>`, one path segment: `run` tells apart runs
+/// of the same job (ids restart at 1 in a fresh run), e.g. the first six
+/// digits of the job id; bytes of the job name outside `[A-Za-z0-9._-]`
+/// are written `%XX`.
+pub fn savepoint_dir_name(job: &str, run: &str, id: u64) -> String {
     let mut name = String::from("savepoint-");
     for b in job.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
@@ -48,8 +55,32 @@ pub fn savepoint_dir_name(job: &str, id: u64) -> String {
             name.push_str(&format!("%{b:02X}"));
         }
     }
-    name.push_str(&format!("-{id}"));
+    name.push_str(&format!("-{run}-{id}"));
     name
+}
+
+/// Deletes the snapshot directory at `location` (a path, relative to
+/// `cwd`, or a URL) with everything in it; returns how many files went.
+///
+/// # Errors
+/// [`Error::Storage`] if listing or deleting fails or the location has no
+/// parent directory.
+pub async fn delete_snapshot(location: &str, cwd: &Path) -> Result<usize, Error> {
+    let trimmed = location.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((parent, name)) if !name.is_empty() => {
+            (if parent.is_empty() { "/" } else { parent }, name)
+        }
+        _ => (".", trimmed),
+    };
+    if parent.ends_with(':') || parent.ends_with(":/") {
+        // `s3://bucket`: the bucket itself is not a snapshot directory.
+        return Err(Error::Savepoint {
+            message: format!("{location} is not a snapshot directory inside a storage root"),
+        });
+    }
+    let storage = CheckpointStorage::open(parent, cwd)?;
+    Ok(storage.delete_prefix(name).await?)
 }
 
 #[cfg(test)]
@@ -58,8 +89,14 @@ mod tests {
 
     #[test]
     fn directory_names_are_one_portable_segment() {
-        assert_eq!(savepoint_dir_name("wordcount", 7), "savepoint-wordcount-7");
-        assert_eq!(savepoint_dir_name("a/b c", 1), "savepoint-a%2Fb%20c-1");
+        assert_eq!(
+            savepoint_dir_name("wordcount", "3f2a1b", 7),
+            "savepoint-wordcount-3f2a1b-7"
+        );
+        assert_eq!(
+            savepoint_dir_name("a/b c", "000000", 1),
+            "savepoint-a%2Fb%20c-000000-1"
+        );
         assert_eq!("claim".parse(), Ok(ClaimMode::Claim));
         assert!("keep".parse::<ClaimMode>().is_err());
     }

@@ -1,0 +1,249 @@
+//! Savepoints through the runtime's control handle (what the REST API
+//! drives): a savepoint of a running job, stop with savepoint, and restores
+//! at other parallelisms giving the same final state as an unstopped run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use weir_host::job;
+use weir_host::metrics::JobMetrics;
+use weir_host::plugin::PluginEngine;
+use weir_host::runtime::{
+    self, JobControl, JobState, Restore, RunOptions, SavepointFormat, SavepointRequest, StopMode,
+};
+use weir_test_plugins as plugins;
+
+const RECORDS: u64 = 60_000;
+
+fn engine() -> Arc<PluginEngine> {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    Arc::new(PluginEngine::new(Some(cache)).unwrap())
+}
+
+/// Word count over `records` generated words (or unbounded), at
+/// `parallelism`, into `out`.
+fn job_file(dir: &Path, out: &Path, records: Option<u64>, parallelism: u32, rate: f64) -> PathBuf {
+    let records = records.map_or(String::new(), |n| format!("records = {n}\n"));
+    let text = format!(
+        r#"
+name = "counts"
+
+[[sources]]
+uid = "words"
+type = "datagen"
+seed = 7
+vocabulary = 500
+rate = {rate}
+{records}
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "words"
+
+[[operators]]
+uid = "count"
+plugin = "{count}"
+input = "tokenize"
+partition = "hash"
+parallelism = {parallelism}
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "count"
+parallelism = {parallelism}
+"#,
+        count = plugins::WORD_COUNT,
+        tokenize = plugins::TOKENIZE,
+        out = out.display(),
+    );
+    let path = dir.join(format!("job-{parallelism}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The committed output: every line `word<TAB>count`, per word the counts
+/// seen, in part order.
+fn output(out: &Path) -> BTreeMap<String, Vec<u64>> {
+    let mut parts: Vec<(u32, u64, PathBuf)> = std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let rest = name.strip_prefix("part-")?;
+            let (s, n) = rest.split_once('-')?;
+            Some((s.parse().ok()?, n.parse().ok()?, e.path()))
+        })
+        .collect();
+    parts.sort();
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, _, path) in parts {
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let (word, n) = line.split_once('\t').unwrap();
+            counts
+                .entry(word.to_owned())
+                .or_default()
+                .push(n.parse().unwrap());
+        }
+    }
+    counts
+}
+
+/// Every word counted 1..=n exactly once (order within a word across
+/// subtasks may differ after a rescale, so compare sorted).
+fn assert_exactly_once(counts: &BTreeMap<String, Vec<u64>>, expected: &BTreeMap<String, Vec<u64>>) {
+    assert_eq!(counts.len(), expected.len(), "different words");
+    for (word, seen) in counts {
+        let mut seen = seen.clone();
+        seen.sort_unstable();
+        let n = expected[word].len() as u64;
+        assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "word {word}");
+    }
+}
+
+struct Running {
+    control: JobControl,
+    handle: std::thread::JoinHandle<Result<runtime::RunReport, weir_host::Error>>,
+}
+
+fn start(engine: &Arc<PluginEngine>, job: &Path, restore: Restore) -> Running {
+    let graph = job::load(job).unwrap();
+    let metrics = JobMetrics::for_graph(&graph);
+    let control = JobControl::new(
+        &graph.name,
+        metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let options = RunOptions {
+        restore,
+        control: Some(control.clone()),
+        ..RunOptions::default()
+    };
+    let engine = engine.clone();
+    let handle = std::thread::spawn(move || runtime::run_with(&graph, &engine, metrics, &options));
+    let started = Instant::now();
+    while control.state() != JobState::Running {
+        assert!(started.elapsed() < Duration::from_secs(60), "never running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Running { control, handle }
+}
+
+fn request(target: &Path, format: SavepointFormat, stop: Option<StopMode>) -> SavepointRequest {
+    SavepointRequest {
+        target: Some(target.display().to_string()),
+        format,
+        stop,
+    }
+}
+
+#[test]
+fn stop_with_savepoint_then_rescaled_restores_match_an_unstopped_run() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let savepoints = dir.path().join("savepoints");
+
+    // The reference: one bounded run.
+    let straight_out = dir.path().join("straight");
+    let straight = job_file(dir.path(), &straight_out, Some(RECORDS), 2, 1e9);
+    let r = start(&engine, &straight, Restore::Fresh);
+    r.handle.join().unwrap().unwrap();
+    let expected = output(&straight_out);
+
+    for format in [SavepointFormat::Canonical, SavepointFormat::Native] {
+        let out = dir.path().join(format!("out-{format:?}"));
+        // Parallelism 1, slow enough to be stopped midway.
+        let job1 = job_file(dir.path(), &out, Some(RECORDS), 1, 40_000.0);
+        let r = start(&engine, &job1, Restore::Fresh);
+        std::thread::sleep(Duration::from_millis(300));
+        // A savepoint while running: the job goes on.
+        let sp = r
+            .control
+            .trigger_savepoint(request(&savepoints, format, None))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(Path::new(&sp.location).join("_metadata").is_file());
+        assert_eq!(r.control.state(), JobState::Running);
+        std::thread::sleep(Duration::from_millis(200));
+        let stopped = r
+            .control
+            .trigger_savepoint(request(&savepoints, format, Some(StopMode::Suspend)))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let report = r.handle.join().unwrap().unwrap();
+        assert_eq!(report.stopped_with.as_ref(), Some(&stopped));
+        assert!(stopped.id > sp.id);
+        let partial: usize = output(&out).values().map(Vec::len).sum();
+        assert!(
+            0 < partial && (partial as u64) < RECORDS,
+            "stopped midway: {partial} of {RECORDS}"
+        );
+
+        // A copy of the output as the stop left it, for the rewind below.
+        let rewound = dir.path().join(format!("rewound-{format:?}"));
+        copy_dir(&out, &rewound);
+
+        // Rescale 1 → 3 (stopped again), then → 2 to the end.
+        let job3 = job_file(dir.path(), &out, Some(RECORDS), 3, 40_000.0);
+        let r = start(&engine, &job3, Restore::From(stopped.location.clone()));
+        std::thread::sleep(Duration::from_millis(300));
+        let stopped3 = r
+            .control
+            .trigger_savepoint(request(&savepoints, format, Some(StopMode::Suspend)))
+            .unwrap()
+            .wait()
+            .unwrap();
+        r.handle.join().unwrap().unwrap();
+        let job2 = job_file(dir.path(), &out, Some(RECORDS), 2, 1e9);
+        let r = start(&engine, &job2, Restore::From(stopped3.location.clone()));
+        r.handle.join().unwrap().unwrap();
+        assert_exactly_once(&output(&out), &expected);
+
+        // The savepoint taken while running rewinds the output to it: the
+        // parts committed after it are dropped, and the run from it is
+        // exactly once too.
+        let job = job_file(dir.path(), &rewound, Some(RECORDS), 1, 1e9);
+        let r = start(&engine, &job, Restore::From(sp.location.clone()));
+        r.handle.join().unwrap().unwrap();
+        assert_exactly_once(&output(&rewound), &expected);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_savepoint_without_a_directory_fails_and_the_job_goes_on() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let job = job_file(dir.path(), &out, None, 1, 2000.0);
+    let r = start(&engine, &job, Restore::Fresh);
+    let e = r
+        .control
+        .trigger_savepoint(SavepointRequest {
+            target: None,
+            format: SavepointFormat::Canonical,
+            stop: Some(StopMode::Suspend),
+        })
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(e.to_string().contains("[savepoints] dir"), "{e}");
+    assert_eq!(r.control.state(), JobState::Running);
+    r.control.cancel();
+    let e = r.handle.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), weir_host::ErrorKind::Cancelled);
+    assert_eq!(r.control.state(), JobState::Cancelled);
+}
