@@ -2,8 +2,13 @@
 //! hash), pre-instantiated, then instantiated per subtask inside a sandbox.
 //! This is the only module that touches wasmtime.
 
+mod declared;
+mod descriptor;
 mod sandbox;
 mod value;
+
+pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
+pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -17,11 +22,13 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::weir::operator::{keyed_state, logging, operator_state, output, types};
+use self::declared::Declarations;
 use self::sandbox::{GuestOutput, MemoryLimiter, Stream};
 use crate::error::Error;
 use crate::job::Limits;
+use crate::keygroup::KeyGroupRange;
 use crate::keygroup::key_group_of;
-use crate::state::{KeyedStateBackend, Update, Value};
+use crate::state::{KeyedStateBackend, MemoryStateBackend, Update, Value};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -205,7 +212,9 @@ pub struct InstanceState {
     output: Vec<u8>,
     keyed: Box<dyn KeyedStateBackend>,
     operator_state: HashMap<String, Vec<Value>>,
+    declared: Declarations,
     max_parallelism: u32,
+    uid: Arc<str>,
     tag: Arc<str>,
 }
 
@@ -255,7 +264,9 @@ impl Plugin {
                 output: Vec::new(),
                 keyed: cfg.state,
                 operator_state: cfg.operator_state.into_iter().collect(),
+                declared: Declarations::default(),
                 max_parallelism: cfg.max_parallelism,
+                uid: cfg.uid.as_str().into(),
                 tag,
             },
         );
@@ -288,6 +299,41 @@ impl Plugin {
             b.weir_operator_operator().call_open(s, &context)
         })?;
         Ok(instance)
+    }
+
+    /// The states the plugin declares for operator `uid` with `config`,
+    /// found without running a job: one instance (subtask 0, empty state)
+    /// is opened, its declarations collected, and the instance dropped
+    /// without `close`. `weir savepoint check` compares these with what a
+    /// savepoint holds. A plugin built without `declare` returns nothing.
+    ///
+    /// # Errors
+    /// [`Error::OperatorFailed`] if instantiation or `open` fails,
+    /// including a declaration the host refuses.
+    pub fn declared_states(
+        &self,
+        uid: &str,
+        config: &str,
+        parallelism: u32,
+        max_parallelism: u32,
+        limits: Limits,
+    ) -> Result<Vec<DeclaredState>, Error> {
+        let instance = self.instantiate(InstanceConfig {
+            uid: uid.to_owned(),
+            config: config.to_owned(),
+            subtask: 0,
+            parallelism,
+            max_parallelism,
+            limits,
+            state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                0,
+                parallelism,
+                max_parallelism,
+            ))),
+            operator_state: Vec::new(),
+            attempt_number: 0,
+        })?;
+        Ok(instance.declared_states().to_vec())
     }
 }
 
@@ -423,6 +469,12 @@ impl OperatorInstance {
         &mut self.store.data_mut().output
     }
 
+    /// The states the guest declared so far (normally all of them, in
+    /// `open`), in declaration order.
+    pub fn declared_states(&self) -> &[DeclaredState] {
+        self.store.data().declared.all()
+    }
+
     /// The subtask's keyed state.
     pub fn state(&self) -> &dyn KeyedStateBackend {
         self.store.data().keyed.as_ref()
@@ -477,7 +529,64 @@ impl logging::Host for InstanceState {
     }
 }
 
+/// Parses and canonicalises a declared type descriptor, checking it fits
+/// `kind` (a map state is a `map<K, V>`, a list state a `list<T>`).
+fn declared_type(
+    state: &str,
+    kind: DeclaredKind,
+    type_name: Option<String>,
+) -> Result<Option<String>, String> {
+    let Some(text) = type_name else {
+        return Ok(None);
+    };
+    let t = TypeDescriptor::parse(&text).map_err(|e| format!("state `{state}`: {e}"))?;
+    let fits = match (kind, &t) {
+        (_, TypeDescriptor::Any) | (DeclaredKind::Value, _) => true,
+        (DeclaredKind::Map, TypeDescriptor::Map(..)) => true,
+        (DeclaredKind::List | DeclaredKind::OperatorList { .. }, TypeDescriptor::List(_)) => true,
+        _ => false,
+    };
+    if !fits {
+        let shape = if kind == DeclaredKind::Map {
+            "map<K, V>"
+        } else {
+            "list<T>"
+        };
+        return Err(format!(
+            "state `{state}` is declared {kind} with type `{t}`; the type of a {kind} state is `{shape}` or `any`"
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
 impl keyed_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        kind: types::StateKind,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        let kind = match kind {
+            types::StateKind::Value => DeclaredKind::Value,
+            types::StateKind::Map => DeclaredKind::Map,
+            types::StateKind::List => DeclaredKind::List,
+        };
+        let type_name = declared_type(&state, kind, type_name)?;
+        if let Some(bound) = self.keyed.bound_kind(&state)
+            && Some(bound) != kind.keyed()
+        {
+            return Err(format!(
+                "state `{state}` of operator `{}` holds {bound} entries in the restored state but is declared {kind}",
+                self.uid
+            ));
+        }
+        self.declared.declare(DeclaredState {
+            name: state,
+            kind,
+            type_name,
+        })
+    }
+
     fn value_get(&mut self, state: String, key: Vec<u8>) -> Result<Option<types::Value>, String> {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
@@ -546,6 +655,26 @@ impl keyed_state::Host for InstanceState {
 }
 
 impl operator_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        redistribution: types::Redistribution,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        let kind = DeclaredKind::OperatorList {
+            redistribution: match redistribution {
+                types::Redistribution::Split => Redistribution::Split,
+                types::Redistribution::Union => Redistribution::Union,
+            },
+        };
+        let type_name = declared_type(&state, kind, type_name)?;
+        self.declared.declare(DeclaredState {
+            name: state,
+            kind,
+            type_name,
+        })
+    }
+
     fn get(&mut self, state: String) -> Vec<types::Value> {
         self.operator_state
             .get(&state)
