@@ -328,7 +328,7 @@ mod tests {
             ("record{a int}", 9, "expected `:`"),
             ("record{a: int, a: text}", 16, "field `a` appears twice"),
             ("record{: int}", 7, "expected a field name"),
-            ("int int", 3, "nothing may follow"),
+            ("int int", 4, "nothing may follow"),
             ("list<>", 5, "expected a type"),
         ];
         for (text, position, message) in cases {

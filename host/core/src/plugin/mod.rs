@@ -762,6 +762,145 @@ mod tests {
         assert_eq!(instance.state().len(), 2);
     }
 
+    fn limits() -> Limits {
+        Limits {
+            memory_bytes: 64 << 20,
+            fuel_per_call: 1_000_000_000,
+        }
+    }
+
+    fn declared(name: &str, kind: DeclaredKind, type_name: Option<&str>) -> DeclaredState {
+        DeclaredState {
+            name: name.into(),
+            kind,
+            type_name: type_name.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn plugins_in_every_language_declare_their_states_without_running_a_job() {
+        let engine = PluginEngine::new(None).unwrap();
+        let states = |path: &str| {
+            engine
+                .load("stats", Path::new(path))
+                .unwrap()
+                .declared_states("stats", "", 2, 128, limits())
+                .unwrap()
+        };
+        assert_eq!(
+            states(weir_test_plugins::STATS),
+            [
+                declared(
+                    "stats",
+                    DeclaredKind::Value,
+                    Some("record{count: int, total: float, last: text, raw: bytes}")
+                ),
+                declared("items", DeclaredKind::Map, Some("map<text, int>")),
+                declared("recent", DeclaredKind::List, Some("list<text>")),
+            ]
+        );
+        // Python and JavaScript declare the same states, untyped.
+        let untyped = [
+            declared("stats", DeclaredKind::Value, None),
+            declared("items", DeclaredKind::Map, None),
+            declared("recent", DeclaredKind::List, None),
+        ];
+        assert_eq!(states(weir_test_plugins::PY_STATS), untyped);
+        assert_eq!(states(weir_test_plugins::JS_STATS), untyped);
+        assert_eq!(
+            states(weir_test_plugins::WORD_COUNT),
+            [declared("count", DeclaredKind::Value, Some("int"))]
+        );
+    }
+
+    fn word_count_over(state: MemoryStateBackend) -> Result<OperatorInstance, Error> {
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = engine
+            .load("count", Path::new(weir_test_plugins::WORD_COUNT))
+            .unwrap();
+        plugin.instantiate(InstanceConfig {
+            uid: "count".into(),
+            config: String::new(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            limits: limits(),
+            state: Box::new(state),
+            operator_state: Vec::new(),
+            attempt_number: 1,
+        })
+    }
+
+    #[test]
+    fn a_restored_state_of_another_kind_fails_open_naming_uid_and_state() {
+        let range = KeyGroupRange::for_subtask(0, 1, 128);
+        let key = b"k";
+        let kg = key_group_of(key, 128);
+
+        // Restored as a value state: declaring it a value state is fine.
+        let mut state = MemoryStateBackend::new(range);
+        state
+            .apply(kg, "count", key, Update::ValueSet(Value::Int(4)))
+            .unwrap();
+        let instance = word_count_over(state).unwrap();
+        assert_eq!(
+            instance.declared_states(),
+            [declared("count", DeclaredKind::Value, Some("int"))]
+        );
+
+        // Restored as a map state: `open` fails before any record.
+        let mut state = MemoryStateBackend::new(range);
+        state
+            .apply(
+                kg,
+                "count",
+                key,
+                Update::MapPut(Value::Text("a".into()), Value::Int(1)),
+            )
+            .unwrap();
+        let Err(e) = word_count_over(state) else {
+            panic!("a value declaration over a restored map state must fail");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "state `count` of operator `count` holds map entries in the restored state but is declared value"
+            ),
+            "{msg}"
+        );
+        assert!(
+            matches!(e, Error::OperatorFailed { hook: "open", .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn declared_types_are_parsed_canonicalised_and_checked_against_the_kind() {
+        assert_eq!(
+            declared_type("s", DeclaredKind::Map, Some(" map<text,int> ".into())),
+            Ok(Some("map<text, int>".into()))
+        );
+        assert_eq!(declared_type("s", DeclaredKind::List, None), Ok(None));
+        assert_eq!(
+            declared_type("s", DeclaredKind::List, Some("any".into())),
+            Ok(Some("any".into()))
+        );
+        let e = declared_type("s", DeclaredKind::List, Some("int".into())).unwrap_err();
+        assert_eq!(
+            e,
+            "state `s` is declared list with type `int`; the type of a list state is `list<T>` or `any`"
+        );
+        let e = declared_type("s", DeclaredKind::Value, Some("record{a int}".into())).unwrap_err();
+        assert!(
+            e.starts_with("state `s`: type descriptor `record{a int}` is malformed at byte 9"),
+            "{e}"
+        );
+        let op = DeclaredKind::OperatorList {
+            redistribution: Redistribution::Union,
+        };
+        assert!(declared_type("s", op, Some("map<int, int>".into())).is_err());
+    }
+
     #[test]
     fn header_check_tells_modules_from_components() {
         assert!(check_component_header(b"\0asm\x0d\0\x01\0rest").is_ok());
