@@ -540,12 +540,16 @@ fn declared_type(
         return Ok(None);
     };
     let t = TypeDescriptor::parse(&text).map_err(|e| format!("state `{state}`: {e}"))?;
-    let fits = match (kind, &t) {
-        (_, TypeDescriptor::Any) | (DeclaredKind::Value, _) => true,
-        (DeclaredKind::Map, TypeDescriptor::Map(..)) => true,
-        (DeclaredKind::List | DeclaredKind::OperatorList { .. }, TypeDescriptor::List(_)) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (kind, &t),
+        (_, TypeDescriptor::Any)
+            | (DeclaredKind::Value, _)
+            | (DeclaredKind::Map, TypeDescriptor::Map(..))
+            | (
+                DeclaredKind::List | DeclaredKind::OperatorList { .. },
+                TypeDescriptor::List(_)
+            )
+    );
     if !fits {
         let shape = if kind == DeclaredKind::Map {
             "map<K, V>"
