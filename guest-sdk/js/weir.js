@@ -569,17 +569,80 @@ function currentKey(name) {
 }
 
 /**
+ * Calls a WIT `declare` import; a refusal (thrown with the host's message
+ * as `payload`) becomes an Error naming the state.
+ */
+function declareState(name, declare, mode, type) {
+  if (type !== undefined && typeof type !== 'string') {
+    throw new TypeError(`state \`${name}\`: \`type\` is a type descriptor string such as 'record{count: int}'`);
+  }
+  try {
+    declare(name, mode, type);
+  } catch (e) {
+    throw new Error(`declaring state \`${name}\`: ${errorMessage(e)}`);
+  }
+}
+
+/**
+ * Checks the `defaults` option: a plain object whose fields fill the fields
+ * a stored object lacks (schema evolution: a field added in a later version
+ * of the operator reads as its default from state an earlier one wrote).
+ */
+function checkDefaults(name, defaults) {
+  if (defaults !== undefined && !isPlainObject(defaults)) {
+    throw new TypeError(`state \`${name}\`: \`defaults\` is a plain object of field defaults`);
+  }
+  return defaults;
+}
+
+/**
+ * `v` as read from state, with `defaults`' fields filled in where a stored
+ * plain object lacks them (fields the defaults do not name are kept).
+ */
+function withDefaults(v, defaults) {
+  if (defaults === undefined || !isPlainObject(v)) {
+    return v;
+  }
+  const out = copyDefault(defaults);
+  for (const [k, x] of Object.entries(v)) {
+    out[k] = x;
+  }
+  return out;
+}
+
+/** A deep copy of arrays and plain objects in a default, so no read shares them. */
+function copyDefault(v) {
+  if (Array.isArray(v)) {
+    return v.map(copyDefault);
+  }
+  if (isPlainObject(v)) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, copyDefault(x)]));
+  }
+  return v;
+}
+
+/**
  * A keyed state handle: a cache of one slot per key (`{ key, value, dirty }`)
  * and the list of dirty slots, so a flush walks only what changed.
+ *
+ * Options: `type`, a type descriptor (docs/wit.md, "Type descriptors") of a
+ * value (for a value state), list item or map value, declared to the host;
+ * `defaults`, a plain object whose fields fill those a stored object value
+ * lacks.
  */
 class KeyedState {
-  constructor(name, kind) {
+  constructor(name, kind, options = {}) {
     const existing = states.get(name);
     if (existing !== undefined && existing.kind !== kind) {
       throw new Error(
         `state \`${name}\` is already a ${existing.kind} state, not a ${kind} state`,
       );
     }
+    const { type, defaults } = options;
+    this._defaults = checkDefaults(name, defaults);
+    const typeName =
+      type === undefined ? undefined : kind === 'list' ? `list<${type}>` : kind === 'map' ? `map<any, ${type}>` : type;
+    declareState(name, keyedState.declare, kind, typeName);
     this.name = name;
     this.kind = kind;
     /** Slots by key id. */
@@ -632,10 +695,13 @@ class KeyedState {
   }
 }
 
-/** One value per key. */
+/**
+ * One value per key. `new ValueState('stats', { defaults: { count: 0, avg: 0 } })`
+ * reads a stored object with the defaults filled in for fields it lacks.
+ */
 export class ValueState extends KeyedState {
-  constructor(name) {
-    super(name, 'value');
+  constructor(name, options) {
+    super(name, 'value', options);
   }
 
   /** The current key's value, or `defaultValue`. */
@@ -665,7 +731,7 @@ export class ValueState extends KeyedState {
 
   _read(key) {
     const w = keyedState.valueGet(this.name, key);
-    return w === undefined ? null : fromValue(w);
+    return w === undefined ? null : withDefaults(fromValue(w), this._defaults);
   }
 
   _write(slot, writes) {
@@ -675,10 +741,10 @@ export class ValueState extends KeyedState {
   }
 }
 
-/** A list per key. */
+/** A list per key; options as for {@link ValueState}, applied to each item. */
 export class ListState extends KeyedState {
-  constructor(name) {
-    super(name, 'list');
+  constructor(name, options) {
+    super(name, 'list', options);
   }
 
   /** A copy of the current key's list. */
@@ -709,7 +775,7 @@ export class ListState extends KeyedState {
   }
 
   _read(key) {
-    return keyedState.listGet(this.name, key).map(fromValue);
+    return keyedState.listGet(this.name, key).map((w) => withDefaults(fromValue(w), this._defaults));
   }
 
   _write(slot, writes) {
@@ -726,8 +792,8 @@ export class ListState extends KeyedState {
  * entry.
  */
 export class MapState extends KeyedState {
-  constructor(name) {
-    super(name, 'map');
+  constructor(name, options) {
+    super(name, 'map', options);
   }
 
   /** The entry for `mapKey` under the current key, or `defaultValue`. */
@@ -782,7 +848,7 @@ export class MapState extends KeyedState {
     for (const [k, v] of keyedState.mapEntries(this.name, key)) {
       // Keyed by the JavaScript value's id, so `get(5)` finds a float 5.0.
       const mapKey = fromValue(k);
-      entries.set(valueId(toValue(mapKey)), [mapKey, fromValue(v)]);
+      entries.set(valueId(toValue(mapKey)), [mapKey, withDefaults(fromValue(v), this._defaults)]);
     }
     return { entries, changed: new Map(), cleared: false };
   }
@@ -805,15 +871,27 @@ export class MapState extends KeyedState {
   }
 }
 
-/** Non-keyed list state of this subtask. */
+/**
+ * Non-keyed list state of this subtask. Options: `redistribution`, how the
+ * list is shared out when the job is restored at another parallelism:
+ * `'split'` (the default: items dealt round-robin) or `'union'` (every
+ * subtask gets the whole list); `type` and `defaults` as for
+ * {@link ValueState}, applied to each item.
+ */
 export class OperatorListState {
-  constructor(name) {
+  constructor(name, options = {}) {
+    const { redistribution = 'split', type, defaults } = options;
+    if (redistribution !== 'split' && redistribution !== 'union') {
+      throw new TypeError(`state \`${name}\`: redistribution is 'split' or 'union', not ${String(redistribution)}`);
+    }
+    this._defaults = checkDefaults(name, defaults);
+    declareState(name, operatorState.declare, redistribution, type === undefined ? undefined : `list<${type}>`);
     this.name = name;
   }
 
   /** The list. */
   get() {
-    return operatorState.get(this.name).map(fromValue);
+    return operatorState.get(this.name).map((w) => withDefaults(fromValue(w), this._defaults));
   }
 
   /** Replaces the list. */

@@ -637,6 +637,9 @@ mod tests {
     }
 
     impl Host for Recorder {
+        fn declare(&mut self, _: &crate::Declaration) -> Result<(), String> {
+            unreachable!("the registry itself never declares")
+        }
         fn value_get(&mut self, _: &str, _: &[u8]) -> Result<Option<Value>, String> {
             unreachable!()
         }

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 
 use crate::Level;
+use crate::declare::Declaration;
 use crate::value::{Value, ValueRef};
 
 /// One change to keyed state, borrowing from the guest caches.
@@ -32,6 +33,8 @@ pub(crate) enum Update<'a> {
 
 /// The host functions the SDK needs, one per WIT import.
 pub(crate) trait Host {
+    /// `keyed-state.declare` or `operator-state.declare`, by kind.
+    fn declare(&mut self, declaration: &Declaration) -> Result<(), String>;
     fn value_get(&mut self, state: &str, key: &[u8]) -> Result<Option<Value>, String>;
     fn map_entries(&mut self, state: &str, key: &[u8]) -> Result<Vec<(Value, Value)>, String>;
     fn list_get(&mut self, state: &str, key: &[u8]) -> Result<Vec<Value>, String>;
@@ -53,7 +56,7 @@ fn default_host() -> Box<dyn Host> {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn default_host() -> Box<dyn Host> {
-    Box::new(NativeHost)
+    Box::new(NativeHost::default())
 }
 
 /// Runs `f` with the installed host.
@@ -71,9 +74,14 @@ pub(crate) fn install(host: Box<dyn Host>) -> Box<dyn Host> {
     HOST.replace(host)
 }
 
-/// The host outside Wasm when no test host is installed.
+/// The host outside Wasm when no test host is installed: it refuses
+/// state access but records declarations, so state handles can be created
+/// (and their declarations inspected) natively.
 #[cfg(not(target_arch = "wasm32"))]
-struct NativeHost;
+#[derive(Default)]
+struct NativeHost {
+    declared: Vec<Declaration>,
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 impl NativeHost {
@@ -83,6 +91,9 @@ impl NativeHost {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Host for NativeHost {
+    fn declare(&mut self, declaration: &Declaration) -> Result<(), String> {
+        record_declaration(&mut self.declared, declaration)
+    }
     fn value_get(&mut self, _: &str, _: &[u8]) -> Result<Option<Value>, String> {
         Err(Self::NO_HOST.into())
     }
@@ -107,6 +118,37 @@ impl Host for NativeHost {
     }
 }
 
+/// Records `declaration` in `declared` as a host does: an identical
+/// repeat is accepted once, a differing one refused.
+///
+/// # Errors
+/// A message naming the state if it was declared otherwise before.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn record_declaration(
+    declared: &mut Vec<Declaration>,
+    declaration: &Declaration,
+) -> Result<(), String> {
+    let operator = |d: &Declaration| matches!(d.kind, crate::DeclaredKind::OperatorList(_));
+    match declared
+        .iter()
+        .find(|d| d.name == declaration.name && operator(d) == operator(declaration))
+    {
+        Some(existing) if existing == declaration => Ok(()),
+        Some(existing) => Err(format!(
+            "state `{}` is already declared as {:?} of type {:?}, not as {:?} of type {:?}",
+            declaration.name,
+            existing.kind,
+            existing.type_name,
+            declaration.kind,
+            declaration.type_name
+        )),
+        None => {
+            declared.push(declaration.clone());
+            Ok(())
+        }
+    }
+}
+
 /// The host reached through the component's WIT imports.
 #[cfg(target_arch = "wasm32")]
 struct WasmHost;
@@ -117,6 +159,7 @@ mod wasm {
     use crate::bindings::weir::operator::{
         keyed_state as ks, logging, operator_state, output, types,
     };
+    use crate::declare::{DeclaredKind, Redistribution};
 
     pub(super) fn lift(v: types::ValueResult) -> Value {
         match v {
@@ -274,6 +317,21 @@ mod wasm {
     }
 
     impl Host for WasmHost {
+        fn declare(&mut self, d: &Declaration) -> Result<(), String> {
+            let type_name = d.type_name.as_deref();
+            match d.kind {
+                DeclaredKind::Value => ks::declare(&d.name, types::StateKind::Value, type_name),
+                DeclaredKind::Map => ks::declare(&d.name, types::StateKind::Map, type_name),
+                DeclaredKind::List => ks::declare(&d.name, types::StateKind::List, type_name),
+                DeclaredKind::OperatorList(r) => {
+                    let r = match r {
+                        Redistribution::Split => types::Redistribution::Split,
+                        Redistribution::Union => types::Redistribution::Union,
+                    };
+                    operator_state::declare(&d.name, r, type_name)
+                }
+            }
+        }
         fn value_get(&mut self, state: &str, key: &[u8]) -> Result<Option<Value>, String> {
             ks::value_get(state, key).map(|v| v.map(lift))
         }

@@ -39,6 +39,7 @@
 //! [`testing::Harness`].
 
 mod cache;
+pub mod declare;
 mod error;
 mod host;
 mod log;
@@ -49,6 +50,7 @@ pub mod structured;
 pub mod testing;
 mod value;
 
+pub use declare::{Declaration, DeclaredKind, Describe, Redistribution};
 pub use error::Error;
 pub use log::{Level, log};
 pub use runtime::{Context, Emitter, Operator, Record};

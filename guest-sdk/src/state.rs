@@ -11,6 +11,7 @@ use std::hash::Hash;
 use std::rc::Rc;
 
 use crate::cache::{Kind, ListCache, MapCache, OperatorListCache, Registry, ValueCache};
+use crate::declare::{Declaration, DeclaredKind, Redistribution};
 use crate::value::{StateValue, decode};
 use crate::{Error, host};
 
@@ -59,6 +60,27 @@ fn host_error(operation: &'static str, state: &str) -> impl FnOnce(String) -> Er
     }
 }
 
+/// Declares state `name` to the host (`keyed-state.declare` or
+/// `operator-state.declare`); the host accepts an identical repeat, so
+/// every handle creation declares.
+fn declare(name: &str, kind: DeclaredKind, type_name: Option<String>) -> Result<(), Error> {
+    let operation = match kind {
+        DeclaredKind::OperatorList(_) => "operator-state.declare",
+        _ => "keyed-state.declare",
+    };
+    let declaration = Declaration {
+        name: name.to_owned(),
+        kind,
+        type_name,
+    };
+    host::with(|h| h.declare(&declaration)).map_err(host_error(operation, name))
+}
+
+/// `wrap<inner>` if the inner descriptor is known, else `None`.
+fn wrapped(wrap: &str, inner: Option<String>) -> Option<String> {
+    inner.map(|t| format!("{wrap}<{t}>"))
+}
+
 /// A single value per key, like Flink's `ValueState`.
 ///
 /// ```
@@ -85,12 +107,14 @@ pub struct ValueState<T> {
 }
 
 impl<T: StateValue> ValueState<T> {
-    /// Registers (or finds) the value state `name`.
+    /// Registers (or finds) the value state `name` and declares it to the
+    /// host as a value state of `T`'s [`StateValue::declared_type`].
     ///
     /// # Errors
     ///
     /// [`Error::StateConflict`] if `name` is registered as another kind or
-    /// value type.
+    /// value type; [`Error::Host`] if the host refuses the declaration (the
+    /// restored state holds `name` as another kind).
     pub fn new(name: &str) -> Result<Self, Error> {
         let (name, cache) = REGISTRY.with_borrow_mut(|r| {
             r.register(
@@ -100,6 +124,7 @@ impl<T: StateValue> ValueState<T> {
                 ValueCache::<T>::new,
             )
         })?;
+        declare(&name, DeclaredKind::Value, T::declared_type())?;
         Ok(Self { name, cache })
     }
 
@@ -167,16 +192,27 @@ pub struct MapState<K, V> {
 }
 
 impl<K: StateValue + Hash + Eq, V: StateValue> MapState<K, V> {
-    /// Registers (or finds) the map state `name`.
+    /// Registers (or finds) the map state `name` and declares it to the
+    /// host as a map state of type `map<K, V>` (`any` for a side without a
+    /// descriptor; untyped if neither has one).
     ///
     /// # Errors
     ///
     /// [`Error::StateConflict`] if `name` is registered as another kind or
-    /// key/value types.
+    /// key/value types; [`Error::Host`] if the host refuses the declaration.
     pub fn new(name: &str) -> Result<Self, Error> {
         let types = format!("{}, {}", K::type_name(), V::type_name());
         let (name, cache) = REGISTRY
             .with_borrow_mut(|r| r.register(name, Kind::Map, types, MapCache::<K, V>::new))?;
+        let type_name = match (K::declared_type(), V::declared_type()) {
+            (None, None) => None,
+            (k, v) => Some(format!(
+                "map<{}, {}>",
+                k.as_deref().unwrap_or("any"),
+                v.as_deref().unwrap_or("any")
+            )),
+        };
+        declare(&name, DeclaredKind::Map, type_name)?;
         Ok(Self { name, cache })
     }
 
@@ -276,16 +312,22 @@ pub struct ListState<T> {
 }
 
 impl<T: StateValue> ListState<T> {
-    /// Registers (or finds) the list state `name`.
+    /// Registers (or finds) the list state `name` and declares it to the
+    /// host as a list state of type `list<T>`.
     ///
     /// # Errors
     ///
     /// [`Error::StateConflict`] if `name` is registered as another kind or
-    /// element type.
+    /// element type; [`Error::Host`] if the host refuses the declaration.
     pub fn new(name: &str) -> Result<Self, Error> {
         let (name, cache) = REGISTRY.with_borrow_mut(|r| {
             r.register(name, Kind::List, T::type_name().into(), ListCache::<T>::new)
         })?;
+        declare(
+            &name,
+            DeclaredKind::List,
+            wrapped("list", T::declared_type()),
+        )?;
         Ok(Self { name, cache })
     }
 
@@ -360,13 +402,25 @@ pub struct OperatorListState<T> {
 }
 
 impl<T: StateValue> OperatorListState<T> {
-    /// Registers (or finds) the operator list state `name`.
+    /// Registers (or finds) the operator list state `name`, redistributed
+    /// round-robin on rescaling ([`Redistribution::Split`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`OperatorListState::with_redistribution`].
+    pub fn new(name: &str) -> Result<Self, Error> {
+        Self::with_redistribution(name, Redistribution::Split)
+    }
+
+    /// Registers (or finds) the operator list state `name` and declares it
+    /// to the host with `redistribution` and type `list<T>`.
     ///
     /// # Errors
     ///
     /// [`Error::StateConflict`] if `name` is registered as another kind or
-    /// element type.
-    pub fn new(name: &str) -> Result<Self, Error> {
+    /// element type; [`Error::Host`] if the host refuses the declaration
+    /// (`name` declared before with another redistribution).
+    pub fn with_redistribution(name: &str, redistribution: Redistribution) -> Result<Self, Error> {
         let (name, cache) = REGISTRY.with_borrow_mut(|r| {
             r.register(
                 name,
@@ -375,6 +429,11 @@ impl<T: StateValue> OperatorListState<T> {
                 OperatorListCache::<T>::new,
             )
         })?;
+        declare(
+            &name,
+            DeclaredKind::OperatorList(redistribution),
+            wrapped("list", T::declared_type()),
+        )?;
         Ok(Self { name, cache })
     }
 

@@ -39,11 +39,26 @@ use crate::value::{StateValue, Value, ValueRef};
 /// Serialising must succeed for every value stored: integers beyond 64
 /// bits, or a `Serialize` impl that returns an error, fail the hook that
 /// flushes the state with the serde message.
-pub trait Structured: Serialize + DeserializeOwned + Clone + 'static {}
+///
+/// Override [`Structured::type_descriptor`] to declare the type to the host
+/// (so `weir savepoint check` can compare it); [`crate::declare::Describe`]
+/// and [`crate::declare::record`] build one.
+pub trait Structured: Serialize + DeserializeOwned + Clone + 'static {
+    /// This type's descriptor (`docs/wit.md`, "Type descriptors"), e.g.
+    /// `record{count: uint, sum: float}`. The default, `None`, declares
+    /// states of this type untyped.
+    fn type_descriptor() -> Option<String> {
+        None
+    }
+}
 
 impl<T: Structured> StateValue for T {
     fn type_name() -> &'static str {
         std::any::type_name::<T>()
+    }
+
+    fn declared_type() -> Option<String> {
+        <T as Structured>::type_descriptor()
     }
 
     fn to_value(&self) -> ValueRef<'_> {

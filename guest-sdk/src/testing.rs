@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use weir_format::{BatchReader, BatchWriter};
 
+use crate::declare::Declaration;
 use crate::host::{self, Host, Update, Write};
 use crate::value::{Value, ValueRef};
 use crate::{Context, Error, Level, Operator, runtime};
@@ -69,11 +70,15 @@ struct Store {
     write_calls: usize,
     read_calls: usize,
     logs: Vec<(Level, String)>,
+    declared: Vec<Declaration>,
 }
 
 struct MemoryHost(Rc<RefCell<Store>>);
 
 impl Host for MemoryHost {
+    fn declare(&mut self, declaration: &Declaration) -> Result<(), String> {
+        host::record_declaration(&mut self.0.borrow_mut().declared, declaration)
+    }
     fn value_get(&mut self, state: &str, key: &[u8]) -> Result<Option<Value>, String> {
         let mut s = self.0.borrow_mut();
         s.read_calls += 1;
@@ -332,6 +337,12 @@ impl<O: Operator> Harness<O> {
     pub fn host_calls(&self) -> (usize, usize, usize) {
         let s = self.store.borrow();
         (s.read_calls, s.write_calls, s.emit_calls)
+    }
+
+    /// The states the operator declared to the host (normally in `open`),
+    /// in declaration order, as `weir savepoint check` would see them.
+    pub fn declared_states(&self) -> Vec<Declaration> {
+        self.store.borrow().declared.clone()
     }
 
     /// Log lines so far.

@@ -172,3 +172,215 @@ fn wrong_stored_type_names_the_state() {
         "state `count` holds a int value where String was expected"
     );
 }
+
+mod declarations {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::declare::{Describe, record};
+    use crate::{Declaration, DeclaredKind, Redistribution, Structured};
+
+    fn declared(name: &str, kind: DeclaredKind, type_name: Option<&str>) -> Declaration {
+        Declaration {
+            name: name.into(),
+            kind,
+            type_name: type_name.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn opening_declares_every_state_with_its_kind_and_type() {
+        let h = Harness::<Counter>::open("").unwrap();
+        assert_eq!(
+            h.declared_states(),
+            [
+                declared("count", DeclaredKind::Value, Some("int")),
+                declared("seen", DeclaredKind::List, Some("list<text>")),
+                declared("last", DeclaredKind::Map, Some("map<text, int>")),
+                declared(
+                    "batches",
+                    DeclaredKind::OperatorList(Redistribution::Split),
+                    Some("list<uint>")
+                ),
+            ]
+        );
+    }
+
+    /// Version 1 of a per-key summary.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct SummaryV1 {
+        count: u64,
+    }
+    impl Structured for SummaryV1 {
+        fn type_descriptor() -> Option<String> {
+            Some(record(&[("count", u64::describe())]))
+        }
+    }
+
+    /// Version 2: gained a field with a default.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct SummaryV2 {
+        count: u64,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    impl Structured for SummaryV2 {
+        fn type_descriptor() -> Option<String> {
+            Some(record(&[
+                ("count", u64::describe()),
+                ("tags", Vec::<String>::describe()),
+            ]))
+        }
+    }
+
+    /// An untyped structured value, and an operator list state that is
+    /// handed whole to every subtask on rescaling.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Opaque(u8);
+    impl Structured for Opaque {}
+
+    struct Summarise<S> {
+        summary: ValueState<S>,
+        _registry: OperatorListState<Opaque>,
+    }
+
+    trait Bump: Structured {
+        fn bump(old: Option<Self>, word: &str) -> Self;
+        fn count(&self) -> u64;
+    }
+
+    impl Bump for SummaryV1 {
+        fn bump(old: Option<Self>, _: &str) -> Self {
+            SummaryV1 {
+                count: old.map_or(0, |s| s.count) + 1,
+            }
+        }
+        fn count(&self) -> u64 {
+            self.count
+        }
+    }
+
+    impl Bump for SummaryV2 {
+        fn bump(old: Option<Self>, word: &str) -> Self {
+            let mut s = old.unwrap_or(SummaryV2 {
+                count: 0,
+                tags: Vec::new(),
+            });
+            s.count += 1;
+            s.tags.push(word.to_owned());
+            s
+        }
+        fn count(&self) -> u64 {
+            self.count
+        }
+    }
+
+    impl<S: Bump> Operator for Summarise<S> {
+        fn open(_: &Context) -> Result<Self, Error> {
+            Ok(Self {
+                summary: ValueState::new("summary")?,
+                _registry: OperatorListState::with_redistribution(
+                    "registry",
+                    Redistribution::Union,
+                )?,
+            })
+        }
+
+        fn process(&mut self, record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
+            let s = S::bump(self.summary.get()?, record.value_str()?);
+            out.emit(record.key, s.count().to_string().as_bytes());
+            self.summary.set(s)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_v2_type_with_a_defaulted_field_reads_what_v1_wrote() {
+        let mut v1 = Harness::<Summarise<SummaryV1>>::open("").unwrap();
+        assert_eq!(
+            v1.declared_states(),
+            [
+                declared("summary", DeclaredKind::Value, Some("record{count: uint}")),
+                declared(
+                    "registry",
+                    DeclaredKind::OperatorList(Redistribution::Union),
+                    None
+                ),
+            ]
+        );
+        v1.process(&words(&["a", "a"])).unwrap();
+        v1.close().unwrap();
+        let written = v1.host_value("summary", b"a").unwrap();
+        assert_eq!(
+            written,
+            Value::Record(vec![("count".into(), Value::Uint(2))])
+        );
+        drop(v1);
+
+        // Restore what v1 wrote into v2, under the same state name.
+        let mut v2 = Harness::<Summarise<SummaryV2>>::open("").unwrap();
+        assert_eq!(
+            v2.declared_states()[0].type_name.as_deref(),
+            Some("record{count: uint, tags: list<text>}")
+        );
+        v2.put_host_value("summary", b"a", written);
+        let out = v2.process(&words(&["a"])).unwrap();
+        assert_eq!(out, [TestRecord::keyed("a", "3")]);
+        v2.close().unwrap();
+        assert_eq!(
+            v2.host_value("summary", b"a").unwrap(),
+            Value::Record(vec![
+                ("count".into(), Value::Uint(3)),
+                ("tags".into(), Value::List(vec![Value::Text("a".into())])),
+            ])
+        );
+    }
+
+    struct Conflicting;
+
+    impl Operator for Conflicting {
+        fn open(_: &Context) -> Result<Self, Error> {
+            OperatorListState::<u64>::new("ids")?;
+            OperatorListState::<u64>::with_redistribution("ids", Redistribution::Union)?;
+            Ok(Conflicting)
+        }
+        fn process(&mut self, _: Record<'_>, _: &mut Emitter) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_conflicting_redeclaration_fails_open_naming_the_state() {
+        let Err(e) = Harness::<Conflicting>::open("") else {
+            panic!("two redistributions for one state must fail");
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("operator-state.declare"), "{msg}");
+        assert!(msg.contains("`ids`"), "{msg}");
+    }
+
+    #[test]
+    fn natively_without_a_harness_handles_still_declare() {
+        // The native stub host accepts declarations, so handles can be made
+        // outside a harness; state access is what it refuses.
+        let count = ValueState::<i64>::new("native-count").unwrap();
+        crate::state::set_current_key(Some(b"k"));
+        let err = count.get().unwrap_err().to_string();
+        crate::state::set_current_key(None);
+        assert!(err.contains("no Weir host outside WebAssembly"), "{err}");
+        crate::runtime::reset();
+    }
+
+    #[test]
+    fn describe_covers_collections() {
+        use std::collections::{BTreeMap, HashMap};
+        assert_eq!(Option::<i32>::describe(), "option<int>");
+        assert_eq!(
+            HashMap::<String, Vec<f64>>::describe(),
+            "map<text, list<float>>"
+        );
+        assert_eq!(BTreeMap::<u8, bool>::describe(), "map<uint, bool>");
+        assert_eq!(Opaque::describe(), "any");
+        assert_eq!(SummaryV1::describe(), "record{count: uint}");
+    }
+}

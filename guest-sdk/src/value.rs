@@ -137,6 +137,14 @@ pub trait StateValue: Clone + 'static {
     /// out of range.
     fn from_value(value: Value) -> Option<Self>;
 
+    /// The type descriptor declared to the host for state of this type
+    /// (`docs/wit.md`, "Type descriptors"): `int` for `i64`, the
+    /// [`Structured::type_descriptor`](crate::Structured::type_descriptor)
+    /// of a structured type. `None` (the default) declares no type.
+    fn declared_type() -> Option<String> {
+        None
+    }
+
     /// Like [`StateValue::from_value`], with the reason on failure.
     ///
     /// # Errors
@@ -157,6 +165,9 @@ pub(crate) fn decode<T: StateValue>(state: &str, value: Value) -> Result<T, Erro
 }
 
 impl StateValue for i64 {
+    fn declared_type() -> Option<String> {
+        Some("int".to_owned())
+    }
     fn type_name() -> &'static str {
         "i64"
     }
@@ -173,6 +184,9 @@ impl StateValue for i64 {
 }
 
 impl StateValue for i32 {
+    fn declared_type() -> Option<String> {
+        Some("int".to_owned())
+    }
     fn type_name() -> &'static str {
         "i32"
     }
@@ -189,6 +203,9 @@ impl StateValue for i32 {
 }
 
 impl StateValue for u64 {
+    fn declared_type() -> Option<String> {
+        Some("uint".to_owned())
+    }
     fn type_name() -> &'static str {
         "u64"
     }
@@ -205,6 +222,9 @@ impl StateValue for u64 {
 }
 
 impl StateValue for u32 {
+    fn declared_type() -> Option<String> {
+        Some("uint".to_owned())
+    }
     fn type_name() -> &'static str {
         "u32"
     }
@@ -221,6 +241,9 @@ impl StateValue for u32 {
 }
 
 impl StateValue for f64 {
+    fn declared_type() -> Option<String> {
+        Some("float".to_owned())
+    }
     fn type_name() -> &'static str {
         "f64"
     }
@@ -241,6 +264,9 @@ impl StateValue for f64 {
 }
 
 impl StateValue for bool {
+    fn declared_type() -> Option<String> {
+        Some("bool".to_owned())
+    }
     fn type_name() -> &'static str {
         "bool"
     }
@@ -256,6 +282,9 @@ impl StateValue for bool {
 }
 
 impl StateValue for String {
+    fn declared_type() -> Option<String> {
+        Some("text".to_owned())
+    }
     fn type_name() -> &'static str {
         "String"
     }
@@ -271,6 +300,9 @@ impl StateValue for String {
 }
 
 impl StateValue for Vec<u8> {
+    fn declared_type() -> Option<String> {
+        Some("bytes".to_owned())
+    }
     fn type_name() -> &'static str {
         "Vec<u8>"
     }

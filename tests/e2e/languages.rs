@@ -7,6 +7,35 @@ fn python_word_count_matches_rust_at_parallelism_1_and_2() {
     assert_word_count_matches_rust(plugins::PY_WORD_COUNT, "Python", 20_000);
 }
 
+/// The Python SDK's unit tests (`guest-sdk/python/tests`: declarations,
+/// typed dataclass state and its evolution) run under the host's Python
+/// against stand-ins for the bindings componentize-py generates.
+#[test]
+fn python_sdk_unit_tests_pass() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk/python");
+    let python = std::env::var_os("WEIR_PYTHON").unwrap_or_else(|| "python3".into());
+    let o = Command::new(python)
+        .current_dir(&sdk)
+        .args(["-m", "unittest", "discover", "-v", "-s", "tests"])
+        .output()
+        .expect("python3 runs (the plugin build needs it too)");
+    // unittest reports on stderr.
+    let report = stderr(&o);
+    assert!(o.status.success(), "{report}");
+    let ran = report
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(ran >= 5, "{ran} tests ran:\n{report}");
+    assert!(report.trim_end().ends_with("OK"), "{report}");
+}
+
 #[test]
 fn a_python_exception_fails_the_job_with_its_message_and_the_uid() {
     let dir = tempfile::tempdir().unwrap();

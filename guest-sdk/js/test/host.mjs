@@ -26,6 +26,8 @@ export const host = {
   reads: 0,
   /** A key this host refuses, as a host refuses keys of other subtasks. */
   refusedKey: null,
+  /** Every declaration, as [state, kind or redistribution, type name]. */
+  declared: [],
 };
 
 export function reset() {
@@ -36,6 +38,7 @@ export function reset() {
   host.logs = [];
   host.reads = 0;
   host.refusedKey = null;
+  host.declared = [];
 }
 
 class ComponentError extends foreign.Error {
@@ -128,6 +131,28 @@ function checkValue(v) {
 // weir:operator/output
 export function emit(batch) {
   host.emitted.push(batch.slice());
+}
+
+// weir:operator/keyed-state and weir:operator/operator-state: both
+// interfaces' `declare` resolve here; the mode tells them apart (a state
+// kind, or a redistribution), and the two are separate namespaces.
+const KINDS = new Set(['value', 'map', 'list']);
+const REDISTRIBUTIONS = new Set(['split', 'union']);
+
+export function declare(state, mode, typeName) {
+  if (!KINDS.has(mode) && !REDISTRIBUTIONS.has(mode)) {
+    throw new TypeError(`not a state kind or redistribution: ${String(mode)}`);
+  }
+  if (typeName !== undefined && typeof typeName !== 'string') {
+    throw new TypeError(`option<string> is a string or undefined, not ${String(typeName)}`);
+  }
+  const keyed = KINDS.has(mode);
+  const earlier = host.declared.find(([name, m]) => name === state && KINDS.has(m) === keyed);
+  if (earlier === undefined) {
+    host.declared.push([state, mode, typeName]);
+  } else if (earlier[1] !== mode || earlier[2] !== typeName) {
+    throw new ComponentError(`state \`${state}\` is already declared as ${earlier[1]}, not as ${mode}`);
+  }
 }
 
 // weir:operator/keyed-state

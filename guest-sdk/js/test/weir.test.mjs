@@ -639,3 +639,110 @@ test('the context carries the subtask facts', async () => {
   assert.deepEqual({ ...seen }, { uid: 'op', config: 'cfg', subtaskIndex: 0, parallelism: 1, maxParallelism: 128, attemptNumber: 2 });
   assert.ok(Object.isFrozen(seen));
 });
+
+test('state handles declare their kind, type and redistribution when created', async () => {
+  await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.count = new weir.ValueState('count', { type: 'int' });
+        this.seen = new weir.ListState('seen');
+        this.per = new weir.MapState('per', { type: 'float' });
+        this.ids = new weir.OperatorListState('ids', { redistribution: 'union', type: 'uint' });
+        // A second handle on the same state declares the same again: fine.
+        this.again = new weir.ValueState('count', { type: 'int' });
+      }
+
+      process() {}
+    },
+  );
+  assert.deepEqual(host.declared, [
+    ['count', 'value', 'int'],
+    ['seen', 'list', undefined],
+    ['per', 'map', 'map<any, float>'],
+    ['ids', 'union', 'list<uint>'],
+  ]);
+
+  // A conflicting declaration fails `open` naming the state and the reason
+  // (a new instance: the host's declarations start afresh).
+  host.declared = [];
+  const weir = await sdk();
+  const op = weir.exportOperator(
+    class extends weir.Operator {
+      open() {
+        this.a = new weir.OperatorListState('ids');
+        this.b = new weir.OperatorListState('ids', { redistribution: 'union' });
+      }
+
+      process() {}
+    },
+  );
+  const failed = op.open(ctx());
+  assert.equal(failed.tag, 'err');
+  assert.match(failed.val, /declaring state `ids`: state `ids` is already declared as split, not as union/);
+  const bad = weir.exportOperator(
+    class extends weir.Operator {
+      open() {
+        this.c = new weir.OperatorListState('c', { redistribution: 'broadcast' });
+      }
+
+      process() {}
+    },
+  );
+  assert.match(bad.open(ctx()).val, /redistribution is 'split' or 'union', not broadcast/);
+});
+
+test('a value state with defaults reads what an earlier version wrote, filling new fields', async () => {
+  // Version 1 stores `{ count }`.
+  const [, v1] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.stats = new weir.ValueState('stats');
+      }
+
+      process(record) {
+        const s = this.stats.get({ count: 0 });
+        s.count += 1;
+        this.stats.set(s);
+      }
+    },
+  );
+  v1.process(batch([['k', 'a', null], ['k', 'b', null]]));
+  v1.close();
+  assert.deepEqual(host.store.get('stats\0k').value, {
+    tag: 'nested',
+    val: [{ tag: 'record', val: ['count'] }, { tag: 'int', val: 2n }],
+  });
+
+  // Version 2 gained `avg` and `tags`, with defaults; the host kept v1's state.
+  host.declared = [];
+  const seen = [];
+  const [weir, v2] = await open((weir) =>
+    class extends weir.Operator {
+      open() {
+        this.stats = new weir.ValueState('stats', { defaults: { count: 0, avg: 0.5, tags: [] } });
+      }
+
+      process(record, out) {
+        const s = this.stats.get();
+        seen.push(s === null ? null : JSON.parse(JSON.stringify(s)));
+        if (s !== null) {
+          s.count += 1;
+          s.tags.push(record.valueString());
+          this.stats.set(s);
+        }
+        out.emit(record.key, String(s?.count));
+      }
+    },
+  );
+  v2.process(batch([['k', 'c', null], ['fresh', 'd', null]]));
+  v2.process(batch([['k', 'e', null]]));
+  assert.deepEqual(seen, [
+    { count: 2, avg: 0.5, tags: [] },
+    null, // a key without state reads null, not the defaults
+    { count: 3, avg: 0.5, tags: ['c'] },
+  ]);
+  v2.close();
+  const stored = host.store.get('stats\0k').value;
+  assert.deepEqual(stored.val[0], { tag: 'record', val: ['count', 'avg', 'tags'] });
+  assert.deepEqual(emitted(weir).map(([, v]) => v), ['3', 'undefined', '4']);
+});

@@ -17,6 +17,7 @@ values in Rust (``i64``, ``f64``, ``String``, ``Vec<u8>``, ``bool``).
 import dataclasses
 import struct
 import traceback
+import typing
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -24,7 +25,7 @@ from wit_world.imports import keyed_state, logging, operator_state, output, type
 
 __all__ = [
     "Context", "Record", "Emitter", "Operator", "ValueState", "MapState",
-    "ListState", "OperatorListState", "log", "export",
+    "ListState", "OperatorListState", "log", "export", "describe",
 ]
 
 _HAS_KEY = 1
@@ -259,6 +260,43 @@ def _from_value(v, cls=None):
     return value
 
 
+_SCALAR_DESCRIPTORS = {bool: "bool", int: "int", float: "float", str: "text", bytes: "bytes"}
+
+
+def describe(t):
+    """The type descriptor (docs/wit.md, "Type descriptors") of a Python type:
+    ``int`` -> ``int``, ``str`` -> ``text``, ``list[int]`` -> ``list<int>``,
+    ``dict[str, float]`` -> ``map<text, float>``, ``Optional[T]`` ->
+    ``option<T>``, a dataclass -> ``record{field: T, ...}``; anything else
+    ``any``."""
+    if t in _SCALAR_DESCRIPTORS:
+        return _SCALAR_DESCRIPTORS[t]
+    if dataclasses.is_dataclass(t) and isinstance(t, type):
+        try:
+            hints = typing.get_type_hints(t)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: untyped fields
+            hints = {}
+        fields = ", ".join(f"{f.name}: {describe(hints.get(f.name))}" for f in dataclasses.fields(t))
+        return f"record{{{fields}}}"
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (list, tuple, set, frozenset) and len(args) == 1:
+        return f"list<{describe(args[0])}>"
+    if origin is dict and len(args) == 2:
+        return f"map<{describe(args[0])}, {describe(args[1])}>"
+    if origin is typing.Union and len(args) == 2 and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        return f"option<{describe(inner)}>"
+    return "any"
+
+
+def _declare(name, declare, *args):
+    """Calls a WIT ``declare`` import, turning its error into a ValueError."""
+    try:
+        declare(name, *args)
+    except Err as e:
+        raise ValueError(f"declaring state `{name}`: {e.value}") from None
+
+
 class _Registry:
     key = None
     states = {}
@@ -272,16 +310,23 @@ def _current_key(name):
 
 class _KeyedState:
     kind = None
+    wit_kind = None
 
     def __init__(self, name, type=None):  # noqa: A002 - mirrors the Rust type parameter
         existing = _Registry.states.get(name)
         if existing is not None and existing.kind != self.kind:
             raise ValueError(f"state `{name}` is already a {existing.kind} state, not a {self.kind} state")
+        type_name = None if type is None else self._descriptor(describe(type))
+        _declare(name, keyed_state.declare, self.wit_kind(), type_name)
         self.name = name
         self._type = type
         self._cache = {}
         self._dirty = set()
         _Registry.states[name] = self
+
+    @staticmethod
+    def _descriptor(item):
+        return item
 
     def _writes(self):
         for key in self._dirty:
@@ -293,6 +338,10 @@ class ValueState(_KeyedState):
     """One value per key."""
 
     kind = "value"
+
+    @staticmethod
+    def wit_kind():
+        return types.StateKind.VALUE
 
     def get(self, default=None):
         """The current key's value, or ``default``."""
@@ -327,6 +376,14 @@ class ListState(_KeyedState):
     """A list per key."""
 
     kind = "list"
+
+    @staticmethod
+    def wit_kind():
+        return types.StateKind.LIST
+
+    @staticmethod
+    def _descriptor(item):
+        return f"list<{item}>"
 
     def _load(self):
         key = _current_key(self.name)
@@ -368,6 +425,14 @@ class MapState(_KeyedState):
     """A map per key. Changes are written back entry by entry."""
 
     kind = "map"
+
+    @staticmethod
+    def wit_kind():
+        return types.StateKind.MAP
+
+    @staticmethod
+    def _descriptor(item):
+        return f"map<any, {item}>"
 
     def _load(self):
         key = _current_key(self.name)
@@ -425,14 +490,25 @@ class MapState(_KeyedState):
 
 
 class OperatorListState:
-    """Non-keyed list state of this subtask."""
+    """Non-keyed list state of this subtask. ``redistribution`` says how the
+    list is shared out when the job is restored at another parallelism:
+    ``"split"`` (the default: items dealt round-robin) or ``"union"`` (every
+    subtask gets the whole list)."""
 
-    def __init__(self, name):
+    _REDISTRIBUTIONS = {"split": "SPLIT", "union": "UNION"}
+
+    def __init__(self, name, type=None, redistribution="split"):  # noqa: A002
+        if redistribution not in self._REDISTRIBUTIONS:
+            raise ValueError(f"state `{name}`: redistribution is 'split' or 'union', not {redistribution!r}")
+        mode = getattr(types.Redistribution, self._REDISTRIBUTIONS[redistribution])
+        type_name = None if type is None else f"list<{describe(type)}>"
+        _declare(name, operator_state.declare, mode, type_name)
         self.name = name
+        self._type = type
 
     def get(self):
         """The list."""
-        return [_from_value(v) for v in operator_state.get(self.name)]
+        return [_from_value(v, self._type) for v in operator_state.get(self.name)]
 
     def replace(self, values):
         """Replaces the list."""

@@ -595,6 +595,9 @@ pub trait KeyedStateBackend: Send {
     ) -> Result<(), StateError>;
     /// How many (state, key) entries the backend holds.
     fn len(&self) -> usize;
+    /// The kind state `name` is bound to here (by a write or a restore),
+    /// or `None` if it is unbound; `keyed-state.declare` checks it.
+    fn bound_kind(&self, name: &str) -> Option<StateKind>;
     /// A deep copy of every non-empty key group, in ascending key-group
     /// order (the synchronous part of a checkpoint).
     ///
@@ -790,6 +793,10 @@ impl MemoryStateBackend {
 impl KeyedStateBackend for MemoryStateBackend {
     fn key_groups(&self) -> KeyGroupRange {
         self.range
+    }
+
+    fn bound_kind(&self, name: &str) -> Option<StateKind> {
+        self.kinds.get(name).copied()
     }
 
     fn value_get(&self, kg: KeyGroup, name: &str, key: &[u8]) -> Result<Option<Value>, StateError> {

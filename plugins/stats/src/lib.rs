@@ -15,7 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::{
-    Context, Emitter, Error, ListState, MapState, Operator, Record, Structured, ValueState,
+    Context, Describe, Emitter, Error, ListState, MapState, Operator, Record, Structured,
+    ValueState,
 };
 
 /// The running totals of one user.
@@ -32,7 +33,17 @@ pub struct Stats {
     pub raw: Vec<u8>,
 }
 
-impl Structured for Stats {}
+impl Structured for Stats {
+    fn type_descriptor() -> Option<String> {
+        // `raw` is stored as bytes (`serde_bytes`), not as `list<uint>`.
+        Some(weir_sdk::declare::record(&[
+            ("count", i64::describe()),
+            ("total", f64::describe()),
+            ("last", String::describe()),
+            ("raw", "bytes".to_owned()),
+        ]))
+    }
+}
 
 /// How many recent items the list state keeps.
 const RECENT: usize = 3;

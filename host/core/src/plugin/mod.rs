@@ -2,8 +2,13 @@
 //! hash), pre-instantiated, then instantiated per subtask inside a sandbox.
 //! This is the only module that touches wasmtime.
 
+mod declared;
+mod descriptor;
 mod sandbox;
 mod value;
+
+pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
+pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -17,11 +22,13 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::weir::operator::{keyed_state, logging, operator_state, output, types};
+use self::declared::Declarations;
 use self::sandbox::{GuestOutput, MemoryLimiter, Stream};
 use crate::error::Error;
 use crate::job::Limits;
+use crate::keygroup::KeyGroupRange;
 use crate::keygroup::key_group_of;
-use crate::state::{KeyedStateBackend, Update, Value};
+use crate::state::{KeyedStateBackend, MemoryStateBackend, Update, Value};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -205,7 +212,9 @@ pub struct InstanceState {
     output: Vec<u8>,
     keyed: Box<dyn KeyedStateBackend>,
     operator_state: HashMap<String, Vec<Value>>,
+    declared: Declarations,
     max_parallelism: u32,
+    uid: Arc<str>,
     tag: Arc<str>,
 }
 
@@ -255,7 +264,9 @@ impl Plugin {
                 output: Vec::new(),
                 keyed: cfg.state,
                 operator_state: cfg.operator_state.into_iter().collect(),
+                declared: Declarations::default(),
                 max_parallelism: cfg.max_parallelism,
+                uid: cfg.uid.as_str().into(),
                 tag,
             },
         );
@@ -288,6 +299,41 @@ impl Plugin {
             b.weir_operator_operator().call_open(s, &context)
         })?;
         Ok(instance)
+    }
+
+    /// The states the plugin declares for operator `uid` with `config`,
+    /// found without running a job: one instance (subtask 0, empty state)
+    /// is opened, its declarations collected, and the instance dropped
+    /// without `close`. `weir savepoint check` compares these with what a
+    /// savepoint holds. A plugin built without `declare` returns nothing.
+    ///
+    /// # Errors
+    /// [`Error::OperatorFailed`] if instantiation or `open` fails,
+    /// including a declaration the host refuses.
+    pub fn declared_states(
+        &self,
+        uid: &str,
+        config: &str,
+        parallelism: u32,
+        max_parallelism: u32,
+        limits: Limits,
+    ) -> Result<Vec<DeclaredState>, Error> {
+        let instance = self.instantiate(InstanceConfig {
+            uid: uid.to_owned(),
+            config: config.to_owned(),
+            subtask: 0,
+            parallelism,
+            max_parallelism,
+            limits,
+            state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                0,
+                parallelism,
+                max_parallelism,
+            ))),
+            operator_state: Vec::new(),
+            attempt_number: 0,
+        })?;
+        Ok(instance.declared_states().to_vec())
     }
 }
 
@@ -423,6 +469,12 @@ impl OperatorInstance {
         &mut self.store.data_mut().output
     }
 
+    /// The states the guest declared so far (normally all of them, in
+    /// `open`), in declaration order.
+    pub fn declared_states(&self) -> &[DeclaredState] {
+        self.store.data().declared.all()
+    }
+
     /// The subtask's keyed state.
     pub fn state(&self) -> &dyn KeyedStateBackend {
         self.store.data().keyed.as_ref()
@@ -477,7 +529,68 @@ impl logging::Host for InstanceState {
     }
 }
 
+/// Parses and canonicalises a declared type descriptor, checking it fits
+/// `kind` (a map state is a `map<K, V>`, a list state a `list<T>`).
+fn declared_type(
+    state: &str,
+    kind: DeclaredKind,
+    type_name: Option<String>,
+) -> Result<Option<String>, String> {
+    let Some(text) = type_name else {
+        return Ok(None);
+    };
+    let t = TypeDescriptor::parse(&text).map_err(|e| format!("state `{state}`: {e}"))?;
+    let fits = matches!(
+        (kind, &t),
+        (_, TypeDescriptor::Any)
+            | (DeclaredKind::Value, _)
+            | (DeclaredKind::Map, TypeDescriptor::Map(..))
+            | (
+                DeclaredKind::List | DeclaredKind::OperatorList { .. },
+                TypeDescriptor::List(_)
+            )
+    );
+    if !fits {
+        let shape = if kind == DeclaredKind::Map {
+            "map<K, V>"
+        } else {
+            "list<T>"
+        };
+        return Err(format!(
+            "state `{state}` is declared {kind} with type `{t}`; the type of a {kind} state is `{shape}` or `any`"
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
 impl keyed_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        kind: types::StateKind,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        let kind = match kind {
+            types::StateKind::Value => DeclaredKind::Value,
+            types::StateKind::Map => DeclaredKind::Map,
+            types::StateKind::List => DeclaredKind::List,
+        };
+        let type_name = declared_type(&state, kind, type_name)?;
+        if let Some(bound) = self.keyed.bound_kind(&state)
+            && Some(bound) != kind.keyed()
+        {
+            return Err(format!(
+                "state `{state}` of operator `{}` holds {bound} entries in the restored state but is declared {kind}",
+                self.uid
+            ));
+        }
+        self.declared.declare(DeclaredState {
+            name: state,
+            kind,
+            type_name,
+        })
+    }
+
     fn value_get(&mut self, state: String, key: Vec<u8>) -> Result<Option<types::Value>, String> {
         let kg = key_group_of(&key, self.max_parallelism);
         self.keyed
@@ -546,6 +659,26 @@ impl keyed_state::Host for InstanceState {
 }
 
 impl operator_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        redistribution: types::Redistribution,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        let kind = DeclaredKind::OperatorList {
+            redistribution: match redistribution {
+                types::Redistribution::Split => Redistribution::Split,
+                types::Redistribution::Union => Redistribution::Union,
+            },
+        };
+        let type_name = declared_type(&state, kind, type_name)?;
+        self.declared.declare(DeclaredState {
+            name: state,
+            kind,
+            type_name,
+        })
+    }
+
     fn get(&mut self, state: String) -> Vec<types::Value> {
         self.operator_state
             .get(&state)
@@ -631,6 +764,145 @@ mod tests {
         assert_eq!(instance.state().len(), 0);
         instance.close().unwrap();
         assert_eq!(instance.state().len(), 2);
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            memory_bytes: 64 << 20,
+            fuel_per_call: 1_000_000_000,
+        }
+    }
+
+    fn declared(name: &str, kind: DeclaredKind, type_name: Option<&str>) -> DeclaredState {
+        DeclaredState {
+            name: name.into(),
+            kind,
+            type_name: type_name.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn plugins_in_every_language_declare_their_states_without_running_a_job() {
+        let engine = PluginEngine::new(None).unwrap();
+        let states = |path: &str| {
+            engine
+                .load("stats", Path::new(path))
+                .unwrap()
+                .declared_states("stats", "", 2, 128, limits())
+                .unwrap()
+        };
+        assert_eq!(
+            states(weir_test_plugins::STATS),
+            [
+                declared(
+                    "stats",
+                    DeclaredKind::Value,
+                    Some("record{count: int, total: float, last: text, raw: bytes}")
+                ),
+                declared("items", DeclaredKind::Map, Some("map<text, int>")),
+                declared("recent", DeclaredKind::List, Some("list<text>")),
+            ]
+        );
+        // Python and JavaScript declare the same states, untyped.
+        let untyped = [
+            declared("stats", DeclaredKind::Value, None),
+            declared("items", DeclaredKind::Map, None),
+            declared("recent", DeclaredKind::List, None),
+        ];
+        assert_eq!(states(weir_test_plugins::PY_STATS), untyped);
+        assert_eq!(states(weir_test_plugins::JS_STATS), untyped);
+        assert_eq!(
+            states(weir_test_plugins::WORD_COUNT),
+            [declared("count", DeclaredKind::Value, Some("int"))]
+        );
+    }
+
+    fn word_count_over(state: MemoryStateBackend) -> Result<OperatorInstance, Error> {
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = engine
+            .load("count", Path::new(weir_test_plugins::WORD_COUNT))
+            .unwrap();
+        plugin.instantiate(InstanceConfig {
+            uid: "count".into(),
+            config: String::new(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            limits: limits(),
+            state: Box::new(state),
+            operator_state: Vec::new(),
+            attempt_number: 1,
+        })
+    }
+
+    #[test]
+    fn a_restored_state_of_another_kind_fails_open_naming_uid_and_state() {
+        let range = KeyGroupRange::for_subtask(0, 1, 128);
+        let key = b"k";
+        let kg = key_group_of(key, 128);
+
+        // Restored as a value state: declaring it a value state is fine.
+        let mut state = MemoryStateBackend::new(range);
+        state
+            .apply(kg, "count", key, Update::ValueSet(Value::Int(4)))
+            .unwrap();
+        let instance = word_count_over(state).unwrap();
+        assert_eq!(
+            instance.declared_states(),
+            [declared("count", DeclaredKind::Value, Some("int"))]
+        );
+
+        // Restored as a map state: `open` fails before any record.
+        let mut state = MemoryStateBackend::new(range);
+        state
+            .apply(
+                kg,
+                "count",
+                key,
+                Update::MapPut(Value::Text("a".into()), Value::Int(1)),
+            )
+            .unwrap();
+        let Err(e) = word_count_over(state) else {
+            panic!("a value declaration over a restored map state must fail");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "state `count` of operator `count` holds map entries in the restored state but is declared value"
+            ),
+            "{msg}"
+        );
+        assert!(
+            matches!(e, Error::OperatorFailed { hook: "open", .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn declared_types_are_parsed_canonicalised_and_checked_against_the_kind() {
+        assert_eq!(
+            declared_type("s", DeclaredKind::Map, Some(" map<text,int> ".into())),
+            Ok(Some("map<text, int>".into()))
+        );
+        assert_eq!(declared_type("s", DeclaredKind::List, None), Ok(None));
+        assert_eq!(
+            declared_type("s", DeclaredKind::List, Some("any".into())),
+            Ok(Some("any".into()))
+        );
+        let e = declared_type("s", DeclaredKind::List, Some("int".into())).unwrap_err();
+        assert_eq!(
+            e,
+            "state `s` is declared list with type `int`; the type of a list state is `list<T>` or `any`"
+        );
+        let e = declared_type("s", DeclaredKind::Value, Some("record{a int}".into())).unwrap_err();
+        assert!(
+            e.starts_with("state `s`: type descriptor `record{a int}` is malformed at byte 9"),
+            "{e}"
+        );
+        let op = DeclaredKind::OperatorList {
+            redistribution: Redistribution::Union,
+        };
+        assert!(declared_type("s", op, Some("map<int, int>".into())).is_err());
     }
 
     #[test]
