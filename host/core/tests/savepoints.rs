@@ -247,3 +247,133 @@ fn a_savepoint_without_a_directory_fails_and_the_job_goes_on() {
     assert_eq!(e.kind(), weir_host::ErrorKind::Cancelled);
     assert_eq!(r.control.state(), JobState::Cancelled);
 }
+
+#[test]
+fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
+    use weir_host::checkpoint::catalog::RestorePoint;
+    use weir_host::savepoint::inspect;
+
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let job = job_file(dir.path(), &out, Some(RECORDS), 2, 40_000.0);
+    let r = start(&engine, &job, Restore::Fresh);
+    std::thread::sleep(Duration::from_millis(300));
+    let sp = r
+        .control
+        .trigger_savepoint(request(
+            &dir.path().join("sp"),
+            SavepointFormat::Canonical,
+            Some(StopMode::Suspend),
+        ))
+        .unwrap()
+        .wait()
+        .unwrap();
+    r.handle.join().unwrap().unwrap();
+    let counted: usize = output(&out).values().map(Vec::len).sum();
+
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let point = io
+        .block_on(RestorePoint::open(&sp.location, dir.path()))
+        .unwrap();
+    let shown = io.block_on(inspect::inspect(&point)).unwrap();
+    let count = shown.operators.iter().find(|o| o.uid == "count").unwrap();
+    let state = &count.states[0];
+    assert_eq!(
+        (state.name.as_str(), state.kind.as_str()),
+        ("count", "value")
+    );
+    assert_eq!(state.type_name.as_deref(), Some("int"));
+    let words = output(&out).len() as u64;
+    assert_eq!(state.count, words);
+    let source = shown.operators.iter().find(|o| o.uid == "words").unwrap();
+    assert!(source.source_offsets.as_ref().unwrap()[0].unwrap() > 0);
+    let text = shown.to_string();
+    assert!(text.contains("state `count`  value int"), "{text}");
+
+    // Dump: one JSON line per key, the counts adding up to the output.
+    let lines = io
+        .block_on(inspect::dump(&point, "count", "count"))
+        .unwrap();
+    assert_eq!(lines.len() as u64, words);
+    let total: u64 = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["key"].as_str().unwrap().starts_with('w'), "{l}");
+            v["value"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, counted as u64);
+    let e = io
+        .block_on(inspect::dump(&point, "count", "nope"))
+        .unwrap_err();
+    assert!(e.to_string().contains("has: count"), "{e}");
+
+    // Check: rescaling is fine; a renamed operator needs -n.
+    let declared = |plugin: &str| {
+        let p = engine
+            .load("count", Path::new(plugin))
+            .unwrap()
+            .declared_states(
+                "count",
+                "",
+                1,
+                128,
+                weir_host::job::Limits {
+                    memory_bytes: weir_host::job::DEFAULT_MEMORY_MB << 20,
+                    fuel_per_call: weir_host::job::DEFAULT_FUEL_PER_CALL,
+                },
+            )
+            .unwrap();
+        BTreeMap::from([("count".to_owned(), p)])
+    };
+    let job3 = job::load(&job_file(dir.path(), &out, None, 3, 1.0)).unwrap();
+    let report = io
+        .block_on(inspect::check(
+            &point,
+            &job3,
+            &declared(plugins::WORD_COUNT),
+            false,
+        ))
+        .unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(report.to_string().contains("parallelism 2 → 3"), "{report}");
+
+    let renamed_text = std::fs::read_to_string(dir.path().join("job-3.toml"))
+        .unwrap()
+        .replace("uid = \"count\"", "uid = \"counter\"")
+        .replace("input = \"count\"", "input = \"counter\"");
+    let renamed_path = dir.path().join("renamed.toml");
+    std::fs::write(&renamed_path, renamed_text).unwrap();
+    let renamed = job::load(&renamed_path).unwrap();
+    let report = io
+        .block_on(inspect::check(&point, &renamed, &BTreeMap::new(), false))
+        .unwrap();
+    assert!(!report.ok(), "{report}");
+    assert!(report.to_string().contains("dropped  `count`"), "{report}");
+    let report = io
+        .block_on(inspect::check(&point, &renamed, &BTreeMap::new(), true))
+        .unwrap();
+    assert!(report.ok(), "{report}");
+
+    // A plugin declaring other states: notes, not errors.
+    let report = io
+        .block_on(inspect::check(
+            &point,
+            &job3,
+            &declared(plugins::STATS),
+            false,
+        ))
+        .unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("state `count` (value) is in the snapshot but not declared"),
+        "{report}"
+    );
+}

@@ -292,6 +292,25 @@ impl RestorePoint {
         Ok(Restored { snapshots, plan })
     }
 
+    /// Reads the state of every vertex the snapshot holds (for inspect,
+    /// dump and check), verifying every file it reads.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] or [`Error::Format`] for a missing or corrupt file.
+    pub async fn read_all(&self) -> Result<Vec<OperatorSnapshot>, Error> {
+        let uids: Vec<String> = self
+            .manifest
+            .stored_vertices()
+            .into_iter()
+            .map(|v| v.uid)
+            .collect();
+        let wanted: Vec<&str> = uids.iter().map(String::as_str).collect();
+        match &self.manifest {
+            Manifest::Checkpoint(m) => self.read_checkpoint(m, &wanted).await,
+            Manifest::Savepoint(m) => self.read_savepoint(m, &wanted).await,
+        }
+    }
+
     async fn fetch(&self, file: &str) -> Result<(String, bytes::Bytes), Error> {
         let path = self.path(file);
         let bytes = self.storage.get(&path).await?;

@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::job::JobGraph;
 use crate::keygroup::KeyGroupRange;
 use crate::metrics::JobMetrics;
+use crate::plugin::{DeclaredKind, DeclaredState};
 use crate::savepoint::format as sp;
 use crate::state::KeyGroupSnapshot;
 
@@ -71,6 +72,8 @@ pub(crate) struct SavepointPart {
     pub source_offset: Option<u64>,
     /// A sink's pre-committed parts.
     pub sink: Option<format::SinkSnapshot>,
+    /// The states the plugin declared.
+    pub declared: Vec<DeclaredState>,
 }
 
 /// Where a savepoint's files go.
@@ -91,6 +94,9 @@ pub(crate) type SavepointTargets = Arc<Mutex<HashMap<CheckpointId, SavepointTarg
 pub(crate) struct Taken {
     pub snapshot: SubtaskSnapshot,
     pub keyed: Vec<format::EncodedKeyGroup>,
+    /// For a savepoint: the states the plugin declared (their types and
+    /// redistribution go into the canonical `_metadata`).
+    pub declared: Vec<DeclaredState>,
 }
 
 impl From<SubtaskSnapshot> for Taken {
@@ -98,6 +104,7 @@ impl From<SubtaskSnapshot> for Taken {
         Self {
             snapshot,
             keyed: Vec::new(),
+            declared: Vec::new(),
         }
     }
 }
@@ -183,6 +190,7 @@ impl Uploader {
             self.handle.spawn(async move {
                 let source_offset = taken.snapshot.source_offset;
                 let sink = taken.snapshot.sink.clone();
+                let declared = taken.declared.clone();
                 let encoded = tokio::task::spawn_blocking(move || encode_canonical(taken))
                     .await
                     .expect("invariant: encoding a savepoint part does not panic");
@@ -215,6 +223,7 @@ impl Uploader {
                         sections,
                         source_offset,
                         sink,
+                        declared,
                     }),
                 });
             });
@@ -877,6 +886,41 @@ fn canonical_metadata(
                             at,
                         });
                     }
+                }
+            }
+        }
+        // Declarations: types and redistribution, and declared states that
+        // hold nothing yet (so `weir savepoint check` sees them).
+        let declared = mine.iter().flat_map(|p| &p.declared);
+        for d in declared {
+            match d.kind {
+                DeclaredKind::OperatorList { redistribution } => {
+                    let m =
+                        ops.entry(d.name.clone())
+                            .or_insert_with(|| sp::OperatorStateMetadata {
+                                name: d.name.clone(),
+                                redistribution,
+                                type_name: None,
+                                items: 0,
+                                bytes: 0,
+                                subtasks: Vec::new(),
+                            });
+                    m.redistribution = redistribution;
+                    m.type_name.clone_from(&d.type_name);
+                }
+                kind => {
+                    let Some(k) = kind.keyed() else { continue };
+                    let m = keyed
+                        .entry(d.name.clone())
+                        .or_insert_with(|| sp::KeyedStateMetadata {
+                            name: d.name.clone(),
+                            kind: k.into(),
+                            type_name: None,
+                            keys: 0,
+                            bytes: 0,
+                            key_groups: Vec::new(),
+                        });
+                    m.type_name.clone_from(&d.type_name);
                 }
             }
         }

@@ -426,11 +426,17 @@ impl Task {
                                     ..SubtaskSnapshot::default()
                                 },
                                 keyed: encode_key_groups(&instance.state().snapshot_views()),
+                                declared: if barrier.savepoint {
+                                    instance.declared_states().to_vec()
+                                } else {
+                                    Vec::new()
+                                },
                             }
                         }
                         Logic::Native { state, .. } => Taken {
                             snapshot: SubtaskSnapshot::default(),
                             keyed: encode_key_groups(&state.snapshot_views()),
+                            declared: Vec::new(),
                         },
                     };
                     let sync = started.elapsed();

@@ -356,16 +356,10 @@ pub struct OperatorMetadata {
     pub sink: Option<Vec<crate::checkpoint::format::SinkSnapshot>>,
 }
 
-/// How an operator list state is split among subtasks on restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Redistribution {
-    /// Items are dealt round robin (Flink's `getListState`).
-    #[default]
-    Split,
-    /// Every subtask gets every item (Flink's `getUnionListState`).
-    Union,
-}
+/// How an operator list state is split among subtasks on restore:
+/// `"split"` (round robin, the default) or `"union"` (every subtask gets
+/// every item), as the plugin declared it.
+pub use crate::plugin::Redistribution;
 
 /// The kinds of keyed state, as written in `_metadata`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! by Weir, and not used for failover.
 
 pub mod format;
+pub mod inspect;
 pub mod restore;
 
 use std::path::Path;
