@@ -377,3 +377,34 @@ fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
         "{report}"
     );
 }
+
+/// Writes `tests/fixtures/savepoint-v1/`: a savepoint of this version
+/// (stopped midway) and the sink output it committed. Run only to
+/// regenerate it (never needed while the format stays at version 1):
+/// `cargo test -p weir-host --test savepoints -- --ignored write_fixture`.
+#[test]
+#[ignore = "regenerates a committed fixture"]
+fn write_fixture() {
+    let engine = engine();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/savepoint-v1");
+    let _ = std::fs::remove_dir_all(&fixture);
+    let out = fixture.join("out");
+    std::fs::create_dir_all(&fixture).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_file(dir.path(), &out, Some(2_000), 1, 2_000.0);
+    let r = start(&engine, &job, Restore::Fresh);
+    std::thread::sleep(Duration::from_millis(500));
+    let sp = r
+        .control
+        .trigger_savepoint(request(
+            dir.path(),
+            SavepointFormat::Canonical,
+            Some(StopMode::Suspend),
+        ))
+        .unwrap()
+        .wait()
+        .unwrap();
+    r.handle.join().unwrap().unwrap();
+    let target = fixture.join("savepoint");
+    copy_dir(Path::new(&sp.location), &target);
+}
