@@ -90,7 +90,12 @@ impl Running {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("REST API on ")) {
-                let address = line.rsplit("REST API on ").next().unwrap().trim().to_owned();
+                let address = line
+                    .rsplit("REST API on ")
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_owned();
                 let id = line
                     .split("(id ")
                     .nth(1)
@@ -183,7 +188,10 @@ fn counts(out: &Path) -> HashMap<String, Vec<u64>> {
 fn reference(dir: &Path) -> HashMap<String, u64> {
     let dir = dir.join("reference");
     std::fs::create_dir_all(&dir).unwrap();
-    run_to_end(&job(&dir, "job.toml", plugins::WORD_COUNT, 2, 1_000_000), &[]);
+    run_to_end(
+        &job(&dir, "job.toml", plugins::WORD_COUNT, 2, 1_000_000),
+        &[],
+    );
     counts(&dir.join("out"))
         .into_iter()
         .map(|(w, c)| (w, c.len() as u64))
@@ -227,7 +235,10 @@ fn savepoints_stop_and_rescaled_restores_continue_exactly_once() {
     let r = Running::start(&job1, &[]);
     std::thread::sleep(Duration::from_millis(500));
     let listed = r.ctl(&["list"]);
-    assert!(listed.contains(&r.id) && listed.contains("RUNNING"), "{listed}");
+    assert!(
+        listed.contains(&r.id) && listed.contains("RUNNING"),
+        "{listed}"
+    );
     let request = last_line(&r.ctl(&[
         "savepoint",
         &r.id,
@@ -314,8 +325,16 @@ fn removed_operators_need_n_and_new_ones_start_empty_and_claim_lets_go() {
 
     let o = weir(&["run", "--quiet", v2.to_str().unwrap(), "-s", &sp]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("uids the job does not have: count"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--allow-non-restored-state"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("uids the job does not have: count"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("--allow-non-restored-state"),
+        "{}",
+        stderr(&o)
+    );
 
     // With -n and claim: count2 starts from zero, and once the run's
     // checkpoints subsumed the savepoint it is deleted.
@@ -339,7 +358,10 @@ fn removed_operators_need_n_and_new_ones_start_empty_and_claim_lets_go() {
     }
     assert!(!first.is_empty());
     assert!(first.values().all(|&n| n == 1), "count2 started empty");
-    assert!(!Path::new(&sp).exists(), "the claimed savepoint was deleted");
+    assert!(
+        !Path::new(&sp).exists(),
+        "the claimed savepoint was deleted"
+    );
 }
 
 fn weir_log(args: &[&str]) -> std::process::Output {
@@ -390,11 +412,18 @@ fn inspect_dump_check_and_dispose_without_running_the_job() {
     let o = weir(&["savepoint", "check", &sp, rescaled.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
-    assert!(report.contains("matched  `count`  parallelism 2 → 3"), "{report}");
+    assert!(
+        report.contains("matched  `count`  parallelism 2 → 3"),
+        "{report}"
+    );
     assert!(report.contains("restore would succeed"), "{report}");
 
     // Dispose refuses what is not a savepoint, then deletes the savepoint.
-    let o = weir(&["savepoint", "dispose", dir.path().join("out").to_str().unwrap()]);
+    let o = weir(&[
+        "savepoint",
+        "dispose",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(dir.path().join("out").is_dir());
     let o = weir(&["savepoint", "dispose", &sp]);
