@@ -71,14 +71,24 @@ struct Running {
     log: PathBuf,
 }
 
+impl Drop for Running {
+    /// A test that fails leaves no job behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
+    // The child is waited for by `stop`, or on drop.
+    #[allow(clippy::zombie_processes)]
     fn start(job: &Path, extra: &[&str]) -> Self {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
         let mut args = vec!["run", "--quiet", job.to_str().unwrap()];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--rest-address", "127.0.0.1:0"]);
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(&args)
             .env("WEIR_CACHE_DIR", cache)
             .env("WEIR_LOG", "info")
@@ -109,10 +119,11 @@ impl Running {
                     log,
                 };
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no REST API line; log:\n{text}"
-            );
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no REST API line; log:\n{text}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
