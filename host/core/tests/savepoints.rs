@@ -408,3 +408,52 @@ fn write_fixture() {
     let target = fixture.join("savepoint");
     copy_dir(Path::new(&sp.location), &target);
 }
+
+#[test]
+fn stop_with_drain_closes_operators_and_commits_everything_before_the_savepoint() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Unbounded: only the drain ends it.
+    let job = job_file(dir.path(), &out, None, 2, 20_000.0);
+    let r = start(&engine, &job, Restore::Fresh);
+    std::thread::sleep(Duration::from_millis(300));
+    let sp = r
+        .control
+        .trigger_savepoint(request(
+            &dir.path().join("sp"),
+            SavepointFormat::Canonical,
+            Some(StopMode::Drain),
+        ))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let report = r.handle.join().unwrap().unwrap();
+    assert_eq!(report.stopped_with, Some(sp.clone()));
+    // Every record the source emitted before draining was counted and
+    // committed: the savepoint's source offset is the number of records.
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let point = io
+        .block_on(weir_host::checkpoint::catalog::RestorePoint::open(
+            &sp.location,
+            dir.path(),
+        ))
+        .unwrap();
+    let shown = io
+        .block_on(weir_host::savepoint::inspect::inspect(&point))
+        .unwrap();
+    let source = shown.operators.iter().find(|o| o.uid == "words").unwrap();
+    let emitted = source.source_offsets.as_ref().unwrap()[0].unwrap();
+    let committed: usize = output(&out).values().map(Vec::len).sum();
+    assert!(emitted > 0);
+    assert_eq!(committed as u64, emitted);
+    assert!(
+        std::fs::read_dir(&out)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "nothing left uncommitted"
+    );
+}
