@@ -24,6 +24,10 @@ weir=$(cargo build --quiet -p weir --message-format=json |
 [[ -x $weir ]] || { echo "could not find the weir binary cargo built" >&2; exit 1; }
 rm -rf "$out"
 mkdir -p "$out"
+# A run of this script that was interrupted leaves checkpoints of the job
+# (a cancelled job keeps them), and `weir run` then refuses to start it from
+# scratch. Both versions share the job name, hence the storage.
+"$weir" checkpoints $dir/job-v1.toml --delete >/dev/null
 
 # The jobs this script started, stopped (SIGINT: cancel cleanly) if it
 # fails half-way.
