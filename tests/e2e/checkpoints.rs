@@ -28,6 +28,7 @@ fn spawn_weir(args: &[&str], log: &Path) -> Child {
         .args(args)
         .env("WEIR_CACHE_DIR", cache)
         .env("WEIR_LOG", "info")
+        .env("WEIR_REST_ADDRESS", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

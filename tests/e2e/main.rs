@@ -7,8 +7,10 @@ use std::process::{Command, Output};
 use weir_test_plugins as plugins;
 
 mod checkpoints;
+mod control;
 mod javascript;
 mod languages;
+mod savepoints;
 
 /// Runs `weir ARGS` with a plugin cache shared by all tests.
 fn weir(args: &[&str]) -> Output {
@@ -16,7 +18,8 @@ fn weir(args: &[&str]) -> Output {
 }
 
 /// Runs `weir ARGS` with extra environment variables (`WEIR_LOG=warn`
-/// unless they set it). A run that hangs is killed after five minutes and
+/// unless they set it). Every job's REST API takes a free port, so runs in
+/// parallel never collide on the default one. A run that hangs is killed after five minutes and
 /// fails the test, instead of stalling the suite.
 fn weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     use std::io::Read;
@@ -26,6 +29,7 @@ fn weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(args)
         .env("WEIR_CACHE_DIR", cache)
         .env("WEIR_LOG", "warn")
+        .env("WEIR_REST_ADDRESS", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

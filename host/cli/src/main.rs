@@ -2,19 +2,24 @@
 //! arguments, shows progress, maps errors to exit codes.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+mod savepoint_cmd;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use weir_host::api::client::{ApiClient, DEFAULT_ADDRESS};
+use weir_host::api::{ApiThread, Jobs, RequestStatus};
 use weir_host::error::{Error, Problem};
 use weir_host::job::{self, JobGraph, VertexKind};
 use weir_host::metrics::JobMetrics;
 use weir_host::plugin::PluginEngine;
-use weir_host::runtime::{Restore, RunOptions};
+use weir_host::runtime::{JobControl, Restore, RunOptions, SavepointFormat, StopMode};
 use weir_host::savepoint::ClaimMode;
 use weir_host::{ErrorKind, runtime};
 
@@ -24,7 +29,8 @@ const EXIT_USER: u8 = 2;
 const EXIT_EXTERNAL: u8 = 3;
 /// Exit code for an internal error.
 const EXIT_INTERNAL: u8 = 1;
-/// Exit code for a job cancelled by SIGINT or SIGTERM (128 + SIGINT).
+/// Exit code for a job cancelled (SIGINT, SIGTERM, `weir cancel`): 128 +
+/// SIGINT.
 const EXIT_CANCELLED: u8 = 130;
 
 /// Weir runs stream jobs whose operators are WebAssembly components.
@@ -76,6 +82,47 @@ enum Command {
             requires = "from"
         )]
         claim_mode: ClaimMode,
+        /// Where the job's REST API listens (port 0: any free port).
+        #[arg(
+            long,
+            env = "WEIR_REST_ADDRESS",
+            default_value = "127.0.0.1:8081",
+            value_name = "ADDR"
+        )]
+        rest_address: SocketAddr,
+    },
+    /// Lists the jobs of a running `weir run` (through its REST API).
+    List {
+        #[command(flatten)]
+        api: ApiAddress,
+    },
+    /// Takes a savepoint of a running job: `weir savepoint JOB_ID [DIR]`;
+    /// or works on savepoints through a subcommand.
+    Savepoint(SavepointCommand),
+    /// Stops a running job with a savepoint, and prints where it is.
+    Stop {
+        /// The job's id (see `weir list`).
+        job_id: String,
+        /// The directory (path or URL) to create the savepoint under
+        /// [default: the job file's `[savepoints] dir`].
+        #[arg(long, value_name = "DIR")]
+        savepoint_path: Option<String>,
+        /// End the input first, so operators flush before the savepoint;
+        /// by default the job is suspended as it is, to be resumed.
+        #[arg(long)]
+        drain: bool,
+        /// The savepoint's layout.
+        #[arg(long = "type", value_enum, default_value_t = FormatArg::Canonical)]
+        format: FormatArg,
+        #[command(flatten)]
+        api: ApiAddress,
+    },
+    /// Cancels a running job, without a savepoint.
+    Cancel {
+        /// The job's id (see `weir list`).
+        job_id: String,
+        #[command(flatten)]
+        api: ApiAddress,
     },
     /// Lists the job's completed checkpoints in its storage.
     Checkpoints {
@@ -92,6 +139,107 @@ enum Command {
     },
 }
 
+/// Where a running job's REST API is.
+#[derive(Args)]
+struct ApiAddress {
+    /// The REST API of the `weir run` to talk to.
+    #[arg(long, env = "WEIR_ADDRESS", default_value = DEFAULT_ADDRESS, value_name = "URL")]
+    address: String,
+}
+
+/// `weir savepoint`: either a job id (take a savepoint) or a subcommand.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct SavepointCommand {
+    #[command(subcommand)]
+    action: Option<SavepointAction>,
+    #[command(flatten)]
+    trigger: SavepointTrigger,
+}
+
+/// `weir savepoint JOB_ID [DIR]`.
+#[derive(Args)]
+struct SavepointTrigger {
+    /// The job's id (see `weir list`).
+    #[arg(required = true)]
+    job_id: Option<String>,
+    /// The directory (path or URL) to create the savepoint under
+    /// [default: the job file's `[savepoints] dir`].
+    target_directory: Option<String>,
+    /// The savepoint's layout.
+    #[arg(long = "type", value_enum, default_value_t = FormatArg::Canonical)]
+    format: FormatArg,
+    /// Print the request id at once instead of waiting; poll it with
+    /// `weir savepoint status`.
+    #[arg(long)]
+    detached: bool,
+    #[command(flatten)]
+    api: ApiAddress,
+}
+
+/// What `weir savepoint` does besides taking one.
+#[derive(Subcommand)]
+enum SavepointAction {
+    /// Shows where a savepoint request is: IN_PROGRESS, COMPLETED with its
+    /// location, or FAILED with the reason.
+    Status {
+        /// The job's id.
+        job_id: String,
+        /// The request id `weir savepoint --detached` printed.
+        request_id: String,
+        #[command(flatten)]
+        api: ApiAddress,
+    },
+    /// Reports, without running the job, whether restoring a savepoint (or
+    /// checkpoint) into a job would succeed: uids matched, new and
+    /// dropped, parallelism changes, and the states each plugin declares
+    /// against what the savepoint holds. Exit code 2 if it would fail.
+    Check {
+        /// The savepoint's directory or its _metadata (path or URL).
+        path: String,
+        /// The job file to restore into.
+        job: PathBuf,
+        /// Check as `weir run -n` would restore: dropped state is allowed.
+        #[arg(long = "allow-non-restored-state", short = 'n')]
+        allow_non_restored: bool,
+    },
+    /// Shows what a savepoint (or checkpoint) holds: operators, states
+    /// with kind, type, keys and bytes, source offsets, sink parts.
+    Inspect {
+        /// The savepoint's directory or its _metadata (path or URL).
+        path: String,
+        /// Print the entries of one state as JSON lines instead.
+        #[arg(long, value_name = "UID/STATE")]
+        dump: Option<String>,
+    },
+    /// Deletes a savepoint; refuses anything that is not one.
+    Dispose {
+        /// The savepoint's directory or its _metadata (path or URL).
+        path: String,
+    },
+}
+
+/// A savepoint's layout, on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// The documented, backend-independent layout.
+    Canonical,
+    /// The checkpoint layout: faster to take.
+    Native,
+}
+
+impl From<FormatArg> for SavepointFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Canonical => SavepointFormat::Canonical,
+            FormatArg::Native => SavepointFormat::Native,
+        }
+    }
+}
+
+/// How often a waiting command polls a savepoint request.
+const POLL: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -102,33 +250,93 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let result = PluginEngine::new(Some(cli.cache_dir.unwrap_or_else(default_cache_dir))).and_then(
-        |engine| match cli.command {
-            Command::Run {
-                job,
-                quiet,
-                from_latest,
-                from,
+    let cache_dir = cli.cache_dir.unwrap_or_else(default_cache_dir);
+    let engine = || PluginEngine::new(Some(cache_dir.clone()));
+    let result = match cli.command {
+        Command::Run {
+            job,
+            quiet,
+            from_latest,
+            from,
+            allow_non_restored,
+            claim_mode,
+            rest_address,
+        } => {
+            let restore = match (from_latest, from) {
+                (_, Some(path)) => Restore::From(path),
+                (true, None) => Restore::Latest,
+                (false, None) => Restore::Fresh,
+            };
+            let options = RunOptions {
+                restore,
                 allow_non_restored,
                 claim_mode,
-            } => {
-                let restore = match (from_latest, from) {
-                    (_, Some(path)) => Restore::From(path),
-                    (true, None) => Restore::Latest,
-                    (false, None) => Restore::Fresh,
-                };
-                let options = RunOptions {
-                    restore,
+                ..RunOptions::default()
+            };
+            engine().and_then(|engine| run(&engine, &job, quiet, options, rest_address))
+        }
+        Command::Checkpoints { job, delete } => checkpoints(&job, delete),
+        Command::Validate { job } => engine().and_then(|engine| validate(&engine, &job)),
+        Command::List { api } => remote(&api, list),
+        Command::Savepoint(SavepointCommand {
+            action:
+                Some(SavepointAction::Status {
+                    job_id,
+                    request_id,
+                    api,
+                }),
+            ..
+        }) => remote(&api, |client| {
+            savepoint_status(client, &job_id, &request_id)
+        }),
+        Command::Savepoint(SavepointCommand {
+            action:
+                Some(SavepointAction::Check {
+                    path,
+                    job,
                     allow_non_restored,
-                    claim_mode,
-                    ..RunOptions::default()
-                };
-                run(&engine, &job, quiet, options)
-            }
-            Command::Checkpoints { job, delete } => checkpoints(&job, delete),
-            Command::Validate { job } => validate(&engine, &job),
-        },
-    );
+                }),
+            ..
+        }) => engine()
+            .and_then(|engine| savepoint_cmd::check_cmd(&engine, &path, &job, allow_non_restored)),
+        Command::Savepoint(SavepointCommand {
+            action: Some(SavepointAction::Inspect { path, dump }),
+            ..
+        }) => savepoint_cmd::inspect_cmd(&path, dump.as_deref()),
+        Command::Savepoint(SavepointCommand {
+            action: Some(SavepointAction::Dispose { path }),
+            ..
+        }) => savepoint_cmd::dispose_cmd(&path),
+        Command::Savepoint(SavepointCommand {
+            action: None,
+            trigger,
+        }) => remote(&trigger.api, |client| savepoint(client, &trigger)),
+        Command::Stop {
+            job_id,
+            savepoint_path,
+            drain,
+            format,
+            api,
+        } => remote(&api, |client| async move {
+            let mode = if drain {
+                StopMode::Drain
+            } else {
+                StopMode::Suspend
+            };
+            let request = client
+                .stop(&job_id, savepoint_path.as_deref(), format.into(), mode)
+                .await?;
+            eprintln!("stopping job {job_id} with a savepoint (request {request})…");
+            let info = client.wait_savepoint(&job_id, &request, POLL).await?;
+            println!("{}", info.location);
+            Ok(())
+        }),
+        Command::Cancel { job_id, api } => remote(&api, |client| async move {
+            let job = client.cancel(&job_id).await?;
+            println!("job `{}` ({}) is {}", job.name, job.id, job.state);
+            Ok(())
+        }),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -156,20 +364,38 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-fn run(engine: &PluginEngine, path: &Path, quiet: bool, options: RunOptions) -> Result<(), Error> {
+fn run(
+    engine: &PluginEngine,
+    path: &Path,
+    quiet: bool,
+    options: RunOptions,
+    rest_address: SocketAddr,
+) -> Result<(), Error> {
     let graph = job::load(path)?;
     let metrics = JobMetrics::for_graph(&graph);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let control = JobControl::new(&graph.name, metrics.clone(), cancel.clone());
+    let jobs = Jobs::new();
+    jobs.insert(control.clone());
+    let api = ApiThread::start(rest_address, jobs.clone())?;
+    // One line, always: scripts and tests read the address from it.
+    eprintln!(
+        "job `{}` (id {}): REST API on http://{}",
+        graph.name,
+        control.id(),
+        api.local_addr()
+    );
     let done = Arc::new(AtomicBool::new(false));
     let progress = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let (metrics, done) = (metrics.clone(), done.clone());
         let graph = graph.clone();
         std::thread::spawn(move || show_progress(&graph, &metrics, &done))
     });
-    let cancel = Arc::new(AtomicBool::new(false));
     on_signal(cancel.clone());
     let options = RunOptions {
         job_file: Some(path.to_owned()),
         cancel: Some(cancel),
+        control: Some(control.clone()),
         ..options
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
@@ -177,20 +403,28 @@ fn run(engine: &PluginEngine, path: &Path, quiet: bool, options: RunOptions) -> 
     if let Some(p) = progress {
         let _ = p.join();
     }
+    // After any stop's outcome reached its client (see ApiServer::shutdown).
+    api.shutdown();
     let report = result?;
+    if let Some(savepoint) = &report.stopped_with {
+        eprintln!(
+            "job `{}` stopped with savepoint {}: resume with `weir run {} -s {}`",
+            graph.name,
+            savepoint.location,
+            path.display(),
+            savepoint.location
+        );
+    }
     if !quiet {
         let mut how = String::new();
         if let Some(id) = report.restored_from {
-            how.push_str(&format!(", restored from checkpoint {id}"));
+            how.push_str(&format!(", restored from snapshot {id}"));
         }
         if report.restarts > 0 {
             how.push_str(&format!(", after {} restart(s)", report.restarts));
         }
         if let Some(id) = metrics.last_checkpoint() {
             how.push_str(&format!(", last checkpoint {id}"));
-        }
-        if let Some(sp) = &report.stopped_with {
-            how.push_str(&format!(", stopped with savepoint {}", sp.location));
         }
         eprintln!(
             "job `{}` finished in {:.2?}{how}",
@@ -347,6 +581,91 @@ fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs `command` against the REST API at `api` on a small tokio runtime.
+fn remote<F, Fut>(api: &ApiAddress, command: F) -> Result<(), Error>
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let client = ApiClient::new(&api.address)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the HTTP client runtime: {e}")))?
+        .block_on(command(client))
+}
+
+/// `weir list`: one line per job.
+async fn list(client: ApiClient) -> Result<(), Error> {
+    let jobs = client.jobs().await?;
+    if jobs.is_empty() {
+        println!("no jobs at {}", client.address());
+        return Ok(());
+    }
+    let name_width = jobs.iter().map(|j| j.name.len()).max().unwrap_or(0).max(4);
+    println!(
+        "{:<32}  {:<name_width$}  {:<10}  {:>12}  LAST CHECKPOINT",
+        "ID", "NAME", "STATE", "UPTIME"
+    );
+    for j in jobs {
+        let uptime = humantime::format_duration(Duration::from_secs(j.uptime_ms / 1000));
+        println!(
+            "{:<32}  {:<name_width$}  {:<10}  {:>12}  {}",
+            j.id,
+            j.name,
+            j.state,
+            uptime.to_string(),
+            j.last_checkpoint
+                .map_or("-".to_owned(), |id| id.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `weir savepoint JOB_ID [DIR]`: prints the savepoint's location, or the
+/// request id with `--detached`.
+async fn savepoint(client: ApiClient, trigger: &SavepointTrigger) -> Result<(), Error> {
+    let job_id = trigger
+        .job_id
+        .as_deref()
+        .expect("invariant: clap requires JOB_ID without a subcommand");
+    let request = client
+        .trigger_savepoint(
+            job_id,
+            trigger.target_directory.as_deref(),
+            trigger.format.into(),
+        )
+        .await?;
+    if trigger.detached {
+        eprintln!(
+            "savepoint requested; see where it is with `weir savepoint status {job_id} {request}`"
+        );
+        println!("{request}");
+        return Ok(());
+    }
+    eprintln!("taking a savepoint of job {job_id} (request {request})…");
+    let info = client.wait_savepoint(job_id, &request, POLL).await?;
+    println!("{}", info.location);
+    Ok(())
+}
+
+/// `weir savepoint status`: `IN_PROGRESS`, `COMPLETED <location>` or
+/// `FAILED <reason>`.
+async fn savepoint_status(client: ApiClient, job_id: &str, request: &str) -> Result<(), Error> {
+    let status = client.savepoint_status(job_id, request).await?;
+    match status.status {
+        RequestStatus::InProgress => println!("IN_PROGRESS"),
+        RequestStatus::Completed => println!(
+            "COMPLETED {}",
+            status.location.as_deref().unwrap_or_default()
+        ),
+        RequestStatus::Failed => {
+            println!("FAILED {}", status.failure.as_deref().unwrap_or_default())
+        }
+    }
+    Ok(())
+}
+
 /// Sets `cancel` on the first SIGINT or SIGTERM, so the job stops cleanly
 /// (checkpoints kept or deleted as the job file says); a second signal
 /// exits at once.
@@ -377,4 +696,74 @@ fn on_signal(cancel: Arc<AtomicBool>) {
             std::process::exit(i32::from(EXIT_CANCELLED));
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weir").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn savepoint_takes_a_job_id_or_a_subcommand() {
+        let Command::Savepoint(SavepointCommand {
+            action: None,
+            trigger,
+        }) = parse(&["savepoint", "abc", "/sp", "--type", "native", "--detached"]).unwrap()
+        else {
+            panic!("a job id triggers a savepoint");
+        };
+        assert_eq!(trigger.job_id.as_deref(), Some("abc"));
+        assert_eq!(trigger.target_directory.as_deref(), Some("/sp"));
+        assert!(matches!(trigger.format, FormatArg::Native));
+        assert!(trigger.detached);
+
+        let Command::Savepoint(SavepointCommand {
+            action:
+                Some(SavepointAction::Status {
+                    job_id,
+                    request_id,
+                    api,
+                }),
+            ..
+        }) = parse(&["savepoint", "status", "abc", "r1", "--address", "h:1"]).unwrap()
+        else {
+            panic!("`status` is a subcommand");
+        };
+        assert_eq!((job_id.as_str(), request_id.as_str()), ("abc", "r1"));
+        assert_eq!(api.address, "h:1");
+
+        let missing = parse(&["savepoint"]).err().unwrap();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn stop_defaults_to_a_canonical_suspend() {
+        let Command::Stop {
+            job_id,
+            savepoint_path,
+            drain,
+            format,
+            ..
+        } = parse(&["stop", "abc"]).unwrap()
+        else {
+            panic!("stop parses");
+        };
+        assert_eq!(job_id, "abc");
+        assert_eq!(savepoint_path, None);
+        assert!(!drain);
+        assert!(matches!(format, FormatArg::Canonical));
+    }
 }

@@ -160,6 +160,39 @@ pub enum Error {
         /// What went wrong, naming the job or the location.
         message: String,
     },
+    /// The REST API could not listen on its address.
+    #[error(
+        "cannot serve the REST API on {address}: {source}; choose another address with \
+         --rest-address (or WEIR_REST_ADDRESS), port 0 for any free port"
+    )]
+    ApiBind {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// A job's REST API could not be reached, or answered with something
+    /// that is not the Weir API.
+    #[error(
+        "cannot reach the REST API at {address}: {message}; is the job running? \
+         Point to its API with --address (or WEIR_ADDRESS)"
+    )]
+    ApiUnreachable {
+        /// The API's base URL.
+        address: String,
+        /// What failed.
+        message: String,
+    },
+    /// The REST API refused a request (unknown job, job already ended, …).
+    #[error("{message} (HTTP {status} from {address})")]
+    ApiRequest {
+        /// The API's base URL.
+        address: String,
+        /// The HTTP status.
+        status: u16,
+        /// The API's error message.
+        message: String,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -184,6 +217,10 @@ impl Error {
             Error::Restore { .. } | Error::CheckpointsExist { .. } | Error::Savepoint { .. } => {
                 ErrorKind::User
             }
+            Error::ApiBind { .. } => ErrorKind::User,
+            Error::ApiUnreachable { .. } => ErrorKind::External,
+            Error::ApiRequest { status, .. } if *status < 500 => ErrorKind::User,
+            Error::ApiRequest { .. } => ErrorKind::External,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
@@ -208,6 +245,9 @@ impl Error {
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
             | Error::Savepoint { .. }
+            | Error::ApiBind { .. }
+            | Error::ApiUnreachable { .. }
+            | Error::ApiRequest { .. }
             | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }

@@ -5,6 +5,7 @@
 //! [`job`] are plain data and logic; [`runtime`] wires threads and channels;
 //! [`connectors`] holds the built-in sources and sinks.
 
+pub mod api;
 pub mod checkpoint;
 pub mod connectors;
 pub mod error;

@@ -195,6 +195,16 @@ impl RestorePoint {
             .unwrap_or(location)
             .trim_end_matches('/');
         let dir = if dir.is_empty() { "." } else { dir };
+        // A local directory that is not there is named as such (opening
+        // the storage would create it).
+        if !dir.contains("://") && !cwd.join(dir).exists() {
+            return Err(Error::Restore {
+                message: format!(
+                    "{} does not exist: `-s` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file",
+                    cwd.join(dir).display()
+                ),
+            });
+        }
         let storage = CheckpointStorage::open(dir, cwd)?;
         let bytes = match storage.get(METADATA_FILE).await {
             Ok(b) => b,

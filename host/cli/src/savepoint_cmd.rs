@@ -1,0 +1,123 @@
+//! `weir savepoint inspect | check | dispose`: reading and deleting
+//! savepoints without running a job (the logic lives in
+//! `weir_host::savepoint::inspect`; this prints it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use weir_host::checkpoint::catalog::{Manifest, RestorePoint};
+use weir_host::error::Error;
+use weir_host::job::{self, VertexKind};
+use weir_host::plugin::PluginEngine;
+use weir_host::savepoint::{self, inspect};
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting an I/O runtime: {e}")))?
+        .block_on(f)
+}
+
+fn cwd() -> std::path::PathBuf {
+    std::env::current_dir().unwrap_or_default()
+}
+
+/// Prints what the snapshot at `path` holds, or with `dump` (`UID/STATE`)
+/// that state's entries as JSON lines.
+pub fn inspect_cmd(path: &str, dump: Option<&str>) -> Result<(), Error> {
+    block_on(async {
+        let point = RestorePoint::open(path, &cwd()).await?;
+        match dump {
+            None => print!("{}", inspect::inspect(&point).await?),
+            Some(which) => {
+                let Some((uid, state)) = which.split_once('/') else {
+                    return Err(Error::Savepoint {
+                        message: format!("--dump takes UID/STATE, got `{which}`"),
+                    });
+                };
+                for line in inspect::dump(&point, uid, state).await? {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reports whether restoring `path` into the job `job_file` would
+/// succeed; fails (exit 2) when it would not.
+pub fn check_cmd(
+    engine: &PluginEngine,
+    path: &str,
+    job_file: &Path,
+    allow_non_restored: bool,
+) -> Result<(), Error> {
+    let graph = job::load(job_file)?;
+    let mut declared = BTreeMap::new();
+    for v in &graph.vertices {
+        if let VertexKind::Operator {
+            plugin,
+            config,
+            limits,
+        } = &v.kind
+        {
+            let states = engine.load(&v.uid, plugin)?.declared_states(
+                &v.uid,
+                config,
+                v.parallelism,
+                graph.max_parallelism,
+                *limits,
+            )?;
+            declared.insert(v.uid.clone(), states);
+        }
+    }
+    let report = block_on(async {
+        let point = RestorePoint::open(path, &cwd()).await?;
+        inspect::check(&point, &graph, &declared, allow_non_restored).await
+    })?;
+    print!("{report}");
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(Error::Savepoint {
+            message: format!(
+                "restoring {path} into {} would fail (see above)",
+                job_file.display()
+            ),
+        })
+    }
+}
+
+/// Deletes the savepoint at `path`, refusing anything that is not one.
+pub fn dispose_cmd(path: &str) -> Result<(), Error> {
+    block_on(async {
+        let point = RestorePoint::open(path, &cwd()).await?;
+        let dir = path
+            .trim_end_matches('/')
+            .strip_suffix("_metadata")
+            .unwrap_or(path)
+            .trim_end_matches('/');
+        let named_savepoint = dir
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with("savepoint-"));
+        if let Manifest::Checkpoint(_) = &point.manifest
+            && !named_savepoint
+        {
+            return Err(Error::Savepoint {
+                message: format!(
+                    "{} is a checkpoint, not a savepoint: Weir manages checkpoints (delete a job's with `weir checkpoints JOB --delete`)",
+                    point.location()
+                ),
+            });
+        }
+        let n = savepoint::delete_snapshot(dir, &cwd()).await?;
+        println!(
+            "disposed of {} ({n} files): {}",
+            point.manifest.describe(),
+            point.location()
+        );
+        Ok(())
+    })
+}
