@@ -86,8 +86,10 @@ v1_savepoint=$savepoint
 step "What the savepoint holds"
 "$weir" savepoint inspect "$v1_savepoint"
 echo
-echo "state \`sensor\` of operator \`sensors\`, one JSON line per sensor (first 3):"
-"$weir" savepoint inspect "$v1_savepoint" --dump sensors/sensor | head -n 3
+# To a file, not through `head`: weir would see a broken pipe.
+"$weir" savepoint inspect "$v1_savepoint" --dump sensors/sensor >"$out/v1-sensor.jsonl"
+echo "state \`sensor\` of operator \`sensors\`, one JSON line per sensor (first 3 of $out/v1-sensor.jsonl):"
+head -n 3 "$out/v1-sensor.jsonl"
 
 step "Would version 2 restore it?"
 "$weir" savepoint check "$v1_savepoint" $dir/job-v2.toml
@@ -100,8 +102,9 @@ head -n 5 "$out/v2.out"
 step "Stopping version 2 with a savepoint"
 stop v2
 echo
-echo "state \`sensor\` as version 2 left it (first 3):"
-"$weir" savepoint inspect "$savepoint" --dump sensors/sensor | head -n 3
+"$weir" savepoint inspect "$savepoint" --dump sensors/sensor >"$out/v2-sensor.jsonl"
+echo "state \`sensor\` as version 2 left it (first 3 of $out/v2-sensor.jsonl):"
+head -n 3 "$out/v2-sensor.jsonl"
 
 step "Per sensor: version 1's last output, version 2's first"
 # Fails unless every sensor both versions saw counted on by exactly one:
