@@ -24,6 +24,16 @@ const PLUGINS: &[(&str, &str, &str)] = &[
     ("FILTER", "weir-plugin-filter", "weir_plugin_filter"),
     ("FAULTY", "weir-plugin-faulty", "weir_plugin_faulty"),
     ("STATS", "weir-plugin-stats", "weir_plugin_stats"),
+    (
+        "HOT_SWAP_V1",
+        "weir-plugin-hot-swap-v1",
+        "weir_plugin_hot_swap_v1",
+    ),
+    (
+        "HOT_SWAP_V2",
+        "weir-plugin-hot-swap-v2",
+        "weir_plugin_hot_swap_v2",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip2";
