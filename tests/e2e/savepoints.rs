@@ -520,3 +520,88 @@ input = "count"
         .collect();
     assert_exactly_once(&dir.path().join("out"), &expected);
 }
+
+#[test]
+fn a_stopped_v1_plugin_continues_as_v2_reading_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str, plugin: &str, records: &str| {
+        let text = format!(
+            r#"
+name = "sensors"
+parallelism = 2
+
+[[sources]]
+uid = "readings"
+type = "datagen"
+seed = 3
+rate = 2000.0
+vocabulary = 10
+words_per_record = 2
+parallelism = 1
+{records}
+
+[[operators]]
+uid = "by-sensor"
+plugin = "{tokenize}"
+config = "key-first"
+input = "readings"
+
+[[operators]]
+uid = "sensors"
+plugin = "{plugin}"
+input = "by-sensor"
+partition = "hash"
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "sensors"
+"#,
+            tokenize = plugins::TOKENIZE,
+            out = dir.path().join("out").display(),
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let v1 = job("v1.toml", plugins::HOT_SWAP_V1, "");
+    let r = Running::start(&v1, &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    let sp = r.stop(&dir.path().join("savepoints"));
+    let before = part_names(&dir.path().join("out"));
+    let mut last_v1: HashMap<String, u64> = HashMap::new();
+    for line in output_lines(&dir.path().join("out")) {
+        let (sensor, rest) = line.split_once('\t').unwrap();
+        let n: u64 = rest.strip_prefix("count=").unwrap().parse().unwrap();
+        let e = last_v1.entry(sensor.to_owned()).or_insert(n);
+        *e = (*e).max(n);
+    }
+    assert!(!last_v1.is_empty());
+
+    // Check reports the type evolution as compatible; v2 restores.
+    let v2 = job("v2.toml", plugins::HOT_SWAP_V2, "records = 4000");
+    let o = weir(&["savepoint", "check", &sp, v2.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(report.contains("evolves to"), "{report}");
+    run_to_end(&v2, &["-s", &sp]);
+
+    // Every sensor's first v2 count is one past its last v1 count, and v2
+    // reports means.
+    let out = dir.path().join("out");
+    let mut first_v2: HashMap<String, u64> = HashMap::new();
+    for name in part_names(&out).difference(&before) {
+        for line in std::fs::read_to_string(out.join(name)).unwrap().lines() {
+            let (sensor, rest) = line.split_once('\t').unwrap();
+            let (count, mean) = rest.split_once(" mean=").expect("v2 reports a mean");
+            let n: u64 = count.strip_prefix("count=").unwrap().parse().unwrap();
+            assert!(mean.parse::<f64>().is_ok(), "{line}");
+            let e = first_v2.entry(sensor.to_owned()).or_insert(n);
+            *e = (*e).min(n);
+        }
+    }
+    for (sensor, last) in &last_v1 {
+        assert_eq!(first_v2.get(sensor), Some(&(last + 1)), "sensor {sensor}");
+    }
+}

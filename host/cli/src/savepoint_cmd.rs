@@ -19,6 +19,18 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Error>>) -> Result
         .block_on(f)
 }
 
+/// Writes `text` to standard output; a closed pipe (`… | head`) ends the
+/// output quietly instead of failing.
+fn out(text: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Internal(format!("writing to standard output: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn cwd() -> std::path::PathBuf {
     std::env::current_dir().unwrap_or_default()
 }
@@ -29,16 +41,18 @@ pub fn inspect_cmd(path: &str, dump: Option<&str>) -> Result<(), Error> {
     block_on(async {
         let point = RestorePoint::open(path, &cwd()).await?;
         match dump {
-            None => print!("{}", inspect::inspect(&point).await?),
+            None => out(&inspect::inspect(&point).await?.to_string())?,
             Some(which) => {
                 let Some((uid, state)) = which.split_once('/') else {
                     return Err(Error::Savepoint {
                         message: format!("--dump takes UID/STATE, got `{which}`"),
                     });
                 };
-                for line in inspect::dump(&point, uid, state).await? {
-                    println!("{line}");
+                let mut text = inspect::dump(&point, uid, state).await?.join("\n");
+                if !text.is_empty() {
+                    text.push('\n');
                 }
+                out(&text)?;
             }
         }
         Ok(())
@@ -76,7 +90,7 @@ pub fn check_cmd(
         let point = RestorePoint::open(path, &cwd()).await?;
         inspect::check(&point, &graph, &declared, allow_non_restored).await
     })?;
-    print!("{report}");
+    out(&report.to_string())?;
     if report.ok() {
         Ok(())
     } else {

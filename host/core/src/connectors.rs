@@ -159,11 +159,15 @@ impl DatagenSource {
 impl Source for DatagenSource {
     fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
         use std::fmt::Write as _;
-        let n = match self.quota {
+        let mut n = match self.quota {
             Some(q) => (q - self.emitted).min(max as u64),
             None => max as u64,
         };
         if let Some(rate) = self.rate {
+            // At most 100 ms worth of records per batch: a slow source
+            // still hands out records, and takes checkpoint triggers,
+            // several times a second instead of once per full batch.
+            n = n.min(((rate / 10.0).ceil() as u64).max(1));
             // Pace: do not run ahead of `rate` records per second.
             let due = Duration::from_secs_f64((self.emitted + n - self.paced_from) as f64 / rate);
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {

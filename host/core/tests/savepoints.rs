@@ -451,9 +451,11 @@ fn stop_with_drain_closes_operators_and_commits_everything_before_the_savepoint(
     assert!(emitted > 0);
     assert_eq!(committed as u64, emitted);
     assert!(
-        std::fs::read_dir(&out)
+        std::fs::read_dir(&out).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.')),
         "nothing left uncommitted"
     );
 }
