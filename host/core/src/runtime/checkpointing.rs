@@ -55,8 +55,11 @@ pub(crate) enum CoordinatorMsg {
         task: usize,
         reason: String,
     },
-    /// A source's input ended.
-    SourceFinished { task: usize },
+    /// A source's input ended, after it sent barrier `last_barrier`.
+    SourceFinished {
+        task: usize,
+        last_barrier: Option<CheckpointId>,
+    },
     /// Every subtask has stopped.
     Shutdown,
 }
@@ -420,13 +423,31 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
                 );
                 c.coordinator.decline(id, task, &reason, now)
             }
-            Ok(CoordinatorMsg::SourceFinished { task }) => {
+            Ok(CoordinatorMsg::SourceFinished { task, last_barrier }) => {
                 c.sources_finished.insert(task);
-                if c.sources_finished.len() == c.setup.sources.len() {
-                    c.coordinator.sources_finished(now)
-                } else {
-                    Vec::new()
+                let mut decisions = Vec::new();
+                if !c.setup.config.enabled() {
+                    // With checkpoints off an ended source is gone: a
+                    // savepoint it has not taken part in cannot complete.
+                    let stuck: Vec<CheckpointId> = c
+                        .in_flight
+                        .iter()
+                        .filter(|(id, f)| f.savepoint.is_some() && last_barrier < Some(**id))
+                        .map(|(&id, _)| id)
+                        .collect();
+                    for id in stuck {
+                        decisions.extend(c.coordinator.decline(
+                            id,
+                            task,
+                            "its input ended before the savepoint's barrier",
+                            now,
+                        ));
+                    }
                 }
+                if c.sources_finished.len() == c.setup.sources.len() {
+                    decisions.extend(c.coordinator.sources_finished(now));
+                }
+                decisions
             }
             Ok(CoordinatorMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => Vec::new(),

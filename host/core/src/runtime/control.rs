@@ -192,8 +192,6 @@ fn ended_without_answer() -> Error {
 }
 
 /// A queued savepoint request with the channel its answer goes to.
-// The coordinator consumes these in the next step.
-#[allow(dead_code)]
 pub(crate) struct PendingSavepoint {
     pub request: SavepointRequest,
     pub reply: tokio::sync::oneshot::Sender<Result<SavepointInfo, Error>>,
@@ -227,7 +225,6 @@ struct Shared {
     cancel: Arc<AtomicBool>,
     metrics: Arc<JobMetrics>,
     requests: Sender<PendingSavepoint>,
-    #[allow(dead_code)]
     inbox: Receiver<PendingSavepoint>,
     /// The failure of a stop whose savepoint failed is answered; the job
     /// goes on. Set while a stop is being attempted.
@@ -359,7 +356,6 @@ impl JobControl {
     }
 
     /// A failed stop lets a later stop be requested.
-    #[allow(dead_code)]
     pub(crate) fn stop_failed(&self) {
         *self
             .shared
@@ -369,7 +365,6 @@ impl JobControl {
     }
 
     /// Queued savepoint requests, for the coordinator.
-    #[allow(dead_code)]
     pub(crate) fn inbox(&self) -> &Receiver<PendingSavepoint> {
         &self.shared.inbox
     }

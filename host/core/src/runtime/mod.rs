@@ -308,6 +308,9 @@ fn run_controlled(
                     restore = Some(io.block_on(open_stored(storage, &dir))?);
                 }
                 if let Some(c) = &options.control {
+                    // A stop in progress died with the attempt (its caller
+                    // was told): another may be asked for.
+                    c.stop_failed();
                     c.set_state(JobState::Restarting);
                 }
                 metrics.restarts.store(
@@ -617,6 +620,7 @@ impl Attempt<'_> {
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
                     awaiting_in_flight: None,
+                    last_barrier: None,
                 });
             }
         }

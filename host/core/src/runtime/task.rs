@@ -75,6 +75,8 @@ pub(crate) struct Task {
     /// An unaligned checkpoint's snapshot waiting for its in-flight
     /// records: the barrier, the snapshot, its sync time.
     pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
+    /// Sources: the last barrier sent.
+    pub last_barrier: Option<CheckpointId>,
 }
 
 /// The operator logic a subtask runs.
@@ -266,18 +268,21 @@ impl Task {
             }
         }
         self.router.broadcast(|| Element::EndOfData)?;
-        let Some(c) = self
+        if let Some(c) = &self.checkpointing {
+            let _ = c.coordinator.send(CoordinatorMsg::SourceFinished {
+                task: c.task,
+                last_barrier: self.last_barrier,
+            });
+        }
+        if !self
             .checkpointing
             .as_ref()
-            .filter(|c| c.final_checkpoint || drained)
-        else {
+            .is_some_and(|c| c.final_checkpoint || drained)
+        {
             return self.router.broadcast(|| Element::EndOfInput);
-        };
+        }
         // Serve checkpoints until the final one completed: only then may
         // the job end, every sink committed.
-        let _ = c
-            .coordinator
-            .send(CoordinatorMsg::SourceFinished { task: c.task });
         let mut final_id = None;
         loop {
             let msg = control.recv().map_err(|_| Exit::Cancelled)?;
@@ -309,6 +314,7 @@ impl Task {
                 let sync = started.elapsed();
                 let unaligned = self.gate.mode() == GateMode::Unaligned && !barrier.savepoint;
                 self.router.barrier(barrier, unaligned)?;
+                self.last_barrier = self.last_barrier.max(Some(barrier.id));
                 self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
                 if barrier.stop {
                     return self.suspended(barrier.id, source);
