@@ -110,6 +110,22 @@ struct Running {
     handle: std::thread::JoinHandle<Result<runtime::RunReport, weir_host::Error>>,
 }
 
+impl Running {
+    /// Takes a savepoint (with `stop`, stops the job), which must succeed.
+    fn savepoint(
+        &self,
+        target: &Path,
+        format: SavepointFormat,
+        stop: Option<StopMode>,
+    ) -> weir_host::runtime::SavepointInfo {
+        self.control
+            .trigger_savepoint(request(target, format, stop))
+            .unwrap()
+            .wait()
+            .unwrap()
+    }
+}
+
 fn start(engine: &Arc<PluginEngine>, job: &Path, restore: Restore) -> Running {
     let graph = job::load(job).unwrap();
     let metrics = JobMetrics::for_graph(&graph);
@@ -161,21 +177,11 @@ fn stop_with_savepoint_then_rescaled_restores_match_an_unstopped_run() {
         let r = start(&engine, &job1, Restore::Fresh);
         std::thread::sleep(Duration::from_millis(300));
         // A savepoint while running: the job goes on.
-        let sp = r
-            .control
-            .trigger_savepoint(request(&savepoints, format, None))
-            .unwrap()
-            .wait()
-            .unwrap();
+        let sp = r.savepoint(&savepoints, format, None);
         assert!(Path::new(&sp.location).join("_metadata").is_file());
         assert_eq!(r.control.state(), JobState::Running);
         std::thread::sleep(Duration::from_millis(200));
-        let stopped = r
-            .control
-            .trigger_savepoint(request(&savepoints, format, Some(StopMode::Suspend)))
-            .unwrap()
-            .wait()
-            .unwrap();
+        let stopped = r.savepoint(&savepoints, format, Some(StopMode::Suspend));
         let report = r.handle.join().unwrap().unwrap();
         assert_eq!(report.stopped_with.as_ref(), Some(&stopped));
         assert!(stopped.id > sp.id);
@@ -193,12 +199,7 @@ fn stop_with_savepoint_then_rescaled_restores_match_an_unstopped_run() {
         let job3 = job_file(dir.path(), &out, Some(RECORDS), 3, 40_000.0);
         let r = start(&engine, &job3, Restore::From(stopped.location.clone()));
         std::thread::sleep(Duration::from_millis(300));
-        let stopped3 = r
-            .control
-            .trigger_savepoint(request(&savepoints, format, Some(StopMode::Suspend)))
-            .unwrap()
-            .wait()
-            .unwrap();
+        let stopped3 = r.savepoint(&savepoints, format, Some(StopMode::Suspend));
         r.handle.join().unwrap().unwrap();
         let job2 = job_file(dir.path(), &out, Some(RECORDS), 2, 1e9);
         let r = start(&engine, &job2, Restore::From(stopped3.location.clone()));
@@ -259,16 +260,11 @@ fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
     let job = job_file(dir.path(), &out, Some(RECORDS), 2, 40_000.0);
     let r = start(&engine, &job, Restore::Fresh);
     std::thread::sleep(Duration::from_millis(300));
-    let sp = r
-        .control
-        .trigger_savepoint(request(
-            &dir.path().join("sp"),
-            SavepointFormat::Canonical,
-            Some(StopMode::Suspend),
-        ))
-        .unwrap()
-        .wait()
-        .unwrap();
+    let sp = r.savepoint(
+        &dir.path().join("sp"),
+        SavepointFormat::Canonical,
+        Some(StopMode::Suspend),
+    );
     r.handle.join().unwrap().unwrap();
     let counted: usize = output(&out).values().map(Vec::len).sum();
 
@@ -394,16 +390,11 @@ fn write_fixture() {
     let job = job_file(dir.path(), &out, Some(2_000), 1, 2_000.0);
     let r = start(&engine, &job, Restore::Fresh);
     std::thread::sleep(Duration::from_millis(500));
-    let sp = r
-        .control
-        .trigger_savepoint(request(
-            dir.path(),
-            SavepointFormat::Canonical,
-            Some(StopMode::Suspend),
-        ))
-        .unwrap()
-        .wait()
-        .unwrap();
+    let sp = r.savepoint(
+        dir.path(),
+        SavepointFormat::Canonical,
+        Some(StopMode::Suspend),
+    );
     r.handle.join().unwrap().unwrap();
     let target = fixture.join("savepoint");
     copy_dir(Path::new(&sp.location), &target);
@@ -418,16 +409,11 @@ fn stop_with_drain_closes_operators_and_commits_everything_before_the_savepoint(
     let job = job_file(dir.path(), &out, None, 2, 20_000.0);
     let r = start(&engine, &job, Restore::Fresh);
     std::thread::sleep(Duration::from_millis(300));
-    let sp = r
-        .control
-        .trigger_savepoint(request(
-            &dir.path().join("sp"),
-            SavepointFormat::Canonical,
-            Some(StopMode::Drain),
-        ))
-        .unwrap()
-        .wait()
-        .unwrap();
+    let sp = r.savepoint(
+        &dir.path().join("sp"),
+        SavepointFormat::Canonical,
+        Some(StopMode::Drain),
+    );
     let report = r.handle.join().unwrap().unwrap();
     assert_eq!(report.stopped_with, Some(sp.clone()));
     // Every record the source emitted before draining was counted and

@@ -382,21 +382,7 @@ impl RestorePoint {
             .iter()
             .filter(|o| wanted.contains(&o.uid.as_str()))
             .collect();
-        let mut files: Vec<&str> = ops
-            .iter()
-            .flat_map(|o| {
-                o.keyed_states
-                    .iter()
-                    .flat_map(|s| s.key_groups.iter().map(|g| g.at.file.as_str()))
-                    .chain(
-                        o.operator_states
-                            .iter()
-                            .flat_map(|s| s.subtasks.iter().map(|t| t.at.file.as_str())),
-                    )
-            })
-            .collect();
-        files.sort_unstable();
-        files.dedup();
+        let files = savepoint_format::files_of(ops.iter().copied());
         let fetched: std::collections::HashMap<&str, (String, bytes::Bytes)> = try_join_all(
             files
                 .iter()

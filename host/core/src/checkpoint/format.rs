@@ -134,17 +134,23 @@ impl FormatError {
 /// directory. Readers take names from `_metadata` and never rebuild them.
 pub fn state_file_name(uid: &str, subtask: u32) -> String {
     let mut name = String::with_capacity(uid.len() + 12);
-    for b in uid.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            name.push(char::from(b));
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
+    escape_segment(uid, &mut name);
     // A uid of only dots would make `.`/`..`-like names; the suffix below
     // already rules those out, since every name ends in `.state`.
     name.push_str(&format!("-{subtask}.state"));
     name
+}
+
+/// Appends `text` to `out` with every byte outside `[A-Za-z0-9._-]`
+/// written `%XX` (uppercase hex): part of a portable path segment.
+pub(crate) fn escape_segment(text: &str, out: &mut String) {
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -516,14 +522,40 @@ pub(crate) fn decode_payload<'a, T: Deserialize<'a>>(
 
 /// Checks the magic and returns the version.
 fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
+    read_file_prefix(
+        file,
+        bytes,
+        &STATE_FILE_MAGIC,
+        "state file",
+        STATE_FILE_VERSION,
+    )
+}
+
+/// Checks a 10-byte file prefix — `magic`, then a `u16` LE version from 1
+/// to `newest` — and returns the version. `what` names the file kind in
+/// messages. Shared by checkpoint and savepoint state files.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: empty, another magic, truncated, version
+/// 0 or newer than `newest`.
+pub(crate) fn read_file_prefix(
+    file: &str,
+    bytes: &[u8],
+    magic: &[u8; 8],
+    what: &str,
+    newest: u16,
+) -> Result<u16, FormatError> {
     if bytes.is_empty() {
-        return Err(FormatError::new(file, "empty file: not a Weir state file"));
-    }
-    let n = bytes.len().min(STATE_FILE_MAGIC.len());
-    if bytes[..n] != STATE_FILE_MAGIC[..n] {
         return Err(FormatError::new(
             file,
-            "not a Weir state file (bad magic at byte 0)",
+            format!("empty file: not a Weir {what}"),
+        ));
+    }
+    let n = bytes.len().min(magic.len());
+    if bytes[..n] != magic[..n] {
+        return Err(FormatError::new(
+            file,
+            format!("not a Weir {what} (bad magic at byte 0)"),
         ));
     }
     if bytes.len() < PREFIX_LEN {
@@ -535,22 +567,16 @@ fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
             ),
         ));
     }
-    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    match version {
-        STATE_FILE_VERSION => Ok(version),
+    match u16::from_le_bytes([bytes[8], bytes[9]]) {
         0 => Err(FormatError::new(
             file,
-            "corrupt: state file version 0 (at byte 8) does not exist",
+            format!("corrupt: {what} version 0 (at byte 8) does not exist"),
         )),
-        v if v > STATE_FILE_VERSION => Err(FormatError::new(
+        v if v > newest => Err(FormatError::new(
             file,
-            format!(
-                "written by a newer Weir: state file version {v}, this build reads up to {STATE_FILE_VERSION}"
-            ),
+            format!("written by a newer Weir: {what} version {v}, this build reads up to {newest}"),
         )),
-        v => unreachable!(
-            "invariant: every version below {STATE_FILE_VERSION} has a decoder, not {v}"
-        ),
+        v => Ok(v),
     }
 }
 
@@ -879,51 +905,7 @@ pub fn encode_metadata(m: &CheckpointMetadata) -> Vec<u8> {
 /// newer version, missing or unknown fields, or a state file reference
 /// that is not a relative path inside the checkpoint directory.
 pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> {
-    let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| FormatError::new(file, format!("not JSON: {e}")))?;
-    let serde_json::Value::Object(mut fields) = json else {
-        return Err(FormatError::new(
-            file,
-            "not a checkpoint _metadata file: the JSON is not an object",
-        ));
-    };
-    match fields.remove("format") {
-        Some(serde_json::Value::String(f)) if f == METADATA_FORMAT => {}
-        Some(other) => {
-            return Err(FormatError::new(
-                file,
-                format!("format is {other}, expected \"{METADATA_FORMAT}\""),
-            ));
-        }
-        None => {
-            return Err(FormatError::new(
-                file,
-                format!(
-                    "no \"format\" field: not a checkpoint _metadata file (expected \"format\": \"{METADATA_FORMAT}\")"
-                ),
-            ));
-        }
-    }
-    // The version decides how to read everything else, so check it before
-    // the fields: a newer file may have fields this build does not know.
-    match fields.get("version").map(|v| (v, v.as_u64())) {
-        None => return Err(FormatError::new(file, "missing field `version`")),
-        Some((_, Some(v))) if v > u64::from(METADATA_VERSION) => {
-            return Err(FormatError::new(
-                file,
-                format!(
-                    "written by a newer Weir: checkpoint metadata version {v}, this build reads up to {METADATA_VERSION}"
-                ),
-            ));
-        }
-        Some((_, Some(v))) if v == u64::from(METADATA_VERSION) => {}
-        Some((v, _)) => {
-            return Err(FormatError::new(
-                file,
-                format!("version {v} does not exist"),
-            ));
-        }
-    }
+    let fields = metadata_fields(file, bytes, METADATA_FORMAT, "checkpoint", METADATA_VERSION)?;
     let metadata: CheckpointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| FormatError::new(file, format!("invalid checkpoint metadata: {e}")))?;
     for vertex in &metadata.vertices {
@@ -942,6 +924,68 @@ pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, F
         }
     }
     Ok(metadata)
+}
+
+/// The fields of a `_metadata` JSON object whose `format` is `format`
+/// (removed from the result) and whose `version` this build reads (at most
+/// `newest`). The version is checked before the other fields: a newer file
+/// may have fields this build does not know. `what` names the kind of
+/// snapshot in messages. Shared by checkpoint and savepoint metadata.
+///
+/// # Errors
+/// [`FormatError`] naming `file`: not JSON, not an object, another or no
+/// `format`, a missing, newer or impossible version.
+pub(crate) fn metadata_fields(
+    file: &str,
+    bytes: &[u8],
+    format: &str,
+    what: &str,
+    newest: u32,
+) -> Result<serde_json::Map<String, serde_json::Value>, FormatError> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| FormatError::new(file, format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(mut fields) = json else {
+        return Err(FormatError::new(
+            file,
+            format!("not a {what} _metadata file: the JSON is not an object"),
+        ));
+    };
+    match fields.remove("format") {
+        Some(serde_json::Value::String(f)) if f == format => {}
+        Some(other) => {
+            return Err(FormatError::new(
+                file,
+                format!("format is {other}, expected \"{format}\""),
+            ));
+        }
+        None => {
+            return Err(FormatError::new(
+                file,
+                format!(
+                    "no \"format\" field: not a {what} _metadata file (expected \"format\": \"{format}\")"
+                ),
+            ));
+        }
+    }
+    match fields.get("version").map(|v| (v, v.as_u64())) {
+        None => return Err(FormatError::new(file, "missing field `version`")),
+        Some((_, Some(v))) if v > u64::from(newest) => {
+            return Err(FormatError::new(
+                file,
+                format!(
+                    "written by a newer Weir: {what} metadata version {v}, this build reads up to {newest}"
+                ),
+            ));
+        }
+        Some((_, Some(v))) if (1..=u64::from(newest)).contains(&v) => {}
+        Some((v, _)) => {
+            return Err(FormatError::new(
+                file,
+                format!("version {v} does not exist"),
+            ));
+        }
+    }
+    Ok(fields)
 }
 
 /// Whether `path` is relative and stays inside the directory it is

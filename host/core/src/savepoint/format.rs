@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::format::{FormatError, decode_payload, read_frame, write_frame_with};
+use crate::checkpoint::format::{
+    FormatError, decode_payload, metadata_fields, read_file_prefix, read_frame, write_frame_with,
+};
 use crate::state::{StateEntries, StateKind, Value};
 
 /// The first bytes of every savepoint state file.
@@ -174,35 +176,14 @@ pub enum Section {
 }
 
 fn check_prefix(file: &str, bytes: &[u8]) -> Result<(), FormatError> {
-    let n = bytes.len().min(SAVEPOINT_FILE_MAGIC.len());
-    if bytes.is_empty() || bytes[..n] != SAVEPOINT_FILE_MAGIC[..n] {
-        return Err(FormatError::new(
-            file,
-            "not a Weir savepoint state file (bad magic at byte 0)",
-        ));
-    }
-    if bytes.len() < PREFIX_LEN {
-        return Err(FormatError::new(
-            file,
-            format!(
-                "truncated at byte {}: the file header needs {PREFIX_LEN} bytes",
-                bytes.len()
-            ),
-        ));
-    }
-    match u16::from_le_bytes([bytes[8], bytes[9]]) {
-        SAVEPOINT_FILE_VERSION => Ok(()),
-        0 => Err(FormatError::new(
-            file,
-            "corrupt: savepoint file version 0 (at byte 8) does not exist",
-        )),
-        v => Err(FormatError::new(
-            file,
-            format!(
-                "written by a newer Weir: savepoint file version {v}, this build reads up to {SAVEPOINT_FILE_VERSION}"
-            ),
-        )),
-    }
+    read_file_prefix(
+        file,
+        bytes,
+        &SAVEPOINT_FILE_MAGIC,
+        "savepoint state file",
+        SAVEPOINT_FILE_VERSION,
+    )
+    .map(|_| ())
 }
 
 /// Decodes a whole savepoint state file (what `weir savepoint inspect`
@@ -468,24 +449,32 @@ impl SavepointMetadata {
 
     /// Every state file the metadata references, sorted, once each.
     pub fn files(&self) -> Vec<&str> {
-        let mut files: Vec<&str> = self
-            .operators
-            .iter()
-            .flat_map(|o| {
-                o.keyed_states
-                    .iter()
-                    .flat_map(|s| s.key_groups.iter().map(|g| g.at.file.as_str()))
-                    .chain(
-                        o.operator_states
-                            .iter()
-                            .flat_map(|s| s.subtasks.iter().map(|t| t.at.file.as_str())),
-                    )
-            })
-            .collect();
-        files.sort_unstable();
-        files.dedup();
-        files
+        files_of(self.operators.iter())
     }
+}
+
+impl OperatorMetadata {
+    /// Every section the operator's states reference.
+    pub fn sections(&self) -> impl Iterator<Item = &SectionRef> {
+        self.keyed_states
+            .iter()
+            .flat_map(|s| s.key_groups.iter().map(|g| &g.at))
+            .chain(
+                self.operator_states
+                    .iter()
+                    .flat_map(|s| s.subtasks.iter().map(|t| &t.at)),
+            )
+    }
+}
+
+/// The state files `operators` reference, sorted, once each.
+pub fn files_of<'a>(operators: impl Iterator<Item = &'a OperatorMetadata>) -> Vec<&'a str> {
+    let mut files: Vec<&str> = operators
+        .flat_map(|o| o.sections().map(|at| at.file.as_str()))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
 }
 
 #[derive(Serialize)]
@@ -520,35 +509,15 @@ pub fn metadata_format(bytes: &[u8]) -> Option<String> {
 /// "weir-savepoint"`, a newer version, missing or unknown fields, or a
 /// file reference that is not a plain file name inside the directory.
 pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<SavepointMetadata, FormatError> {
-    let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| FormatError::new(file, format!("not JSON: {e}")))?;
-    let serde_json::Value::Object(mut fields) = json else {
-        return Err(FormatError::new(
-            file,
-            "not a savepoint _metadata file: the JSON is not an object",
-        ));
-    };
-    match fields.remove("format") {
-        Some(serde_json::Value::String(f)) if f == SAVEPOINT_FORMAT => {}
-        Some(other) => {
-            return Err(FormatError::new(
-                file,
-                format!("format is {other}, expected \"{SAVEPOINT_FORMAT}\""),
-            ));
-        }
-        None => return Err(FormatError::new(file, "no `format` field")),
-    }
+    let fields = metadata_fields(
+        file,
+        bytes,
+        SAVEPOINT_FORMAT,
+        "savepoint",
+        SAVEPOINT_METADATA_VERSION,
+    )?;
     let m: SavepointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| FormatError::new(file, format!("invalid savepoint metadata: {e}")))?;
-    if m.version == 0 || m.version > SAVEPOINT_METADATA_VERSION {
-        return Err(FormatError::new(
-            file,
-            format!(
-                "savepoint metadata version {}: this build reads 1 to {SAVEPOINT_METADATA_VERSION}",
-                m.version
-            ),
-        ));
-    }
     for name in m.files() {
         if !is_plain_file_name(name) {
             return Err(FormatError::new(

@@ -49,13 +49,7 @@ impl std::str::FromStr for ClaimMode {
 /// are written `%XX`.
 pub fn savepoint_dir_name(job: &str, run: &str, id: u64) -> String {
     let mut name = String::from("savepoint-");
-    for b in job.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            name.push(char::from(b));
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
+    crate::checkpoint::format::escape_segment(job, &mut name);
     name.push_str(&format!("-{run}-{id}"));
     name
 }
