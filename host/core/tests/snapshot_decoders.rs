@@ -30,8 +30,11 @@ use weir_host::savepoint::format::{
 };
 use weir_host::state::{KeyGroupSnapshot, NamedStateSnapshot, StateEntries, Value};
 
+/// What a fuzz target does with its input.
+type Feed = fn(&[u8]);
+
 /// The fuzz targets, with the function each feeds its input to.
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+const TARGETS: [(&str, Feed); 4] = [
     ("checkpoint_state_file", feed::checkpoint_state_file),
     ("checkpoint_metadata", feed::checkpoint_metadata),
     ("savepoint_state_file", feed::savepoint_state_file),
