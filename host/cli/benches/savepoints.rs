@@ -6,15 +6,20 @@
 //!
 //! 1. once the count holds about `keys` distinct words, the time from
 //!    `trigger_savepoint` to its completion, and the savepoint's size on
-//!    disk, for each format (the job keeps running throughout);
+//!    disk, for each format (the job keeps running throughout). The first
+//!    savepoint after the fill writes back every key the word-count
+//!    plugin's cache holds dirty (it has never snapshotted), later ones
+//!    only the keys touched since the previous one: that first one is
+//!    taken in the canonical format and shown on its own, then the
+//!    measured ones alternate between the formats;
 //! 2. the time from `run_with(.., Restore::From(savepoint))` to the first
 //!    record reaching the sink, for each format, and beside it the time to
 //!    read and decode the savepoint's files alone.
 //!
 //! Run with `cargo bench -p weir --bench savepoints`. Environment:
 //! `WEIR_BENCH_KEYS` (comma-separated distinct words, default
-//! `1000000,10000000`), `WEIR_BENCH_RUNS` (savepoints of each format per
-//! size, alternating, default 2; the median is shown),
+//! `1000000,10000000`), `WEIR_BENCH_RUNS` (measured savepoints of each
+//! format per size, alternating, default 3; the median is shown),
 //! `WEIR_BENCH_QUICK=1` (100,000 keys, one run: a smoke test),
 //! `WEIR_LOG` (log filter, default `info`). Prints Markdown tables;
 //! BENCHMARKS.md records the results.
@@ -78,7 +83,7 @@ fn main() -> Result<()> {
                 .context("WEIR_BENCH_KEYS: a list of numbers")
         })
         .collect::<Result<_>>()?;
-    let runs: usize = env_or("WEIR_BENCH_RUNS", if quick { 1 } else { 2 });
+    let runs: usize = env_or("WEIR_BENCH_RUNS", if quick { 1 } else { 3 });
     let cache = tempfile::tempdir()?;
     let engine = Arc::new(PluginEngine::new(Some(cache.path().to_owned()))?);
     // Compile once, so no run below pays for it.
@@ -188,6 +193,8 @@ struct Taken {
 struct Row {
     keys: u64,
     keys_in_savepoint: u64,
+    /// The first savepoint after the fill (canonical).
+    first: Taken,
     taken: [Vec<Taken>; 2],
     /// Read and decode every file of the last savepoint, alone.
     decode: [Duration; 2],
@@ -268,31 +275,36 @@ fn bench(engine: &Arc<PluginEngine>, keys: u64, runs: usize) -> Result<Row> {
     // Three words per key: 95% of the keys seen.
     let fill = 3 * keys;
     job.wait_for(|j| j.metrics.vertices[COUNT].records_in() >= fill)?;
+    let take = |format| -> Result<Taken> {
+        let target = dir.path().join(format_name(format));
+        let started = Instant::now();
+        let info = job
+            .control
+            .trigger_savepoint(SavepointRequest {
+                target: Some(target.display().to_string()),
+                format,
+                stop: None,
+            })?
+            .wait()?;
+        let duration = started.elapsed();
+        let location = local(&info.location);
+        let bytes = size_on_disk(&location)?;
+        Ok(Taken {
+            location,
+            duration,
+            bytes,
+        })
+    };
+    eprintln!("savepoints: {keys} keys, the first savepoint");
+    let first = take(SavepointFormat::Canonical)?;
     let mut taken: [Vec<Taken>; 2] = [Vec::new(), Vec::new()];
     for run in 1..=runs {
         for (i, format) in FORMATS.into_iter().enumerate() {
-            let target = dir.path().join(format_name(format));
             eprintln!(
                 "savepoints: {keys} keys, {} savepoint {run}/{runs}",
                 format_name(format)
             );
-            let started = Instant::now();
-            let info = job
-                .control
-                .trigger_savepoint(SavepointRequest {
-                    target: Some(target.display().to_string()),
-                    format,
-                    stop: None,
-                })?
-                .wait()?;
-            let duration = started.elapsed();
-            let location = local(&info.location);
-            let bytes = size_on_disk(&location)?;
-            taken[i].push(Taken {
-                location,
-                duration,
-                bytes,
-            });
+            taken[i].push(take(format)?);
         }
     }
     ensure!(
@@ -327,6 +339,7 @@ fn bench(engine: &Arc<PluginEngine>, keys: u64, runs: usize) -> Result<Row> {
     Ok(Row {
         keys,
         keys_in_savepoint,
+        first,
         taken,
         decode,
         restore,
@@ -359,6 +372,12 @@ fn print(rows: &[Row], runs: usize) {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
+        println!(
+            "| {} | | first after the fill, canonical | {:.0} ms | | {:.1} MiB | | | |",
+            row.keys,
+            ms(row.first.duration),
+            mib(row.first.bytes)
+        );
         for (i, format) in FORMATS.into_iter().enumerate() {
             let durations: Vec<f64> = row.taken[i].iter().map(|t| ms(t.duration)).collect();
             let (lo, hi) = durations
