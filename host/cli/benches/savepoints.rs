@@ -187,6 +187,9 @@ struct Taken {
     location: PathBuf,
     duration: Duration,
     bytes: u64,
+    /// A native savepoint's slowest subtask's sync and async phases in
+    /// ms, from its `_metadata` (the canonical one records none).
+    phases: Option<(f64, f64)>,
 }
 
 /// What one size measured, per format (in [`FORMATS`] order).
@@ -289,10 +292,22 @@ fn bench(engine: &Arc<PluginEngine>, keys: u64, runs: usize) -> Result<Row> {
         let duration = started.elapsed();
         let location = local(&info.location);
         let bytes = size_on_disk(&location)?;
+        let phases = match format {
+            SavepointFormat::Canonical => None,
+            SavepointFormat::Native => {
+                let path = location.join("_metadata");
+                let m = checkpoint::decode_metadata(
+                    &path.display().to_string(),
+                    &std::fs::read(&path)?,
+                )?;
+                Some((m.slowest(|s| s.sync_ms), m.slowest(|s| s.async_ms)))
+            }
+        };
         Ok(Taken {
             location,
             duration,
             bytes,
+            phases,
         })
     };
     eprintln!("savepoints: {keys} keys, the first savepoint");
@@ -368,12 +383,12 @@ fn print(rows: &[Row], runs: usize) {
         "Median of {runs} savepoint(s) per format, alternating, of a running job; restore from the last one.\n"
     );
     println!(
-        "| distinct words | keys in savepoint | format | trigger → complete | (range) | size on disk | read + decode alone | restore → first record at the sink | peak RSS |"
+        "| distinct words | keys in savepoint | format | trigger → complete | (range) | sync / async | size on disk | read + decode alone | restore → first record at the sink | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
         println!(
-            "| {} | | first after the fill, canonical | {:.0} ms | | {:.1} MiB | | | |",
+            "| {} | | first after the fill, canonical | {:.0} ms | | | {:.1} MiB | | | |",
             row.keys,
             ms(row.first.duration),
             mib(row.first.bytes)
@@ -386,8 +401,18 @@ fn print(rows: &[Row], runs: usize) {
                     (lo.min(x), hi.max(x))
                 });
             let size = median(row.taken[i].iter().map(|t| t.bytes as f64).collect());
+            let phases: Vec<(f64, f64)> = row.taken[i].iter().filter_map(|t| t.phases).collect();
+            let phases = if phases.is_empty() {
+                "–".to_owned()
+            } else {
+                format!(
+                    "{:.0} / {:.0} ms",
+                    median(phases.iter().map(|p| p.0).collect()),
+                    median(phases.iter().map(|p| p.1).collect())
+                )
+            };
             println!(
-                "| {} | {} | {} | **{:.0} ms** | {lo:.0}–{hi:.0} | {:.1} MiB | {:.0} ms | **{:.0} ms** | {:.0} MiB |",
+                "| {} | {} | {} | **{:.0} ms** | {lo:.0}–{hi:.0} | {phases} | {:.1} MiB | {:.0} ms | **{:.0} ms** | {:.0} MiB |",
                 row.keys,
                 row.keys_in_savepoint,
                 format_name(format),
