@@ -14,7 +14,8 @@
 //!    measured ones alternate between the formats;
 //! 2. the time from `run_with(.., Restore::From(savepoint))` to the first
 //!    record reaching the sink, for each format, and beside it the time to
-//!    read and decode the savepoint's files alone.
+//!    read and decode the savepoint's files alone (as many runs as
+//!    savepoints, alternating).
 //!
 //! Run with `cargo bench -p weir --bench savepoints`. Environment:
 //! `WEIR_BENCH_KEYS` (comma-separated distinct words, default
@@ -199,10 +200,10 @@ struct Row {
     /// The first savepoint after the fill (canonical).
     first: Taken,
     taken: [Vec<Taken>; 2],
-    /// Read and decode every file of the last savepoint, alone.
-    decode: [Duration; 2],
-    /// `run_with` → the first record at the sink.
-    restore: [Duration; 2],
+    /// Read and decode every file of the last savepoint, alone, ms.
+    decode: [Vec<f64>; 2],
+    /// `run_with` → the first record at the sink, ms.
+    restore: [Vec<f64>; 2],
     peak_rss_mib: f64,
 }
 
@@ -330,26 +331,29 @@ fn bench(engine: &Arc<PluginEngine>, keys: u64, runs: usize) -> Result<Row> {
     let peak = peak_rss_mib();
     job.cancel()?;
 
-    // 2. Decode alone, then restore from the last savepoint of each.
-    let mut decode = [Duration::ZERO; 2];
-    let mut restore = [Duration::ZERO; 2];
+    // 2. Decode alone, then restore, from the last savepoint of each
+    // format, alternating, `runs` times each.
+    let mut decode: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut restore: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut keys_in_savepoint = 0;
-    for (i, format) in FORMATS.into_iter().enumerate() {
-        let location = &taken[i].last().expect("invariant: runs ≥ 1").location;
-        let started = Instant::now();
-        let held = read_and_decode(location)?;
-        decode[i] = started.elapsed();
-        keys_in_savepoint = keys_in_savepoint.max(held);
+    for run in 1..=runs {
+        for (i, format) in FORMATS.into_iter().enumerate() {
+            let location = &taken[i].last().expect("invariant: runs ≥ 1").location;
+            let started = Instant::now();
+            let held = read_and_decode(location)?;
+            decode[i].push(ms(started.elapsed()));
+            keys_in_savepoint = keys_in_savepoint.max(held);
 
-        eprintln!(
-            "savepoints: {keys} keys, restoring from the {} savepoint",
-            format_name(format)
-        );
-        let started = Instant::now();
-        let job = Job::start(engine, &g, Restore::From(location.display().to_string()));
-        job.wait_for(|j| j.metrics.vertices[SINK].records_in() > 0)?;
-        restore[i] = started.elapsed();
-        job.cancel()?;
+            eprintln!(
+                "savepoints: {keys} keys, restoring from the {} savepoint {run}/{runs}",
+                format_name(format)
+            );
+            let started = Instant::now();
+            let job = Job::start(engine, &g, Restore::From(location.display().to_string()));
+            job.wait_for(|j| j.metrics.vertices[SINK].records_in() > 0)?;
+            restore[i].push(ms(started.elapsed()));
+            job.cancel()?;
+        }
     }
     Ok(Row {
         keys,
@@ -380,7 +384,7 @@ fn mib(bytes: u64) -> f64 {
 fn print(rows: &[Row], runs: usize) {
     println!("\n### Savepoints: canonical against native\n");
     println!(
-        "Median of {runs} savepoint(s) per format, alternating, of a running job; restore from the last one.\n"
+        "Medians of {runs} savepoints per format of a running job, and of {runs} restores from the last one, formats alternating.\n"
     );
     println!(
         "| distinct words | keys in savepoint | format | trigger → complete | (range) | sync / async | size on disk | read + decode alone | restore → first record at the sink | peak RSS |"
@@ -418,8 +422,8 @@ fn print(rows: &[Row], runs: usize) {
                 format_name(format),
                 median(durations.clone()),
                 mib(size as u64),
-                ms(row.decode[i]),
-                ms(row.restore[i]),
+                median(row.decode[i].clone()),
+                median(row.restore[i].clone()),
                 row.peak_rss_mib
             );
         }
