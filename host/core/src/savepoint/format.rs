@@ -703,4 +703,119 @@ mod tests {
             assert!(decode_metadata("m", &bytes[..n]).is_err());
         }
     }
+
+    /// Untrusted bytes never panic a decoder: random files and section
+    /// references, every single-byte change of a valid file, and any
+    /// field of a valid `_metadata` replaced by another JSON value.
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{keyed, metadata};
+
+        fn json_leaf() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::{Value as J, json};
+            prop_oneof![
+                Just(J::Null),
+                any::<bool>().prop_map(J::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                Just(json!(u64::MAX)),
+                any::<f64>()
+                    .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                    .prop_map(|f| json!(f)),
+                prop_oneof![
+                    Just("../x.state".to_owned()),
+                    Just(String::new()),
+                    Just("weir-savepoint".to_owned()),
+                    Just("value".to_owned()),
+                    Just("union".to_owned()),
+                    ".{0,6}",
+                ]
+                .prop_map(J::String),
+                Just(json!([])),
+                Just(json!({})),
+                Just(json!([{"file": "f", "offset": 0, "len": 0, "count": 0}])),
+            ]
+        }
+
+        /// JSON pointers to every value in `v`.
+        fn pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, child) in m {
+                        pointers(child, format!("{at}/{k}"), out);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        pointers(child, format!("{at}/{i}"), out);
+                    }
+                }
+                _ => {}
+            }
+            out.push(at);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn random_bytes_and_references_never_panic(
+                bytes in prop::collection::vec(any::<u8>(), 0..96),
+                offset in any::<u64>(),
+                len in any::<u64>(),
+            ) {
+                let mut with_prefix = SAVEPOINT_FILE_MAGIC.to_vec();
+                with_prefix.extend_from_slice(&SAVEPOINT_FILE_VERSION.to_le_bytes());
+                with_prefix.extend_from_slice(&bytes);
+                let at = SectionRef { file: "p.state".into(), offset, len, count: 0 };
+                for b in [&bytes, &with_prefix] {
+                    prop_assert!(decode_state_file("p.state", b).is_err());
+                    prop_assert!(decode_section("p.state", b, &at).is_err());
+                    prop_assert!(decode_metadata("_metadata", b).is_err());
+                }
+            }
+
+            #[test]
+            fn any_changed_byte_of_a_state_file_is_an_error(
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let ops = vec![("offsets".to_owned(), vec![Value::Uint(7)])];
+                let (mut bytes, sections) = encode_state_file(&keyed(), &ops);
+                let i = at.index(bytes.len());
+                prop_assume!(bytes[i] != byte);
+                bytes[i] = byte;
+                prop_assert!(decode_state_file("f", &bytes).is_err());
+                // Sections other than the changed one still decode.
+                for s in &sections {
+                    let r = SectionRef { file: "f".into(), offset: s.offset, len: s.len, count: s.count };
+                    let hit = (s.offset..s.offset + s.len).contains(&(i as u64));
+                    let decoded = decode_section("f", &bytes, &r);
+                    prop_assert_eq!(decoded.is_ok(), !hit && i >= PREFIX_LEN, "byte {} section at {}", i, s.offset);
+                }
+            }
+
+            #[test]
+            fn any_field_of_metadata_replaced_never_panics(
+                which in any::<prop::sample::Index>(),
+                leaf in json_leaf(),
+            ) {
+                let mut json: serde_json::Value =
+                    serde_json::from_slice(&encode_metadata(&metadata())).unwrap();
+                let mut all = Vec::new();
+                pointers(&json, String::new(), &mut all);
+                let pointer = &all[which.index(all.len())];
+                match json.pointer_mut(pointer) {
+                    Some(slot) => *slot = leaf,
+                    None => unreachable!("every pointer was taken from this value"),
+                }
+                let bytes = serde_json::to_vec(&json).unwrap();
+                if let Ok(m) = decode_metadata("_metadata", &bytes) {
+                    // What decodes round-trips.
+                    prop_assert_eq!(decode_metadata("_metadata", &encode_metadata(&m)).unwrap(), m);
+                }
+            }
+        }
+    }
 }
