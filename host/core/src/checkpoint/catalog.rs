@@ -148,7 +148,7 @@ impl Manifest {
     /// its `format` field names.
     ///
     /// # Errors
-    /// [`FormatError`] naming `file`.
+    /// [`format::FormatError`] naming `file`.
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
         match savepoint_format::metadata_format(bytes).as_deref() {
             Some(savepoint_format::SAVEPOINT_FORMAT) => Ok(Manifest::Savepoint(

@@ -3,7 +3,7 @@
 //!
 //! - [`storage`]: every durable byte, through `object_store` (a local
 //!   directory, `memory://`, `s3://`).
-//! - [`format`]: the versioned state-file and `_metadata` encodings
+//! - [`format`](mod@format): the versioned state-file and `_metadata` encodings
 //!   (`docs/checkpoint-format.md`).
 //! - [`coordinator`]: when to trigger, complete, abort and subsume
 //!   checkpoints (pure decisions; the runtime carries them out).

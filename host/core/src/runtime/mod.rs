@@ -5,10 +5,10 @@
 //! Every pair of connected subtasks has its own channel, which carries data
 //! batches and control events (checkpoint barriers, end of data, end of
 //! input) in order; a consumer reads its channels through an input gate
-//! ([`gate`]), which aligns barriers. Each subtask also has a control
+//! (`gate`), which aligns barriers. Each subtask also has a control
 //! channel from the job: checkpoint triggers (sources), completions, cancel.
 //!
-//! With checkpoints on, a coordinator thread ([`checkpointing`]) triggers
+//! With checkpoints on, a coordinator thread (`checkpointing`) triggers
 //! them and commits their metadata, and a small tokio runtime stores
 //! snapshots, so neither storage nor the coordinator ever blocks a subtask.
 //!

@@ -1,5 +1,5 @@
 //! Savepoints: user-owned snapshots of a job in a documented,
-//! backend-independent layout ([`format`]), restored by operator uid at any
+//! backend-independent layout ([`format`](mod@format)), restored by operator uid at any
 //! parallelism ([`restore`]), listed, inspected and disposed of without
 //! running a job.
 //!
