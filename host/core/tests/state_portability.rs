@@ -82,6 +82,7 @@ fn run(
             state,
             operator_state: Vec::new(),
             attempt_number: 0,
+            restored_types: Default::default(),
         })
         .unwrap();
     let mut batch = BatchWriter::default();

@@ -166,6 +166,7 @@ pub fn instance_config(i: u32) -> InstanceConfig {
         ))),
         operator_state: Vec::new(),
         attempt_number: 0,
+        restored_types: Default::default(),
     }
 }
 

@@ -178,6 +178,8 @@ pub struct Restored {
     pub snapshots: Vec<SubtaskSnapshot>,
     /// Matched, new and dropped uids.
     pub plan: RestorePlan,
+    /// The declared types the snapshot recorded: uid → state → type.
+    pub types: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
 }
 
 impl RestorePoint {
@@ -299,7 +301,28 @@ impl RestorePoint {
                 None => snapshots.extend((0..v.parallelism).map(|_| SubtaskSnapshot::default())),
             }
         }
-        Ok(Restored { snapshots, plan })
+        let types = match &self.manifest {
+            Manifest::Savepoint(m) => m
+                .operators
+                .iter()
+                .map(|o| {
+                    let states = o
+                        .keyed_states
+                        .iter()
+                        .map(|s| (&s.name, &s.type_name))
+                        .chain(o.operator_states.iter().map(|s| (&s.name, &s.type_name)))
+                        .filter_map(|(n, t)| Some((n.clone(), t.clone()?)))
+                        .collect();
+                    (o.uid.clone(), states)
+                })
+                .collect(),
+            Manifest::Checkpoint(_) => std::collections::HashMap::new(),
+        };
+        Ok(Restored {
+            snapshots,
+            plan,
+            types,
+        })
     }
 
     /// Reads the state of every vertex the snapshot holds (for inspect,

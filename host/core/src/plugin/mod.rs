@@ -201,6 +201,10 @@ pub struct InstanceConfig {
     pub operator_state: Vec<(String, Vec<Value>)>,
     /// How many times the job restarted before this instance.
     pub attempt_number: u32,
+    /// The declared types of the restored states, by state name (from a
+    /// savepoint that recorded them): a declaration whose type cannot read
+    /// the stored one fails.
+    pub restored_types: HashMap<String, String>,
 }
 
 /// The store data of one instance: its sandbox and the host side of every
@@ -213,6 +217,7 @@ pub struct InstanceState {
     keyed: Box<dyn KeyedStateBackend>,
     operator_state: HashMap<String, Vec<Value>>,
     declared: Declarations,
+    restored_types: HashMap<String, String>,
     max_parallelism: u32,
     uid: Arc<str>,
     tag: Arc<str>,
@@ -265,6 +270,7 @@ impl Plugin {
                 keyed: cfg.state,
                 operator_state: cfg.operator_state.into_iter().collect(),
                 declared: Declarations::default(),
+                restored_types: cfg.restored_types,
                 max_parallelism: cfg.max_parallelism,
                 uid: cfg.uid.as_str().into(),
                 tag,
@@ -332,6 +338,7 @@ impl Plugin {
             ))),
             operator_state: Vec::new(),
             attempt_number: 0,
+            restored_types: HashMap::new(),
         })?;
         Ok(instance.declared_states().to_vec())
     }
@@ -563,6 +570,26 @@ fn declared_type(
     Ok(Some(t.to_string()))
 }
 
+impl InstanceState {
+    /// Refuses a declared type that cannot read the type the restored
+    /// state was written with.
+    fn check_restored_type(&self, state: &str, declared: Option<&str>) -> Result<(), String> {
+        let (Some(new), Some(old)) = (declared, self.restored_types.get(state)) else {
+            return Ok(());
+        };
+        let (Ok(new_t), Ok(old_t)) = (TypeDescriptor::parse(new), TypeDescriptor::parse(old))
+        else {
+            return Ok(());
+        };
+        new_t.reads(&old_t).map_err(|why| {
+            format!(
+                "state `{state}` of operator `{}` was saved as {old}, which the declared type {new} cannot read: {why}",
+                self.uid
+            )
+        })
+    }
+}
+
 impl keyed_state::Host for InstanceState {
     fn declare(
         &mut self,
@@ -576,6 +603,7 @@ impl keyed_state::Host for InstanceState {
             types::StateKind::List => DeclaredKind::List,
         };
         let type_name = declared_type(&state, kind, type_name)?;
+        self.check_restored_type(&state, type_name.as_deref())?;
         if let Some(bound) = self.keyed.bound_kind(&state)
             && Some(bound) != kind.keyed()
         {
@@ -672,6 +700,7 @@ impl operator_state::Host for InstanceState {
             },
         };
         let type_name = declared_type(&state, kind, type_name)?;
+        self.check_restored_type(&state, type_name.as_deref())?;
         self.declared.declare(DeclaredState {
             name: state,
             kind,
@@ -749,6 +778,7 @@ mod tests {
                 ))),
                 operator_state: Vec::new(),
                 attempt_number: 0,
+                restored_types: HashMap::new(),
             })
             .unwrap();
         let mut batch = weir_format::BatchWriter::default();
@@ -818,6 +848,13 @@ mod tests {
     }
 
     fn word_count_over(state: MemoryStateBackend) -> Result<OperatorInstance, Error> {
+        word_count_with_types(state, HashMap::new())
+    }
+
+    fn word_count_with_types(
+        state: MemoryStateBackend,
+        restored_types: HashMap<String, String>,
+    ) -> Result<OperatorInstance, Error> {
         let engine = PluginEngine::new(None).unwrap();
         let plugin = engine
             .load("count", Path::new(weir_test_plugins::WORD_COUNT))
@@ -832,7 +869,31 @@ mod tests {
             state: Box::new(state),
             operator_state: Vec::new(),
             attempt_number: 1,
+            restored_types,
         })
+    }
+
+    #[test]
+    fn a_declared_type_that_cannot_read_the_saved_one_fails_open() {
+        let range = KeyGroupRange::for_subtask(0, 1, 128);
+        // Saved as int (what word count declares), or uint, which an int
+        // reads: fine.
+        for saved in ["int", "uint", "any"] {
+            let types = HashMap::from([("count".to_owned(), saved.to_owned())]);
+            assert!(
+                word_count_with_types(MemoryStateBackend::new(range), types).is_ok(),
+                "{saved}"
+            );
+        }
+        let types = HashMap::from([("count".to_owned(), "text".to_owned())]);
+        let Err(e) = word_count_with_types(MemoryStateBackend::new(range), types) else {
+            panic!("an int declaration over saved text must fail");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("state `count` of operator `count` was saved as text"),
+            "{msg}"
+        );
     }
 
     #[test]

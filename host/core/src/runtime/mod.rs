@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::catalog::{self, RestorePoint, Status};
 use crate::checkpoint::coordinator::CheckpointingMode;
-use crate::checkpoint::format::SubtaskSnapshot;
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::connectors;
 use crate::error::Error;
@@ -537,13 +536,12 @@ impl Attempt<'_> {
     ) -> Result<(Result<(), Error>, CoordinatorOutcome), Error> {
         let graph = &*self.graph;
         let config = &graph.checkpoints;
-        let mut snapshots: Vec<SubtaskSnapshot> = match restore {
+        let (mut snapshots, mut types) = match restore {
             Some(r) => {
-                self.io
-                    .block_on(r.load(graph, self.allow_non_restored))?
-                    .snapshots
+                let restored = self.io.block_on(r.load(graph, self.allow_non_restored))?;
+                (restored.snapshots, restored.types)
             }
-            None => Vec::new(),
+            None => (Vec::new(), HashMap::new()),
         };
         snapshots.reverse();
         let failure: Arc<Mutex<Option<Error>>> = Arc::default();
@@ -619,6 +617,7 @@ impl Attempt<'_> {
                     }),
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
+                    restored_types: types.remove(&vertex.uid).unwrap_or_default(),
                     awaiting_in_flight: None,
                     last_barrier: None,
                 });

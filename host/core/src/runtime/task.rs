@@ -72,6 +72,8 @@ pub(crate) struct Task {
     pub attempt_number: u32,
     /// What this subtask restores from, if the job was restored.
     pub restored: Option<SubtaskSnapshot>,
+    /// The declared types of the restored states, by state name.
+    pub restored_types: std::collections::HashMap<String, String>,
     /// An unaligned checkpoint's snapshot waiting for its in-flight
     /// records: the barrier, the snapshot, its sync time.
     pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
@@ -135,6 +137,7 @@ impl Task {
                     state: self.state_backend(restored.keyed)?,
                     operator_state: restored.operator_state,
                     attempt_number: self.attempt_number,
+                    restored_types: std::mem::take(&mut self.restored_types),
                 })?;
                 self.run_operator(Logic::Wasm(Box::new(instance)))
             }
