@@ -328,6 +328,25 @@ impl KeyGroupView<'_> {
     pub fn key_group(&self) -> u32 {
         self.key_group
     }
+
+    /// Its states, by name: each with its kind, number of keys and a view
+    /// of its entries that serializes exactly as [`StateEntries`] does (a
+    /// savepoint encodes one section per state from these).
+    pub fn states(&self) -> impl Iterator<Item = (&str, StateKind, usize, EntriesView<'_>)> {
+        self.states
+            .iter()
+            .map(|(name, table)| (*name, table.kind(), table.len(), EntriesView(table)))
+    }
+}
+
+/// A borrowed view of one state's entries in one key group, serialized
+/// exactly as the [`StateEntries`] a deep copy would give.
+pub struct EntriesView<'a>(&'a Table);
+
+impl serde::Serialize for EntriesView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        views::Entries(self.0).serialize(s)
+    }
 }
 
 mod views {
@@ -372,7 +391,7 @@ mod views {
         }
     }
 
-    struct Entries<'a>(&'a Table);
+    pub(super) struct Entries<'a>(pub(super) &'a Table);
 
     impl Serialize for Entries<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -97,6 +97,9 @@ pub(crate) type SavepointTargets = Arc<Mutex<HashMap<CheckpointId, SavepointTarg
 pub(crate) struct Taken {
     pub snapshot: SubtaskSnapshot,
     pub keyed: Vec<format::EncodedKeyGroup>,
+    /// A canonical savepoint's keyed sections, framed straight from the
+    /// live state (instead of `keyed`).
+    pub framed: Vec<sp::FramedSection>,
     /// For a savepoint: the states the plugin declared (their types and
     /// redistribution go into the canonical `_metadata`).
     pub declared: Vec<DeclaredState>,
@@ -107,6 +110,7 @@ impl From<SubtaskSnapshot> for Taken {
         Self {
             snapshot,
             keyed: Vec::new(),
+            framed: Vec::new(),
             declared: Vec::new(),
         }
     }
@@ -139,6 +143,19 @@ pub(crate) fn checkpoint_dir(job: &str, id: CheckpointId) -> String {
 }
 
 impl Uploader {
+    /// Whether `barrier` is a savepoint in the canonical layout (its
+    /// keyed state is then framed section by section in the synchronous
+    /// phase).
+    pub(crate) fn canonical(&self, barrier: &CheckpointBarrier) -> bool {
+        barrier.savepoint
+            && self
+                .savepoints
+                .lock()
+                .expect("invariant: savepoint targets lock not poisoned")
+                .get(&barrier.id)
+                .is_some_and(|t| t.format == SavepointFormat::Canonical)
+    }
+
     /// Encodes and stores `snapshot` as `file` of checkpoint (or
     /// savepoint) `barrier.id`, then acknowledges (or declines, if storing
     /// failed) to the coordinator.
@@ -232,7 +249,7 @@ impl Uploader {
             });
             return;
         }
-        if taken.snapshot.is_empty() && taken.keyed.is_empty() {
+        if taken.snapshot.is_empty() && taken.keyed.is_empty() && taken.framed.is_empty() {
             let _ = coordinator.send(CoordinatorMsg::Ack {
                 id,
                 task,
@@ -272,6 +289,8 @@ impl Uploader {
 /// the processing thread.
 fn encode_canonical(taken: Taken) -> Result<(Vec<u8>, Vec<sp::WrittenSection>), String> {
     let mut keyed = taken.snapshot.keyed;
+    // Key groups encoded for a checkpoint (when the subtask could not tell
+    // the savepoint's layout) are decoded back.
     for g in taken.keyed {
         let group: KeyGroupSnapshot = postcard::from_bytes(&g.payload).map_err(|e| {
             format!(
@@ -281,8 +300,10 @@ fn encode_canonical(taken: Taken) -> Result<(Vec<u8>, Vec<sp::WrittenSection>), 
         })?;
         keyed.push(group);
     }
-    Ok(sp::encode_state_file(
-        &keyed,
+    let mut framed = taken.framed;
+    framed.extend(sp::frame_snapshots(&keyed));
+    Ok(sp::assemble_state_file(
+        framed,
         &taken.snapshot.operator_state,
     ))
 }

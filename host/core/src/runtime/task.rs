@@ -426,15 +426,34 @@ impl Task {
                         self.router.priority_barrier(barrier)?;
                     }
                     let started = Instant::now();
+                    let canonical = self
+                        .checkpointing
+                        .as_ref()
+                        .is_some_and(|c| c.uploader.canonical(&barrier));
+                    // Keyed state encoded straight from the live tables: key
+                    // group by key group for a checkpoint, state by state for
+                    // a canonical savepoint.
+                    let encode = |views: Vec<crate::state::KeyGroupView<'_>>| {
+                        if canonical {
+                            (
+                                Vec::new(),
+                                crate::savepoint::format::frame_keyed_sections(&views),
+                            )
+                        } else {
+                            (encode_key_groups(&views), Vec::new())
+                        }
+                    };
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
                             instance.snapshot(barrier.id.0)?;
+                            let (keyed, framed) = encode(instance.state().snapshot_views());
                             Taken {
                                 snapshot: SubtaskSnapshot {
                                     operator_state: instance.operator_state(),
                                     ..SubtaskSnapshot::default()
                                 },
-                                keyed: encode_key_groups(&instance.state().snapshot_views()),
+                                keyed,
+                                framed,
                                 declared: if barrier.savepoint {
                                     instance.declared_states().to_vec()
                                 } else {
@@ -442,11 +461,15 @@ impl Task {
                                 },
                             }
                         }
-                        Logic::Native { state, .. } => Taken {
-                            snapshot: SubtaskSnapshot::default(),
-                            keyed: encode_key_groups(&state.snapshot_views()),
-                            declared: Vec::new(),
-                        },
+                        Logic::Native { state, .. } => {
+                            let (keyed, framed) = encode(state.snapshot_views());
+                            Taken {
+                                snapshot: SubtaskSnapshot::default(),
+                                keyed,
+                                framed,
+                                declared: Vec::new(),
+                            }
+                        }
                     };
                     let sync = started.elapsed();
                     // What the snapshot hook emitted precedes the barrier.

@@ -85,6 +85,80 @@ pub struct WrittenSection {
     pub count: u64,
 }
 
+/// One keyed section already framed (tag, length, payload, checksum),
+/// before the state file is assembled: a savepoint frames these in its
+/// synchronous phase, straight from the live state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramedSection {
+    /// The state name.
+    pub state: String,
+    /// Its kind.
+    pub kind: StateKind,
+    /// The key group.
+    pub key_group: u32,
+    /// Keys in the section.
+    pub count: u64,
+    /// The whole framed section.
+    pub frame: Vec<u8>,
+}
+
+fn framed<E: Serialize>(
+    state: &str,
+    kind: StateKind,
+    key_group: u32,
+    count: usize,
+    entries: &E,
+) -> FramedSection {
+    let mut frame = Vec::new();
+    write_frame_with(
+        &mut frame,
+        TAG_KEYED,
+        &KeyedSectionRef {
+            state,
+            key_group,
+            entries,
+        },
+    );
+    FramedSection {
+        state: state.to_owned(),
+        kind,
+        key_group,
+        count: count as u64,
+        frame,
+    }
+}
+
+/// Frames every non-empty state of every key group `views` show, one
+/// keyed section each, without copying the state first.
+pub fn frame_keyed_sections(views: &[crate::state::KeyGroupView<'_>]) -> Vec<FramedSection> {
+    views
+        .iter()
+        .flat_map(|v| {
+            v.states()
+                .filter(|(_, _, n, _)| *n > 0)
+                .map(|(name, kind, n, entries)| framed(name, kind, v.key_group(), n, &entries))
+        })
+        .collect()
+}
+
+/// Frames the keyed sections of owned key-group snapshots.
+pub fn frame_snapshots(keyed: &[crate::state::KeyGroupSnapshot]) -> Vec<FramedSection> {
+    keyed
+        .iter()
+        .flat_map(|g| {
+            g.states.iter().filter(|s| !s.entries.is_empty()).map(|s| {
+                framed(
+                    &s.name,
+                    s.entries.kind(),
+                    g.key_group,
+                    s.entries.len(),
+                    &s.entries,
+                )
+            })
+        })
+        .collect()
+}
+
 /// Encodes one subtask's keyed and operator state as a savepoint state
 /// file: keyed sections ordered by (state name, key group), then operator
 /// state sections by name, then the end marker. Empty states are skipped.
@@ -92,38 +166,31 @@ pub fn encode_state_file(
     keyed: &[crate::state::KeyGroupSnapshot],
     operator_state: &[(String, Vec<Value>)],
 ) -> (Vec<u8>, Vec<WrittenSection>) {
-    let mut out = Vec::new();
+    assemble_state_file(frame_snapshots(keyed), operator_state)
+}
+
+/// Assembles a savepoint state file from framed keyed sections (in any
+/// order) and operator state, as [`encode_state_file`] lays it out.
+pub fn assemble_state_file(
+    mut keyed: Vec<FramedSection>,
+    operator_state: &[(String, Vec<Value>)],
+) -> (Vec<u8>, Vec<WrittenSection>) {
+    keyed.sort_by(|a, b| (&a.state, a.key_group).cmp(&(&b.state, b.key_group)));
+    let size: usize = keyed.iter().map(|s| s.frame.len()).sum();
+    let mut out = Vec::with_capacity(PREFIX_LEN + size + 64);
     out.extend_from_slice(&SAVEPOINT_FILE_MAGIC);
     out.extend_from_slice(&SAVEPOINT_FILE_VERSION.to_le_bytes());
     let mut sections = Vec::new();
-    let mut by_state: Vec<(&str, u32, &StateEntries)> = keyed
-        .iter()
-        .flat_map(|g| {
-            g.states
-                .iter()
-                .map(move |s| (s.name.as_str(), g.key_group, &s.entries))
-        })
-        .filter(|(_, _, e)| !e.is_empty())
-        .collect();
-    by_state.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    for (state, key_group, entries) in by_state {
+    for s in keyed {
         let offset = out.len();
-        write_frame_with(
-            &mut out,
-            TAG_KEYED,
-            &KeyedSectionRef {
-                state,
-                key_group,
-                entries,
-            },
-        );
+        out.extend_from_slice(&s.frame);
         sections.push(WrittenSection {
-            state: state.to_owned(),
-            kind: Some(entries.kind()),
-            key_group: Some(key_group),
+            state: s.state,
+            kind: Some(s.kind),
+            key_group: Some(s.key_group),
             offset: offset as u64,
-            len: (out.len() - offset) as u64,
-            count: entries.len() as u64,
+            len: s.frame.len() as u64,
+            count: s.count,
         });
     }
     let mut ops: Vec<&(String, Vec<Value>)> = operator_state.iter().collect();
@@ -153,10 +220,10 @@ pub fn encode_state_file(
 
 /// Borrowed [`KeyedSection`], serialized identically.
 #[derive(Serialize)]
-struct KeyedSectionRef<'a> {
+struct KeyedSectionRef<'a, E> {
     state: &'a str,
     key_group: u32,
-    entries: &'a StateEntries,
+    entries: &'a E,
 }
 
 /// Borrowed [`OperatorSection`], serialized identically.
@@ -608,6 +675,45 @@ mod tests {
             panic!("first section is keyed")
         };
         assert_eq!((first.state.as_str(), first.key_group), ("count", 1));
+    }
+
+    #[test]
+    fn sections_framed_from_live_state_assemble_the_same_file_as_a_copy() {
+        use crate::keygroup::{KeyGroup, KeyGroupRange};
+        use crate::state::{KeyedStateBackend, MemoryStateBackend, Update};
+        let mut backend = MemoryStateBackend::new(KeyGroupRange::for_subtask(0, 1, 128));
+        for g in keyed() {
+            for s in g.states {
+                match s.entries {
+                    StateEntries::Value(entries) => {
+                        for (k, v) in entries {
+                            backend
+                                .apply(KeyGroup(g.key_group), &s.name, &k, Update::ValueSet(v))
+                                .unwrap();
+                        }
+                    }
+                    StateEntries::Map(entries) => {
+                        for (k, m) in entries {
+                            for (mk, v) in m {
+                                backend
+                                    .apply(
+                                        KeyGroup(g.key_group),
+                                        &s.name,
+                                        &k,
+                                        Update::MapPut(mk, v),
+                                    )
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    StateEntries::List(_) => unreachable!("the fixture has no list state"),
+                }
+            }
+        }
+        let from_views = assemble_state_file(frame_keyed_sections(&backend.snapshot_views()), &[]);
+        let from_copy = encode_state_file(&backend.snapshot(), &[]);
+        assert_eq!(from_views, from_copy);
+        assert_eq!(from_views.1.len(), 3);
     }
 
     #[test]
