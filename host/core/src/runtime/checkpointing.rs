@@ -36,7 +36,6 @@ use crate::keygroup::KeyGroupRange;
 use crate::metrics::JobMetrics;
 use crate::plugin::{DeclaredKind, DeclaredState};
 use crate::savepoint::format as sp;
-use crate::state::KeyGroupSnapshot;
 
 /// What subtasks tell the coordinator.
 #[derive(Debug)]
@@ -211,13 +210,10 @@ impl Uploader {
                 let source_offset = taken.snapshot.source_offset;
                 let sink = taken.snapshot.sink.clone();
                 let declared = taken.declared.clone();
-                let encoded = tokio::task::spawn_blocking(move || encode_canonical(taken))
-                    .await
-                    .expect("invariant: encoding a savepoint part does not panic");
-                let (bytes, sections) = match encoded {
-                    Ok(e) => e,
-                    Err(e) => return decline(e),
-                };
+                let (bytes, sections) =
+                    tokio::task::spawn_blocking(move || encode_canonical(taken))
+                        .await
+                        .expect("invariant: encoding a savepoint part does not panic");
                 let size = bytes.len() as u64;
                 let stored = if sections.is_empty() {
                     None
@@ -284,28 +280,14 @@ impl Uploader {
     }
 }
 
-/// Encodes a subtask's snapshot as a canonical savepoint state file: the
-/// keyed state encoded in the synchronous phase is decoded back here, off
-/// the processing thread.
-fn encode_canonical(taken: Taken) -> Result<(Vec<u8>, Vec<sp::WrittenSection>), String> {
-    let mut keyed = taken.snapshot.keyed;
-    // Key groups encoded for a checkpoint (when the subtask could not tell
-    // the savepoint's layout) are decoded back.
-    for g in taken.keyed {
-        let group: KeyGroupSnapshot = postcard::from_bytes(&g.payload).map_err(|e| {
-            format!(
-                "internal: re-reading key group {} for the savepoint: {e}",
-                g.key_group
-            )
-        })?;
-        keyed.push(group);
-    }
-    let mut framed = taken.framed;
-    framed.extend(sp::frame_snapshots(&keyed));
-    Ok(sp::assemble_state_file(
-        framed,
-        &taken.snapshot.operator_state,
-    ))
+/// Assembles a subtask's canonical savepoint state file from the sections
+/// its synchronous phase framed, and its operator state.
+fn encode_canonical(taken: Taken) -> (Vec<u8>, Vec<sp::WrittenSection>) {
+    assert!(
+        taken.keyed.is_empty() && taken.snapshot.keyed.is_empty(),
+        "invariant: a canonical savepoint's keyed state is framed in the synchronous phase"
+    );
+    sp::assemble_state_file(taken.framed, &taken.snapshot.operator_state)
 }
 
 /// Which subtask a task index is: `(vertex index, subtask)`.

@@ -321,10 +321,9 @@ fn run_controlled(
                     graph.name,
                     tracker.restarts(),
                     tracker.describe(),
-                    restore.as_ref().map_or("scratch".to_owned(), |r| format!(
-                        "checkpoint {}",
-                        r.manifest.id()
-                    ))
+                    restore
+                        .as_ref()
+                        .map_or("scratch".to_owned(), |r| r.manifest.describe())
                 );
                 let until = Instant::now() + delay;
                 while Instant::now() < until {
@@ -609,12 +608,12 @@ impl Attempt<'_> {
                     ),
                     metrics: self.metrics.clone(),
                     v_idx,
-                    checkpointing: Some(TaskCheckpointing {
+                    checkpointing: TaskCheckpointing {
                         task: index,
                         coordinator: coordinator_tx.clone(),
                         uploader: uploader.clone(),
                         final_checkpoint: config.enabled(),
-                    }),
+                    },
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
                     restored_types: types.remove(&vertex.uid).unwrap_or_default(),
@@ -662,13 +661,9 @@ impl Attempt<'_> {
             savepoints,
             claimed: self.claimed.clone(),
         };
-        let coordinator = Some(
-            std::thread::Builder::new()
-                .name("checkpoint-coordinator".into())
-                .spawn(move || checkpointing::coordinate(setup)),
-        );
-        let coordinator = coordinator
-            .transpose()
+        let coordinator = std::thread::Builder::new()
+            .name("checkpoint-coordinator".into())
+            .spawn(move || checkpointing::coordinate(setup))
             .map_err(|e| Error::Internal(format!("spawning the coordinator thread: {e}")))?;
         let mut handles = Vec::new();
         for task in tasks {
@@ -721,14 +716,10 @@ impl Attempt<'_> {
         if let Some(w) = watcher {
             let _ = w.join();
         }
-        let latest = match coordinator {
-            Some(c) => {
-                let _ = shutdown.send(CoordinatorMsg::Shutdown);
-                c.join()
-                    .map_err(|_| Error::Internal("the checkpoint coordinator panicked".into()))?
-            }
-            None => CoordinatorOutcome::default(),
-        };
+        let _ = shutdown.send(CoordinatorMsg::Shutdown);
+        let latest = coordinator
+            .join()
+            .map_err(|_| Error::Internal("the checkpoint coordinator panicked".into()))?;
         let failed = failure
             .lock()
             .expect("invariant: failure lock not poisoned")

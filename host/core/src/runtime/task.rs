@@ -35,7 +35,7 @@ use crate::native::NativeOperator;
 use crate::plugin::{InstanceConfig, OperatorInstance, Plugin};
 use crate::state::{KeyedStateBackend, MemoryStateBackend};
 
-/// A subtask's part in checkpoints (absent when checkpoints are off).
+/// A subtask's part in checkpoints and savepoints.
 pub(crate) struct TaskCheckpointing {
     /// This subtask's index among all the job's subtasks.
     pub task: usize,
@@ -67,7 +67,7 @@ pub(crate) struct Task {
     pub gate: InputGate,
     pub metrics: Arc<JobMetrics>,
     pub v_idx: usize,
-    pub checkpointing: Option<TaskCheckpointing>,
+    pub checkpointing: TaskCheckpointing,
     /// How many times the job restarted before this run.
     pub attempt_number: u32,
     /// What this subtask restores from, if the job was restored.
@@ -217,9 +217,7 @@ impl Task {
         sync: Duration,
         alignment: Duration,
     ) {
-        let Some(c) = &self.checkpointing else {
-            return;
-        };
+        let c = &self.checkpointing;
         c.uploader.upload(
             barrier,
             c.task,
@@ -235,13 +233,12 @@ impl Task {
     }
 
     fn decline(&self, id: CheckpointId, reason: String) {
-        if let Some(c) = &self.checkpointing {
-            let _ = c.coordinator.send(CoordinatorMsg::Decline {
-                id,
-                task: c.task,
-                reason,
-            });
-        }
+        let c = &self.checkpointing;
+        let _ = c.coordinator.send(CoordinatorMsg::Decline {
+            id,
+            task: c.task,
+            reason,
+        });
     }
 
     // ---- sources ----
@@ -271,17 +268,12 @@ impl Task {
             }
         }
         self.router.broadcast(|| Element::EndOfData)?;
-        if let Some(c) = &self.checkpointing {
-            let _ = c.coordinator.send(CoordinatorMsg::SourceFinished {
-                task: c.task,
-                last_barrier: self.last_barrier,
-            });
-        }
-        if !self
-            .checkpointing
-            .as_ref()
-            .is_some_and(|c| c.final_checkpoint || drained)
-        {
+        let c = &self.checkpointing;
+        let _ = c.coordinator.send(CoordinatorMsg::SourceFinished {
+            task: c.task,
+            last_barrier: self.last_barrier,
+        });
+        if !(c.final_checkpoint || drained) {
             return self.router.broadcast(|| Element::EndOfInput);
         }
         // Serve checkpoints until the final one completed: only then may
@@ -426,10 +418,7 @@ impl Task {
                         self.router.priority_barrier(barrier)?;
                     }
                     let started = Instant::now();
-                    let canonical = self
-                        .checkpointing
-                        .as_ref()
-                        .is_some_and(|c| c.uploader.canonical(&barrier));
+                    let canonical = self.checkpointing.uploader.canonical(&barrier);
                     // Keyed state encoded straight from the live tables: key
                     // group by key group for a checkpoint, state by state for
                     // a canonical savepoint.
