@@ -107,11 +107,9 @@ pub fn check_cmd(
 pub fn dispose_cmd(path: &str) -> Result<(), Error> {
     block_on(async {
         let point = RestorePoint::open(path, &cwd()).await?;
-        let dir = path
-            .trim_end_matches('/')
-            .strip_suffix("_metadata")
-            .unwrap_or(path)
-            .trim_end_matches('/');
+        // Its directory as `open` resolved it (a `_metadata` path or a
+        // trailing slash stripped).
+        let dir = point.location();
         let named_savepoint = dir
             .rsplit('/')
             .next()
@@ -121,17 +119,15 @@ pub fn dispose_cmd(path: &str) -> Result<(), Error> {
         {
             return Err(Error::Savepoint {
                 message: format!(
-                    "{} is a checkpoint, not a savepoint: Weir manages checkpoints (delete a job's with `weir checkpoints JOB --delete`)",
-                    point.location()
+                    "{dir} is a checkpoint, not a savepoint: Weir manages checkpoints (delete a job's with `weir checkpoints JOB --delete`)"
                 ),
             });
         }
-        let n = savepoint::delete_snapshot(dir, &cwd()).await?;
-        println!(
-            "disposed of {} ({n} files): {}",
-            point.manifest.describe(),
-            point.location()
-        );
+        let n = savepoint::delete_snapshot(&dir, &cwd()).await?;
+        out(&format!(
+            "disposed of {} ({n} files): {dir}\n",
+            point.manifest.describe()
+        ))?;
         Ok(())
     })
 }

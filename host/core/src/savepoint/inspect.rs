@@ -131,24 +131,14 @@ fn kind_name(k: StateKind) -> String {
     .to_owned()
 }
 
-/// Reads every state file of `point` (so a damaged one is an error naming
-/// it) and summarises what it holds.
-///
-/// # Errors
-/// [`Error::Storage`] or [`Error::Format`] for a missing or corrupt file.
-pub async fn inspect(point: &RestorePoint) -> Result<Inspection, Error> {
-    let operators = point.read_all().await?;
-    let m = &point.manifest;
-    let mut out = Vec::new();
-    for op in operators {
-        let mut states = Vec::new();
-        match m {
-            Manifest::Savepoint(sp) => {
-                let meta = sp
-                    .operators
-                    .iter()
-                    .find(|o| o.uid == op.uid)
-                    .expect("invariant: read_all returns the metadata's operators");
+/// The states a snapshot holds for `uid`: from a savepoint's metadata
+/// (with declared types and bytes), or counted from a checkpoint's state
+/// as read (`op`; without it, nothing is known).
+fn state_summaries(m: &Manifest, uid: &str, op: Option<&OperatorSnapshot>) -> Vec<StateSummary> {
+    let mut states = Vec::new();
+    match m {
+        Manifest::Savepoint(sp) => {
+            for meta in sp.operators.iter().filter(|o| o.uid == uid) {
                 for s in &meta.keyed_states {
                     states.push(StateSummary {
                         name: s.name.clone(),
@@ -170,40 +160,54 @@ pub async fn inspect(point: &RestorePoint) -> Result<Inspection, Error> {
                     });
                 }
             }
-            Manifest::Checkpoint(_) => {
-                let mut keyed: BTreeMap<&str, (StateKind, u64)> = BTreeMap::new();
-                for group in op.keyed.values() {
-                    for s in group {
-                        let e = keyed.entry(&s.name).or_insert((s.entries.kind(), 0));
-                        e.1 += s.entries.len() as u64;
-                    }
-                }
-                for (name, (kind, count)) in keyed {
-                    states.push(StateSummary {
-                        name: name.to_owned(),
-                        kind: kind_name(kind),
-                        type_name: None,
-                        count,
-                        bytes: None,
-                        redistribution: None,
-                    });
-                }
-                let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
-                for (name, items) in op.operator_state.iter().flatten() {
-                    *ops.entry(name).or_default() += items.len() as u64;
-                }
-                for (name, count) in ops {
-                    states.push(StateSummary {
-                        name: name.to_owned(),
-                        kind: "operator-list".into(),
-                        type_name: None,
-                        count,
-                        bytes: None,
-                        redistribution: None,
-                    });
-                }
+        }
+        Manifest::Checkpoint(_) => {
+            let Some(op) = op else { return states };
+            let mut keyed: BTreeMap<&str, (StateKind, u64)> = BTreeMap::new();
+            for s in op.keyed.values().flatten() {
+                let e = keyed.entry(&s.name).or_insert((s.entries.kind(), 0));
+                e.1 += s.entries.len() as u64;
+            }
+            for (name, (kind, count)) in keyed {
+                states.push(StateSummary {
+                    name: name.to_owned(),
+                    kind: kind_name(kind),
+                    type_name: None,
+                    count,
+                    bytes: None,
+                    redistribution: None,
+                });
+            }
+            let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
+            for (name, items) in op.operator_state.iter().flatten() {
+                *ops.entry(name).or_default() += items.len() as u64;
+            }
+            for (name, count) in ops {
+                states.push(StateSummary {
+                    name: name.to_owned(),
+                    kind: "operator-list".into(),
+                    type_name: None,
+                    count,
+                    bytes: None,
+                    redistribution: None,
+                });
             }
         }
+    }
+    states
+}
+
+/// Reads every state file of `point` (so a damaged one is an error naming
+/// it) and summarises what it holds.
+///
+/// # Errors
+/// [`Error::Storage`] or [`Error::Format`] for a missing or corrupt file.
+pub async fn inspect(point: &RestorePoint) -> Result<Inspection, Error> {
+    let operators = point.read_all().await?;
+    let m = &point.manifest;
+    let mut out = Vec::new();
+    for op in operators {
+        let states = state_summaries(m, &op.uid, Some(&op));
         out.push(OperatorSummary {
             bytes: vertex_bytes(m, &op.uid),
             uid: op.uid,
@@ -456,52 +460,6 @@ impl std::fmt::Display for CheckReport {
     }
 }
 
-/// What the snapshot holds per state of one uid: kind and type.
-fn stored_states(
-    m: &Manifest,
-    op: Option<&OperatorSnapshot>,
-    uid: &str,
-) -> Vec<(String, String, Option<String>)> {
-    match m {
-        Manifest::Savepoint(sp) => sp
-            .operators
-            .iter()
-            .filter(|o| o.uid == uid)
-            .flat_map(|o| {
-                o.keyed_states
-                    .iter()
-                    .map(|s| {
-                        (
-                            s.name.clone(),
-                            kind_name(s.kind.into()),
-                            s.type_name.clone(),
-                        )
-                    })
-                    .chain(o.operator_states.iter().map(|s| {
-                        (
-                            s.name.clone(),
-                            "operator-list".to_owned(),
-                            s.type_name.clone(),
-                        )
-                    }))
-            })
-            .collect(),
-        Manifest::Checkpoint(_) => {
-            let Some(op) = op else { return Vec::new() };
-            let mut out: BTreeMap<String, String> = BTreeMap::new();
-            for s in op.keyed.values().flatten() {
-                out.entry(s.name.clone())
-                    .or_insert_with(|| kind_name(s.entries.kind()));
-            }
-            for (name, _) in op.operator_state.iter().flatten() {
-                out.entry(name.clone())
-                    .or_insert_with(|| "operator-list".into());
-            }
-            out.into_iter().map(|(n, k)| (n, k, None)).collect()
-        }
-    }
-}
-
 fn declared_kind_name(k: DeclaredKind) -> String {
     match k.keyed() {
         Some(k) => kind_name(k),
@@ -578,7 +536,11 @@ pub async fn check(
         let Some(decl) = declared.get(uid) else {
             continue;
         };
-        let stored = stored_states(&point.manifest, ops.iter().find(|o| o.uid == *uid), uid);
+        let stored: Vec<(String, String, Option<String>)> =
+            state_summaries(&point.manifest, uid, ops.iter().find(|o| o.uid == *uid))
+                .into_iter()
+                .map(|s| (s.name, s.kind, s.type_name))
+                .collect();
         if decl.is_empty() {
             if !stored.is_empty() {
                 report.findings.push(Finding {
