@@ -363,15 +363,12 @@ fn removed_operators_need_n_and_new_ones_start_empty_and_claim_lets_go() {
     assert!(stderr(&o).contains("dropping the state"), "{}", stderr(&o));
     // The parts the restored run wrote: count2's first count of every
     // word is 1.
-    let out = dir.path().join("out");
     let mut first: HashMap<String, u64> = HashMap::new();
-    for name in part_names(&out).difference(&parts_before) {
-        for line in std::fs::read_to_string(out.join(name)).unwrap().lines() {
-            let (word, n) = line.split_once('\t').unwrap();
-            let n: u64 = n.parse().unwrap();
-            let e = first.entry(word.to_owned()).or_insert(n);
-            *e = (*e).min(n);
-        }
+    for line in new_lines(&dir.path().join("out"), &parts_before) {
+        let (word, n) = line.split_once('\t').unwrap();
+        let n: u64 = n.parse().unwrap();
+        let e = first.entry(word.to_owned()).or_insert(n);
+        *e = (*e).min(n);
     }
     assert!(!first.is_empty());
     assert!(first.values().all(|&n| n == 1), "count2 started empty");
@@ -387,6 +384,21 @@ fn part_names(out: &Path) -> std::collections::BTreeSet<String> {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("part-"))
+        .collect()
+}
+
+/// The lines of the part files in `out` that are not in `before`: what a
+/// restored run wrote.
+fn new_lines(out: &Path, before: &std::collections::BTreeSet<String>) -> Vec<String> {
+    part_names(out)
+        .difference(before)
+        .flat_map(|name| {
+            std::fs::read_to_string(out.join(name))
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -589,17 +601,14 @@ input = "sensors"
 
     // Every sensor's first v2 count is one past its last v1 count, and v2
     // reports means.
-    let out = dir.path().join("out");
     let mut first_v2: HashMap<String, u64> = HashMap::new();
-    for name in part_names(&out).difference(&before) {
-        for line in std::fs::read_to_string(out.join(name)).unwrap().lines() {
-            let (sensor, rest) = line.split_once('\t').unwrap();
-            let (count, mean) = rest.split_once(" mean=").expect("v2 reports a mean");
-            let n: u64 = count.strip_prefix("count=").unwrap().parse().unwrap();
-            assert!(mean.parse::<f64>().is_ok(), "{line}");
-            let e = first_v2.entry(sensor.to_owned()).or_insert(n);
-            *e = (*e).min(n);
-        }
+    for line in new_lines(&dir.path().join("out"), &before) {
+        let (sensor, rest) = line.split_once('\t').unwrap();
+        let (count, mean) = rest.split_once(" mean=").expect("v2 reports a mean");
+        let n: u64 = count.strip_prefix("count=").unwrap().parse().unwrap();
+        assert!(mean.parse::<f64>().is_ok(), "{line}");
+        let e = first_v2.entry(sensor.to_owned()).or_insert(n);
+        *e = (*e).min(n);
     }
     for (sensor, last) in &last_v1 {
         assert_eq!(first_v2.get(sensor), Some(&(last + 1)), "sensor {sensor}");
