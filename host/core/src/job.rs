@@ -30,6 +30,35 @@ pub const DEFAULT_FUEL_PER_CALL: u64 = 2_000_000_000;
 /// `MINIMAL_CHECKPOINT_TIME`): below it, checkpointing is all a job does.
 pub const MIN_CHECKPOINT_TIME: Duration = Duration::from_millis(10);
 
+/// The largest job file read: a job file is a description, not data, and a
+/// path such as `/dev/zero` must not be read for ever.
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+/// The largest plugin component accepted (the Python and JavaScript
+/// runtimes' components are 12–18 MiB).
+pub const MAX_PLUGIN_BYTES: u64 = 256 << 20;
+/// The most records per batch.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// The most batches a channel buffers: channels allocate their capacity
+/// up front.
+pub const MAX_CHANNEL_CAPACITY: usize = 1_024;
+/// The most subtasks a job runs, over all its vertices (each is a thread
+/// and, for an operator, a plugin instance).
+pub const MAX_SUBTASKS: u32 = 1_024;
+/// The most words a `datagen` record holds.
+pub const MAX_WORDS_PER_RECORD: u32 = 10_000;
+/// The longest job name or uid, in bytes: they name files and directories.
+pub const MAX_NAME_BYTES: usize = 200;
+/// The longest `config` string handed to a plugin's `open`.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// The largest `fuel_per_call` (about eight minutes of guest code).
+pub const MAX_FUEL_PER_CALL: u64 = 1_000_000_000_000;
+/// The longest duration any field takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most checkpoints in progress at once.
+pub const MAX_CONCURRENT_CHECKPOINTS: u32 = 64;
+/// The most completed checkpoints retained.
+pub const MAX_RETAINED_CHECKPOINTS: u32 = 1_000;
+
 /// The top level of a job file, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -425,7 +454,7 @@ pub struct JobGraph {
 /// [`Error::JobRead`], [`Error::JobParse`] or [`Error::InvalidJob`] listing
 /// every problem found.
 pub fn load(path: &Path) -> Result<JobGraph, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::JobRead {
+    let text = read_job_file(path).map_err(|source| Error::JobRead {
         path: path.to_owned(),
         source,
     })?;
@@ -438,6 +467,58 @@ pub fn load(path: &Path) -> Result<JobGraph, Error> {
         path: path.to_owned(),
         problems,
     })
+}
+
+/// Reads a job file: a regular file of at most [`MAX_JOB_FILE_BYTES`].
+fn read_job_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+    regular_file(path).map_err(invalid)?;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_JOB_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_JOB_FILE_BYTES {
+        return Err(invalid(format!(
+            "is larger than {MAX_JOB_FILE_BYTES} bytes, the most a job file may be"
+        )));
+    }
+    Ok(text)
+}
+
+/// Checks that `path` is a regular file (after symbolic links), naming
+/// what it is otherwise: a FIFO or a device would block or never end when
+/// read.
+///
+/// # Errors
+/// What the path is instead, e.g. "does not exist" or "is a FIFO, not a
+/// regular file".
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("does not exist".to_owned());
+        }
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(meta);
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(format!("is {what}, not a regular file"))
 }
 
 struct Draft {
@@ -475,6 +556,14 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
     let mut problems = Problems(Vec::new());
     if file.name.trim().is_empty() {
         problems.add("name", "must not be empty");
+    } else if file.name.len() > MAX_NAME_BYTES {
+        problems.add(
+            "name",
+            format!(
+                "must be at most {MAX_NAME_BYTES} bytes, got {}",
+                file.name.len()
+            ),
+        );
     }
     let max_parallelism = file.max_parallelism.unwrap_or(DEFAULT_MAX_PARALLELISM);
     if !(1..=MAX_MAX_PARALLELISM).contains(&max_parallelism) {
@@ -485,12 +574,18 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
     }
     let default_parallelism = file.parallelism.unwrap_or(1);
     let batch_size = file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
-    if batch_size == 0 {
-        problems.add("batch_size", "must be at least 1");
+    if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+        problems.add(
+            "batch_size",
+            format!("must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}"),
+        );
     }
     let channel_capacity = file.channel_capacity.unwrap_or(DEFAULT_CHANNEL_CAPACITY);
-    if channel_capacity == 0 {
-        problems.add("channel_capacity", "must be at least 1");
+    if !(1..=MAX_CHANNEL_CAPACITY).contains(&channel_capacity) {
+        problems.add(
+            "channel_capacity",
+            format!("must be between 1 and {MAX_CHANNEL_CAPACITY}, got {channel_capacity}"),
+        );
     }
     let job_limits = file.limits.clone().unwrap_or_default();
     let checkpoints = checkpoint_config(file.checkpoints, &mut problems);
@@ -551,10 +646,10 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     }
                     Some(p) => {
                         let path = resolve(base, p);
-                        if !path.is_file() {
+                        if let Err(what) = regular_file(&path) {
                             problems.add(
                                 format!("{field}.path"),
-                                format!("input file {} does not exist", path.display()),
+                                format!("input file {} {what}", path.display()),
                             );
                         }
                         VertexKind::FileSource { path }
@@ -573,8 +668,13 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     problems.add(format!("{field}.vocabulary"), "must be at least 1");
                 }
                 let words_per_record = s.words_per_record.unwrap_or(1);
-                if words_per_record == 0 {
-                    problems.add(format!("{field}.words_per_record"), "must be at least 1");
+                if !(1..=MAX_WORDS_PER_RECORD).contains(&words_per_record) {
+                    problems.add(
+                        format!("{field}.words_per_record"),
+                        format!(
+                            "must be between 1 and {MAX_WORDS_PER_RECORD}, got {words_per_record}"
+                        ),
+                    );
                 }
                 if let Some(rate) = s.rate
                     && !(rate.is_finite() && rate > 0.0)
@@ -606,10 +706,28 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         let parallelism =
             check_parallelism(&mut problems, format!("{field}.parallelism"), o.parallelism);
         let plugin = resolve(base, &o.plugin);
-        if !plugin.is_file() {
-            problems.add(
+        match regular_file(&plugin) {
+            Err(what) => problems.add(
                 format!("{field}.plugin"),
-                format!("plugin file {} does not exist", plugin.display()),
+                format!("plugin file {} {what}", plugin.display()),
+            ),
+            Ok(meta) if meta.len() > MAX_PLUGIN_BYTES => problems.add(
+                format!("{field}.plugin"),
+                format!(
+                    "plugin file {} is {} bytes, more than the {MAX_PLUGIN_BYTES} a plugin may be",
+                    plugin.display(),
+                    meta.len()
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if o.config.len() > MAX_CONFIG_BYTES {
+            problems.add(
+                format!("{field}.config"),
+                format!(
+                    "must be at most {MAX_CONFIG_BYTES} bytes, got {}",
+                    o.config.len()
+                ),
             );
         }
         let own = o.limits.unwrap_or_default();
@@ -629,10 +747,10 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 ),
             );
         }
-        if fuel_per_call == 0 {
+        if !(1..=MAX_FUEL_PER_CALL).contains(&fuel_per_call) {
             problems.add(
                 format!("{field}.limits.fuel_per_call"),
-                "must be at least 1",
+                format!("must be between 1 and {MAX_FUEL_PER_CALL}, got {fuel_per_call}"),
             );
         }
         drafts.push(Draft {
@@ -671,9 +789,21 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 }
             }
             SinkType::File => match &s.path {
-                Some(p) => VertexKind::FileSink {
-                    dir: resolve(base, p),
-                },
+                Some(p) => {
+                    let dir = resolve(base, p);
+                    if let Ok(meta) = std::fs::metadata(&dir)
+                        && !meta.is_dir()
+                    {
+                        problems.add(
+                            format!("{field}.path"),
+                            format!(
+                                "output directory {} exists and is not a directory",
+                                dir.display()
+                            ),
+                        );
+                    }
+                    VertexKind::FileSink { dir }
+                }
                 None => {
                     problems.add(
                         format!("{field}.path"),
@@ -699,6 +829,15 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         });
     }
 
+    let subtasks: u64 = drafts.iter().map(|d| u64::from(d.parallelism)).sum();
+    if subtasks > u64::from(MAX_SUBTASKS) {
+        problems.add(
+            "parallelism",
+            format!(
+                "the job runs {subtasks} subtasks over all its vertices, more than the {MAX_SUBTASKS} a job may run"
+            ),
+        );
+    }
     let graph = link(drafts, &mut problems);
     if problems.0.is_empty() {
         Ok(JobGraph {
@@ -725,6 +864,13 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
 fn duration(problems: &mut Problems, field: &str, text: Option<&str>) -> Option<Duration> {
     let text = text?;
     match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > MAX_DURATION => {
+            problems.add(
+                field,
+                format!(r#"must be at most {}, got "{text}""#, show(MAX_DURATION)),
+            );
+            None
+        }
         Ok(d) => Some(d),
         Err(_) => {
             problems.add(
@@ -773,8 +919,14 @@ fn checkpoint_config(spec: Option<CheckpointsSpec>, problems: &mut Problems) -> 
     }
     config.mode = spec.mode.unwrap_or(config.mode);
     config.max_concurrent = spec.max_concurrent.unwrap_or(config.max_concurrent);
-    if config.max_concurrent == 0 {
-        problems.add("checkpoints.max_concurrent", "must be at least 1");
+    if !(1..=MAX_CONCURRENT_CHECKPOINTS).contains(&config.max_concurrent) {
+        problems.add(
+            "checkpoints.max_concurrent",
+            format!(
+                "must be between 1 and {MAX_CONCURRENT_CHECKPOINTS}, got {}",
+                config.max_concurrent
+            ),
+        );
     }
     config.tolerable_failures = spec.tolerable_failures.unwrap_or(config.tolerable_failures);
     config.unaligned = spec.unaligned.unwrap_or(config.unaligned);
@@ -819,6 +971,14 @@ fn checkpoint_config(spec: Option<CheckpointsSpec>, problems: &mut Problems) -> 
         problems.add(
             "checkpoints.retained",
             "must be at least 1: recovery needs the latest completed checkpoint",
+        );
+    } else if config.retained > MAX_RETAINED_CHECKPOINTS {
+        problems.add(
+            "checkpoints.retained",
+            format!(
+                "must be at most {MAX_RETAINED_CHECKPOINTS}, got {}",
+                config.retained
+            ),
         );
     }
     config.retention_on_cancel = spec
@@ -1000,6 +1160,14 @@ fn link(drafts: Vec<Draft>, problems: &mut Problems) -> Vec<Vertex> {
     for (i, d) in drafts.iter().enumerate() {
         if d.uid.trim().is_empty() {
             problems.add(format!("{}.uid", d.field), "must not be empty");
+        } else if d.uid.len() > MAX_NAME_BYTES {
+            problems.add(
+                format!("{}.uid", d.field),
+                format!(
+                    "must be at most {MAX_NAME_BYTES} bytes, got {}",
+                    d.uid.len()
+                ),
+            );
         } else if let Some(&first) = index.get(d.uid.as_str()) {
             problems.add(
                 format!("{}.uid", d.field),
@@ -1432,7 +1600,7 @@ storage = " "
             [
                 "checkpoints.interval: must be at least 10ms, got 0s",
                 "checkpoints.timeout: must be at least 10ms, got 5ms",
-                "checkpoints.max_concurrent: must be at least 1",
+                "checkpoints.max_concurrent: must be between 1 and 64, got 0",
                 "checkpoints.retained: must be at least 1: recovery needs the latest completed checkpoint",
                 "checkpoints.storage: must not be empty",
             ]
@@ -1632,5 +1800,85 @@ reset_after = "0s"
                 r#"restart.strategy: required: "none", "fixed-delay", "exponential-backoff" or "failure-rate""#
             ]
         );
+    }
+
+    #[test]
+    fn numeric_fields_are_bounded_before_anything_is_allocated() {
+        let p = problems(
+            &GOOD
+                .replace("parallelism = 2\n", "parallelism = 2\nchannel_capacity = 4294967295\nbatch_size = 4294967295\n")
+                .replace(
+                    "[[operators]]\nuid = \"tok\"",
+                    "[[sources]]\nuid = \"gen\"\ntype = \"datagen\"\nwords_per_record = 4294967295\n[[operators]]\nuid = \"tok\"\nlimits = { fuel_per_call = 18446744073709551615 }",
+                )
+                .replace("input = \"lines\"", "input = [\"lines\", \"gen\"]"),
+        );
+        assert_eq!(
+            p,
+            [
+                "batch_size: must be between 1 and 65536, got 4294967295",
+                "channel_capacity: must be between 1 and 1024, got 4294967295",
+                "sources[1].words_per_record: must be between 1 and 10000, got 4294967295",
+                "operators[0].limits.fuel_per_call: must be between 1 and 1000000000000, got 18446744073709551615",
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_subtasks_long_names_and_durations_are_refused() {
+        let long = "u".repeat(MAX_NAME_BYTES + 1);
+        let p = problems(
+            &GOOD
+                .replace(
+                    "name = \"wc\"\nparallelism = 2",
+                    "name = \"wc\"\nparallelism = 600\nmax_parallelism = 1024",
+                )
+                .replace("uid = \"out\"", &format!("uid = \"{long}\""))
+                .replace(
+                    "input = [\"count\"]",
+                    "input = [\"count\"]\n[checkpoints]\ninterval = \"400days\"",
+                ),
+        );
+        assert_eq!(
+            p,
+            [
+                r#"checkpoints.interval: must be at most 30days, got "400days""#,
+                "parallelism: the job runs 1801 subtasks over all its vertices, more than the 1024 a job may run",
+                "sinks[0].uid: must be at most 200 bytes, got 201",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plugin_or_input_that_is_not_a_regular_file_is_named_for_what_it_is() {
+        let p = problems(
+            &GOOD
+                .replace("op.wasm\"\ninput = \"tok\"", "/dev/zero\"\ninput = \"tok\"")
+                .replace("in.txt", "/tmp"),
+        );
+        assert!(
+            p.contains(&"operators[1].plugin: plugin file /dev/zero is a character device, not a regular file".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(
+                &"sources[0].path: input file /tmp is a directory, not a regular file".to_owned()
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_file_that_is_a_device_or_too_big_is_not_read_whole() {
+        let err = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            err.contains("is a character device, not a regular file"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_JOB_FILE_BYTES as usize + 1]).unwrap();
+        let err = load(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
     }
 }
