@@ -16,6 +16,7 @@ seconds=${HOT_SWAP_SECONDS:-2}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Building the plugins and weir"
+source examples/wasm-target.sh
 cargo build --quiet --release --target wasm32-wasip2 \
     -p weir-plugin-tokenize -p weir-plugin-hot-swap-v1 -p weir-plugin-hot-swap-v2
 # Where cargo put the binary (it honours CARGO_TARGET_DIR).

@@ -4,6 +4,7 @@
 # examples/wordcount/out/part-*.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source examples/wasm-target.sh
 cargo build --quiet --release --target wasm32-wasip2 \
     -p weir-plugin-tokenize -p weir-plugin-filter -p weir-plugin-word-count
 cargo run --quiet -p weir -- run examples/wordcount/job.toml

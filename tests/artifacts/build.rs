@@ -82,6 +82,23 @@ const REMOVED_ENV: &[&str] = &[
     "RUSTDOC",
 ];
 
+/// Adds the wasm32-wasip2 target where rustup runs the build: rustup adds
+/// the targets `rust-toolchain.toml` lists only when it installs the
+/// toolchain, so an older installation lacks it. Without rustup the nested
+/// build names the missing target itself.
+fn ensure_wasm_target() {
+    let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") else {
+        return;
+    };
+    let _ = Command::new("rustup")
+        .args(["target", "add", "--toolchain"])
+        .arg(toolchain)
+        .arg(TARGET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let manifest_dir =
@@ -103,6 +120,7 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 
+    ensure_wasm_target();
     let target_dir = out_dir.join("wasm-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
