@@ -8,6 +8,7 @@ use weir_test_plugins as plugins;
 
 mod checkpoints;
 mod control;
+mod hostile;
 mod javascript;
 mod languages;
 mod savepoints;
