@@ -34,6 +34,7 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "weir-plugin-hot-swap-v2",
         "weir_plugin_hot_swap_v2",
     ),
+    ("HOSTILE", "weir-plugin-hostile", "weir_plugin_hostile"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -9,6 +9,7 @@ use weir_test_plugins as plugins;
 mod checkpoints;
 mod control;
 mod examples;
+mod hostile;
 mod javascript;
 mod languages;
 mod savepoints;

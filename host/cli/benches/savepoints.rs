@@ -61,6 +61,10 @@ const SINK: usize = 3;
 const COUNT_LIMITS: Limits = Limits {
     memory_bytes: 3 << 30,
     fuel_per_call: 10_000_000_000,
+    // Benchmarks hold more state than a default job may.
+    state_bytes: 1 << 40,
+    job_memory_bytes: 1 << 40,
+    ..Limits::DEFAULT
 };
 const FORMATS: [SavepointFormat; 2] = [SavepointFormat::Canonical, SavepointFormat::Native];
 

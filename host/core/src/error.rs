@@ -87,6 +87,32 @@ pub enum Error {
         /// The trap or the guest's error message.
         message: String,
     },
+    /// The compiled-plugin cache (or its key) cannot be used safely: it
+    /// belongs to another user, others may write to it, or it cannot be
+    /// created.
+    #[error("plugin cache {path}: {message}")]
+    PluginCache {
+        /// The cache directory or key file.
+        path: PathBuf,
+        /// What is wrong, and how to fix it.
+        message: String,
+    },
+    /// An operator instance hit one of its limits (`[limits]` in the job
+    /// file): the message names the limit and its value. Not retried, since
+    /// the same input hits the same limit again.
+    #[error("operator `{uid}` (plugin {plugin}) subtask {subtask} failed in `{hook}`: {message}")]
+    LimitExceeded {
+        /// The operator's uid.
+        uid: String,
+        /// The plugin file.
+        plugin: PathBuf,
+        /// The failing subtask.
+        subtask: u32,
+        /// The hook that was running (`open`, `process`, …).
+        hook: &'static str,
+        /// Which limit, its value and its knob.
+        message: String,
+    },
     /// A record violates what the dataflow requires (e.g. no key on a hash
     /// edge).
     #[error("vertex `{uid}`: {message}")]
@@ -206,6 +232,8 @@ impl Error {
             | Error::InvalidJob { .. }
             | Error::Plugin { .. }
             | Error::OperatorFailed { .. }
+            | Error::LimitExceeded { .. }
+            | Error::PluginCache { .. }
             | Error::BadRecord { .. } => ErrorKind::User,
             // A job file that does not exist is the user's mistake.
             Error::JobRead { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -241,6 +269,8 @@ impl Error {
             | Error::JobParse { .. }
             | Error::InvalidJob { .. }
             | Error::Plugin { .. }
+            | Error::LimitExceeded { .. }
+            | Error::PluginCache { .. }
             | Error::Format(_)
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }

@@ -26,6 +26,20 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 8;
 pub const DEFAULT_MEMORY_MB: u64 = 256;
 /// Default CPU budget per hook call, in Wasm fuel (~1 s of guest code).
 pub const DEFAULT_FUEL_PER_CALL: u64 = 2_000_000_000;
+/// By default `snapshot` and `close`, which flush cached state, get this
+/// many times the per-call fuel (and wall-clock time).
+pub const SNAPSHOT_FUEL_FACTOR: u64 = 50;
+/// Default cap on the bytes one hook call may emit, MiB.
+pub const DEFAULT_EMIT_MB_PER_CALL: u64 = 64;
+/// Default log output (stdout, stderr, `log`) kept per hook call, KiB.
+pub const DEFAULT_LOG_KB_PER_CALL: u64 = 1024;
+/// Default cap on an instance's keyed state, MiB.
+pub const DEFAULT_STATE_MB: u64 = 1024;
+/// Default budget of a job's plugin memory (guest memories, keyed state,
+/// emitted records not yet routed), MiB.
+pub const DEFAULT_JOB_MEMORY_MB: u64 = 4096;
+/// Default wall-clock bound of a hook call, milliseconds.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 10_000;
 /// The shortest checkpoint interval and timeout (Flink's
 /// `MINIMAL_CHECKPOINT_TIME`): below it, checkpointing is all a job does.
 pub const MIN_CHECKPOINT_TIME: Duration = Duration::from_millis(10);
@@ -191,6 +205,18 @@ pub struct LimitsSpec {
     pub memory_mb: Option<u64>,
     /// CPU budget per hook call, in Wasm fuel units.
     pub fuel_per_call: Option<u64>,
+    /// CPU budget of a `snapshot` or `close` call, in Wasm fuel units.
+    pub fuel_per_snapshot: Option<u64>,
+    /// Bytes one hook call may emit, MiB.
+    pub emit_mb_per_call: Option<u64>,
+    /// Log output kept per hook call, KiB; the rest is dropped.
+    pub log_kb_per_call: Option<u64>,
+    /// Keyed state one instance may hold, MiB.
+    pub state_mb: Option<u64>,
+    /// Plugin memory of the whole job, MiB (top-level `[limits]` only).
+    pub job_memory_mb: Option<u64>,
+    /// Wall-clock bound of a hook call, milliseconds.
+    pub call_timeout_ms: Option<u64>,
 }
 
 /// One name or a list of names.
@@ -313,13 +339,47 @@ pub struct SinkSpec {
     pub path: Option<PathBuf>,
 }
 
-/// Resolved limits of a plugin instance.
+/// Resolved limits of a plugin instance. `docs/job-file.md` lists them
+/// with their defaults and what happens when one is hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Linear-memory cap, bytes.
     pub memory_bytes: u64,
     /// Fuel per hook call.
     pub fuel_per_call: u64,
+    /// Fuel per `snapshot` or `close` call.
+    pub fuel_per_snapshot: u64,
+    /// Bytes one hook call may emit.
+    pub emit_bytes_per_call: u64,
+    /// Log bytes kept per hook call.
+    pub log_bytes_per_call: u64,
+    /// Keyed state bytes per instance.
+    pub state_bytes: u64,
+    /// Plugin memory of the whole job, bytes.
+    pub job_memory_bytes: u64,
+    /// Wall-clock bound of a hook call other than `snapshot` and `close`,
+    /// milliseconds (those get it times `fuel_per_snapshot / fuel_per_call`).
+    pub call_timeout_ms: u64,
+}
+
+impl Limits {
+    /// Every limit at its default.
+    pub const DEFAULT: Limits = Limits {
+        memory_bytes: DEFAULT_MEMORY_MB << 20,
+        fuel_per_call: DEFAULT_FUEL_PER_CALL,
+        fuel_per_snapshot: DEFAULT_FUEL_PER_CALL * SNAPSHOT_FUEL_FACTOR,
+        emit_bytes_per_call: DEFAULT_EMIT_MB_PER_CALL << 20,
+        log_bytes_per_call: DEFAULT_LOG_KB_PER_CALL << 10,
+        state_bytes: DEFAULT_STATE_MB << 20,
+        job_memory_bytes: DEFAULT_JOB_MEMORY_MB << 20,
+        call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// What a vertex is.
@@ -588,6 +648,13 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         );
     }
     let job_limits = file.limits.clone().unwrap_or_default();
+    let job_memory_mb = job_limits.job_memory_mb.unwrap_or(DEFAULT_JOB_MEMORY_MB);
+    if job_memory_mb == 0 || job_memory_mb > MAX_JOB_MEMORY_MB {
+        problems.add(
+            "limits.job_memory_mb",
+            format!("must be between 1 and {MAX_JOB_MEMORY_MB} (1 TiB), got {job_memory_mb}"),
+        );
+    }
     let checkpoints = checkpoint_config(file.checkpoints, &mut problems);
     let savepoint_dir = file.savepoints.and_then(|s| s.dir);
     if savepoint_dir
@@ -731,28 +798,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             );
         }
         let own = o.limits.unwrap_or_default();
-        let memory_mb = own
-            .memory_mb
-            .or(job_limits.memory_mb)
-            .unwrap_or(DEFAULT_MEMORY_MB);
-        let fuel_per_call = own
-            .fuel_per_call
-            .or(job_limits.fuel_per_call)
-            .unwrap_or(DEFAULT_FUEL_PER_CALL);
-        if memory_mb == 0 || memory_mb > 4096 {
-            problems.add(
-                format!("{field}.limits.memory_mb"),
-                format!(
-                    "must be between 1 and 4096 (a 32-bit guest's address space), got {memory_mb}"
-                ),
-            );
-        }
-        if !(1..=MAX_FUEL_PER_CALL).contains(&fuel_per_call) {
-            problems.add(
-                format!("{field}.limits.fuel_per_call"),
-                format!("must be between 1 and {MAX_FUEL_PER_CALL}, got {fuel_per_call}"),
-            );
-        }
+        let limits = resolve_limits(&own, &job_limits, &field, job_memory_mb, &mut problems);
         drafts.push(Draft {
             uid: o.uid,
             field,
@@ -760,10 +806,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             kind: VertexKind::Operator {
                 plugin,
                 config: o.config,
-                limits: Limits {
-                    memory_bytes: memory_mb << 20,
-                    fuel_per_call,
-                },
+                limits,
             },
             inputs: o
                 .input
@@ -857,6 +900,103 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         })
     } else {
         Err(problems.0)
+    }
+}
+
+/// The largest `job_memory_mb` and `state_mb`: 1 TiB.
+const MAX_JOB_MEMORY_MB: u64 = 1 << 20;
+
+/// Resolves an operator's limits (its own `limits` table over the job's
+/// `[limits]` over the defaults), adding a problem for each out of bounds.
+fn resolve_limits(
+    own: &LimitsSpec,
+    job: &LimitsSpec,
+    field: &str,
+    job_memory_mb: u64,
+    problems: &mut Problems,
+) -> Limits {
+    let mut get =
+        |knob: &str, own_v: Option<u64>, job_v: Option<u64>, default: u64, max: u64, why: &str| {
+            let v = own_v.or(job_v).unwrap_or(default);
+            if v == 0 || v > max {
+                problems.add(
+                    format!("{field}.limits.{knob}"),
+                    format!("must be between 1 and {max}{why}, got {v}"),
+                );
+            }
+            v.clamp(1, max)
+        };
+    let memory_mb = get(
+        "memory_mb",
+        own.memory_mb,
+        job.memory_mb,
+        DEFAULT_MEMORY_MB,
+        4096,
+        " (a 32-bit guest's address space)",
+    );
+    let fuel_per_call = get(
+        "fuel_per_call",
+        own.fuel_per_call,
+        job.fuel_per_call,
+        DEFAULT_FUEL_PER_CALL,
+        MAX_FUEL_PER_CALL,
+        "",
+    );
+    let fuel_per_snapshot = get(
+        "fuel_per_snapshot",
+        own.fuel_per_snapshot,
+        job.fuel_per_snapshot,
+        fuel_per_call * SNAPSHOT_FUEL_FACTOR,
+        MAX_FUEL_PER_CALL * SNAPSHOT_FUEL_FACTOR,
+        "",
+    );
+    let emit_mb = get(
+        "emit_mb_per_call",
+        own.emit_mb_per_call,
+        job.emit_mb_per_call,
+        DEFAULT_EMIT_MB_PER_CALL,
+        4096,
+        " (4 GiB)",
+    );
+    let log_kb = get(
+        "log_kb_per_call",
+        own.log_kb_per_call,
+        job.log_kb_per_call,
+        DEFAULT_LOG_KB_PER_CALL,
+        1 << 20,
+        " (1 GiB)",
+    );
+    let state_mb = get(
+        "state_mb",
+        own.state_mb,
+        job.state_mb,
+        DEFAULT_STATE_MB,
+        MAX_JOB_MEMORY_MB,
+        " (1 TiB)",
+    );
+    let call_timeout_ms = get(
+        "call_timeout_ms",
+        own.call_timeout_ms,
+        job.call_timeout_ms,
+        DEFAULT_CALL_TIMEOUT_MS,
+        3_600_000,
+        " (an hour)",
+    );
+    if own.job_memory_mb.is_some() {
+        problems.add(
+            format!("{field}.limits.job_memory_mb"),
+            "is a budget of the whole job: set it in the top-level `[limits]` table",
+        );
+    }
+    Limits {
+        memory_bytes: memory_mb << 20,
+        fuel_per_call,
+        fuel_per_snapshot,
+        emit_bytes_per_call: emit_mb << 20,
+        log_bytes_per_call: log_kb << 10,
+        state_bytes: state_mb << 20,
+        job_memory_bytes: job_memory_mb.clamp(1, MAX_JOB_MEMORY_MB) << 20,
+        call_timeout_ms,
     }
 }
 
@@ -1356,6 +1496,78 @@ uid = "out"
 type = "blackhole"
 input = ["count"]
 "#;
+
+    fn operator_limits(g: &JobGraph, uid: &str) -> Limits {
+        match &g.vertices.iter().find(|v| v.uid == uid).unwrap().kind {
+            VertexKind::Operator { limits, .. } => *limits,
+            _ => panic!("{uid} is not an operator"),
+        }
+    }
+
+    #[test]
+    fn limits_resolve_operator_over_job_over_defaults_and_are_bounded() {
+        let g = parse(GOOD).unwrap();
+        assert_eq!(operator_limits(&g, "tok"), Limits::default());
+        assert_eq!(
+            Limits::default().fuel_per_snapshot,
+            50 * DEFAULT_FUEL_PER_CALL
+        );
+
+        let job = GOOD.replace(
+            "[[sources]]",
+            "[limits]\nstate_mb = 8\nfuel_per_call = 10\njob_memory_mb = 100\n[[sources]]",
+        );
+        let job = job.replacen(
+            "input = \"lines\"\n",
+            "input = \"lines\"\nlimits = { state_mb = 16, emit_mb_per_call = 2, log_kb_per_call = 3, call_timeout_ms = 4 }\n",
+            1,
+        );
+        let g = parse(&job).unwrap();
+        let tok = operator_limits(&g, "tok");
+        assert_eq!(
+            (
+                tok.state_bytes,
+                tok.emit_bytes_per_call,
+                tok.log_bytes_per_call
+            ),
+            (16 << 20, 2 << 20, 3 << 10)
+        );
+        assert_eq!(
+            (
+                tok.call_timeout_ms,
+                tok.fuel_per_call,
+                tok.fuel_per_snapshot
+            ),
+            (4, 10, 500)
+        );
+        assert_eq!(tok.job_memory_bytes, 100 << 20);
+        let count = operator_limits(&g, "count");
+        assert_eq!(
+            (count.state_bytes, count.emit_bytes_per_call),
+            (8 << 20, 64 << 20)
+        );
+
+        let bad = GOOD.replace(
+            "[[sources]]",
+            "[limits]\nstate_mb = 0\njob_memory_mb = 99999999999\ncall_timeout_ms = 3600001\n[[sources]]",
+        );
+        let bad = bad.replacen(
+            "input = \"lines\"\n",
+            "input = \"lines\"\nlimits = { job_memory_mb = 5, emit_mb_per_call = 5000 }\n",
+            1,
+        );
+        let p = problems(&bad);
+        for expected in [
+            "limits.job_memory_mb: must be between 1 and 1048576 (1 TiB), got 99999999999",
+            "operators[0].limits.state_mb: must be between 1 and 1048576 (1 TiB), got 0",
+            "operators[0].limits.emit_mb_per_call: must be between 1 and 4096 (4 GiB), got 5000",
+            "operators[0].limits.call_timeout_ms: must be between 1 and 3600000 (an hour), got 3600001",
+            "operators[0].limits.job_memory_mb: is a budget of the whole job: set it in the top-level `[limits]` table",
+            "operators[1].limits.state_mb: must be between 1 and 1048576 (1 TiB), got 0",
+        ] {
+            assert!(p.iter().any(|m| m == expected), "{expected} not in {p:#?}");
+        }
+    }
 
     #[test]
     fn builds_a_topologically_sorted_graph_with_default_partitions() {

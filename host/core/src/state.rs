@@ -137,6 +137,30 @@ impl<'de> serde::Deserialize<'de> for Value {
 }
 
 impl Value {
+    /// About how many bytes the value takes in memory: its own size and
+    /// its payload's, nested values included.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Boolean(_)
+                | Value::Int(_)
+                | Value::Uint(_)
+                | Value::Float(_)
+                | Value::None => 0,
+                Value::Text(s) => s.len(),
+                Value::Bytes(b) => b.len(),
+                Value::List(items) => list_bytes(items),
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .map(|(k, v)| k.approx_bytes() + v.approx_bytes())
+                    .sum(),
+                Value::Record(fields) => fields
+                    .iter()
+                    .map(|(name, v)| name.len() + v.approx_bytes())
+                    .sum(),
+            }
+    }
+
     /// A canonical byte form, used to compare and hash map keys (floats
     /// compare by bit pattern, so `NaN` keys are usable and `-0.0 != 0.0`).
     pub fn canonical_bytes(&self) -> Vec<u8> {
@@ -614,6 +638,10 @@ pub trait KeyedStateBackend: Send {
     ) -> Result<(), StateError>;
     /// How many (state, key) entries the backend holds.
     fn len(&self) -> usize;
+    /// About how many bytes the entries take: keys and values with their
+    /// payloads (not the hash tables' overhead). Kept up to date by every
+    /// write, so the host can bound a plugin's keyed state cheaply.
+    fn approx_bytes(&self) -> u64;
     /// The kind state `name` is bound to here (by a write or a restore),
     /// or `None` if it is unbound; `keyed-state.declare` checks it.
     fn bound_kind(&self, name: &str) -> Option<StateKind>;
@@ -685,6 +713,16 @@ impl Table {
         }
     }
 
+    /// [`KeyedStateBackend::approx_bytes`] of this table, counted afresh.
+    fn approx_bytes(&self) -> u64 {
+        let bytes: usize = match self {
+            Table::Value(t) => t.iter().map(|(k, v)| k.len() + v.approx_bytes()).sum(),
+            Table::Map(t) => t.iter().map(|(k, m)| k.len() + map_bytes(m)).sum(),
+            Table::List(t) => t.iter().map(|(k, l)| k.len() + list_bytes(l)).sum(),
+        };
+        bytes as u64
+    }
+
     /// A deep copy of the entries, in hash order: sorting millions of keys
     /// would lengthen the pause a snapshot imposes on processing.
     fn snapshot(&self) -> StateEntries {
@@ -746,6 +784,8 @@ pub struct MemoryStateBackend {
     groups: Vec<HashMap<String, Table>>,
     /// Kinds bound so far, per state name, across key groups.
     kinds: HashMap<String, StateKind>,
+    /// [`KeyedStateBackend::approx_bytes`], kept by every write.
+    bytes: u64,
 }
 
 impl MemoryStateBackend {
@@ -755,6 +795,7 @@ impl MemoryStateBackend {
             range,
             groups: (0..range.len()).map(|_| HashMap::default()).collect(),
             kinds: HashMap::default(),
+            bytes: 0,
         }
     }
 
@@ -875,46 +916,79 @@ impl KeyedStateBackend for MemoryStateBackend {
             Update::MapPut(..) | Update::MapRemove(_) | Update::MapClear => StateKind::Map,
             Update::ListSet(_) | Update::ListClear => StateKind::List,
         };
+        let (mut added, mut removed) = (0usize, 0usize);
         match (self.table_mut(kg, name, kind)?, update) {
-            (Table::Value(t), Update::ValueSet(v)) => match t.get_mut(key) {
-                Some(slot) => *slot = v,
-                None => {
-                    t.insert(key.to_vec(), v);
+            (Table::Value(t), Update::ValueSet(v)) => {
+                added = v.approx_bytes();
+                match t.get_mut(key) {
+                    Some(slot) => {
+                        removed = slot.approx_bytes();
+                        *slot = v;
+                    }
+                    None => {
+                        added += key.len();
+                        t.insert(key.to_vec(), v);
+                    }
                 }
-            },
+            }
             (Table::Value(t), Update::ValueClear) => {
-                t.remove(key);
+                if let Some(old) = t.remove(key) {
+                    removed = key.len() + old.approx_bytes();
+                }
             }
             (Table::Map(t), Update::MapPut(k, v)) => {
-                t.entry(key.to_vec())
-                    .or_default()
-                    .insert(k.canonical_bytes(), (k, v));
+                let canonical = k.canonical_bytes();
+                added = canonical.len() + k.approx_bytes() + v.approx_bytes();
+                let map = match t.get_mut(key) {
+                    Some(map) => map,
+                    None => {
+                        added += key.len();
+                        t.entry(key.to_vec()).or_default()
+                    }
+                };
+                if let Some((c, (ok, ov))) = map.remove_entry(&canonical) {
+                    removed = c.len() + ok.approx_bytes() + ov.approx_bytes();
+                }
+                map.insert(canonical, (k, v));
             }
             (Table::Map(t), Update::MapRemove(k)) => {
                 if let Some(m) = t.get_mut(key) {
-                    m.remove(&k.canonical_bytes());
+                    if let Some((c, (ok, ov))) = m.remove_entry(&k.canonical_bytes()) {
+                        removed = c.len() + ok.approx_bytes() + ov.approx_bytes();
+                    }
                     if m.is_empty() {
                         t.remove(key);
+                        removed += key.len();
                     }
                 }
             }
             (Table::Map(t), Update::MapClear) => {
-                t.remove(key);
+                if let Some(m) = t.remove(key) {
+                    removed = key.len() + map_bytes(&m);
+                }
             }
             (Table::List(t), Update::ListSet(values)) if values.is_empty() => {
-                t.remove(key);
+                if let Some(old) = t.remove(key) {
+                    removed = key.len() + list_bytes(&old);
+                }
             }
             (Table::List(t), Update::ListSet(values)) => {
-                t.insert(key.to_vec(), values);
+                added = key.len() + list_bytes(&values);
+                if let Some(old) = t.insert(key.to_vec(), values) {
+                    removed = key.len() + list_bytes(&old);
+                }
             }
             (Table::List(t), Update::ListClear) => {
-                t.remove(key);
+                if let Some(old) = t.remove(key) {
+                    removed = key.len() + list_bytes(&old);
+                }
             }
             (table, update) => unreachable!(
                 "invariant: table_mut returned a {} table for {update:?}",
                 table.kind()
             ),
         }
+        self.bytes = (self.bytes + added as u64).saturating_sub(removed as u64);
         Ok(())
     }
 
@@ -924,6 +998,10 @@ impl KeyedStateBackend for MemoryStateBackend {
             .flat_map(|g| g.values())
             .map(Table::len)
             .sum()
+    }
+
+    fn approx_bytes(&self) -> u64 {
+        self.bytes
     }
 
     fn snapshot(&self) -> Vec<KeyGroupSnapshot> {
@@ -1018,8 +1096,24 @@ impl KeyedStateBackend for MemoryStateBackend {
                     .load(state.entries);
             }
         }
+        self.bytes = self
+            .groups
+            .iter()
+            .flat_map(|g| g.values())
+            .map(Table::approx_bytes)
+            .sum();
         Ok(())
     }
+}
+
+fn list_bytes(values: &[Value]) -> usize {
+    values.iter().map(Value::approx_bytes).sum()
+}
+
+fn map_bytes(map: &MapEntries) -> usize {
+    map.iter()
+        .map(|(c, (k, v))| c.len() + k.approx_bytes() + v.approx_bytes())
+        .sum()
 }
 
 #[cfg(test)]
@@ -1028,6 +1122,65 @@ mod tests {
 
     fn backend() -> MemoryStateBackend {
         MemoryStateBackend::new(KeyGroupRange { start: 4, end: 8 })
+    }
+
+    #[test]
+    fn approx_bytes_follows_every_write_and_a_restore() {
+        let mut b = backend();
+        let kg = KeyGroup(5);
+        let recount = |b: &MemoryStateBackend| -> u64 {
+            b.groups
+                .iter()
+                .flat_map(|g| g.values())
+                .map(Table::approx_bytes)
+                .sum()
+        };
+        let text = |s: &str| Value::Text(s.into());
+        let updates = [
+            (
+                "v",
+                &b"k1"[..],
+                Update::ValueSet(Value::Bytes(vec![0; 1000])),
+            ),
+            ("v", b"k1", Update::ValueSet(text("small"))),
+            ("v", b"k2", Update::ValueSet(Value::Int(1))),
+            ("v", b"k2", Update::ValueClear),
+            ("m", b"k1", Update::MapPut(text("a"), text("xxxx"))),
+            ("m", b"k1", Update::MapPut(text("a"), text("y"))),
+            (
+                "m",
+                b"k1",
+                Update::MapPut(text("b"), Value::List(vec![Value::Int(1)])),
+            ),
+            ("m", b"k1", Update::MapRemove(text("a"))),
+            ("m", b"k2", Update::MapPut(text("c"), text("z"))),
+            ("m", b"k2", Update::MapRemove(text("c"))),
+            ("m", b"k3", Update::MapPut(text("c"), text("z"))),
+            ("m", b"k3", Update::MapClear),
+            ("l", b"k1", Update::ListSet(vec![text("one"), text("two")])),
+            ("l", b"k1", Update::ListSet(vec![text("three")])),
+            ("l", b"k2", Update::ListSet(vec![text("x")])),
+            ("l", b"k2", Update::ListSet(vec![])),
+            ("l", b"k3", Update::ListSet(vec![text("x")])),
+            ("l", b"k3", Update::ListClear),
+        ];
+        for (name, key, update) in updates {
+            b.apply(kg, name, key, update).unwrap();
+            assert_eq!(b.approx_bytes(), recount(&b), "after a write to {name}");
+        }
+        assert!(b.approx_bytes() > 0);
+        let mut restored = backend();
+        restored.restore(b.snapshot()).unwrap();
+        assert_eq!(restored.approx_bytes(), b.approx_bytes());
+        for (name, key) in [("v", &b"k1"[..]), ("m", b"k1"), ("l", b"k1")] {
+            let clear = match name {
+                "v" => Update::ValueClear,
+                "m" => Update::MapClear,
+                _ => Update::ListClear,
+            };
+            b.apply(kg, name, key, clear).unwrap();
+        }
+        assert_eq!(b.approx_bytes(), 0);
     }
 
     #[test]

@@ -314,16 +314,7 @@ fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
         let p = engine
             .load("count", Path::new(plugin))
             .unwrap()
-            .declared_states(
-                "count",
-                "",
-                1,
-                128,
-                weir_host::job::Limits {
-                    memory_bytes: weir_host::job::DEFAULT_MEMORY_MB << 20,
-                    fuel_per_call: weir_host::job::DEFAULT_FUEL_PER_CALL,
-                },
-            )
+            .declared_states("count", "", 1, 128, weir_host::job::Limits::default())
             .unwrap();
         BTreeMap::from([("count".to_owned(), p)])
     };

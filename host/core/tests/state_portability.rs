@@ -78,6 +78,7 @@ fn run(
             limits: Limits {
                 memory_bytes: 256 << 20,
                 fuel_per_call: 20_000_000_000,
+                ..Limits::default()
             },
             state,
             operator_state: Vec::new(),

@@ -18,6 +18,10 @@ pub const VOCABULARY: u64 = 100_000;
 pub const LIMITS: Limits = Limits {
     memory_bytes: 1 << 30,
     fuel_per_call: 10_000_000_000,
+    // Benchmarks hold more state than a default job may.
+    state_bytes: 1 << 40,
+    job_memory_bytes: 1 << 40,
+    ..Limits::DEFAULT
 };
 
 /// The value of the environment variable `name`, or `default` if it is

@@ -2,13 +2,16 @@
 //! hash), pre-instantiated, then instantiated per subtask inside a sandbox.
 //! This is the only module that touches wasmtime.
 
+mod cache;
 mod declared;
 mod descriptor;
 mod sandbox;
 mod value;
 
+pub use self::cache::default_key_path as default_cache_key_path;
 pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
 pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
+pub use self::sandbox::JobMemory;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -23,7 +26,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::weir::operator::{keyed_state, logging, operator_state, output, types};
 use self::declared::Declarations;
-use self::sandbox::{GuestOutput, MemoryLimiter, Stream};
+use self::sandbox::{
+    GuestOutput, LimitHit, LogMeter, MAX_LOG_LINE, MemoryLimiter, MemoryShare, Part, Stream, mib,
+};
 use crate::error::Error;
 use crate::job::Limits;
 use crate::keygroup::KeyGroupRange;
@@ -34,17 +39,33 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "stream-operator",
+        // These may trap: each is where a guest could make the host
+        // allocate without bound, so each enforces a limit.
+        imports: {
+            "weir:operator/output.emit": trappable,
+            "weir:operator/logging.log": trappable,
+            "weir:operator/keyed-state.write": trappable,
+        },
     });
 }
 
 /// The WIT world version this host implements.
 pub const WORLD: &str = "weir:operator/stream-operator@0.1.0";
 
+/// The most native stack a guest's Wasm frames may use. Deeper recursion
+/// traps as a stack overflow naming this limit; it is well below the 2 MiB
+/// of the threads that run subtasks, so the host's own frames always fit.
+pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// How often the engine's epoch advances: the resolution of the
+/// wall-clock bound on hook calls (`limits.call_timeout_ms`).
+const EPOCH_TICK: Duration = Duration::from_millis(50);
+
 /// Compiles, caches and loads plugins. One per process; cheap to share.
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<cache::Cache>,
 }
 
 /// How a plugin was obtained, for benchmarks and logs.
@@ -61,16 +82,47 @@ pub struct LoadStats {
 pub struct Plugin {
     path: PathBuf,
     pre: bindings::StreamOperatorPre<InstanceState>,
+    job_memory: JobMemory,
     /// How it was loaded.
     pub stats: LoadStats,
 }
 
 impl PluginEngine {
-    /// Creates the engine. `cache_dir`, if given, holds compiled plugins.
+    /// Creates the engine. `cache_dir`, if given, holds compiled plugins,
+    /// signed with the key at [`default_cache_key_path`] (without a home
+    /// directory to keep it in, plugins are not cached).
     ///
     /// # Errors
-    /// [`Error::Internal`] if wasmtime rejects the configuration.
+    /// [`Error::PluginCache`] if the cache directory or its key is unsafe
+    /// to use (see [`PluginEngine::with_cache_key`]); [`Error::Internal`]
+    /// if wasmtime rejects the configuration.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, Error> {
+        let key = default_cache_key_path();
+        if cache_dir.is_some() && key.is_none() {
+            tracing::warn!(
+                "not caching compiled plugins: neither XDG_CONFIG_HOME nor HOME is set, so there \
+                 is nowhere to keep the key that signs them"
+            );
+        }
+        match (cache_dir, key) {
+            (Some(dir), Some(key)) => Self::with_cache_key(Some((dir, key))),
+            _ => Self::with_cache_key(None),
+        }
+    }
+
+    /// Creates the engine with compiled plugins cached in `cache.0`,
+    /// signed with the key in file `cache.1` (created if missing), which
+    /// must be outside the cache directory.
+    ///
+    /// # Errors
+    /// [`Error::PluginCache`] if the directory or the key cannot be
+    /// created, belongs to another user, or is open to others (the
+    /// directory writable by group or others, the key readable by them);
+    /// [`Error::Internal`] if wasmtime rejects the configuration.
+    pub fn with_cache_key(cache: Option<(PathBuf, PathBuf)>) -> Result<Self, Error> {
+        let cache = cache
+            .map(|(dir, key)| cache::Cache::open(&dir, &key))
+            .transpose()?;
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -79,18 +131,24 @@ impl PluginEngine {
             .concurrency_support(false)
             // The CPU budget: costs under 10% on word count.
             .consume_fuel(true)
+            // The wall-clock bound per call, for what fuel does not see.
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine =
             Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::Internal(format!("linking WASI: {e:#}")))?;
+        sandbox::deny_blocking(&mut linker)
+            .map_err(|e| Error::Internal(format!("replacing WASI timers: {e:#}")))?;
+        start_epoch_ticker(&engine)?;
         bindings::StreamOperator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::Internal(format!("linking the operator world: {e:#}")))?;
         Ok(Self {
             engine,
             linker,
-            cache_dir,
+            cache,
         })
     }
 
@@ -122,6 +180,7 @@ impl PluginEngine {
         Ok(Plugin {
             path: path.to_owned(),
             pre,
+            job_memory: JobMemory::new(),
             stats: LoadStats {
                 from_cache,
                 elapsed: started.elapsed(),
@@ -130,43 +189,65 @@ impl PluginEngine {
     }
 
     fn compile_cached(&self, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
-        let Some(dir) = &self.cache_dir else {
+        let Some(cache) = &self.cache else {
             return Ok((Component::new(&self.engine, bytes)?, false));
         };
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut compat);
-        let file = dir.join(format!(
+        let name = format!(
             "{}-{:016x}.cwasm",
             hex::encode(Sha256::digest(bytes)),
             compat.finish()
-        ));
-        if file.is_file() {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash, into Weir's own cache
-            // directory; wasmtime still checks its header and version.
-            match unsafe { Component::deserialize_file(&self.engine, &file) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(
-                    "ignoring unusable plugin cache entry {}: {e:#}",
-                    file.display()
-                ),
+        );
+        match cache.read(&name) {
+            Ok(None) => {}
+            Ok(Some(code)) => {
+                // SAFETY: the entry's HMAC, under this installation's key,
+                // proves this host wrote it for exactly this component and
+                // engine configuration; wasmtime still checks its header.
+                match unsafe { Component::deserialize(&self.engine, &code) } {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => tracing::warn!(
+                        "ignoring unusable plugin cache entry {}: {e:#}",
+                        cache.path(&name).display()
+                    ),
+                }
             }
+            Err(why) => tracing::warn!(
+                "ignoring plugin cache entry {}: {why}; compiling the plugin again",
+                cache.path(&name).display()
+            ),
         }
         let component = Component::new(&self.engine, bytes)?;
-        if let Err(e) = write_atomically(dir, &file, &component.serialize()?) {
-            tracing::warn!("cannot cache compiled plugin in {}: {e}", dir.display());
+        if let Err(e) = cache.write(&name, &component.serialize()?) {
+            tracing::warn!(
+                "cannot cache compiled plugin in {}: {e}",
+                cache.dir().display()
+            );
         }
         Ok((component, false))
     }
 }
 
-fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, file)
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
+/// dropped, so a call past its deadline traps.
+fn start_epoch_ticker(engine: &Engine) -> Result<(), Error> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("spawning the epoch ticker: {e}")))?;
+    Ok(())
 }
 
 /// Tells a component from a core module or a non-Wasm file up front, since
@@ -213,7 +294,13 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    limits: Limits,
     output: Vec<u8>,
+    /// Bytes emitted in the current call.
+    emitted: u64,
+    /// The limit an import refused in the current call.
+    hit: Option<LimitHit>,
+    log: LogMeter,
     keyed: Box<dyn KeyedStateBackend>,
     operator_state: HashMap<String, Vec<Value>>,
     declared: Declarations,
@@ -241,6 +328,7 @@ pub struct OperatorInstance {
     subtask: u32,
     limits: Limits,
     stderr: GuestOutput,
+    log: LogMeter,
 }
 
 impl Plugin {
@@ -249,24 +337,55 @@ impl Plugin {
         &self.path
     }
 
+    /// Counts this plugin's instances in `memory`, the count of the job
+    /// they belong to, against `limits.job_memory_mb`. A plugin loaded on
+    /// its own counts in a fresh one.
+    #[must_use]
+    pub fn with_job_memory(mut self, memory: &JobMemory) -> Self {
+        self.job_memory = memory.clone();
+        self
+    }
+
     /// Instantiates the plugin for one subtask and calls its `open` hook.
     ///
     /// # Errors
     /// [`Error::OperatorFailed`] if instantiation or `open` fails.
     pub fn instantiate(&self, cfg: InstanceConfig) -> Result<OperatorInstance, Error> {
         let tag: Arc<str> = format!("{}#{}", cfg.uid, cfg.subtask).into();
-        let stderr = GuestOutput::new(tag.clone(), Stream::Stderr);
+        let log = LogMeter::new(cfg.limits.log_bytes_per_call);
+        let stdout = GuestOutput::new(tag.clone(), Stream::Stdout, log.clone());
+        let stderr = GuestOutput::new(tag.clone(), Stream::Stderr, log.clone());
         let engine = self.pre.engine();
+        let mut share = MemoryShare::new(self.job_memory.clone(), cfg.limits.job_memory_bytes);
+        let restored = cfg.state.approx_bytes();
+        let fail = |hook: &'static str, hit: LimitHit| Error::LimitExceeded {
+            uid: cfg.uid.clone(),
+            plugin: self.path.clone(),
+            subtask: cfg.subtask,
+            hook,
+            message: hit.0,
+        };
+        if restored > cfg.limits.state_bytes {
+            return Err(fail("restore", state_limit(restored, cfg.limits)));
+        }
+        share
+            .set(Part::State, restored)
+            .map_err(|hit| fail("restore", hit))?;
         let mut store = Store::new(
             engine,
             InstanceState {
-                wasi: sandbox::wasi_ctx(&tag, &stderr),
+                wasi: sandbox::wasi_ctx(&stdout, &stderr),
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter {
                     cap: usize::try_from(cfg.limits.memory_bytes).unwrap_or(usize::MAX),
-                    exceeded: false,
+                    hit: None,
+                    share,
                 },
+                limits: cfg.limits,
                 output: Vec::new(),
+                emitted: 0,
+                hit: None,
+                log: log.clone(),
                 keyed: cfg.state,
                 operator_state: cfg.operator_state.into_iter().collect(),
                 declared: Declarations::default(),
@@ -277,6 +396,7 @@ impl Plugin {
             },
         );
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
         let mut instance = OperatorInstance {
             bindings: instantiate_into(
                 &self.pre,
@@ -292,6 +412,7 @@ impl Plugin {
             subtask: cfg.subtask,
             limits: cfg.limits,
             stderr,
+            log,
         };
         let context = bindings::exports::weir::operator::operator::OperatorContext {
             uid: cfg.uid,
@@ -355,44 +476,119 @@ fn instantiate_into(
     store
         .set_fuel(limits.fuel_per_call)
         .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-    pre.instantiate(&mut *store)
-        .map_err(|e| Error::OperatorFailed {
+    store.set_epoch_deadline(epoch_ticks(limits.call_timeout_ms));
+    pre.instantiate(&mut *store).map_err(|e| {
+        failure(
+            &e,
+            store.data(),
+            uid,
+            plugin,
+            subtask,
+            "instantiate",
+            limits.fuel_per_call,
+            limits.call_timeout_ms,
+            "",
+        )
+    })
+}
+
+/// How many epoch ticks make `ms` milliseconds (at least one).
+fn epoch_ticks(ms: u64) -> u64 {
+    ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
+}
+
+fn state_limit(bytes: u64, limits: Limits) -> LimitHit {
+    LimitHit(format!(
+        "holds {} MiB of keyed state, over its limit of {} MiB (`limits.state_mb`)",
+        mib(bytes),
+        mib(limits.state_bytes)
+    ))
+}
+
+/// The error for a failed call: a limit hit names the limit (and is not
+/// retried); anything else is a trap described by its kind.
+#[allow(clippy::too_many_arguments)]
+fn failure(
+    e: &wasmtime::Error,
+    data: &InstanceState,
+    uid: &str,
+    plugin: &Path,
+    subtask: u32,
+    hook: &'static str,
+    fuel: u64,
+    timeout_ms: u64,
+    stderr: &str,
+) -> Error {
+    let fuel_knob = if fuel == data.limits.fuel_per_call {
+        "limits.fuel_per_call"
+    } else {
+        "limits.fuel_per_snapshot"
+    };
+    let hit = data
+        .limiter
+        .hit
+        .clone()
+        .or_else(|| data.hit.clone())
+        .or_else(|| data.log.hit())
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<LimitHit>().cloned())
+        })
+        .or_else(|| match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Some(LimitHit(format!(
+                "exceeded its CPU budget of {fuel} fuel per call (`{fuel_knob}`)"
+            ))),
+            Some(Trap::Interrupt) => Some(LimitHit(format!(
+                "ran longer than its wall-clock bound of {timeout_ms} ms per call \
+                 (`limits.call_timeout_ms`{})",
+                if fuel_knob == "limits.fuel_per_call" {
+                    ""
+                } else {
+                    ", scaled for this hook by fuel_per_snapshot / fuel_per_call"
+                }
+            ))),
+            Some(Trap::StackOverflow) => Some(LimitHit(format!(
+                "stack overflow: recursion deeper than the host's Wasm stack limit of {} KiB \
+                 (`MAX_WASM_STACK`, fixed)",
+                MAX_WASM_STACK >> 10
+            ))),
+            _ => None,
+        });
+    let with_stderr = |mut msg: String| {
+        if !stderr.is_empty() {
+            msg.push_str("; guest stderr: ");
+            msg.push_str(stderr);
+        }
+        msg
+    };
+    match hit {
+        Some(hit) => Error::LimitExceeded {
             uid: uid.to_owned(),
             plugin: plugin.to_owned(),
             subtask,
-            hook: "instantiate",
-            message: describe_trap(&e, store.data().limiter.exceeded, limits, ""),
-        })
+            hook,
+            message: with_stderr(hit.0),
+        },
+        None => Error::OperatorFailed {
+            uid: uid.to_owned(),
+            plugin: plugin.to_owned(),
+            subtask,
+            hook,
+            message: with_stderr(describe_trap(e)),
+        },
+    }
 }
 
-fn describe_trap(
-    e: &wasmtime::Error,
-    memory_exceeded: bool,
-    limits: Limits,
-    stderr: &str,
-) -> String {
-    let mut msg = if memory_exceeded {
-        format!(
-            "exceeded its memory limit of {} MiB (`limits.memory_mb`)",
-            limits.memory_bytes >> 20
-        )
-    } else if let Some(Trap::OutOfFuel) = e.downcast_ref::<Trap>() {
-        format!(
-            "exceeded its CPU budget of {} fuel per call (`limits.fuel_per_call`)",
-            limits.fuel_per_call
-        )
-    } else {
-        // The first line names the trap; wasmtime's backtrace follows.
-        format!(
+/// A trap that is no limit: its kind (wasmtime puts it after the
+/// backtrace in the error's chain), else the first line of the error.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!(
             "trapped: {}",
             format!("{e:#}").lines().next().unwrap_or_default()
-        )
-    };
-    if !stderr.is_empty() {
-        msg.push_str("; guest stderr: ");
-        msg.push_str(stderr);
+        ),
     }
-    msg
 }
 
 impl OperatorInstance {
@@ -404,26 +600,66 @@ impl OperatorInstance {
             &mut Store<InstanceState>,
         ) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Error> {
-        self.store
-            .set_fuel(self.limits.fuel_per_call)
-            .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-        let failed = |message: String| Error::OperatorFailed {
-            uid: self.uid.clone(),
-            plugin: self.plugin.clone(),
-            subtask: self.subtask,
-            hook,
-            message,
+        // `snapshot` and `close` flush cached state: a budget of their own,
+        // so a big flush fits while a spinning one is still stopped.
+        let (fuel, timeout_ms) = match hook {
+            "snapshot" | "close" => (
+                self.limits.fuel_per_snapshot,
+                self.limits.call_timeout_ms.saturating_mul(
+                    (self.limits.fuel_per_snapshot / self.limits.fuel_per_call).max(1),
+                ),
+            ),
+            _ => (self.limits.fuel_per_call, self.limits.call_timeout_ms),
         };
-        match f(&self.bindings, &mut self.store) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(message)) => Err(failed(format!("returned an error: {message}"))),
-            Err(e) => Err(failed(describe_trap(
-                &e,
-                self.store.data().limiter.exceeded,
-                self.limits,
-                &self.stderr.tail(),
-            ))),
+        self.store
+            .set_fuel(fuel)
+            .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
+        self.store.set_epoch_deadline(epoch_ticks(timeout_ms));
+        self.begin_call();
+        let result = f(&self.bindings, &mut self.store);
+        if let Some((lines, bytes, budget)) = self.log.end_call() {
+            tracing::warn!(
+                target: "weir::plugin",
+                "[{}#{}] dropped {lines} log line(s) ({bytes} bytes) of `{hook}` over the log \
+                 budget of {} KiB per call (`limits.log_kb_per_call`)",
+                self.uid,
+                self.subtask,
+                budget >> 10
+            );
         }
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(message)) => Err(Error::OperatorFailed {
+                uid: self.uid.clone(),
+                plugin: self.plugin.clone(),
+                subtask: self.subtask,
+                hook,
+                message: format!("returned an error: {message}"),
+            }),
+            Err(e) => Err(failure(
+                &e,
+                self.store.data(),
+                &self.uid,
+                &self.plugin,
+                self.subtask,
+                hook,
+                fuel,
+                timeout_ms,
+                &self.stderr.tail(),
+            )),
+        }
+    }
+
+    /// Resets what is counted per call; the records emitted by the last
+    /// call were routed (the caller empties [`OperatorInstance::output`]).
+    fn begin_call(&mut self) {
+        self.log.begin_call();
+        let data = self.store.data_mut();
+        data.emitted = 0;
+        data.hit = None;
+        let buffered = data.output.len() as u64;
+        // Shrinking a share never fails.
+        let _ = data.limiter.share.set(Part::Output, buffered);
     }
 
     /// Hands a packed batch to the guest's `process` hook.
@@ -513,26 +749,69 @@ impl OperatorInstance {
 
 impl types::Host for InstanceState {}
 
+impl InstanceState {
+    /// Records `hit` as this call's failure and makes it a trap.
+    fn refuse(&mut self, hit: LimitHit) -> wasmtime::Error {
+        self.hit = Some(hit.clone());
+        wasmtime::Error::new(hit)
+    }
+}
+
 impl output::Host for InstanceState {
-    fn emit(&mut self, batch: Vec<u8>) {
+    fn emit(&mut self, batch: Vec<u8>) -> wasmtime::Result<()> {
+        self.emitted += batch.len() as u64;
+        if self.emitted > self.limits.emit_bytes_per_call {
+            let hit = LimitHit(format!(
+                "emitted more than {} MiB in one call (`limits.emit_mb_per_call`)",
+                mib(self.limits.emit_bytes_per_call)
+            ));
+            return Err(self.refuse(hit));
+        }
+        let buffered = (self.output.len() + batch.len()) as u64;
+        if let Err(hit) = self.limiter.share.set(Part::Output, buffered) {
+            return Err(self.refuse(hit));
+        }
         if self.output.is_empty() {
             self.output = batch;
         } else {
             self.output.extend_from_slice(&batch);
         }
+        Ok(())
     }
 }
 
 impl logging::Host for InstanceState {
-    fn log(&mut self, level: types::Level, message: String) {
+    fn log(&mut self, level: types::Level, mut message: String) -> wasmtime::Result<()> {
+        if let Err(hit) = self.log.offer(message.len()) {
+            return Err(self.refuse(hit));
+        }
+        let mut cut = "";
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            cut = " [line cut at 8 KiB]";
+        }
+        if self.log.admit(message.len()) == sandbox::Admit::Drop {
+            return Ok(());
+        }
         let tag = &self.tag;
         match level {
-            types::Level::Trace => tracing::trace!(target: "weir::plugin", "[{tag}] {message}"),
-            types::Level::Debug => tracing::debug!(target: "weir::plugin", "[{tag}] {message}"),
-            types::Level::Info => tracing::info!(target: "weir::plugin", "[{tag}] {message}"),
-            types::Level::Warn => tracing::warn!(target: "weir::plugin", "[{tag}] {message}"),
-            types::Level::Error => tracing::error!(target: "weir::plugin", "[{tag}] {message}"),
+            types::Level::Trace => {
+                tracing::trace!(target: "weir::plugin", "[{tag}] {message}{cut}")
+            }
+            types::Level::Debug => {
+                tracing::debug!(target: "weir::plugin", "[{tag}] {message}{cut}")
+            }
+            types::Level::Info => tracing::info!(target: "weir::plugin", "[{tag}] {message}{cut}"),
+            types::Level::Warn => tracing::warn!(target: "weir::plugin", "[{tag}] {message}{cut}"),
+            types::Level::Error => {
+                tracing::error!(target: "weir::plugin", "[{tag}] {message}{cut}")
+            }
         }
+        Ok(())
     }
 }
 
@@ -664,7 +943,25 @@ impl keyed_state::Host for InstanceState {
             .map_err(|e| e.to_string())
     }
 
-    fn write(&mut self, writes: Vec<keyed_state::StateWrite>) -> Result<(), String> {
+    fn write(
+        &mut self,
+        writes: Vec<keyed_state::StateWrite>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let result = self.apply_writes(writes);
+        let bytes = self.keyed.approx_bytes();
+        if bytes > self.limits.state_bytes {
+            let hit = state_limit(bytes, self.limits);
+            return Err(self.refuse(hit));
+        }
+        if let Err(hit) = self.limiter.share.set(Part::State, bytes) {
+            return Err(self.refuse(hit));
+        }
+        Ok(result)
+    }
+}
+
+impl InstanceState {
+    fn apply_writes(&mut self, writes: Vec<keyed_state::StateWrite>) -> Result<(), String> {
         for w in writes {
             let kg = key_group_of(&w.key, self.max_parallelism);
             let update = match w.update {
@@ -736,13 +1033,20 @@ mod tests {
             .collect()
     }
 
+    /// An engine caching in `cache`, with its key beside it.
+    fn cached_engine(cache: &Path) -> PluginEngine {
+        let key = cache.with_extension("key");
+        PluginEngine::with_cache_key(Some((cache.to_owned(), key))).unwrap()
+    }
+
     #[test]
     fn compiled_plugins_are_cached_by_content_and_a_corrupt_entry_is_recompiled() {
-        let cache = tempfile::tempdir().unwrap();
-        let engine = PluginEngine::new(Some(cache.path().to_owned())).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let engine = cached_engine(&cache);
         let wasm = Path::new(weir_test_plugins::WORD_COUNT);
         assert!(!engine.load("count", wasm).unwrap().stats.from_cache);
-        let files = cache_files(cache.path());
+        let files = cache_files(&cache);
         assert_eq!(files.len(), 1, "one entry per component");
         let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
         let digest = hex::encode(Sha256::digest(std::fs::read(wasm).unwrap()));
@@ -752,7 +1056,7 @@ mod tests {
         );
 
         // A second engine (a new process) loads the compiled code.
-        let engine = PluginEngine::new(Some(cache.path().to_owned())).unwrap();
+        let engine = cached_engine(&cache);
         assert!(engine.load("count", wasm).unwrap().stats.from_cache);
 
         // A damaged entry is ignored and replaced, not trusted.
@@ -769,10 +1073,7 @@ mod tests {
                 subtask: 0,
                 parallelism: 1,
                 max_parallelism: 128,
-                limits: Limits {
-                    memory_bytes: 64 << 20,
-                    fuel_per_call: 1_000_000_000,
-                },
+                limits: limits(),
                 state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
                     0, 1, 128,
                 ))),
@@ -796,10 +1097,102 @@ mod tests {
         assert_eq!(instance.state().len(), 2);
     }
 
+    #[test]
+    fn a_cache_entry_swapped_for_another_plugins_is_not_loaded() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let engine = cached_engine(&cache);
+        let count = Path::new(weir_test_plugins::WORD_COUNT);
+        engine.load("count", count).unwrap();
+        let count_entry = cache_files(&cache).pop().unwrap();
+        engine
+            .load("filter", Path::new(weir_test_plugins::FILTER))
+            .unwrap();
+        let filter_entry = cache_files(&cache)
+            .into_iter()
+            .find(|f| *f != count_entry)
+            .unwrap();
+        // Someone puts the filter's native code where word count's was.
+        std::fs::copy(&filter_entry, &count_entry).unwrap();
+        let plugin = engine.load("count", count).unwrap();
+        assert!(!plugin.stats.from_cache, "the swapped entry is a miss");
+        // It runs as word count, and the entry was rewritten.
+        let mut instance = plugin
+            .instantiate(config_over(MemoryStateBackend::new(
+                KeyGroupRange::for_subtask(0, 1, 128),
+            )))
+            .unwrap();
+        let mut batch = weir_format::BatchWriter::default();
+        batch.push(Some(b"the"), b"the", None);
+        instance.process(&batch.take().0).unwrap();
+        let emitted: Vec<_> = weir_format::BatchReader::new(instance.output())
+            .map(|r| r.unwrap().value.to_vec())
+            .collect();
+        assert_eq!(emitted, [b"1".to_vec()], "word count, not the filter");
+        assert!(engine.load("count", count).unwrap().stats.from_cache);
+    }
+
+    fn config_over(state: MemoryStateBackend) -> InstanceConfig {
+        InstanceConfig {
+            uid: "count".into(),
+            config: String::new(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            limits: limits(),
+            state: Box::new(state),
+            operator_state: Vec::new(),
+            attempt_number: 0,
+            restored_types: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn restored_state_over_the_state_limit_fails_before_open() {
+        let range = KeyGroupRange::for_subtask(0, 1, 128);
+        let mut state = MemoryStateBackend::new(range);
+        let key = b"k";
+        state
+            .apply(
+                key_group_of(key, 128),
+                "count",
+                key,
+                Update::ValueSet(Value::Bytes(vec![0; 3 << 20])),
+            )
+            .unwrap();
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = engine
+            .load("count", Path::new(weir_test_plugins::WORD_COUNT))
+            .unwrap();
+        let mut cfg = config_over(state);
+        cfg.limits.state_bytes = 2 << 20;
+        let Err(e) = plugin.instantiate(cfg) else {
+            panic!("3 MiB of state over a 2 MiB limit must fail");
+        };
+        assert!(
+            matches!(
+                e,
+                Error::LimitExceeded {
+                    hook: "restore",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains(
+                "holds 3 MiB of keyed state, over its limit of 2 MiB (`limits.state_mb`)"
+            ),
+            "{e}"
+        );
+        assert!(!e.restartable());
+    }
+
     fn limits() -> Limits {
         Limits {
             memory_bytes: 64 << 20,
             fuel_per_call: 1_000_000_000,
+            ..Limits::default()
         }
     }
 

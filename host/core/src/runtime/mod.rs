@@ -737,12 +737,14 @@ impl Attempt<'_> {
 fn load_plugins(graph: &JobGraph, engine: &PluginEngine) -> Result<HashMap<usize, Plugin>, Error> {
     let mut by_path: HashMap<PathBuf, Plugin> = HashMap::new();
     let mut by_vertex = HashMap::new();
+    // Every instance of the job counts in one `limits.job_memory_mb`.
+    let memory = crate::plugin::JobMemory::new();
     for (i, v) in graph.vertices.iter().enumerate() {
         if let VertexKind::Operator { plugin, .. } = &v.kind {
             let loaded = match by_path.get(plugin) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = engine.load(&v.uid, plugin)?;
+                    let p = engine.load(&v.uid, plugin)?.with_job_memory(&memory);
                     tracing::debug!(
                         "loaded plugin {} for `{}` in {:?} (cached: {})",
                         plugin.display(),
