@@ -11,6 +11,7 @@ mod control;
 mod javascript;
 mod languages;
 mod savepoints;
+mod stopping;
 
 /// Runs `weir ARGS` with a plugin cache shared by all tests.
 fn weir(args: &[&str]) -> Output {
