@@ -38,6 +38,82 @@ pub trait Source: Send {
 
     /// The position to resume from to replay everything not yet returned.
     fn offset(&self) -> u64;
+
+    /// The position a checkpoint records: the offset, and whether the
+    /// input had ended.
+    fn position(&self) -> SourcePosition {
+        SourcePosition {
+            offset: self.offset(),
+            finished: false,
+        }
+    }
+}
+
+/// A source's position as checkpoints and savepoints record it (their
+/// `source_offset`): the offset, with the top bit set once the source's
+/// input ended — so a restore keeps it ended (Flink's "finished on
+/// restore", FLIP-147) instead of reading on, and what ended with it
+/// downstream is not closed a second time.
+///
+/// Snapshots written before finished sources were recorded never set the
+/// bit (no file or count reaches 2^63), so they read as unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// Where to resume reading.
+    pub offset: u64,
+    /// The input had ended: nothing is read after a restore.
+    pub finished: bool,
+}
+
+impl SourcePosition {
+    const FINISHED: u64 = 1 << 63;
+
+    /// The recorded form.
+    pub fn encode(self) -> u64 {
+        if self.finished {
+            self.offset | Self::FINISHED
+        } else {
+            self.offset
+        }
+    }
+
+    /// Reads a recorded position.
+    pub fn decode(recorded: u64) -> Self {
+        SourcePosition {
+            offset: recorded & !Self::FINISHED,
+            finished: recorded & Self::FINISHED != 0,
+        }
+    }
+}
+
+/// A source whose input ended (in this run or before the snapshot it was
+/// restored from): it reads nothing and reports its final position.
+pub struct FinishedSource {
+    offset: u64,
+}
+
+impl FinishedSource {
+    /// A source that ended at `offset`.
+    pub fn new(offset: u64) -> Self {
+        Self { offset }
+    }
+}
+
+impl Source for FinishedSource {
+    fn next_batch(&mut self, _: &mut BatchWriter, _: usize) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn position(&self) -> SourcePosition {
+        SourcePosition {
+            offset: self.offset,
+            finished: true,
+        }
+    }
 }
 
 /// Lines of a text file, one record per line (without the line ending).
@@ -63,13 +139,40 @@ impl FileSource {
         };
         let mut file = File::open(path).map_err(io)?;
         file.seek(SeekFrom::Start(offset)).map_err(io)?;
-        Ok(Self {
+        let source = Self {
             uid: uid.to_owned(),
             path: path.to_owned(),
             reader: BufReader::with_capacity(256 * 1024, file),
             offset,
             line: Vec::new(),
-        })
+        };
+        source.check_size()?;
+        Ok(source)
+    }
+
+    /// Fails if the file is now shorter than the offset read to: seeking
+    /// or reading past its end would silently read nothing.
+    fn check_size(&self) -> Result<(), Error> {
+        let size = self
+            .reader
+            .get_ref()
+            .metadata()
+            .map_err(|source| Error::Io {
+                role: "source",
+                uid: self.uid.clone(),
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        if size < self.offset {
+            return Err(Error::SourceShrank {
+                uid: self.uid.clone(),
+                path: self.path.clone(),
+                offset: self.offset,
+                size,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -87,6 +190,8 @@ impl Source for FileSource {
                     source,
                 })?;
             if n == 0 {
+                // The end, unless the file was cut short under the reader.
+                self.check_size()?;
                 return Ok(false);
             }
             self.offset += n as u64;
@@ -236,6 +341,16 @@ pub trait Sink: Send {
     /// # Errors
     /// [`Error::Io`] if flushing fails.
     fn finish(&mut self) -> Result<(), Error>;
+
+    /// End of input after a stop with savepoint (suspend): discards what
+    /// was written since the last pre-commit, commits nothing more. What
+    /// the savepoint pre-committed was committed by its completion.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if discarding fails.
+    fn abandon(&mut self) -> Result<(), Error> {
+        self.flush()
+    }
 }
 
 /// Writes `key<TAB>value` (or `value` for records without a key) per line,
@@ -325,8 +440,11 @@ impl FileSink {
     /// Fresh (`restored` is `None`): removes every part file this subtask
     /// left in `dir` (a job started from scratch replaces its output).
     /// Restored: commits the parts the restored checkpoint pre-committed
-    /// (that checkpoint completed) and removes this subtask's parts written
-    /// after it, so the output is that of the checkpoint.
+    /// (that checkpoint completed) and removes this subtask's hidden parts
+    /// (never committed). A visible part is committed output and is never
+    /// removed: one numbered past the checkpoint's position (the job went
+    /// on after the snapshot restored now) is kept, with a warning, and
+    /// new parts are numbered after it.
     ///
     /// # Errors
     /// [`Error::Io`] naming the directory or part file.
@@ -336,7 +454,7 @@ impl FileSink {
         subtask: u32,
         restored: Option<&SinkSnapshot>,
     ) -> Result<Self, Error> {
-        let sink = Self {
+        let mut sink = Self {
             uid: uid.to_owned(),
             dir: dir.to_owned(),
             subtask,
@@ -352,6 +470,7 @@ impl FileSink {
             sink.publish(name)?;
         }
         let entries = std::fs::read_dir(dir).map_err(|e| sink.io(dir, e))?;
+        let mut later = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| sink.io(dir, e))?;
             let name = entry.file_name();
@@ -359,18 +478,22 @@ impl FileSink {
             let Some((hidden, part)) = sink.parse_part(name) else {
                 continue;
             };
-            // Hidden parts were never committed; visible ones past the
-            // checkpoint's position came from a later, rewound run.
-            if hidden || restored.is_none() || part >= sink.next_part {
+            if hidden || restored.is_none() {
                 let path = entry.path();
-                if !hidden {
-                    tracing::warn!(
-                        "sink `{uid}`: removing {} written after the restored checkpoint",
-                        path.display()
-                    );
-                }
                 std::fs::remove_file(&path).map_err(|e| sink.io(&path, e))?;
+            } else if part >= sink.next_part {
+                later.push((part, entry.path()));
             }
+        }
+        if let Some(last) = later.iter().map(|(n, _)| *n).max() {
+            later.sort();
+            let names: Vec<String> = later.iter().map(|(_, p)| p.display().to_string()).collect();
+            tracing::warn!(
+                "sink `{uid}`: {} committed after the snapshot restored now {} kept; records after the snapshot may appear twice",
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" }
+            );
+            sink.next_part = last + 1;
         }
         Ok(sink)
     }
@@ -503,6 +626,14 @@ impl Sink for FileSink {
         }
         Ok(())
     }
+
+    fn abandon(&mut self) -> Result<(), Error> {
+        if let Some((_, path, w)) = self.current.take() {
+            drop(w);
+            std::fs::remove_file(&path).map_err(|e| self.io(&path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Removes every part file (visible or not) of a `file` sink's directory:
@@ -586,6 +717,73 @@ mod tests {
             drain(&mut FileSource::open("s", &path, 0).unwrap(), 10),
             ["one", "two", "", "three"]
         );
+    }
+
+    #[test]
+    fn a_finished_position_round_trips_and_old_offsets_read_as_unfinished() {
+        for p in [
+            SourcePosition {
+                offset: 0,
+                finished: true,
+            },
+            SourcePosition {
+                offset: 1234,
+                finished: true,
+            },
+            SourcePosition {
+                offset: 1234,
+                finished: false,
+            },
+        ] {
+            assert_eq!(SourcePosition::decode(p.encode()), p);
+        }
+        assert_eq!(
+            SourcePosition::decode(77),
+            SourcePosition {
+                offset: 77,
+                finished: false
+            }
+        );
+        let done = FinishedSource::new(9);
+        assert_eq!(SourcePosition::decode(done.position().encode()).offset, 9);
+        assert!(drain(&mut FinishedSource::new(9), 10).is_empty());
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_offset_is_an_error_naming_file_offset_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "one\ntwo\n").unwrap();
+        // Restored past the end of a file that shrank.
+        let Err(e) = FileSource::open("lines", &path, 20) else {
+            panic!("opened past the end")
+        };
+        assert_eq!(e.kind(), crate::ErrorKind::User);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`lines`") && msg.contains("in.txt") && msg.contains("8 bytes"),
+            "{msg}"
+        );
+        assert!(msg.contains("offset 20"), "{msg}");
+        // Truncated under a running source.
+        let mut src = FileSource::open("lines", &path, 0).unwrap();
+        let mut w = BatchWriter::default();
+        assert!(src.next_batch(&mut w, 1).unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2)
+            .unwrap();
+        let e = loop {
+            match src.next_batch(&mut w, 1) {
+                Ok(true) => {}
+                Ok(false) => panic!("a truncated input ended silently"),
+                Err(e) => break e,
+            }
+        };
+        assert!(e.to_string().contains("2 bytes"), "{e}");
+        assert!(!e.restartable());
     }
 
     #[test]
@@ -683,12 +881,51 @@ mod tests {
             "e\n"
         );
 
-        // Rewinding to checkpoint 1 removes the later visible parts; a fresh
-        // start removes everything of this subtask.
-        FileSink::open("s", &out, 0, Some(&snap1)).unwrap();
-        assert_eq!(listing(&out), ["part-0-0"]);
+        // Rewinding to checkpoint 1 never retracts committed parts: the
+        // later visible ones stay, byte for byte, and new parts come after
+        // them. A fresh start removes everything of this subtask.
+        let committed: Vec<(String, Vec<u8>)> = listing(&out)
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(out.join(&n)).unwrap();
+                (n, bytes)
+            })
+            .collect();
+        std::fs::write(out.join(".part-0-3.inprogress"), "uncommitted").unwrap();
+        let mut sink = FileSink::open("s", &out, 0, Some(&snap1)).unwrap();
+        assert_eq!(listing(&out), ["part-0-0", "part-0-1", "part-0-2"]);
+        for (name, bytes) in &committed {
+            assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+        }
+        sink.write_batch(&batch(&["f"])).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("part-0-3")).unwrap(),
+            "f\n"
+        );
         std::fs::write(out.join("part-1-0"), "other subtask").unwrap();
         FileSink::open("s", &out, 0, None).unwrap();
         assert_eq!(listing(&out), ["part-1-0"]);
+    }
+
+    #[test]
+    fn an_abandoned_file_sink_commits_nothing_written_after_its_last_pre_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut sink = FileSink::open("s", &out, 0, None).unwrap();
+        sink.write_batch(&batch(&["a"])).unwrap();
+        let snap = sink.pre_commit(CheckpointId(4)).unwrap().unwrap();
+        sink.commit(CheckpointId(4)).unwrap();
+        sink.write_batch(&batch(&["after the stop's barrier"]))
+            .unwrap();
+        sink.abandon().unwrap();
+        assert_eq!(listing(&out), ["part-0-0"]);
+        // Resuming the stop's savepoint keeps the committed part.
+        FileSink::open("s", &out, 0, Some(&snap)).unwrap();
+        assert_eq!(listing(&out), ["part-0-0"]);
+        assert_eq!(
+            std::fs::read_to_string(out.join("part-0-0")).unwrap(),
+            "a\n"
+        );
     }
 }

@@ -134,6 +134,22 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A `file` source's input is shorter than the offset it was read to
+    /// (restored, or reached while running): it shrank or was truncated,
+    /// so what follows the offset is not the input the job was reading.
+    #[error(
+        "source `{uid}`: {path} is {size} bytes, shorter than offset {offset} it had been read to: the input shrank or was truncated; restore it, or start the job from scratch"
+    )]
+    SourceShrank {
+        /// The source's uid.
+        uid: String,
+        /// The input file.
+        path: PathBuf,
+        /// The offset read to.
+        offset: u64,
+        /// The file's size now.
+        size: u64,
+    },
     /// Checkpoint storage failed, or its URL is invalid.
     #[error("checkpoint storage: {0}")]
     Storage(#[from] crate::checkpoint::storage::StorageError),
@@ -234,7 +250,8 @@ impl Error {
             | Error::OperatorFailed { .. }
             | Error::LimitExceeded { .. }
             | Error::PluginCache { .. }
-            | Error::BadRecord { .. } => ErrorKind::User,
+            | Error::BadRecord { .. }
+            | Error::SourceShrank { .. } => ErrorKind::User,
             // A job file that does not exist is the user's mistake.
             Error::JobRead { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::User
@@ -272,6 +289,7 @@ impl Error {
             | Error::LimitExceeded { .. }
             | Error::PluginCache { .. }
             | Error::Format(_)
+            | Error::SourceShrank { .. }
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
             | Error::Savepoint { .. }

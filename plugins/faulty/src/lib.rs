@@ -13,6 +13,8 @@
 //!   environment variables, open a socket, read the clock) and emits one
 //!   `probe<TAB>result` record per attempt, so tests can check what the
 //!   host granted; it also prints to stdout and stderr;
+//! - `emit-on-close`: passes records through, and `close` emits one more
+//!   record, `closed`, so tests can see whether the host called `close`;
 //! - anything else: passes records through unchanged.
 
 use weir_sdk::{Context, Emitter, Error, Operator, Record};
@@ -27,6 +29,8 @@ enum Mode {
     Fail,
     Probe,
     Identity,
+    /// Identity, and `close` emits a record.
+    EmitOnClose,
 }
 
 /// The faulty operator.
@@ -55,6 +59,7 @@ impl Operator for Faulty {
             "hog" => Mode::Hog,
             "error" => Mode::Fail,
             "probe" => Mode::Probe,
+            "emit-on-close" => Mode::EmitOnClose,
             _ => Mode::Identity,
         };
         Ok(Self { mode, seen: 0 })
@@ -89,11 +94,18 @@ impl Operator for Faulty {
                 probe(out);
                 Ok(())
             }
-            Mode::Identity => {
+            Mode::Identity | Mode::EmitOnClose => {
                 out.emit_with_timestamp(record.key, record.value, record.timestamp);
                 Ok(())
             }
         }
+    }
+
+    fn close(&mut self, out: &mut Emitter) -> Result<(), Error> {
+        if let Mode::EmitOnClose = self.mode {
+            out.emit(None, b"closed");
+        }
+        Ok(())
     }
 }
 
@@ -142,5 +154,13 @@ mod tests {
         let mut h = Harness::<Faulty>::open("none").unwrap();
         let input = [TestRecord::keyed("k", "v").at(2)];
         assert_eq!(h.process(&input).unwrap(), input.to_vec());
+    }
+
+    #[test]
+    fn emit_on_close_mode_emits_one_record_on_close() {
+        let mut h = Harness::<Faulty>::open("emit-on-close").unwrap();
+        let input = [TestRecord::unkeyed("x")];
+        assert_eq!(h.process(&input).unwrap(), input.to_vec());
+        assert_eq!(h.close().unwrap(), [TestRecord::unkeyed("closed")]);
     }
 }

@@ -300,7 +300,7 @@ impl CheckpointCoordinator {
             .collect();
         for id in expired {
             let reason = format!(
-                "expired: not acknowledged by every task within {}",
+                "expired: not acknowledged by every task within its timeout of {}",
                 humantime::format_duration(self.timeout)
             );
             self.fail(id, reason, now, &mut out);
@@ -834,7 +834,7 @@ mod tests {
             d[0],
             Decision::Abort {
                 id: id(1),
-                reason: "expired: not acknowledged by every task within 1s".into()
+                reason: "expired: not acknowledged by every task within its timeout of 1s".into()
             }
         );
         let Decision::FailJob { reason } = &d[1] else {
@@ -849,6 +849,58 @@ mod tests {
         assert_eq!(d[2], trigger(2));
         // A late acknowledgement of the aborted checkpoint is ignored.
         assert_eq!(h.c.acknowledge(id(1), 1, h.now), []);
+    }
+
+    #[test]
+    fn expired_checkpoints_count_against_tolerable_failures() {
+        // A task that never acknowledges (a guest blocked in a call): every
+        // checkpoint expires, and one more than tolerated fails the job,
+        // naming the timeout and the count.
+        let mut h = Harness::new(
+            CheckpointConfig {
+                tolerable_failures: 2,
+                ..config(100)
+            },
+            2,
+        );
+        let fail_job = |d: &[Decision]| {
+            d.iter().find_map(|d| match d {
+                Decision::FailJob { reason } => Some(reason.clone()),
+                _ => None,
+            })
+        };
+        let mut t = 100;
+        assert_eq!(h.at(t), [trigger(1)]);
+        for n in 1..=3 {
+            h.c.acknowledge(id(n), 0, h.now);
+            let expiry = h.c.next_wakeup().expect("a pending checkpoint expires");
+            assert_eq!(expiry, h.now + ms(1000), "the timeout, from the trigger");
+            t += 1000;
+            let d = h.at(t);
+            assert!(
+                d.contains(&Decision::Abort {
+                    id: id(n),
+                    reason: "expired: not acknowledged by every task within its timeout of 1s"
+                        .into()
+                }),
+                "{d:?}"
+            );
+            match (n, fail_job(&d)) {
+                (1 | 2, None) => {}
+                (3, Some(reason)) => {
+                    assert!(
+                        reason.starts_with(
+                            "3 consecutive checkpoint failures, more than tolerable_failures = 2"
+                        ) && reason.contains("checkpoint 3 expired")
+                            && reason.contains("timeout of 1s"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("checkpoint {n}: {other:?}"),
+            }
+            // The next one triggers at once: the interval has passed.
+            assert_eq!(d.last(), Some(&trigger(n + 1)), "{d:?}");
+        }
     }
 
     #[test]

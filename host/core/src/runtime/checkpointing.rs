@@ -54,11 +54,9 @@ pub(crate) enum CoordinatorMsg {
         task: usize,
         reason: String,
     },
-    /// A source's input ended, after it sent barrier `last_barrier`.
-    SourceFinished {
-        task: usize,
-        last_barrier: Option<CheckpointId>,
-    },
+    /// A source's input ended; it goes on taking checkpoints until told
+    /// the job ends.
+    SourceFinished { task: usize },
     /// Every subtask has stopped.
     Shutdown,
 }
@@ -426,29 +424,17 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
                 );
                 c.coordinator.decline(id, task, &reason, now)
             }
-            Ok(CoordinatorMsg::SourceFinished { task, last_barrier }) => {
+            Ok(CoordinatorMsg::SourceFinished { task }) => {
+                // An ended source still takes checkpoints and savepoints
+                // with its final position, until the job ends.
                 c.sources_finished.insert(task);
                 let mut decisions = Vec::new();
-                if !c.setup.config.enabled() {
-                    // With checkpoints off an ended source is gone: a
-                    // savepoint it has not taken part in cannot complete.
-                    let stuck: Vec<CheckpointId> = c
-                        .in_flight
-                        .iter()
-                        .filter(|(id, f)| f.savepoint.is_some() && last_barrier < Some(**id))
-                        .map(|(&id, _)| id)
-                        .collect();
-                    for id in stuck {
-                        decisions.extend(c.coordinator.decline(
-                            id,
-                            task,
-                            "its input ended before the savepoint's barrier",
-                            now,
-                        ));
-                    }
-                }
                 if c.sources_finished.len() == c.setup.sources.len() {
                     decisions.extend(c.coordinator.sources_finished(now));
+                    if c.coordinator.final_completed() {
+                        // No final checkpoint to wait for: the job ends.
+                        c.broadcast(c.setup.sources.clone().into_iter(), || Control::EndInput);
+                    }
                 }
                 decisions
             }
@@ -515,9 +501,11 @@ impl Coordinator {
     /// A savepoint request from the job's control handle.
     fn requested(&mut self, pending: PendingSavepoint) -> Vec<Decision> {
         let graph = &self.setup.graph;
-        if !self.sources_finished.is_empty() {
+        // Some sources ended: they take part with their final positions.
+        // All of them: the job is finishing.
+        if self.sources_finished.len() == self.setup.sources.len() {
             let message = format!(
-                "job `{}` is finishing (its input ended): no savepoint can be taken now",
+                "job `{}` is finishing (all its input ended): no savepoint can be taken now",
                 graph.name
             );
             self.refuse(pending, message);

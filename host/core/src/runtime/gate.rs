@@ -237,7 +237,13 @@ pub(crate) enum GateEvent {
     /// The subtask cannot take this checkpoint: decline it.
     Abandoned(CheckpointId),
     /// Every channel delivered all its data (barriers may still follow).
-    EndOfData,
+    /// Not when a channel ended without it (a stop with savepoint
+    /// suspended its sender): the data did not end, it was interrupted.
+    EndOfData {
+        /// Every channel's data had already ended at the snapshot the job
+        /// was restored from: this subtask ran its `close` before it.
+        restored: bool,
+    },
     /// A message from the job (checkpoint complete, cancel).
     Control(Control),
     /// Every channel ended.
@@ -260,6 +266,8 @@ pub(crate) struct InputGate {
     open_count: usize,
     data_ended: Vec<bool>,
     data_open: usize,
+    /// Channels whose end of data had already happened before the restore.
+    restored_ends: usize,
     control: Receiver<Control>,
     control_open: bool,
     mode: GateMode,
@@ -289,6 +297,7 @@ impl InputGate {
             open_count: n,
             data_ended: vec![false; n],
             data_open: n,
+            restored_ends: 0,
             control,
             control_open: true,
             mode,
@@ -451,11 +460,12 @@ impl InputGate {
                     self.push_aligned(events);
                 }
             }
-            Element::EndOfData => self.data_ended(ch),
+            Element::EndOfData { restored } => self.data_ended(ch, restored),
+            // Without end of data first, the sender was suspended (stop
+            // with savepoint): the data is not over, so no `EndOfData`.
             Element::EndOfInput => {
                 self.open[ch] = false;
                 self.open_count -= 1;
-                self.data_ended(ch);
                 self.delivered(ch);
                 let events = self.aligner.on_closed(ch, Instant::now());
                 self.push_aligned(events);
@@ -463,12 +473,15 @@ impl InputGate {
         }
     }
 
-    fn data_ended(&mut self, ch: usize) {
+    fn data_ended(&mut self, ch: usize, restored: bool) {
         if !self.data_ended[ch] {
             self.data_ended[ch] = true;
             self.data_open -= 1;
+            self.restored_ends += usize::from(restored);
             if self.data_open == 0 {
-                self.ready.push_back(GateEvent::EndOfData);
+                self.ready.push_back(GateEvent::EndOfData {
+                    restored: self.restored_ends == self.channels.len(),
+                });
             }
         }
     }
@@ -582,7 +595,7 @@ impl InputGate {
                 Ok(Element::Barrier(b)) if b.id == r.barrier.id => self.delivered(c),
                 // An older barrier, already handled.
                 Ok(Element::Barrier(_)) => {}
-                Ok(e @ Element::EndOfData) => self.front[c].push_back(e),
+                Ok(e @ Element::EndOfData { .. }) => self.front[c].push_back(e),
                 Ok(e @ Element::EndOfInput) => {
                     self.front[c].push_back(e);
                     self.delivered(c);
@@ -895,7 +908,7 @@ mod tests {
                         in_flight = Some(all);
                     }
                     GateEvent::End => break,
-                    GateEvent::EndOfData => {}
+                    GateEvent::EndOfData { .. } => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -1004,7 +1017,7 @@ mod tests {
                         .collect();
                     in_flight = Some(all);
                 }
-                GateEvent::EndOfData => {}
+                GateEvent::EndOfData { .. } => {}
                 GateEvent::End => break,
                 other => panic!("unexpected {other:?}"),
             }
@@ -1040,6 +1053,7 @@ mod tests {
             channel: 0,
         })
         .unwrap();
+        tx.send(Element::EndOfData { restored: false }).unwrap();
         tx.send(Element::EndOfInput).unwrap();
         let mut rest = Vec::new();
         loop {
@@ -1048,6 +1062,55 @@ mod tests {
                 e => rest.push(format!("{e:?}")),
             }
         }
-        assert_eq!(rest, ["EndOfData"], "no second snapshot");
+        assert_eq!(
+            rest,
+            ["EndOfData { restored: false }"],
+            "no second snapshot"
+        );
+    }
+
+    /// Every event until the gate ends, as text.
+    fn drain_gate(gate: &mut InputGate) -> Vec<String> {
+        let mut events = Vec::new();
+        loop {
+            match gate.next().ok().unwrap() {
+                GateEvent::End => return events,
+                e => events.push(format!("{e:?}")),
+            }
+        }
+    }
+
+    #[test]
+    fn a_channel_ended_without_end_of_data_was_suspended_so_data_never_ends() {
+        let (tx0, rx0) = crossbeam_channel::unbounded();
+        let (tx1, rx1) = crossbeam_channel::unbounded();
+        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Aligned, None);
+        // A bounded input ended; the other was suspended by a stop.
+        tx0.send(Element::EndOfData { restored: false }).unwrap();
+        tx0.send(Element::EndOfInput).unwrap();
+        tx1.send(Element::EndOfInput).unwrap();
+        assert!(
+            drain_gate(&mut gate).is_empty(),
+            "no end of data: the operator must not close"
+        );
+    }
+
+    #[test]
+    fn end_of_data_is_restored_only_when_every_channel_had_ended_before_the_restore() {
+        for (flags, restored) in [([true, true], true), ([true, false], false)] {
+            let (tx0, rx0) = crossbeam_channel::unbounded();
+            let (tx1, rx1) = crossbeam_channel::unbounded();
+            let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+            let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Aligned, None);
+            for (tx, flag) in [(&tx0, flags[0]), (&tx1, flags[1])] {
+                tx.send(Element::EndOfData { restored: flag }).unwrap();
+                tx.send(Element::EndOfInput).unwrap();
+            }
+            assert_eq!(
+                drain_gate(&mut gate),
+                [format!("EndOfData {{ restored: {restored} }}")]
+            );
+        }
     }
 }

@@ -63,8 +63,14 @@ pub enum Element {
     /// Checkpoint barrier: everything before it belongs to the checkpoint.
     Barrier(CheckpointBarrier),
     /// The sender will send no more records (barriers may follow).
-    EndOfData,
-    /// The sender will send nothing more.
+    EndOfData {
+        /// The data had already ended at the snapshot the job was restored
+        /// from: whatever ends with it already ran its `close` then.
+        restored: bool,
+    },
+    /// The sender will send nothing more. Without [`Element::EndOfData`]
+    /// before it, the sender was suspended by a stop with savepoint: its
+    /// data did not end, so nothing downstream closes.
     EndOfInput,
 }
 
@@ -99,6 +105,9 @@ pub(crate) enum Control {
     Abort(CheckpointId),
     /// Sources: end the input now, as if exhausted (stop with drain).
     Drain,
+    /// Sources that ended: every source ended and no final checkpoint
+    /// follows (checkpoints off), so end the channels.
+    EndInput,
     /// Stop: another subtask failed.
     Cancel,
 }
@@ -612,13 +621,11 @@ impl Attempt<'_> {
                         task: index,
                         coordinator: coordinator_tx.clone(),
                         uploader: uploader.clone(),
-                        final_checkpoint: config.enabled(),
                     },
                     attempt_number: self.attempt_number,
                     restored: snapshots.pop(),
                     restored_types: types.remove(&vertex.uid).unwrap_or_default(),
                     awaiting_in_flight: None,
-                    last_barrier: None,
                 });
             }
         }

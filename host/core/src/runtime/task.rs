@@ -12,6 +12,12 @@
 //! A bounded job ends in two steps: end of data (operators `close`, emitting
 //! their last records), then — with checkpoints — a final checkpoint that
 //! commits every sink, and only then end of input.
+//!
+//! A stop with savepoint (without drain) ends differently: sources end
+//! their channels right after the savepoint completed, without end of
+//! data, so no operator closes (as Flink disposes operators on a suspend),
+//! and sinks commit exactly what the savepoint pre-committed and discard
+//! anything that came after its barrier.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +32,10 @@ use super::router::Router;
 use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot, encode_key_groups};
-use crate::connectors::{self, BlackholeSink, DatagenSource, FileSink, FileSource, Sink, Source};
+use crate::connectors::{
+    self, BlackholeSink, DatagenSource, FileSink, FileSource, FinishedSource, Sink, Source,
+    SourcePosition,
+};
 use crate::error::Error;
 use crate::job::{Vertex, VertexKind};
 use crate::keygroup::KeyGroupRange;
@@ -41,9 +50,6 @@ pub(crate) struct TaskCheckpointing {
     pub task: usize,
     pub coordinator: Sender<CoordinatorMsg>,
     pub uploader: Uploader,
-    /// Periodic checkpoints are on: a bounded job ends with a final
-    /// checkpoint. (Off, the coordinator still takes savepoints.)
-    pub final_checkpoint: bool,
 }
 
 /// What a source does after a control message.
@@ -77,8 +83,6 @@ pub(crate) struct Task {
     /// An unaligned checkpoint's snapshot waiting for its in-flight
     /// records: the barrier, the snapshot, its sync time.
     pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
-    /// Sources: the last barrier sent.
-    pub last_barrier: Option<CheckpointId>,
 }
 
 /// The operator logic a subtask runs.
@@ -100,6 +104,15 @@ impl Task {
         let mut restored = self.restored.take().unwrap_or_default();
         self.gate.preload(std::mem::take(&mut restored.in_flight))?;
         match self.vertex.kind.clone() {
+            _ if !self.vertex.kind.has_inputs()
+                && let Some(p) = restored
+                    .source_offset
+                    .map(SourcePosition::decode)
+                    .filter(|p| p.finished) =>
+            {
+                // It had ended before the snapshot: it stays ended.
+                self.run_source(Box::new(FinishedSource::new(p.offset)))
+            }
             VertexKind::FileSource { path } => {
                 let offset = restored.source_offset.unwrap_or(0);
                 let source = FileSource::open(&self.vertex.uid, &path, offset)?;
@@ -246,15 +259,17 @@ impl Task {
     fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
         let control = self.gate.control().clone();
         let mut batch = BatchWriter::default();
-        let mut drained = false;
+        // Restored as ended: it ended before the snapshot, and so did
+        // whatever ended with it downstream.
+        let restored = source.position().finished;
         'produce: loop {
+            if restored {
+                break;
+            }
             while let Ok(c) = control.try_recv() {
                 match self.source_control(c, source.as_ref())? {
                     SourceStep::Go => {}
-                    SourceStep::Drain => {
-                        drained = true;
-                        break 'produce;
-                    }
+                    SourceStep::Drain => break 'produce,
                     SourceStep::Stopped => return self.router.broadcast(|| Element::EndOfInput),
                 }
             }
@@ -267,17 +282,16 @@ impl Task {
                 break;
             }
         }
-        self.router.broadcast(|| Element::EndOfData)?;
+        let source: Box<dyn Source> = Box::new(FinishedSource::new(source.offset()));
+        self.router.broadcast(|| Element::EndOfData { restored })?;
         let c = &self.checkpointing;
-        let _ = c.coordinator.send(CoordinatorMsg::SourceFinished {
-            task: c.task,
-            last_barrier: self.last_barrier,
-        });
-        if !(c.final_checkpoint || drained) {
-            return self.router.broadcast(|| Element::EndOfInput);
-        }
-        // Serve checkpoints until the final one completed: only then may
-        // the job end, every sink committed.
+        let _ = c
+            .coordinator
+            .send(CoordinatorMsg::SourceFinished { task: c.task });
+        // Ended, it still takes part in checkpoints and savepoints with its
+        // final position (Flink's checkpoints after tasks finished) until
+        // the job ends: once the final checkpoint completed, or, without
+        // one, once every source ended.
         let mut final_id = None;
         loop {
             let msg = control.recv().map_err(|_| Exit::Cancelled)?;
@@ -285,6 +299,7 @@ impl Task {
                 Control::Complete(id) if final_id.is_some_and(|f| id >= f) => {
                     return self.router.broadcast(|| Element::EndOfInput);
                 }
+                Control::EndInput => return self.router.broadcast(|| Element::EndOfInput),
                 Control::Trigger(b) if b.is_final => {
                     final_id = Some(b.id);
                     self.source_control(msg, source.as_ref())?;
@@ -303,13 +318,12 @@ impl Task {
             Control::Trigger(barrier) => {
                 let started = Instant::now();
                 let snapshot = Taken::from(SubtaskSnapshot {
-                    source_offset: Some(source.offset()),
+                    source_offset: Some(source.position().encode()),
                     ..SubtaskSnapshot::default()
                 });
                 let sync = started.elapsed();
                 let unaligned = self.gate.mode() == GateMode::Unaligned && !barrier.savepoint;
                 self.router.barrier(barrier, unaligned)?;
-                self.last_barrier = self.last_barrier.max(Some(barrier.id));
                 self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
                 if barrier.stop {
                     return self.suspended(barrier.id, source);
@@ -318,9 +332,10 @@ impl Task {
             }
             Control::Drain => Ok(SourceStep::Drain),
             Control::Cancel => Err(Exit::Cancelled),
-            Control::Complete(_) | Control::Abort(_) | Control::PriorityBarrier { .. } => {
-                Ok(SourceStep::Go)
-            }
+            Control::Complete(_)
+            | Control::Abort(_)
+            | Control::PriorityBarrier { .. }
+            | Control::EndInput => Ok(SourceStep::Go),
         }
     }
 
@@ -343,6 +358,7 @@ impl Task {
     // ---- sinks ----
 
     fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
+        let mut ending = SinkEnding::default();
         loop {
             match self.gate.next()? {
                 GateEvent::Records(data, len) => {
@@ -365,21 +381,35 @@ impl Task {
                         ..SubtaskSnapshot::default()
                     });
                     let sync = started.elapsed();
+                    ending.barrier(barrier);
                     self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
                 }
                 GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
-                GateEvent::EndOfData => sink.flush()?,
-                GateEvent::Control(c) => sink_control(c, sink.as_mut())?,
+                GateEvent::EndOfData { .. } => sink.flush()?,
+                GateEvent::Control(c) => ending.control(c, sink.as_mut())?,
                 GateEvent::End => {
-                    // The final checkpoint's completion was sent before the
-                    // sources ended their channels: commit it first.
+                    // The completion of a stop's savepoint or of the final
+                    // checkpoint went to every subtask before the sources
+                    // ended their channels, but may still be on its way
+                    // here: commit it first.
                     while let Ok(c) = self.gate.control().try_recv() {
-                        sink_control(c, sink.as_mut())?;
+                        ending.control(c, sink.as_mut())?;
                     }
-                    sink.finish()?;
+                    while !ending.committed() {
+                        let c = self.gate.control().recv().map_err(|_| Exit::Cancelled)?;
+                        ending.control(c, sink.as_mut())?;
+                    }
+                    if ending.stopped.is_some() {
+                        // Suspended: whatever came after the savepoint's
+                        // barrier (`on-checkpoint-complete` output) belongs
+                        // to no snapshot and is never committed.
+                        sink.abandon()?;
+                    } else {
+                        sink.finish()?;
+                    }
                     return Ok(());
                 }
             }
@@ -469,7 +499,13 @@ impl Task {
                 GateEvent::Abandoned(id) => {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
-                GateEvent::EndOfData => {
+                // Ended before the restored snapshot: `close` ran then, and
+                // its output is in the snapshot's committed past.
+                GateEvent::EndOfData { restored: true } => {
+                    self.router
+                        .broadcast(|| Element::EndOfData { restored: true })?;
+                }
+                GateEvent::EndOfData { restored: false } => {
                     if let Logic::Wasm(instance) = &mut logic {
                         instance.close()?;
                         tracing::debug!(
@@ -480,7 +516,8 @@ impl Task {
                         );
                     }
                     self.emit(&mut logic)?;
-                    self.router.broadcast(|| Element::EndOfData)?;
+                    self.router
+                        .broadcast(|| Element::EndOfData { restored: false })?;
                 }
                 GateEvent::Control(Control::Complete(id)) => {
                     if let Logic::Wasm(instance) = &mut logic {
@@ -497,7 +534,10 @@ impl Task {
                     );
                 }
                 GateEvent::Control(
-                    Control::Trigger(_) | Control::PriorityBarrier { .. } | Control::Drain,
+                    Control::Trigger(_)
+                    | Control::PriorityBarrier { .. }
+                    | Control::Drain
+                    | Control::EndInput,
                 ) => {}
                 GateEvent::End => return self.router.broadcast(|| Element::EndOfInput),
             }
@@ -524,14 +564,54 @@ impl Task {
     }
 }
 
-fn sink_control(c: Control, sink: &mut dyn Sink) -> TaskResult {
-    match c {
-        Control::Complete(id) => Ok(sink.commit(id)?),
-        Control::Cancel => Err(Exit::Cancelled),
-        Control::Trigger(_)
-        | Control::Abort(_)
-        | Control::PriorityBarrier { .. }
-        | Control::Drain => Ok(()),
+/// What a sink must commit before it ends.
+#[derive(Default)]
+struct SinkEnding {
+    /// The barrier of a stop with savepoint (suspend) it pre-committed.
+    stopped: Option<CheckpointId>,
+    /// The barrier of the job's final checkpoint it pre-committed.
+    final_barrier: Option<CheckpointId>,
+    /// The newest checkpoint it committed.
+    committed: Option<CheckpointId>,
+}
+
+impl SinkEnding {
+    fn barrier(&mut self, barrier: CheckpointBarrier) {
+        if barrier.stop {
+            self.stopped = Some(barrier.id);
+        }
+        if barrier.is_final {
+            self.final_barrier = Some(barrier.id);
+        }
+    }
+
+    /// Whether the stop's savepoint or the final checkpoint, if any, was
+    /// committed.
+    fn committed(&self) -> bool {
+        self.stopped
+            .or(self.final_barrier)
+            .is_none_or(|id| self.committed.is_some_and(|c| c >= id))
+    }
+
+    fn control(&mut self, c: Control, sink: &mut dyn Sink) -> TaskResult {
+        match c {
+            Control::Complete(id) => {
+                sink.commit(id)?;
+                self.committed = self.committed.max(Some(id));
+                Ok(())
+            }
+            // The stop failed: the sources resume.
+            Control::Abort(id) if self.stopped == Some(id) => {
+                self.stopped = None;
+                Ok(())
+            }
+            Control::Cancel => Err(Exit::Cancelled),
+            Control::Trigger(_)
+            | Control::Abort(_)
+            | Control::PriorityBarrier { .. }
+            | Control::Drain
+            | Control::EndInput => Ok(()),
+        }
     }
 }
 

@@ -103,7 +103,16 @@ impl std::fmt::Display for Inspection {
             if let Some(offsets) = &o.source_offsets {
                 let shown: Vec<String> = offsets
                     .iter()
-                    .map(|o| o.map_or("-".to_owned(), |o| o.to_string()))
+                    .map(|o| {
+                        o.map_or("-".to_owned(), |o| {
+                            let p = crate::connectors::SourcePosition::decode(o);
+                            if p.finished {
+                                format!("{} (ended)", p.offset)
+                            } else {
+                                p.offset.to_string()
+                            }
+                        })
+                    })
                     .collect();
                 writeln!(f, "  source offsets  {}", shown.join(", "))?;
             }
