@@ -165,6 +165,7 @@ impl Hostile {
 
 /// Recurses for ever; the addition after the call keeps it from being a
 /// tail call.
+#[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
     recurse(std::hint::black_box(n + 1)) + n
 }

@@ -228,25 +228,27 @@ fn load_or_create_key(path: &Path) -> Result<[u8; KEY_LEN], Error> {
     let mut key = [0u8; KEY_LEN];
     rand::fill(&mut key);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-        // A hard link fails if another process made the key first; then
-        // its key is the one to use.
-        match std::fs::hard_link(&tmp, path) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-            _ => Ok(()),
-        }
-    })();
+    let written = write_key(&tmp, path, &key);
     let _ = std::fs::remove_file(&tmp);
     written.map_err(|e| refuse(path, format!("cannot create the cache key: {e}")))?;
     read(path)
+}
+
+/// Writes `key` to `tmp` (0600), then links it to `path` unless a key is
+/// there already: another process that made one first wins.
+fn write_key(tmp: &Path, path: &Path, key: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(key)?;
+    f.sync_all()?;
+    match std::fs::hard_link(tmp, path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +325,13 @@ mod tests {
         assert!(e.to_string().contains("is not a directory"), "{e}");
         let e = Cache::open(&dir, &dir.join("cache.key")).err().unwrap();
         assert!(e.to_string().contains("must not live inside"), "{e}");
+
+        // Another user's directory (only root can give one away).
+        if euid() == 0 {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(12345), None).unwrap();
+            let e = Cache::open(&dir, &key).err().unwrap();
+            assert!(e.to_string().contains("belongs to user id 12345"), "{e}");
+        }
     }
 }
