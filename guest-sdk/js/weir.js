@@ -657,7 +657,7 @@ class KeyedState {
     const id = currentKey(this.name);
     let slot = this._cache.get(id);
     if (slot === undefined) {
-      slot = { key: null, value: this._read(current.key), dirty: false };
+      slot = { key: null, value: this._read(current.key), dirty: false, loaded: true };
       this._cache.set(id, slot);
     }
     return slot;
@@ -668,7 +668,9 @@ class KeyedState {
     const id = currentKey(this.name);
     let slot = this._cache.get(id);
     if (slot === undefined) {
-      slot = { key: null, value: null, dirty: false };
+      // Not read: `value` is not the host's, so `loaded` stays false until
+      // the slot is written back.
+      slot = { key: null, value: null, dirty: false, loaded: false };
       this._cache.set(id, slot);
     }
     return slot;
@@ -690,6 +692,7 @@ class KeyedState {
     for (let i = 0; i < dirty.length; i += 1) {
       this._write(dirty[i], writes);
       dirty[i].dirty = false;
+      dirty[i].loaded = true;
     }
     this._dirty = [];
   }
@@ -710,7 +713,11 @@ export class ValueState extends KeyedState {
     return v === null ? defaultValue : v;
   }
 
-  /** Sets the current key's value; null or undefined clears it. */
+  /**
+   * Sets the current key's value; null or undefined clears it. Setting a
+   * primitive (number, bigint, string, boolean) the key already holds
+   * changes nothing, so the key is not written back.
+   */
   set(value) {
     if (value === null || value === undefined) {
       this.clear();
@@ -718,6 +725,10 @@ export class ValueState extends KeyedState {
     }
     checkValue(value); // now, not at the flush
     const slot = this._slotToReplace();
+    // Objects may have been changed in place since `get`: always dirty.
+    if (slot.value === value && typeof value !== 'object') {
+      return;
+    }
     slot.value = value;
     this._touch(slot);
   }
@@ -725,6 +736,9 @@ export class ValueState extends KeyedState {
   /** Clears the current key's value. */
   clear() {
     const slot = this._slotToReplace();
+    if (slot.value === null && slot.loaded) {
+      return;
+    }
     slot.value = null;
     this._touch(slot);
   }
@@ -966,18 +980,31 @@ function dirtySlots() {
   return n;
 }
 
+/** Writes per `keyed-state.write` call: big batches, but a bounded list to lower at once. */
+const WRITE_CHUNK = 65_536;
+
 /**
- * Hands every dirty entry to the host in one call, then bounds memory:
+ * Hands every dirty entry to the host in as few calls as possible (one per
+ * {@link WRITE_CHUNK} writes), then bounds memory: entries that were only
+ * read are clean and never written back;
  * after a flush every entry is clean, so an oversized cache can be dropped
  * and reloaded from the host on the next miss.
  */
 function flush() {
   const writes = [];
   for (const state of states.values()) {
-    state._flushInto(writes);
+    if (state._dirty.length > 0) {
+      state._flushInto(writes);
+    }
   }
-  if (writes.length > 0) {
-    keyedState.write(writes);
+  if (writes.length <= WRITE_CHUNK) {
+    if (writes.length > 0) {
+      keyedState.write(writes);
+    }
+  } else {
+    for (let start = 0; start < writes.length; start += WRITE_CHUNK) {
+      keyedState.write(writes.slice(start, start + WRITE_CHUNK));
+    }
   }
   for (const state of states.values()) {
     if (state._cache.size > cacheCapacity) {

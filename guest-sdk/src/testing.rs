@@ -68,6 +68,7 @@ struct Store {
     emitted: Vec<TestRecord>,
     emit_calls: usize,
     write_calls: usize,
+    writes: usize,
     read_calls: usize,
     logs: Vec<(Level, String)>,
     declared: Vec<Declaration>,
@@ -103,6 +104,7 @@ impl Host for MemoryHost {
     fn write(&mut self, writes: &[Write<'_>]) -> Result<(), String> {
         let mut s = self.0.borrow_mut();
         s.write_calls += 1;
+        s.writes += writes.len();
         for w in writes {
             let at = (w.state.to_owned(), w.key.to_vec());
             match &w.update {
@@ -337,6 +339,11 @@ impl<O: Operator> Harness<O> {
     pub fn host_calls(&self) -> (usize, usize, usize) {
         let s = self.store.borrow();
         (s.read_calls, s.write_calls, s.emit_calls)
+    }
+
+    /// Keyed-state writes (entries, not calls) the host received so far.
+    pub fn host_writes(&self) -> usize {
+        self.store.borrow().writes
     }
 
     /// The states the operator declared to the host (normally in `open`),

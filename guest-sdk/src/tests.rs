@@ -79,6 +79,37 @@ fn state_is_cached_and_flushed_only_at_snapshot() {
 }
 
 #[test]
+fn a_restored_entry_read_but_not_written_is_not_flushed() {
+    /// Reads every record's count; adds one only for `k7` and `k900`.
+    struct ReadMostly(ValueState<i64>);
+    impl Operator for ReadMostly {
+        fn open(_: &Context) -> Result<Self, Error> {
+            Ok(Self(ValueState::new("count")?))
+        }
+        fn process(&mut self, record: Record<'_>, _: &mut Emitter) -> Result<(), Error> {
+            let n = self.0.get()?.unwrap_or(0);
+            if matches!(record.key, Some(b"k7" | b"k900")) {
+                self.0.set(n + 1)?;
+            }
+            Ok(())
+        }
+    }
+    let mut h = Harness::<ReadMostly>::open("").unwrap();
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        h.put_host_value("count", key.as_bytes(), Value::Int(i as i64));
+    }
+    let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+    h.process(&words(&all)).unwrap();
+    h.snapshot(1).unwrap();
+    assert_eq!(h.host_writes(), 2, "only the two written entries");
+    assert_eq!(h.host_calls().1, 1, "in one call");
+    assert_eq!(h.host_value("count", b"k900"), Some(Value::Int(901)));
+    h.snapshot(2).unwrap();
+    assert_eq!(h.host_writes(), 2, "flushed entries are clean");
+}
+
+#[test]
 fn over_capacity_caches_flush_and_evict_during_processing() {
     let mut h = Harness::<Counter>::open("1").unwrap();
     h.process(&words(&["a", "b"])).unwrap();

@@ -186,6 +186,43 @@ test('more dirty keys than the dirty limit are flushed after the process call', 
   assert.throws(() => weir.setDirtyLimit(1.5), RangeError);
 });
 
+test('a restored entry read but not written is not flushed', async () => {
+  // Restored state: 1,000 counts the host holds before the operator opens.
+  const [weir, first] = await open(wordCount);
+  first.process(batch(Array.from({ length: 1000 }, (_, i) => [`k${i}`, 'x', null])));
+  first.close();
+  const written = new Set(['k7', 'k900']);
+  const [, op] = await open((w) =>
+    class extends w.Operator {
+      open() {
+        this.count = new w.ValueState('count');
+      }
+
+      process(record) {
+        const key = record.keyString();
+        const n = this.count.get(0);
+        if (written.has(key)) {
+          this.count.set(n + 1);
+        } else if (Number(key.slice(1)) % 2 === 1) {
+          this.count.set(n); // unchanged: stays clean
+        } // else only read
+      }
+    },
+  );
+  host.writeCalls = [];
+  op.process(batch(Array.from({ length: 1000 }, (_, i) => [`k${i}`, 'x', null])));
+  assert.equal(op.snapshot(1n), undefined);
+  assert.deepEqual(
+    host.writeCalls.map((c) => c.map((w) => str(w.key)).sort()),
+    [['k7', 'k900']],
+    'only the written keys, in one call',
+  );
+  assert.deepEqual(host.store.get('count\0k7').value, { tag: 'int', val: 2n });
+  assert.equal(op.snapshot(2n), undefined);
+  assert.equal(host.writeCalls.length, 1, 'flushed entries are clean');
+  assert.equal(typeof weir.DIRTY_LIMIT, 'number');
+});
+
 test('JavaScript values map to WIT values and back', async () => {
   const values = [
     [true, { tag: 'boolean', val: true }, true],

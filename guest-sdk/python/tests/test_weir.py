@@ -59,6 +59,7 @@ class Host:
         self.operator = {}
         self.declared = []
         self.emitted = []
+        self.write_calls = []
 
 
 HOST = Host()
@@ -109,7 +110,12 @@ def _write(writes):
             raise AssertionError(f"unexpected update {u!r}")
 
 
-keyed_state.write = _write
+def _counted_write(writes):
+    HOST.write_calls.append(len(writes))
+    _write(writes)
+
+
+keyed_state.write = _counted_write
 
 operator_state = pytypes.ModuleType("wit_world.imports.operator_state")
 operator_state.declare = lambda state, mode, type_name: _declare((state, mode, type_name))
@@ -256,6 +262,64 @@ class SchemaEvolution(unittest.TestCase):
         v1.close()
         self.assertEqual(HOST.values[("stats", b"a")], wit_types.Value_Nested(
             [wit_types.Node_Record(["count"]), wit_types.Node_Int(8)]))
+
+
+def reading_every_key_writing_some(written):
+    """An operator that reads the count of every record's key and adds one
+    only for keys in ``written``; it sets the count it read back unchanged
+    for other odd keys, and only reads the even ones."""
+
+    class Count(weir.Operator):
+        def open(self, ctx):
+            self.count = weir.ValueState("count")
+
+        def process(self, record, out):
+            n = self.count.get(0)
+            if record.key in written:
+                self.count.set(n + 1)
+            elif int(record.key[1:]) % 2:
+                self.count.set(n)  # unchanged: stays clean
+            # else: only read
+
+    return weir.export(Count)()
+
+
+class Flushes(unittest.TestCase):
+    def setUp(self):
+        reset()
+
+    def restored(self, keys):
+        for i in range(keys):
+            HOST.values[("count", b"k%d" % i)] = wit_types.Value_Int(i)
+
+    def test_a_restored_entry_read_but_not_written_is_not_flushed(self):
+        self.restored(1000)
+        op = reading_every_key_writing_some({b"k7", b"k900"})
+        op.open(context())
+        op.process(batch(*[(b"k%d" % i, b"x") for i in range(1000)]))
+        op.snapshot(1)
+        self.assertEqual(HOST.write_calls, [2], "only the two written keys, in one call")
+        self.assertEqual(HOST.values[("count", b"k7")], wit_types.Value_Int(8))
+        self.assertEqual(HOST.values[("count", b"k900")], wit_types.Value_Int(901))
+        # Flushed entries are clean: the next snapshot writes nothing.
+        op.snapshot(2)
+        self.assertEqual(HOST.write_calls, [2])
+
+    def test_many_dirty_keys_are_flushed_after_process_in_big_batches(self):
+        limit, chunk = weir.DIRTY_LIMIT, weir.WRITE_CHUNK
+        weir.DIRTY_LIMIT, weir.WRITE_CHUNK = 100, 64
+        try:
+            op = reading_every_key_writing_some({b"k%d" % i for i in range(150)})
+            op.open(context())
+            op.process(batch(*[(b"k%d" % i, b"x") for i in range(90)]))
+            self.assertEqual(HOST.write_calls, [], "under the limit: kept dirty")
+            op.process(batch(*[(b"k%d" % i, b"x") for i in range(90, 150)]))
+            self.assertEqual(HOST.write_calls, [64, 64, 22], "over it: flushed in chunks")
+            op.snapshot(1)
+            self.assertEqual(HOST.write_calls, [64, 64, 22], "nothing left for the snapshot")
+        finally:
+            weir.DIRTY_LIMIT, weir.WRITE_CHUNK = limit, chunk
+        self.assertEqual(HOST.values[("count", b"k149")], wit_types.Value_Int(1))
 
 
 if __name__ == "__main__":

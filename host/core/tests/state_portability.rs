@@ -179,3 +179,110 @@ fn stats_state_written_in_one_language_continues_in_every_other() {
         );
     }
 }
+
+/// The word count in every language.
+fn word_counts() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("rust", plugins::WORD_COUNT),
+        ("python", plugins::PY_WORD_COUNT),
+        ("javascript", plugins::JS_WORD_COUNT),
+    ]
+}
+
+/// A restored word count's state: `count` = `i + 1` for words `w0..wN`.
+fn restored_counts(keys: usize) -> Box<dyn KeyedStateBackend> {
+    let mut state = fresh_state();
+    for i in 0..keys {
+        let key = format!("w{i}");
+        let kg = key_group_of(key.as_bytes(), MAX_PARALLELISM);
+        state
+            .apply(
+                kg,
+                "count",
+                key.as_bytes(),
+                weir_host::state::Update::ValueSet(Value::Int(i as i64 + 1)),
+            )
+            .unwrap();
+    }
+    state
+}
+
+/// Runs `plugin` over a restored state of `keys` words, feeding it the
+/// words `touched` (in batches of 1,024 records, as the host's sources
+/// do), then takes a snapshot; every call gets `fuel`. The error, if any.
+fn count_then_snapshot(
+    plugin: &Plugin,
+    keys: usize,
+    touched: impl Iterator<Item = usize> + Clone,
+    fuel: u64,
+) -> Result<Box<dyn KeyedStateBackend>, String> {
+    let mut instance = plugin
+        .instantiate(InstanceConfig {
+            uid: "count".into(),
+            config: String::new(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: MAX_PARALLELISM,
+            limits: Limits {
+                memory_bytes: 256 << 20,
+                fuel_per_call: fuel,
+            },
+            state: restored_counts(keys),
+            operator_state: Vec::new(),
+            attempt_number: 0,
+            restored_types: Default::default(),
+        })
+        .map_err(|e| e.to_string())?;
+    let words: Vec<String> = touched.map(|i| format!("w{i}")).collect();
+    for chunk in words.chunks(1024) {
+        let mut batch = BatchWriter::default();
+        for w in chunk {
+            batch.push(Some(w.as_bytes()), w.as_bytes(), None);
+        }
+        instance
+            .process(&batch.take().0)
+            .map_err(|e| e.to_string())?;
+        instance.output().clear();
+    }
+    instance.snapshot(1).map_err(|e| e.to_string())?;
+    Ok(instance.into_state())
+}
+
+/// Measures, per language, the smallest `fuel_per_call` with which a
+/// word count restored with 100,000 keys counts every key once and
+/// snapshots: the cost of flushing 100,000 changed keys (plus one batch).
+/// Run with `cargo test -p weir-host --release --test state_portability
+/// -- --ignored --nocapture flush_fuel`.
+#[test]
+#[ignore = "a measurement: prints fuel per flushed key"]
+fn flush_fuel_at_100k_keys() {
+    const KEYS: usize = 100_000;
+    let engine = engine();
+    for (language, path) in word_counts() {
+        let plugin = load(&engine, path);
+        for (what, touched) in [("none", 0..0), ("all", 0..KEYS)] {
+            let (mut lo, mut hi) = (1_000_000u64, 400_000_000_000u64);
+            while hi - lo > hi / 50 {
+                let mid = lo + (hi - lo) / 2;
+                match count_then_snapshot(&plugin, KEYS, touched.clone(), mid) {
+                    Ok(_) => hi = mid,
+                    Err(e) if e.contains("CPU budget") => lo = mid,
+                    Err(e) => panic!("{language}: {e}"),
+                }
+            }
+            let failing = count_then_snapshot(&plugin, KEYS, touched.clone(), lo)
+                .err()
+                .unwrap_or_default();
+            let hook = failing
+                .split("failed in `")
+                .nth(1)
+                .and_then(|s| s.split('`').next())
+                .unwrap_or("?");
+            println!(
+                "{language:<10} touched {what:<4}: needs {:>6.3}e9 fuel per call ({:.0} per key), bound by `{hook}`",
+                hi as f64 / 1e9,
+                hi as f64 / KEYS as f64
+            );
+        }
+    }
+}
