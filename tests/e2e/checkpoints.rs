@@ -602,3 +602,81 @@ fn python_and_javascript_operators_take_part_in_checkpoints_the_same_way() {
         assert_exactly_once(&out, &text);
     }
 }
+
+#[test]
+fn a_running_job_holds_a_lease_a_second_run_and_delete_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("checkpoints");
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+name = "leased"
+
+[[sources]]
+uid = "words"
+type = "datagen"
+seed = 1
+vocabulary = 100
+records = 100000000
+rate = 1000
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "words"
+
+[checkpoints]
+interval = "100ms"
+storage = "{storage}"
+"#,
+            out = dir.path().join("out").display(),
+            storage = storage.display(),
+        ),
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = spawn_weir(&["run", "--quiet", job], &log);
+    let start = Instant::now();
+    let run_id = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(id) = text
+            .lines()
+            .find(|l| l.contains("REST API on"))
+            .and_then(|l| l.split("(id ").nth(1)?.split(')').next())
+        {
+            break id.to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{text}");
+        assert!(child.try_wait().unwrap().is_none(), "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let holder = format!("pid {}, run {run_id}", child.id());
+    for args in [
+        vec!["run", "--quiet", job],
+        vec!["run", "--quiet", job, "--from-latest"],
+        vec!["checkpoints", job, "--delete"],
+    ] {
+        let o = weir(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("job `leased` is running elsewhere"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains(&holder), "{args:?}: {}", stderr(&o));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the holder still runs");
+    assert!(storage.join("leased/_lease").is_dir());
+    // --force deletes anyway.
+    let o = weir(&["checkpoints", job, "--delete", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A holder killed on this host holds nothing.
+    let o = weir(&["checkpoints", job, "--delete"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

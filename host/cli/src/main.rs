@@ -128,9 +128,13 @@ enum Command {
     Checkpoints {
         /// The job file (TOML).
         job: PathBuf,
-        /// Delete them all, so the job starts from scratch next time.
+        /// Delete them all, so the job starts from scratch next time
+        /// (refused while a run of the job holds its lease).
         #[arg(long)]
         delete: bool,
+        /// With --delete: delete even if a run holds the job's lease.
+        #[arg(long, requires = "delete")]
+        force: bool,
     },
     /// Checks a job file and compiles its plugins, without running it.
     Validate {
@@ -212,10 +216,15 @@ enum SavepointAction {
         #[arg(long, value_name = "UID/STATE")]
         dump: Option<String>,
     },
-    /// Deletes a savepoint; refuses anything that is not one.
+    /// Deletes a savepoint (the files its _metadata references, then its
+    /// directory if empty); refuses anything that is not one.
     Dispose {
         /// The savepoint's directory or its _metadata (path or URL).
         path: String,
+        /// Also remove what an interrupted savepoint left (a directory
+        /// without _metadata): only files that look like a savepoint's.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -275,7 +284,7 @@ fn main() -> ExitCode {
             };
             engine().and_then(|engine| run(&engine, &job, quiet, options, rest_address))
         }
-        Command::Checkpoints { job, delete } => checkpoints(&job, delete),
+        Command::Checkpoints { job, delete, force } => checkpoints(&job, delete, force),
         Command::Validate { job } => engine().and_then(|engine| validate(&engine, &job)),
         Command::List { api } => remote(&api, list),
         Command::Savepoint(SavepointCommand {
@@ -304,9 +313,9 @@ fn main() -> ExitCode {
             ..
         }) => savepoint_cmd::inspect_cmd(&path, dump.as_deref()),
         Command::Savepoint(SavepointCommand {
-            action: Some(SavepointAction::Dispose { path }),
+            action: Some(SavepointAction::Dispose { path, force }),
             ..
-        }) => savepoint_cmd::dispose_cmd(&path),
+        }) => savepoint_cmd::dispose_cmd(&path, force),
         Command::Savepoint(SavepointCommand {
             action: None,
             trigger,
@@ -375,6 +384,27 @@ fn run(
     let metrics = JobMetrics::for_graph(&graph);
     let cancel = Arc::new(AtomicBool::new(false));
     let control = JobControl::new(&graph.name, metrics.clone(), cancel.clone());
+    // One run of a job at a time owns its checkpoints.
+    let lease = if graph.checkpoints.enabled() {
+        let storage = weir_host::checkpoint::storage::CheckpointStorage::open(
+            &graph.checkpoints.storage,
+            &graph.job_dir,
+        )?;
+        let lost = |e: Error| {
+            // Another run owns the checkpoints now: stop at once, as a
+            // crash would, touching nothing more.
+            eprintln!("error: {e}");
+            std::process::exit(i32::from(EXIT_EXTERNAL));
+        };
+        Some(weir_host::checkpoint::lease::LeaseKeeper::start(
+            &storage,
+            &graph.name,
+            control.id().as_str(),
+            lost,
+        )?)
+    } else {
+        None
+    };
     let jobs = Jobs::new();
     jobs.insert(control.clone());
     let api = ApiThread::start(rest_address, jobs.clone())?;
@@ -399,6 +429,9 @@ fn run(
         ..options
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
+    if let Some(lease) = lease {
+        lease.stop();
+    }
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
@@ -520,7 +553,7 @@ fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
 }
 
 /// `weir checkpoints`: one line per checkpoint directory of the job.
-fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
+fn checkpoints(path: &Path, delete: bool, force: bool) -> Result<(), Error> {
     use weir_host::checkpoint::catalog::{self, Status, human_bytes};
     use weir_host::checkpoint::storage::CheckpointStorage;
     let graph = job::load(path)?;
@@ -531,6 +564,12 @@ fn checkpoints(path: &Path, delete: bool) -> Result<(), Error> {
         .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))?;
     let location = storage.location(&graph.name);
     if delete {
+        if !force {
+            io.block_on(weir_host::checkpoint::lease::ensure_free(
+                &storage,
+                &graph.name,
+            ))?;
+        }
         let n = io.block_on(storage.delete_prefix(&graph.name))?;
         println!("deleted {n} files of job `{}` in {location}", graph.name);
         return Ok(());

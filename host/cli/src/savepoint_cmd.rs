@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use weir_host::checkpoint::catalog::{Manifest, RestorePoint};
+use weir_host::checkpoint::catalog::{self, Manifest, Purpose, RestorePoint};
 use weir_host::error::Error;
 use weir_host::job::{self, VertexKind};
 use weir_host::plugin::PluginEngine;
@@ -39,7 +39,7 @@ fn cwd() -> std::path::PathBuf {
 /// that state's entries as JSON lines.
 pub fn inspect_cmd(path: &str, dump: Option<&str>) -> Result<(), Error> {
     block_on(async {
-        let point = RestorePoint::open(path, &cwd()).await?;
+        let point = RestorePoint::open_for(path, &cwd(), Purpose::Inspect).await?;
         match dump {
             None => out(&inspect::inspect(&point).await?.to_string())?,
             Some(which) => {
@@ -87,7 +87,7 @@ pub fn check_cmd(
         }
     }
     let report = block_on(async {
-        let point = RestorePoint::open(path, &cwd()).await?;
+        let point = RestorePoint::open_for(path, &cwd(), Purpose::Check).await?;
         inspect::check(&point, &graph, &declared, allow_non_restored).await
     })?;
     out(&report.to_string())?;
@@ -103,10 +103,40 @@ pub fn check_cmd(
     }
 }
 
-/// Deletes the savepoint at `path`, refusing anything that is not one.
-pub fn dispose_cmd(path: &str) -> Result<(), Error> {
+/// Deletes the savepoint at `path`, refusing anything that is not one:
+/// only the files its `_metadata` references, then the directory if that
+/// left it empty. With `force`, a directory without `_metadata` (a
+/// savepoint interrupted while it was written) loses the files that look
+/// like a savepoint's, and nothing else.
+pub fn dispose_cmd(path: &str, force: bool) -> Result<(), Error> {
     block_on(async {
-        let point = RestorePoint::open(path, &cwd()).await?;
+        if force && !has_metadata(path).await? {
+            let dir = catalog::snapshot_dir(path);
+            let (n, kept) = savepoint::delete_partial(dir, &cwd()).await?;
+            let mut text = format!(
+                "{dir} has no _metadata (a savepoint interrupted while it was written): removed its {n} savepoint files"
+            );
+            if !kept.is_empty() {
+                text.push_str(&format!(
+                    "; kept {} other files: {}",
+                    kept.len(),
+                    kept.join(", ")
+                ));
+            }
+            out(&format!("{text}\n"))?;
+            return Ok(());
+        }
+        let point = match RestorePoint::open_for(path, &cwd(), Purpose::Dispose).await {
+            Ok(p) => p,
+            Err(Error::Savepoint { message }) if !force && local_dir_exists(path) => {
+                return Err(Error::Savepoint {
+                    message: format!(
+                        "{message}; a directory without _metadata is a savepoint interrupted while it was written: remove what it left with `weir savepoint dispose --force {path}`"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         // Its directory as `open` resolved it (a `_metadata` path or a
         // trailing slash stripped).
         let dir = point.location();
@@ -130,4 +160,19 @@ pub fn dispose_cmd(path: &str) -> Result<(), Error> {
         ))?;
         Ok(())
     })
+}
+
+/// Whether the snapshot directory `path` names has a `_metadata`.
+async fn has_metadata(path: &str) -> Result<bool, Error> {
+    let dir = catalog::snapshot_dir(path);
+    if !dir.contains("://") && !cwd().join(dir).is_dir() {
+        return Ok(true); // let `open_for` say what is missing
+    }
+    let storage = weir_host::checkpoint::storage::CheckpointStorage::open(dir, &cwd())?;
+    Ok(storage.exists(catalog::METADATA_FILE).await?)
+}
+
+fn local_dir_exists(path: &str) -> bool {
+    let dir = catalog::snapshot_dir(path);
+    !dir.contains("://") && cwd().join(dir).is_dir()
 }

@@ -211,7 +211,7 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
                 operator_states: vec![],
                 source_offsets: None,
                 sink: Some(vec![SinkSnapshot {
-                    pending: vec!["part-0-3".into()],
+                    pending: vec![".part-0-3.pending".into()],
                     next_part: 4,
                 }]),
             },
@@ -226,7 +226,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         operator_state: operator_state(),
         source_offset: Some(42),
         sink: Some(SinkSnapshot {
-            pending: vec!["part-0-1".into()],
+            pending: vec![".part-0-1.pending".into()],
             next_part: 2,
         }),
         in_flight: vec![InFlightChannel {

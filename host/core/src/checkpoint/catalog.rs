@@ -72,6 +72,127 @@ pub async fn scan(storage: &CheckpointStorage, job: &str) -> Result<Vec<Listed>,
     Ok(out)
 }
 
+/// The file in a job's checkpoint directory that remembers the snapshot a
+/// run was restored from (`-s`) until a checkpoint of that run completes
+/// (`docs/checkpoint-format.md`, "The restore record").
+pub const RESTORE_FILE: &str = "_restore";
+
+/// The `format` field of a restore record.
+pub const RESTORE_FORMAT: &str = "weir-restore";
+
+/// The restore record version this build writes (and the newest it reads).
+pub const RESTORE_VERSION: u32 = 1;
+
+/// A run restored from a snapshot, remembered durably so that a process
+/// killed before the run's first checkpoint resumes from the snapshot
+/// (`--from-latest`), not from scratch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRecord {
+    /// The record version.
+    pub version: u32,
+    /// The snapshot's directory: an absolute local path or a storage URL.
+    pub location: String,
+    /// The snapshot's id.
+    pub snapshot_id: u64,
+    /// Whether the run owns the snapshot.
+    pub claim_mode: crate::savepoint::ClaimMode,
+    /// Whether the run dropped state of uids the job does not have (`-n`).
+    pub allow_non_restored: bool,
+    /// The first checkpoint id the restored run takes: a completed
+    /// checkpoint with this id or a higher one supersedes the record.
+    pub first_checkpoint: CheckpointId,
+    /// When the record was written, Unix epoch milliseconds.
+    pub written_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct RestoreFile<'a> {
+    format: &'static str,
+    #[serde(flatten)]
+    record: &'a RestoreRecord,
+}
+
+impl RestoreRecord {
+    /// Encodes the record as pretty-printed JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&RestoreFile {
+            format: RESTORE_FORMAT,
+            record: self,
+        })
+        .expect("invariant: a restore record has only string keys and integers");
+        out.push(b'\n');
+        out
+    }
+
+    /// Decodes a restore record read from `file` (display path).
+    ///
+    /// # Errors
+    /// [`format::FormatError`] naming `file`: not JSON, another format, a
+    /// newer version, missing or unknown fields, or a location that is
+    /// empty or holds a control character (NUL included).
+    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
+        let fields = format::metadata_fields(
+            file,
+            bytes,
+            RESTORE_FORMAT,
+            "restore record",
+            RESTORE_VERSION,
+        )?;
+        let record: RestoreRecord = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| format::FormatError::new(file, format!("invalid restore record: {e}")))?;
+        if record.location.trim().is_empty() || record.location.chars().any(char::is_control) {
+            return Err(format::FormatError::new(
+                file,
+                format!(
+                    "field `location`: {:?} is not a snapshot location (empty, or a control character)",
+                    record.location
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Reads `job`'s restore record, if it has one.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if reading fails, [`Error::Format`] if the
+    /// record does not decode.
+    pub async fn read(storage: &CheckpointStorage, job: &str) -> Result<Option<Self>, Error> {
+        let path = format!("{job}/{RESTORE_FILE}");
+        match storage.get(&path).await {
+            Ok(bytes) => Ok(Some(Self::decode(&storage.location(&path), &bytes)?)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the record as `job`'s, replacing any earlier one (a new
+    /// restore starts a new run).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if writing fails.
+    pub async fn write(&self, storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
+        let path = format!("{job}/{RESTORE_FILE}");
+        storage.put(&path, self.encode().into()).await?;
+        Ok(())
+    }
+
+    /// Deletes `job`'s restore record (a checkpoint superseded it).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if deleting fails.
+    pub async fn remove(storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
+        storage.delete(&format!("{job}/{RESTORE_FILE}")).await?;
+        Ok(())
+    }
+
+    /// Whether a completed checkpoint among `completed` supersedes it.
+    pub fn superseded_by(&self, completed: &[CheckpointId]) -> bool {
+        completed.iter().any(|&id| id >= self.first_checkpoint)
+    }
+}
+
 /// What a snapshot directory's `_metadata` describes.
 #[derive(Debug, Clone)]
 pub enum Manifest {
@@ -144,6 +265,25 @@ impl Manifest {
         }
     }
 
+    /// Every file it references, relative to its directory, sorted, once
+    /// each (`_metadata` not included).
+    pub fn files(&self) -> Vec<&str> {
+        match self {
+            Manifest::Checkpoint(m) => {
+                let mut files: Vec<&str> = m
+                    .vertices
+                    .iter()
+                    .flat_map(|v| &v.subtasks)
+                    .filter_map(|s| s.file.as_deref())
+                    .collect();
+                files.sort_unstable();
+                files.dedup();
+                files
+            }
+            Manifest::Savepoint(m) => m.files(),
+        }
+    }
+
     /// Decodes the `_metadata` at `file` (display path), whichever layout
     /// its `format` field names.
     ///
@@ -157,6 +297,51 @@ impl Manifest {
             _ => Ok(Manifest::Checkpoint(format::decode_metadata(file, bytes)?)),
         }
     }
+}
+
+/// What a snapshot is opened for, which decides how a missing one is
+/// reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `weir run -s`.
+    Restore,
+    /// `weir savepoint check`.
+    Check,
+    /// `weir savepoint inspect`.
+    Inspect,
+    /// `weir savepoint dispose`.
+    Dispose,
+}
+
+impl Purpose {
+    /// What the command takes, for the message about a missing snapshot.
+    fn takes(self) -> &'static str {
+        match self {
+            Purpose::Restore => {
+                "`-s` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file"
+            }
+            Purpose::Check => {
+                "`weir savepoint check` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file"
+            }
+            Purpose::Inspect => {
+                "`weir savepoint inspect` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file"
+            }
+            Purpose::Dispose => {
+                "`weir savepoint dispose` takes a savepoint's directory (savepoint-<job>-<id>) or its _metadata file"
+            }
+        }
+    }
+}
+
+/// The directory `location` names: itself, or the directory of the
+/// `_metadata` file it names (`.` for a bare `_metadata`).
+pub fn snapshot_dir(location: &str) -> &str {
+    let dir = location
+        .trim_end_matches('/')
+        .strip_suffix(METADATA_FILE)
+        .unwrap_or(location)
+        .trim_end_matches('/');
+    if dir.is_empty() { "." } else { dir }
 }
 
 /// A completed checkpoint or savepoint to restore from.
@@ -191,32 +376,34 @@ impl RestorePoint {
     /// [`Error::Restore`] if there is no `_metadata` there;
     /// [`Error::Storage`] or [`Error::Format`] if it cannot be read.
     pub async fn open(location: &str, cwd: &Path) -> Result<Self, Error> {
-        let dir = location
-            .trim_end_matches('/')
-            .strip_suffix(METADATA_FILE)
-            .unwrap_or(location)
-            .trim_end_matches('/');
-        let dir = if dir.is_empty() { "." } else { dir };
+        Self::open_for(location, cwd, Purpose::Restore).await
+    }
+
+    /// As [`open`](Self::open), for `purpose`: a missing snapshot is
+    /// reported as what that command takes.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] (restoring) or [`Error::Savepoint`] (another
+    /// command) if there is no `_metadata` there; [`Error::Storage`] or
+    /// [`Error::Format`] if it cannot be read.
+    pub async fn open_for(location: &str, cwd: &Path, purpose: Purpose) -> Result<Self, Error> {
+        let dir = snapshot_dir(location);
+        let missing = |what: String| {
+            let message = format!("{what} does not exist: {}", purpose.takes());
+            match purpose {
+                Purpose::Restore => Error::Restore { message },
+                _ => Error::Savepoint { message },
+            }
+        };
         // A local directory that is not there is named as such (opening
         // the storage would create it).
         if !dir.contains("://") && !cwd.join(dir).exists() {
-            return Err(Error::Restore {
-                message: format!(
-                    "{} does not exist: `-s` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file",
-                    cwd.join(dir).display()
-                ),
-            });
+            return Err(missing(cwd.join(dir).display().to_string()));
         }
         let storage = CheckpointStorage::open(dir, cwd)?;
         let bytes = match storage.get(METADATA_FILE).await {
             Ok(b) => b,
-            Err(StorageError::NotFound { location }) => {
-                return Err(Error::Restore {
-                    message: format!(
-                        "{location} does not exist: `-s` takes a savepoint's or a completed checkpoint's directory (savepoint-<job>-<id>, chk-<n>) or its _metadata file"
-                    ),
-                });
-            }
+            Err(StorageError::NotFound { location }) => return Err(missing(location)),
             Err(e) => return Err(e.into()),
         };
         let manifest = Manifest::decode(&storage.location(METADATA_FILE), &bytes)?;
@@ -301,6 +488,7 @@ impl RestorePoint {
                 None => snapshots.extend((0..v.parallelism).map(|_| SubtaskSnapshot::default())),
             }
         }
+        check_pending_parts(graph, &snapshots)?;
         let types = match &self.manifest {
             Manifest::Savepoint(m) => m
                 .operators
@@ -344,10 +532,33 @@ impl RestorePoint {
         }
     }
 
+    /// Reads a state file the `_metadata` references. One that is missing
+    /// or not a regular file cannot appear by retrying: a restore error.
     async fn fetch(&self, file: &str) -> Result<(String, bytes::Bytes), Error> {
         let path = self.path(file);
-        let bytes = self.storage.get(&path).await?;
-        Ok((self.storage.location(&path), bytes))
+        let location = self.storage.location(&path);
+        match self.storage.get(&path).await {
+            Ok(bytes) => Ok((location, bytes)),
+            Err(StorageError::NotFound { .. }) => Err(Error::Restore {
+                message: format!(
+                    "{location}, a state file {} references, is missing",
+                    self.manifest.describe()
+                ),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the state of the vertices `uids` (for check), verifying
+    /// every file it reads.
+    ///
+    /// # Errors
+    /// As [`read_all`](Self::read_all).
+    pub async fn read(&self, uids: &[&str]) -> Result<Vec<OperatorSnapshot>, Error> {
+        match &self.manifest {
+            Manifest::Checkpoint(m) => self.read_checkpoint(m, uids).await,
+            Manifest::Savepoint(m) => self.read_savepoint(m, uids).await,
+        }
     }
 
     /// Reads whole checkpoint state files of the `wanted` uids.
@@ -485,6 +696,53 @@ impl RestorePoint {
     }
 }
 
+/// Checks that every pending part a restored `file` sink will commit is in
+/// its directory, pending or already committed (a restore that committed
+/// it before), as a regular file: a part that is not there cannot appear
+/// by retrying, so the restore fails at once naming it. Never opens a
+/// part (a FIFO in its place would block).
+///
+/// # Errors
+/// [`Error::Restore`] naming the part file and the sink.
+pub fn check_pending_parts(graph: &JobGraph, snapshots: &[SubtaskSnapshot]) -> Result<(), Error> {
+    let mut at = 0;
+    for v in &graph.vertices {
+        let these = snapshots
+            .get(at..at + v.parallelism as usize)
+            .unwrap_or_default();
+        at += v.parallelism as usize;
+        let crate::job::VertexKind::FileSink { dir } = &v.kind else {
+            continue;
+        };
+        for (subtask, s) in these.iter().enumerate() {
+            for name in s.sink.iter().flat_map(|s| &s.pending) {
+                let pending = dir.join(name);
+                let visible = dir.join(name.trim_start_matches('.').trim_end_matches(".pending"));
+                let found = [&pending, &visible]
+                    .into_iter()
+                    .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)));
+                let problem = match found {
+                    None => format!("is missing (nor is {} there)", visible.display()),
+                    Some((_, m)) if m.is_file() => continue,
+                    Some((p, m)) => format!(
+                        "({}) is {}, not a regular file",
+                        p.display(),
+                        super::storage::describe_file_type(&m.file_type())
+                    ),
+                };
+                return Err(Error::Restore {
+                    message: format!(
+                        "sink `{}` subtask {subtask}: pre-committed part {} {problem}; the restored snapshot's output cannot be committed",
+                        v.uid,
+                        pending.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `1.2 MB`-style sizes for logs and listings.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -498,5 +756,63 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::savepoint::ClaimMode;
+
+    fn record() -> RestoreRecord {
+        RestoreRecord {
+            version: RESTORE_VERSION,
+            location: "/data/savepoints/savepoint-counts-3f2a1b-7".into(),
+            snapshot_id: 7,
+            claim_mode: ClaimMode::NoClaim,
+            allow_non_restored: false,
+            first_checkpoint: CheckpointId(8),
+            written_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_restore_record_round_trips_and_reads_by_eye() {
+        let r = record();
+        let bytes = r.encode();
+        assert_eq!(RestoreRecord::decode("_restore", &bytes).unwrap(), r);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("{\n  \"format\": \"weir-restore\",\n  \"version\": 1,"),
+            "{text}"
+        );
+        assert!(text.contains("\"claim_mode\": \"no-claim\""), "{text}");
+        assert!(text.contains("\"first_checkpoint\": 8"), "{text}");
+        assert!(r.superseded_by(&[CheckpointId(3), CheckpointId(8)]));
+        assert!(!r.superseded_by(&[CheckpointId(3), CheckpointId(7)]));
+    }
+
+    #[test]
+    fn a_crafted_restore_record_is_refused_naming_the_field() {
+        for bad in ["", "  ", "a\0b", "x\ny"] {
+            let r = RestoreRecord {
+                location: bad.into(),
+                ..record()
+            };
+            let e = RestoreRecord::decode("job/_restore", &r.encode()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("job/_restore: field `location`: "),
+                "{e}"
+            );
+        }
+        let mut json: serde_json::Value = serde_json::from_slice(&record().encode()).unwrap();
+        json["version"] = 2.into();
+        let e = RestoreRecord::decode("r", &serde_json::to_vec(&json).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("newer Weir"), "{e}");
+        json["version"] = 1.into();
+        json["claim_mode"] = "steal".into();
+        assert!(RestoreRecord::decode("r", &serde_json::to_vec(&json).unwrap()).is_err());
+        assert!(RestoreRecord::decode("r", b"{\"format\": \"weir-checkpoint\"}").is_err());
     }
 }

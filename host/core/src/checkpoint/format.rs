@@ -618,7 +618,14 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
     let section = r.expect(Tag::Source)?;
     let source_offset = r.decode(&section)?;
     let section = r.expect(Tag::Sink)?;
-    let sink = r.decode(&section)?;
+    let sink: Option<SinkSnapshot> = r.decode(&section)?;
+    if let Some(sink) = &sink {
+        let what = format!(
+            "the sink section at byte {}: field `pending`",
+            section.offset
+        );
+        check_sink(&what, sink).map_err(|m| r.err(m))?;
+    }
     let mut in_flight = Vec::with_capacity((header.in_flight_channels as usize).min(most));
     for _ in 0..header.in_flight_channels {
         let section = r.expect(Tag::InFlight)?;
@@ -903,23 +910,19 @@ pub fn encode_metadata(m: &CheckpointMetadata) -> Vec<u8> {
 /// # Errors
 /// [`FormatError`] naming `file`: not JSON, a wrong or missing `format`, a
 /// newer version, missing or unknown fields, or a state file reference
-/// that is not a relative path inside the checkpoint directory.
+/// or sink part name that is not a plain file name.
 pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> {
     let fields = metadata_fields(file, bytes, METADATA_FORMAT, "checkpoint", METADATA_VERSION)?;
     let metadata: CheckpointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| FormatError::new(file, format!("invalid checkpoint metadata: {e}")))?;
     for vertex in &metadata.vertices {
         for subtask in &vertex.subtasks {
-            if let Some(name) = &subtask.file
-                && !is_contained_relative(name)
-            {
-                return Err(FormatError::new(
-                    file,
-                    format!(
-                        "vertex `{}` subtask {}: state file `{name}` is not a relative path inside the checkpoint directory",
-                        vertex.uid, subtask.subtask
-                    ),
-                ));
+            if let Some(name) = &subtask.file {
+                let what = format!(
+                    "vertex `{}` subtask {}: field `file`",
+                    vertex.uid, subtask.subtask
+                );
+                check_file_name(&what, name).map_err(|m| FormatError::new(file, m))?;
             }
         }
     }
@@ -988,20 +991,78 @@ pub(crate) fn metadata_fields(
     Ok(fields)
 }
 
-/// Whether `path` is relative and stays inside the directory it is
-/// resolved against, so a checkpoint can be moved or copied as a whole and
-/// a crafted `_metadata` cannot point elsewhere.
-fn is_contained_relative(path: &str) -> bool {
-    !path.is_empty()
-        && !path.contains('\\')
-        && !path.contains(':')
-        && path
-            .split('/')
-            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+/// Why `name` is not a plain file name, one path segment inside the
+/// directory it is resolved against, or `None` if it is one. Every name a
+/// snapshot references goes through here when it is decoded, so a crafted
+/// `_metadata` or state file can never name a path elsewhere (`..`, `/abs`,
+/// `a/b`) nor one a file system would read differently (NUL, `\\`, `:`).
+pub fn file_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some(format!("`{name}` names a directory"));
+    }
+    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | ':')) {
+        return Some(format!("it contains `{c}`: not a single path segment"));
+    }
+    if name.chars().any(char::is_control) {
+        return Some("it contains a NUL or another control character".into());
+    }
+    None
+}
+
+/// Checks a file name read from `_metadata` or a state file, naming the
+/// field it came from (`what`) in the message.
+///
+/// # Errors
+/// A message saying which field holds which name and why it is refused.
+pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), String> {
+    match file_name_problem(name) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{what}: {name:?} is not a plain file name inside the snapshot's directory ({why})"
+        )),
+    }
+}
+
+/// Why `name` is not the name of a `file` sink's pre-committed part,
+/// `.part-<subtask>-<n>.pending`, or `None` if it is one. The sink joins
+/// these names onto its directory and renames them, so nothing else may
+/// pass.
+pub fn pending_part_problem(name: &str) -> Option<String> {
+    if let Some(why) = file_name_problem(name) {
+        return Some(why);
+    }
+    let numbers = name
+        .strip_prefix(".part-")
+        .and_then(|r| r.strip_suffix(".pending"))
+        .and_then(|r| r.split_once('-'));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    match numbers {
+        Some((subtask, n)) if digits(subtask) && digits(n) => None,
+        _ => Some("a pending part is named `.part-<subtask>-<n>.pending`".into()),
+    }
+}
+
+/// Checks a sink's pending part names, naming the field (`what`, e.g.
+/// `sink.pending`) and index of a bad one.
+///
+/// # Errors
+/// A message naming the field, the name and why it is refused.
+pub(crate) fn check_sink(what: &str, sink: &SinkSnapshot) -> Result<(), String> {
+    for (i, name) in sink.pending.iter().enumerate() {
+        if let Some(why) = pending_part_problem(name) {
+            return Err(format!(
+                "{what}[{i}]: {name:?} is not a pending part file name ({why})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::{NamedStateSnapshot, StateEntries};
 
@@ -1087,7 +1148,7 @@ mod tests {
             operator_state: vec![("buffer".into(), values), ("none".into(), vec![])],
             source_offset: Some(1 << 40),
             sink: Some(SinkSnapshot {
-                pending: vec!["part-0-3".into(), "part-0-4".into()],
+                pending: vec![".part-0-3.pending".into(), ".part-0-4.pending".into()],
                 next_part: 5,
             }),
             in_flight: vec![
@@ -1124,7 +1185,7 @@ mod tests {
             operator_state: vec![("o".into(), vec![Value::Text("t".into())])],
             source_offset: Some(12),
             sink: Some(SinkSnapshot {
-                pending: vec!["p".into()],
+                pending: vec![".part-1-0.pending".into()],
                 next_part: 1,
             }),
             in_flight: vec![InFlightChannel {
@@ -1435,6 +1496,62 @@ mod tests {
         );
     }
 
+    /// Names a crafted snapshot might use to reach outside its directory.
+    pub(crate) const BAD_NAMES: &[&str] = &[
+        "../x",
+        "/abs",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "x\0y",
+        "a\\b",
+        "c:x",
+        "../precious.txt",
+    ];
+
+    #[test]
+    fn file_names_from_a_snapshot_are_single_plain_segments() {
+        for bad in BAD_NAMES {
+            let e = check_file_name("field `file`", bad).unwrap_err();
+            assert!(e.starts_with("field `file`: "), "{e}");
+            assert!(e.contains("not a plain file name"), "{e}");
+            assert!(pending_part_problem(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(file_name_problem("count-1.state"), None);
+        assert_eq!(pending_part_problem(".part-0-12.pending"), None);
+        for bad in [
+            "part-0-1",
+            ".part-0-1.inprogress",
+            ".part-x-1.pending",
+            ".part-0-.pending",
+            ".precious",
+            ".part-0-1-2.pending",
+        ] {
+            assert!(pending_part_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    /// A native snapshot's sink section, checksums recomputed as an
+    /// attacker would, cannot name a part outside the sink directory.
+    #[test]
+    fn a_sink_section_naming_a_path_is_refused_naming_the_field() {
+        for bad in BAD_NAMES.iter().chain(&[".precious.txt.pending"]) {
+            let s = SubtaskSnapshot {
+                sink: Some(SinkSnapshot {
+                    pending: vec![".part-0-1.pending".into(), (*bad).into()],
+                    next_part: 3,
+                }),
+                ..SubtaskSnapshot::default()
+            };
+            let bytes = encode_state_file(&s).bytes;
+            let shown = message(decode_state_file(FILE, &bytes));
+            assert!(shown.contains("the sink section at byte"), "{shown}");
+            assert!(shown.contains("field `pending`[1]"), "{shown}");
+            assert!(shown.contains("not a pending part file name"), "{shown}");
+        }
+    }
+
     #[test]
     fn state_file_names_are_one_safe_segment() {
         assert_eq!(state_file_name("tokenize", 0), "tokenize-0.state");
@@ -1443,7 +1560,7 @@ mod tests {
             state_file_name("../x y/é", 1),
             "..%2Fx%20y%2F%C3%A9-1.state"
         );
-        assert!(is_contained_relative(&state_file_name("..", 0)));
+        assert_eq!(file_name_problem(&state_file_name("..", 0)), None);
     }
 
     fn metadata() -> CheckpointMetadata {
@@ -1583,19 +1700,16 @@ mod tests {
                 }),
                 "unknown field `jobname`",
             ),
-            (
-                with(&|m| {
-                    m["vertices"][1]["subtasks"][0]["file"] = "../../etc/passwd".into();
-                }),
-                "vertex `count` subtask 1: state file `../../etc/passwd` is not a relative path",
-            ),
-            (
-                with(&|m| {
-                    m["vertices"][1]["subtasks"][0]["file"] = "/abs/count-1.state".into();
-                }),
-                "is not a relative path",
-            ),
         ];
+        let mut cases = cases;
+        for bad in BAD_NAMES {
+            cases.push((
+                with(&|m| {
+                    m["vertices"][1]["subtasks"][0]["file"] = (*bad).into();
+                }),
+                "vertex `count` subtask 1: field `file`: ",
+            ));
+        }
         for (bytes, expected) in cases {
             let shown = meta_error(&bytes);
             assert!(shown.starts_with("chk-7/_metadata: "), "{shown}");
@@ -1656,7 +1770,14 @@ mod tests {
                 prop::collection::btree_map(any::<u16>(), group, 0..4),
                 prop::collection::vec((".{0,6}", prop::collection::vec(value(), 0..3)), 0..3),
                 any::<Option<u64>>(),
-                proptest::option::of((prop::collection::vec(".{0,6}", 0..3), any::<u64>())),
+                proptest::option::of((
+                    prop::collection::vec(
+                        (any::<u32>(), any::<u64>())
+                            .prop_map(|(s, n)| format!(".part-{s}-{n}.pending")),
+                        0..3,
+                    ),
+                    any::<u64>(),
+                )),
                 prop::collection::vec(
                     (
                         any::<u32>(),

@@ -7,11 +7,14 @@
 //!   (`docs/checkpoint-format.md`).
 //! - [`coordinator`]: when to trigger, complete, abort and subsume
 //!   checkpoints (pure decisions; the runtime carries them out).
-//! - [`catalog`]: the checkpoints a job has in storage; loading one.
+//! - [`catalog`]: the checkpoints a job has in storage; loading one; the
+//!   record of a restore not yet superseded by a checkpoint.
+//! - [`lease`]: which run owns a job's checkpoints.
 
 pub mod catalog;
 pub mod coordinator;
 pub mod format;
+pub mod lease;
 pub mod storage;
 
 /// A checkpoint's id: 1, 2, 3, … within a job, continuing across restores

@@ -68,6 +68,39 @@ pub enum StorageError {
         /// The full location (root URL + path).
         location: String,
     },
+    /// A local path holds something other than a regular file (a FIFO, a
+    /// directory, a device), which is never opened.
+    #[error("{location} is {what}, not a regular file")]
+    NotAFile {
+        /// The full location.
+        location: String,
+        /// What is there instead (`a FIFO`, `a directory`, …).
+        what: &'static str,
+    },
+    /// Another run holds the job's lease on its checkpoint directory
+    /// (see [`super::lease`]).
+    #[error(
+        "job `{job}` is running elsewhere: its checkpoints in {location} are leased to {holder}; \
+         stop that run first (a lease left by a process that died expires by itself)"
+    )]
+    LeaseHeld {
+        /// The job.
+        job: String,
+        /// Its checkpoint directory.
+        location: String,
+        /// Who holds the lease, and until when.
+        holder: String,
+    },
+    /// This run's lease was taken over by another run after it expired.
+    #[error("job `{job}` lost its lease on {location} to {holder}")]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// Its checkpoint directory.
+        location: String,
+        /// Who holds the lease now.
+        holder: String,
+    },
     /// Any other failure of the storage backend.
     #[error("storage failure at {location}: {source}")]
     Backend {
@@ -83,10 +116,14 @@ impl StorageError {
     /// bug in Weir; everything else is the storage service's.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StorageError::InvalidUrl { .. } => ErrorKind::User,
+            // Not a file where one belongs: retrying cannot help.
+            StorageError::InvalidUrl { .. }
+            | StorageError::NotAFile { .. }
+            | StorageError::LeaseHeld { .. } => ErrorKind::User,
             StorageError::InvalidPath { .. } => ErrorKind::Internal,
             StorageError::NotFound { .. }
             | StorageError::AlreadyExists { .. }
+            | StorageError::LeaseLost { .. }
             | StorageError::Backend { .. } => ErrorKind::External,
         }
     }
@@ -112,6 +149,8 @@ pub struct CheckpointStorage {
     root: StorePath,
     /// The root as shown in messages: an absolute directory or a URL.
     url: Arc<str>,
+    /// The root's directory, for a local one.
+    local: Option<Arc<PathBuf>>,
 }
 
 impl CheckpointStorage {
@@ -162,6 +201,7 @@ impl CheckpointStorage {
                     store: shared_memory_store(name),
                     url: display_url("memory", name, root.as_ref()),
                     root,
+                    local: None,
                 })
             }
             "s3" => {
@@ -185,6 +225,7 @@ impl CheckpointStorage {
                     store: Arc::new(store),
                     url: display_url("s3", bucket, root.as_ref()),
                     root,
+                    local: None,
                 })
             }
             other => Err(invalid(format!(
@@ -221,6 +262,7 @@ impl CheckpointStorage {
             } else {
                 display.clone()
             },
+            local: Some(Arc::new(dir)),
         })
     }
 
@@ -290,6 +332,17 @@ impl CheckpointStorage {
     /// [`StorageError::Backend`] if the read fails.
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
         let location = self.object_path(path)?;
+        // Check a local file's type before opening it: opening a FIFO for
+        // reading blocks until a writer appears.
+        if let Some(file) = self.local_dir(path)
+            && let Ok(meta) = std::fs::metadata(&file)
+            && !meta.is_file()
+        {
+            return Err(StorageError::NotAFile {
+                location: self.location(path),
+                what: describe_file_type(&meta.file_type()),
+            });
+        }
         let result = self
             .store
             .get(&location)
@@ -361,6 +414,50 @@ impl CheckpointStorage {
         Ok(dirs)
     }
 
+    /// Deletes the object at `path`; `false` if there was none (a store
+    /// that cannot tell, such as S3, always says `true`).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidPath`] for a bad path,
+    /// [`StorageError::Backend`] if deleting fails.
+    pub async fn delete(&self, path: &str) -> Result<bool, StorageError> {
+        let location = self.object_path(path)?;
+        match self.store.delete(&location).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    /// The local directory `path` names below a local root; `None` for
+    /// other stores.
+    pub fn local_dir(&self, path: &str) -> Option<PathBuf> {
+        let root = self.local.as_ref()?;
+        let relative = StorePath::parse(path).ok()?;
+        Some(
+            relative
+                .parts()
+                .fold(root.as_ref().clone(), |dir, part| dir.join(part.as_ref())),
+        )
+    }
+
+    /// Removes the directory `path` of a local root if it is empty (other
+    /// stores have no directories: nothing to do). A directory that is not
+    /// empty, or not there, is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidPath`] for a bad or empty path.
+    pub async fn remove_empty_dir(&self, path: &str) -> Result<(), StorageError> {
+        self.object_path(path)?;
+        if let Some(dir) = self.local_dir(path) {
+            // Fails harmlessly when the directory is not empty or gone.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
     /// Deletes every object under `prefix/` (whole segments only: deleting
     /// `job/chk-1` leaves `job/chk-10` alone) and returns how many it
     /// deleted; 0 if there were none. Objects that vanish meanwhile (a
@@ -397,6 +494,13 @@ impl CheckpointStorage {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.error(prefix, e)),
             }
+        }
+        // A local directory may hold what no listing shows: writes staged
+        // as `NAME#<digits>` by a process that died (or ran out of space)
+        // mid-write, and empty directories (an upload that failed before
+        // its first byte). Both belong to the prefix: remove them too.
+        if let Some(dir) = self.local_dir(prefix) {
+            remove_local_leftovers(&dir);
         }
         Ok(deleted)
     }
@@ -473,6 +577,48 @@ impl CheckpointStorage {
             object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists { location },
             source => StorageError::Backend { location, source },
         }
+    }
+}
+
+/// Removes staged writes (`NAME#<digits>` files) and then empty
+/// directories under and including `dir`, depth first; leaves anything
+/// else (and never follows a symbolic link).
+fn remove_local_leftovers(dir: &FsPath) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(t) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        if t.is_dir() {
+            remove_local_leftovers(&entry.path());
+        } else if t.is_file() && name.to_str().is_some_and(is_staging_name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    // Fails harmlessly when something is left in it.
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// What a file type is, for messages: `a FIFO`, `a directory`, ….
+pub fn describe_file_type(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -694,6 +840,11 @@ mod tests {
                 async fn bad_paths() {
                     run("bad-paths", checks::bad_paths).await;
                 }
+
+                #[tokio::test]
+                async fn job_lease() {
+                    run("lease", checks::job_lease).await;
+                }
             }
         };
     }
@@ -753,7 +904,9 @@ mod tests {
             assert!(!s.exists("job/chk-2").await.unwrap());
             assert!(matches!(
                 s.get("job/chk-2").await,
-                Err(StorageError::NotFound { .. }) | Err(StorageError::Backend { .. })
+                Err(StorageError::NotFound { .. })
+                    | Err(StorageError::Backend { .. })
+                    | Err(StorageError::NotAFile { .. })
             ));
         }
 
@@ -904,6 +1057,52 @@ mod tests {
             assert!(s.list("").await.unwrap().is_empty());
         }
 
+        /// One holder at a time: a second is refused naming the first;
+        /// an expired lease is taken over, and its old holder learns it
+        /// lost it when it renews; a release leaves nothing.
+        pub async fn job_lease(s: CheckpointStorage) {
+            use crate::checkpoint::lease::{self, Holder, Lease};
+            use std::time::Duration;
+            let a = Holder::this_process("run-a");
+            let b = Holder::this_process("run-b");
+            let ttl = Duration::from_secs(60);
+            assert!(lease::current(&s, "job").await.unwrap().is_none());
+            let mut held = Lease::acquire(&s, "job", a.clone(), ttl).await.unwrap();
+            assert_eq!(held.generation(), 1);
+            let e = Lease::acquire(&s, "job", b.clone(), ttl).await.unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains("job `job` is running elsewhere"), "{shown}");
+            assert!(
+                shown.contains(&format!("pid {}, run run-a", std::process::id())),
+                "{shown}"
+            );
+            assert_eq!(e.kind(), ErrorKind::User);
+            assert!(lease::ensure_free(&s, "job").await.is_err());
+            held.renew().await.unwrap();
+            held.renew().await.unwrap();
+            assert_eq!(held.generation(), 3);
+            // Old generations go; the newest two stay.
+            assert_eq!(s.list("job/_lease").await.unwrap().len(), 2);
+            assert!(Lease::acquire(&s, "job", b.clone(), ttl).await.is_err());
+
+            // An expired lease is taken over.
+            let mut short = Lease::acquire(&s, "other", a.clone(), Duration::ZERO)
+                .await
+                .unwrap();
+            lease::ensure_free(&s, "other").await.unwrap();
+            let taken = Lease::acquire(&s, "other", b.clone(), ttl).await.unwrap();
+            let e = short.renew().await.unwrap_err();
+            assert!(e.to_string().contains("lost its lease"), "{e}");
+            assert!(e.to_string().contains("run run-b"), "{e}");
+            // Releasing a lease no longer held leaves the holder's alone.
+            short.release().await.unwrap();
+            assert!(lease::ensure_free(&s, "other").await.is_err());
+            taken.release().await.unwrap();
+            assert!(lease::current(&s, "other").await.unwrap().is_none());
+            held.release().await.unwrap();
+            assert!(s.list("job").await.unwrap().is_empty());
+        }
+
         pub async fn bad_paths(s: CheckpointStorage) {
             for path in [
                 "", "/", "job//x", "job/../x", "job/./x", "job/op#1", "a#12/b",
@@ -1001,6 +1200,57 @@ mod tests {
         assert_eq!(s.delete_prefix("job").await.unwrap(), 1);
         assert!(dir.path().join("root").is_dir(), "the root itself stays");
         assert!(!dir.path().join("root/job").exists());
+    }
+
+    /// What a failed upload (no space left) or a kill during a write
+    /// leaves in a local `chk-N` — an empty directory, a staged
+    /// `NAME#<digits>` file — goes with the prefix; other files stay.
+    #[tokio::test]
+    async fn local_delete_removes_empty_directories_and_staged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = CheckpointStorage::open("root", dir.path()).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("job/chk-3")).unwrap();
+        std::fs::create_dir_all(root.join("job/chk-4/sub")).unwrap();
+        std::fs::write(root.join("job/chk-4/count-0.state#12345"), b"half").unwrap();
+        s.put("job/chk-5/_metadata", Bytes::from_static(b"m"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.list_dirs("job").await.unwrap(),
+            ["chk-3", "chk-4", "chk-5"]
+        );
+        assert_eq!(s.delete_prefix("job/chk-3").await.unwrap(), 0);
+        assert_eq!(s.delete_prefix("job/chk-4").await.unwrap(), 0);
+        assert!(!root.join("job/chk-3").exists());
+        assert!(!root.join("job/chk-4").exists());
+        assert_eq!(s.list_dirs("job").await.unwrap(), ["chk-5"]);
+    }
+
+    /// A FIFO where a file belongs is refused without opening it (which
+    /// would block until a writer came).
+    #[tokio::test]
+    async fn a_fifo_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = CheckpointStorage::open("root", dir.path()).unwrap();
+        let fifo = dir.path().join("root/job/x.state");
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = s.get("job/x.state").await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::NotAFile { what: "a FIFO", .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("job/x.state is a FIFO, not a regular file"),
+            "{err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::User);
     }
 
     #[tokio::test]

@@ -305,6 +305,9 @@ pub struct InstanceState {
     operator_state: HashMap<String, Vec<Value>>,
     declared: Declarations,
     restored_types: HashMap<String, String>,
+    /// A declaration the restored state contradicts: retrying cannot help,
+    /// so the failing hook fails the job as a restore error.
+    restore_conflict: Option<String>,
     max_parallelism: u32,
     uid: Arc<str>,
     tag: Arc<str>,
@@ -390,6 +393,7 @@ impl Plugin {
                 operator_state: cfg.operator_state.into_iter().collect(),
                 declared: Declarations::default(),
                 restored_types: cfg.restored_types,
+                restore_conflict: None,
                 max_parallelism: cfg.max_parallelism,
                 uid: cfg.uid.as_str().into(),
                 tag,
@@ -617,6 +621,16 @@ impl OperatorInstance {
         self.store.set_epoch_deadline(epoch_ticks(timeout_ms));
         self.begin_call();
         let result = f(&self.bindings, &mut self.store);
+        if !matches!(result, Ok(Ok(_)))
+            && let Some(conflict) = self.store.data_mut().restore_conflict.take()
+        {
+            return Err(Error::Restore {
+                message: format!(
+                    "operator `{}` subtask {}: {conflict}",
+                    self.uid, self.subtask
+                ),
+            });
+        }
         if let Some((lines, bytes, budget)) = self.log.end_call() {
             tracing::warn!(
                 target: "weir::plugin",
@@ -882,14 +896,17 @@ impl keyed_state::Host for InstanceState {
             types::StateKind::List => DeclaredKind::List,
         };
         let type_name = declared_type(&state, kind, type_name)?;
-        self.check_restored_type(&state, type_name.as_deref())?;
+        self.check_restored_type(&state, type_name.as_deref())
+            .inspect_err(|e| self.restore_conflict = Some(e.clone()))?;
         if let Some(bound) = self.keyed.bound_kind(&state)
             && Some(bound) != kind.keyed()
         {
-            return Err(format!(
+            let conflict = format!(
                 "state `{state}` of operator `{}` holds {bound} entries in the restored state but is declared {kind}",
                 self.uid
-            ));
+            );
+            self.restore_conflict = Some(conflict.clone());
+            return Err(conflict);
         }
         self.declared.declare(DeclaredState {
             name: state,
@@ -997,7 +1014,8 @@ impl operator_state::Host for InstanceState {
             },
         };
         let type_name = declared_type(&state, kind, type_name)?;
-        self.check_restored_type(&state, type_name.as_deref())?;
+        self.check_restored_type(&state, type_name.as_deref())
+            .inspect_err(|e| self.restore_conflict = Some(e.clone()))?;
         self.declared.declare(DeclaredState {
             name: state,
             kind,
@@ -1326,10 +1344,9 @@ mod tests {
             ),
             "{msg}"
         );
-        assert!(
-            matches!(e, Error::OperatorFailed { hook: "open", .. }),
-            "{e:?}"
-        );
+        // Retrying cannot help: a restore error, not a restartable failure.
+        assert!(matches!(e, Error::Restore { .. }), "{e:?}");
+        assert!(!e.restartable());
     }
 
     #[test]

@@ -239,14 +239,14 @@ fn run_controlled(
     let storage = (graph.checkpoints.enabled() || options.restore != Restore::Fresh)
         .then(|| CheckpointStorage::open(&graph.checkpoints.storage, &graph.job_dir))
         .transpose()?;
-    let (mut restore, mut next_id) =
-        io.block_on(starting_point(graph, storage.as_ref(), options))?;
+    let start = io.block_on(starting_point(graph, storage.as_ref(), options))?;
+    let (mut restore, mut next_id) = (start.point, start.next_id);
     let restored_from = restore.as_ref().map(|r| r.manifest.id());
-    // A snapshot the user named with `-s`; claimed or not.
-    let user_snapshot = match (&options.restore, &restore) {
-        (Restore::From(_), Some(r)) => Some(r.location()),
-        _ => None,
-    };
+    // A snapshot the user named with `-s` (or its restore record did);
+    // claimed or not.
+    let user_snapshot = start
+        .user_claim
+        .and_then(|_| restore.as_ref().map(|r| r.location()));
     let mut tracker = RestartTracker::new(graph.restart.clone());
     let graph = Arc::new(graph.clone());
     loop {
@@ -261,14 +261,14 @@ fn run_controlled(
             io: io.handle(),
             attempt_number: tracker.restarts(),
             cancel: options.cancel.clone(),
-            allow_non_restored: options.allow_non_restored,
+            allow_non_restored: start.allow_non_restored,
             control: options.control.clone(),
             claimed: user_snapshot
                 .clone()
-                .filter(|_| options.claim_mode == ClaimMode::Claim),
+                .filter(|_| start.user_claim == Some(ClaimMode::Claim)),
             protected: user_snapshot
                 .clone()
-                .filter(|_| options.claim_mode == ClaimMode::NoClaim),
+                .filter(|_| start.user_claim == Some(ClaimMode::NoClaim)),
         };
         let (result, outcome) = attempt.run(restore.as_ref(), next_id);
         if let Some(id) = outcome.last_triggered {
@@ -392,15 +392,33 @@ async fn open_stored(storage: &CheckpointStorage, dir: &str) -> Result<RestorePo
     })
 }
 
+/// Where a run starts.
+struct Start {
+    /// The checkpoint or savepoint to restore, if any.
+    point: Option<RestorePoint>,
+    /// The first checkpoint id to take.
+    next_id: CheckpointId,
+    /// Restored from a snapshot the user named (`-s`, or a restore record
+    /// remembering it): how the run may treat it.
+    user_claim: Option<ClaimMode>,
+    /// Whether state of uids the job does not have is dropped.
+    allow_non_restored: bool,
+}
+
 /// Decides where the run starts: the checkpoint to restore, if any.
 async fn starting_point(
     graph: &JobGraph,
     storage: Option<&CheckpointStorage>,
     options: &RunOptions,
-) -> Result<(Option<RestorePoint>, CheckpointId), Error> {
+) -> Result<Start, Error> {
     let Some(storage) = storage else {
         clear_file_sinks(graph)?;
-        return Ok((None, CheckpointId(1)));
+        return Ok(Start {
+            point: None,
+            next_id: CheckpointId(1),
+            user_claim: None,
+            allow_non_restored: options.allow_non_restored,
+        });
     };
     let listed = catalog::scan(storage, &graph.name).await?;
     // A corrupt checkpoint still counts: starting from scratch (or from an
@@ -409,8 +427,38 @@ async fn starting_point(
         .iter()
         .filter(|l| !matches!(l.status, Status::Incomplete))
         .collect();
-    let point = match &options.restore {
-        Restore::Fresh => {
+    // A run restored with `-s` that has not completed a checkpoint yet:
+    // its snapshot is where the job is (see `RestoreRecord`).
+    let record = catalog::RestoreRecord::read(storage, &graph.name)
+        .await?
+        .filter(|r| !r.superseded_by(&completed.iter().map(|l| l.id).collect::<Vec<_>>()));
+    let mut user_claim = matches!(options.restore, Restore::From(_)).then_some(options.claim_mode);
+    let mut allow_non_restored = options.allow_non_restored;
+    let point = match (&options.restore, &record) {
+        (Restore::Fresh, Some(r)) => {
+            return Err(Error::Restore {
+                message: format!(
+                    "job `{}` was restored from {} ({}) and has completed no checkpoint since; \
+                     it will not silently start from scratch. Resume with --from-latest, or \
+                     start from scratch after `weir checkpoints JOB --delete`",
+                    graph.name,
+                    r.location,
+                    storage.location(&format!("{}/{}", graph.name, catalog::RESTORE_FILE))
+                ),
+            });
+        }
+        (Restore::Latest, Some(r)) => {
+            tracing::info!(
+                "job `{}` was restored from {} and completed no checkpoint since: resuming from it",
+                graph.name,
+                r.location
+            );
+            user_claim = Some(r.claim_mode);
+            allow_non_restored = r.allow_non_restored;
+            let cwd = std::env::current_dir().unwrap_or_default();
+            Some(RestorePoint::open(&r.location, &cwd).await?)
+        }
+        (Restore::Fresh, None) => {
             if let Some(latest) = completed.last() {
                 return Err(Error::CheckpointsExist {
                     job: graph.name.clone(),
@@ -427,7 +475,7 @@ async fn starting_point(
             }
             None
         }
-        Restore::Latest => match completed.last() {
+        (Restore::Latest, None) => match completed.last() {
             Some(l) => {
                 if let Status::Corrupt(why) = &l.status {
                     return Err(Error::Restore {
@@ -448,7 +496,7 @@ async fn starting_point(
                 None
             }
         },
-        Restore::From(location) => {
+        (Restore::From(location), _) => {
             let cwd = std::env::current_dir().unwrap_or_default();
             Some(RestorePoint::open(location, &cwd).await?)
         }
@@ -461,7 +509,7 @@ async fn starting_point(
     }
     match &point {
         Some(p) => {
-            let plan = p.plan(graph, options.allow_non_restored)?;
+            let plan = p.plan(graph, allow_non_restored)?;
             tracing::info!(
                 "restoring job `{}` from {} ({})",
                 graph.name,
@@ -490,7 +538,36 @@ async fn starting_point(
         .chain(point.as_ref().map(|p| p.manifest.id()))
         .max()
         .map_or(CheckpointId(1), CheckpointId::next);
-    Ok((point, next_id))
+    match (&point, user_claim) {
+        (Some(p), Some(claim_mode)) if graph.checkpoints.enabled() => {
+            // Before any record is processed: a process killed before the
+            // run's first checkpoint resumes from the snapshot.
+            let record = catalog::RestoreRecord {
+                version: catalog::RESTORE_VERSION,
+                location: p.location(),
+                snapshot_id: p.manifest.id().0,
+                claim_mode,
+                allow_non_restored,
+                first_checkpoint: record
+                    .as_ref()
+                    .filter(|r| r.location == p.location())
+                    .map_or(next_id, |r| r.first_checkpoint),
+                written_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            record.write(storage, &graph.name).await?;
+        }
+        // No restore record applies (superseded, or none): drop a stale
+        // one.
+        _ => catalog::RestoreRecord::remove(storage, &graph.name).await?,
+    }
+    Ok(Start {
+        point,
+        next_id,
+        user_claim,
+        allow_non_restored,
+    })
 }
 
 /// A fresh run replaces the output of the job's `file` sinks.

@@ -12,7 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::format::{
-    FormatError, decode_payload, metadata_fields, read_file_prefix, read_frame, write_frame_with,
+    FormatError, check_file_name, check_sink, decode_payload, metadata_fields, read_file_prefix,
+    read_frame, write_frame_with,
 };
 use crate::state::{StateEntries, StateKind, Value};
 
@@ -585,26 +586,41 @@ pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<SavepointMetadata, Fo
     )?;
     let m: SavepointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| FormatError::new(file, format!("invalid savepoint metadata: {e}")))?;
-    for name in m.files() {
-        if !is_plain_file_name(name) {
-            return Err(FormatError::new(
-                file,
-                format!(
-                    "state file reference {name:?} is not a file name inside the savepoint directory"
-                ),
-            ));
-        }
-    }
+    check_names(&m).map_err(|message| FormatError::new(file, message))?;
     Ok(m)
 }
 
-/// A single path segment: no separators, not `.`/`..`, not empty.
-fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\\'])
-        && !name.contains(':')
+/// Checks every name the metadata would have a reader join onto a
+/// directory: state files and sink parts (every metadata version has the
+/// same fields).
+fn check_names(m: &SavepointMetadata) -> Result<(), String> {
+    for o in &m.operators {
+        for s in &o.keyed_states {
+            for g in &s.key_groups {
+                let what = format!(
+                    "operator `{}` keyed state `{}` key group {}: field `file`",
+                    o.uid, s.name, g.key_group
+                );
+                check_file_name(&what, &g.at.file)?;
+            }
+        }
+        for s in &o.operator_states {
+            for t in &s.subtasks {
+                let what = format!(
+                    "operator `{}` operator state `{}` subtask {}: field `file`",
+                    o.uid, s.name, t.subtask
+                );
+                check_file_name(&what, &t.at.file)?;
+            }
+        }
+        for (i, sink) in o.sink.iter().flatten().enumerate() {
+            check_sink(
+                &format!("operator `{}`: field `sink[{i}].pending`", o.uid),
+                sink,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -791,10 +807,57 @@ mod tests {
         assert_eq!(metadata_format(&bytes).as_deref(), Some(SAVEPOINT_FORMAT));
         assert_eq!(decode_metadata("m", &bytes).unwrap(), m);
 
-        let mut escaping = m.clone();
-        escaping.operators[0].keyed_states[0].key_groups[0].at.file = "../x.state".into();
-        let e = decode_metadata("sp/_metadata", &encode_metadata(&escaping)).unwrap_err();
-        assert!(e.to_string().contains("not a file name"), "{e}");
+        for bad in crate::checkpoint::format::tests::BAD_NAMES {
+            let mut escaping = m.clone();
+            escaping.operators[0].keyed_states[0].key_groups[0].at.file = (*bad).into();
+            let e = decode_metadata("sp/_metadata", &encode_metadata(&escaping)).unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(
+                    "sp/_metadata: operator `count` keyed state `count` key group 1: field `file`: "
+                ),
+                "{shown}"
+            );
+            assert!(shown.contains("not a plain file name"), "{shown}");
+
+            let mut sink = m.clone();
+            sink.operators[0].sink = Some(vec![
+                crate::checkpoint::format::SinkSnapshot::default(),
+                crate::checkpoint::format::SinkSnapshot {
+                    pending: vec![(*bad).into()],
+                    next_part: 1,
+                },
+            ]);
+            let e = decode_metadata("sp/_metadata", &encode_metadata(&sink)).unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                shown.contains("operator `count`: field `sink[1].pending`[0]: "),
+                "{shown}"
+            );
+        }
+        let mut op_state = m.clone();
+        op_state.operators[0].operator_states = vec![OperatorStateMetadata {
+            name: "offsets".into(),
+            redistribution: Redistribution::Split,
+            type_name: None,
+            items: 1,
+            bytes: 1,
+            subtasks: vec![SubtaskSectionRef {
+                subtask: 0,
+                at: SectionRef {
+                    file: "/abs".into(),
+                    offset: 10,
+                    len: 1,
+                    count: 1,
+                },
+            }],
+        }];
+        let e = decode_metadata("m", &encode_metadata(&op_state)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("operator state `offsets` subtask 0: field `file`: \"/abs\""),
+            "{e}"
+        );
 
         let mut newer = m.clone();
         newer.version = SAVEPOINT_METADATA_VERSION + 1;

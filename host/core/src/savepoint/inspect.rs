@@ -482,9 +482,13 @@ fn declared_kind_name(k: DeclaredKind) -> String {
 /// without a plugin) against what the snapshot holds — kinds must match,
 /// declared types must read the stored ones.
 ///
+/// Every state file the restore would read is read and verified, and the
+/// sinks' pending parts are looked for, as `weir run -s` does: what would
+/// make the run fail is a fatal finding naming the file.
+///
 /// # Errors
-/// Storage and format errors reading a checkpoint's state files (a
-/// savepoint's metadata alone suffices).
+/// Storage and format errors reading a checkpoint's state files a second
+/// time (after they verified once).
 pub async fn check(
     point: &RestorePoint,
     graph: &JobGraph,
@@ -537,9 +541,21 @@ pub async fn check(
             ),
         });
     }
-    let ops = match &point.manifest {
-        Manifest::Checkpoint(_) => point.read_all().await?,
-        Manifest::Savepoint(_) => Vec::new(),
+    // Read and verify exactly what `weir run -s` would, so the two agree
+    // on a missing, damaged or non-regular file and on missing parts.
+    let loaded = point.load(graph, true).await;
+    if let Err(e) = &loaded {
+        report.findings.push(Finding {
+            fatal: true,
+            message: e.to_string(),
+        });
+    }
+    let ops = match (&point.manifest, loaded) {
+        (Manifest::Checkpoint(_), Ok(_)) => {
+            let uids: Vec<&str> = plan.matched.iter().map(|(u, ..)| u.as_str()).collect();
+            point.read(&uids).await?
+        }
+        _ => Vec::new(),
     };
     for (uid, ..) in &plan.matched {
         let Some(decl) = declared.get(uid) else {
