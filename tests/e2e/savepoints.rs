@@ -53,6 +53,10 @@ parallelism = {parallelism}
 [checkpoints]
 interval = "200ms"
 storage = "{storage}"
+
+# The REST API writes savepoints only under this root.
+[savepoints]
+dir = "savepoints"
 "#,
         tokenize = plugins::TOKENIZE,
         out = dir.join("out").display(),
@@ -541,6 +545,9 @@ fn a_stopped_v1_plugin_continues_as_v2_reading_its_state() {
             r#"
 name = "sensors"
 parallelism = 2
+
+[savepoints]
+dir = "savepoints"
 
 [[sources]]
 uid = "readings"

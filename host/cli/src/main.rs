@@ -9,12 +9,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// `println!` that never panics: a closed stdout (`weir checkpoints | head
+/// -1`) loses the rest of the output, nothing more.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr must not keep `weir run`
+/// from obeying a signal or exiting 0.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod savepoint_cmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use weir_host::api::client::{ApiClient, DEFAULT_ADDRESS};
-use weir_host::api::{ApiThread, Jobs, RequestStatus};
+use weir_host::api::targets::SavepointRoots;
+use weir_host::api::{self as api, ApiLimits, ApiThread, Jobs, RequestStatus};
 use weir_host::error::{Error, Problem};
 use weir_host::job::{self, JobGraph, VertexKind};
 use weir_host::metrics::JobMetrics;
@@ -90,6 +109,21 @@ enum Command {
             value_name = "ADDR"
         )]
         rest_address: SocketAddr,
+        /// Another directory (path or URL) savepoints may be written under
+        /// through the REST API, besides the job file's `[savepoints] dir`
+        /// (which is the default); repeatable.
+        #[arg(long = "savepoint-root", value_name = "DIR")]
+        savepoint_roots: Vec<String>,
+        /// How many connections the REST API serves at once; beyond, new
+        /// ones wait unaccepted.
+        #[arg(long, value_name = "N", default_value_t = api::DEFAULT_MAX_CONNECTIONS,
+              value_parser = clap::value_parser!(usize))]
+        rest_max_connections: usize,
+        /// How long a REST client has to send a request's headers (and an
+        /// idle connection is kept open), e.g. `10s`, `500ms`.
+        #[arg(long, value_name = "DURATION", default_value = "10s",
+              value_parser = parse_duration)]
+        rest_header_timeout: Duration,
     },
     /// Lists the jobs of a running `weir run` (through its REST API).
     List {
@@ -101,7 +135,7 @@ enum Command {
     Savepoint(SavepointCommand),
     /// Stops a running job with a savepoint, and prints where it is.
     Stop {
-        /// The job's id (see `weir list`).
+        /// The job's id (see `weir list`), or a unique prefix of it.
         job_id: String,
         /// The directory (path or URL) to create the savepoint under
         /// [default: the job file's `[savepoints] dir`].
@@ -119,7 +153,7 @@ enum Command {
     },
     /// Cancels a running job, without a savepoint.
     Cancel {
-        /// The job's id (see `weir list`).
+        /// The job's id (see `weir list`), or a unique prefix of it.
         job_id: String,
         #[command(flatten)]
         api: ApiAddress,
@@ -164,7 +198,7 @@ struct SavepointCommand {
 /// `weir savepoint JOB_ID [DIR]`.
 #[derive(Args)]
 struct SavepointTrigger {
-    /// The job's id (see `weir list`).
+    /// The job's id (see `weir list`), or a unique prefix of it.
     #[arg(required = true)]
     job_id: Option<String>,
     /// The directory (path or URL) to create the savepoint under
@@ -187,7 +221,7 @@ enum SavepointAction {
     /// Shows where a savepoint request is: IN_PROGRESS, COMPLETED with its
     /// location, or FAILED with the reason.
     Status {
-        /// The job's id.
+        /// The job's id, or a unique prefix of it.
         job_id: String,
         /// The request id `weir savepoint --detached` printed.
         request_id: String,
@@ -257,6 +291,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr loses log lines; reporting that would panic.
+        .log_internal_errors(false)
         .with_target(false)
         .init();
     let cache_dir = cli.cache_dir.unwrap_or_else(default_cache_dir);
@@ -270,6 +308,9 @@ fn main() -> ExitCode {
             allow_non_restored,
             claim_mode,
             rest_address,
+            savepoint_roots,
+            rest_max_connections,
+            rest_header_timeout,
         } => {
             let restore = match (from_latest, from) {
                 (_, Some(path)) => Restore::From(path),
@@ -282,7 +323,16 @@ fn main() -> ExitCode {
                 claim_mode,
                 ..RunOptions::default()
             };
-            engine().and_then(|engine| run(&engine, &job, quiet, options, rest_address))
+            let rest = RestOptions {
+                address: rest_address,
+                savepoint_roots,
+                limits: ApiLimits {
+                    max_connections: rest_max_connections.max(1),
+                    header_timeout: rest_header_timeout,
+                    ..ApiLimits::default()
+                },
+            };
+            engine().and_then(|engine| run(&engine, &job, quiet, options, rest))
         }
         Command::Checkpoints { job, delete, force } => checkpoints(&job, delete, force),
         Command::Validate { job } => engine().and_then(|engine| validate(&engine, &job)),
@@ -295,8 +345,9 @@ fn main() -> ExitCode {
                     api,
                 }),
             ..
-        }) => remote(&api, |client| {
-            savepoint_status(client, &job_id, &request_id)
+        }) => remote(&api, |client| async move {
+            let job_id = client.resolve_job_id(&job_id).await?;
+            savepoint_status(client, &job_id, &request_id).await
         }),
         Command::Savepoint(SavepointCommand {
             action:
@@ -327,6 +378,7 @@ fn main() -> ExitCode {
             format,
             api,
         } => remote(&api, |client| async move {
+            let job_id = client.resolve_job_id(&job_id).await?;
             let mode = if drain {
                 StopMode::Drain
             } else {
@@ -335,21 +387,22 @@ fn main() -> ExitCode {
             let request = client
                 .stop(&job_id, savepoint_path.as_deref(), format.into(), mode)
                 .await?;
-            eprintln!("stopping job {job_id} with a savepoint (request {request})…");
+            errln!("stopping job {job_id} with a savepoint (request {request})…");
             let info = client.wait_savepoint(&job_id, &request, POLL).await?;
-            println!("{}", info.location);
+            outln!("{}", info.location);
             Ok(())
         }),
         Command::Cancel { job_id, api } => remote(&api, |client| async move {
+            let job_id = client.resolve_job_id(&job_id).await?;
             let job = client.cancel(&job_id).await?;
-            println!("job `{}` ({}) is {}", job.name, job.id, job.state);
+            outln!("job `{}` ({}) is {}", job.name, job.id, job.state);
             Ok(())
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::from(match e.kind() {
                 ErrorKind::User => EXIT_USER,
                 ErrorKind::External => EXIT_EXTERNAL,
@@ -373,14 +426,38 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
+/// How `weir run` serves its REST API.
+struct RestOptions {
+    address: SocketAddr,
+    /// Besides the job file's `[savepoints] dir`.
+    savepoint_roots: Vec<String>,
+    limits: ApiLimits,
+}
+
+/// Parses a duration such as `10s` or `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))
+}
+
 fn run(
     engine: &PluginEngine,
     path: &Path,
     quiet: bool,
     options: RunOptions,
-    rest_address: SocketAddr,
+    rest: RestOptions,
 ) -> Result<(), Error> {
     let graph = job::load(path)?;
+    let roots = SavepointRoots::new(
+        graph
+            .savepoint_dir
+            .iter()
+            .chain(&rest.savepoint_roots)
+            .map(String::as_str),
+        &graph.job_dir,
+    )
+    .map_err(|e| Error::Savepoint {
+        message: format!("{e} (from `[savepoints] dir` or --savepoint-root)"),
+    })?;
     let metrics = JobMetrics::for_graph(&graph);
     let cancel = Arc::new(AtomicBool::new(false));
     let control = JobControl::new(&graph.name, metrics.clone(), cancel.clone());
@@ -406,10 +483,10 @@ fn run(
         None
     };
     let jobs = Jobs::new();
-    jobs.insert(control.clone());
-    let api = ApiThread::start(rest_address, jobs.clone())?;
+    jobs.insert(control.clone(), roots);
+    let api = ApiThread::start_with(rest.address, jobs.clone(), rest.limits)?;
     // One line, always: scripts and tests read the address from it.
-    eprintln!(
+    errln!(
         "job `{}` (id {}): REST API on http://{}",
         graph.name,
         control.id(),
@@ -440,7 +517,7 @@ fn run(
     api.shutdown();
     let report = result?;
     if let Some(savepoint) = &report.stopped_with {
-        eprintln!(
+        errln!(
             "job `{}` stopped with savepoint {}: resume with `weir run {} -s {}`",
             graph.name,
             savepoint.location,
@@ -459,16 +536,17 @@ fn run(
         if let Some(id) = metrics.last_checkpoint() {
             how.push_str(&format!(", last checkpoint {id}"));
         }
-        eprintln!(
+        errln!(
             "job `{}` finished in {:.2?}{how}",
-            graph.name, report.elapsed
+            graph.name,
+            report.elapsed
         );
         for (v, (uid, r_in, r_out)) in graph.vertices.iter().zip(&report.vertices) {
             let written = match &v.kind {
                 VertexKind::FileSink { dir } => format!(" → {}", dir.display()),
                 _ => String::new(),
             };
-            eprintln!("  {uid:<16} in {r_in:>12}  out {r_out:>12}{written}");
+            errln!("  {uid:<16} in {r_in:>12}  out {r_out:>12}{written}");
         }
     }
     Ok(())
@@ -543,7 +621,7 @@ fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
             problems,
         });
     }
-    println!(
+    outln!(
         "{}: ok: job `{}` with {} vertices, {plugins} plugins compiled",
         path.display(),
         graph.name,
@@ -571,18 +649,24 @@ fn checkpoints(path: &Path, delete: bool, force: bool) -> Result<(), Error> {
             ))?;
         }
         let n = io.block_on(storage.delete_prefix(&graph.name))?;
-        println!("deleted {n} files of job `{}` in {location}", graph.name);
+        outln!("deleted {n} files of job `{}` in {location}", graph.name);
         return Ok(());
     }
     let listed = io.block_on(catalog::scan(&storage, &graph.name))?;
     if listed.is_empty() {
-        println!("job `{}` has no checkpoints in {location}", graph.name);
+        outln!("job `{}` has no checkpoints in {location}", graph.name);
         return Ok(());
     }
-    println!("checkpoints of job `{}` in {location}:", graph.name);
-    println!(
+    outln!("checkpoints of job `{}` in {location}:", graph.name);
+    outln!(
         "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  status",
-        "id", "triggered (UTC)", "size", "duration", "sync", "async", "align"
+        "id",
+        "triggered (UTC)",
+        "size",
+        "duration",
+        "sync",
+        "async",
+        "align"
     );
     for l in listed {
         match l.status {
@@ -590,7 +674,7 @@ fn checkpoints(path: &Path, delete: bool, force: bool) -> Result<(), Error> {
                 let triggered = humantime::format_rfc3339_millis(
                     std::time::UNIX_EPOCH + Duration::from_millis(m.trigger_time_ms),
                 );
-                println!(
+                outln!(
                     "{:>6}  {:<24}  {:>10}  {:>8}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}ms  completed{}",
                     l.id,
                     triggered.to_string(),
@@ -603,17 +687,29 @@ fn checkpoints(path: &Path, delete: bool, force: bool) -> Result<(), Error> {
                 );
                 for v in &m.vertices {
                     if v.bytes() > 0 {
-                        println!("{:>8}{:<22} {:>10}", "", v.uid, human_bytes(v.bytes()));
+                        outln!("{:>8}{:<22} {:>10}", "", v.uid, human_bytes(v.bytes()));
                     }
                 }
             }
-            Status::Incomplete => println!(
+            Status::Incomplete => outln!(
                 "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  incomplete (no _metadata)",
-                l.id, "-", "-", "-", "-", "-", "-"
+                l.id,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
             ),
-            Status::Corrupt(why) => println!(
+            Status::Corrupt(why) => outln!(
                 "{:>6}  {:<24}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  corrupt: {why}",
-                l.id, "-", "-", "-", "-", "-", "-"
+                l.id,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
             ),
         }
     }
@@ -638,17 +734,20 @@ where
 async fn list(client: ApiClient) -> Result<(), Error> {
     let jobs = client.jobs().await?;
     if jobs.is_empty() {
-        println!("no jobs at {}", client.address());
+        outln!("no jobs at {}", client.address());
         return Ok(());
     }
     let name_width = jobs.iter().map(|j| j.name.len()).max().unwrap_or(0).max(4);
-    println!(
+    outln!(
         "{:<32}  {:<name_width$}  {:<10}  {:>12}  LAST CHECKPOINT",
-        "ID", "NAME", "STATE", "UPTIME"
+        "ID",
+        "NAME",
+        "STATE",
+        "UPTIME"
     );
     for j in jobs {
         let uptime = humantime::format_duration(Duration::from_secs(j.uptime_ms / 1000));
-        println!(
+        outln!(
             "{:<32}  {:<name_width$}  {:<10}  {:>12}  {}",
             j.id,
             j.name,
@@ -668,6 +767,7 @@ async fn savepoint(client: ApiClient, trigger: &SavepointTrigger) -> Result<(), 
         .job_id
         .as_deref()
         .expect("invariant: clap requires JOB_ID without a subcommand");
+    let job_id = &client.resolve_job_id(job_id).await?;
     let request = client
         .trigger_savepoint(
             job_id,
@@ -676,15 +776,15 @@ async fn savepoint(client: ApiClient, trigger: &SavepointTrigger) -> Result<(), 
         )
         .await?;
     if trigger.detached {
-        eprintln!(
+        errln!(
             "savepoint requested; see where it is with `weir savepoint status {job_id} {request}`"
         );
-        println!("{request}");
+        outln!("{request}");
         return Ok(());
     }
-    eprintln!("taking a savepoint of job {job_id} (request {request})…");
+    errln!("taking a savepoint of job {job_id} (request {request})…");
     let info = client.wait_savepoint(job_id, &request, POLL).await?;
-    println!("{}", info.location);
+    outln!("{}", info.location);
     Ok(())
 }
 
@@ -693,13 +793,13 @@ async fn savepoint(client: ApiClient, trigger: &SavepointTrigger) -> Result<(), 
 async fn savepoint_status(client: ApiClient, job_id: &str, request: &str) -> Result<(), Error> {
     let status = client.savepoint_status(job_id, request).await?;
     match status.status {
-        RequestStatus::InProgress => println!("IN_PROGRESS"),
-        RequestStatus::Completed => println!(
+        RequestStatus::InProgress => outln!("IN_PROGRESS"),
+        RequestStatus::Completed => outln!(
             "COMPLETED {}",
             status.location.as_deref().unwrap_or_default()
         ),
         RequestStatus::Failed => {
-            println!("FAILED {}", status.failure.as_deref().unwrap_or_default())
+            outln!("FAILED {}", status.failure.as_deref().unwrap_or_default())
         }
     }
     Ok(())
@@ -726,8 +826,9 @@ fn on_signal(cancel: Arc<AtomicBool>) {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("cancelling (again to exit at once)");
+            // The flag first: nothing printed may stand in its way.
             cancel.store(true, Ordering::Relaxed);
+            errln!("cancelling (again to exit at once)");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

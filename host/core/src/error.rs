@@ -235,6 +235,17 @@ pub enum Error {
         /// The API's error message.
         message: String,
     },
+    /// A job id given to a client command (`weir stop`, …) as a prefix
+    /// matches no running job, or more than one.
+    #[error("job id `{prefix}` {problem} at {address}")]
+    JobIdPrefix {
+        /// The id or prefix as given.
+        prefix: String,
+        /// The API's base URL.
+        address: String,
+        /// `matches no job (…)` or `is ambiguous: it matches …`.
+        problem: String,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -262,7 +273,7 @@ impl Error {
             Error::Restore { .. } | Error::CheckpointsExist { .. } | Error::Savepoint { .. } => {
                 ErrorKind::User
             }
-            Error::ApiBind { .. } => ErrorKind::User,
+            Error::ApiBind { .. } | Error::JobIdPrefix { .. } => ErrorKind::User,
             Error::ApiUnreachable { .. } => ErrorKind::External,
             Error::ApiRequest { status, .. } if *status < 500 => ErrorKind::User,
             Error::ApiRequest { .. } => ErrorKind::External,
@@ -296,6 +307,7 @@ impl Error {
             | Error::ApiBind { .. }
             | Error::ApiUnreachable { .. }
             | Error::ApiRequest { .. }
+            | Error::JobIdPrefix { .. }
             | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }

@@ -80,6 +80,47 @@ impl ApiClient {
         Ok(list.jobs)
     }
 
+    /// The full id of the job whose id is or starts with `given` (case
+    /// insensitive): a full 32-hex id is taken as it is, a shorter prefix
+    /// is looked up in `GET /v1/jobs`.
+    ///
+    /// # Errors
+    /// [`Error::JobIdPrefix`] if no job or several match; as
+    /// [`jobs`](Self::jobs).
+    pub async fn resolve_job_id(&self, given: &str) -> Result<String, Error> {
+        let prefix = given.trim().to_ascii_lowercase();
+        if prefix.len() == 32 {
+            return Ok(prefix);
+        }
+        let problem = |problem: String| Error::JobIdPrefix {
+            prefix: given.to_owned(),
+            address: self.base.clone(),
+            problem,
+        };
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(problem(
+                "is not a job id: expected hex digits (see `weir list`)".into(),
+            ));
+        }
+        let jobs = self.jobs().await?;
+        let ids: Vec<&str> = jobs
+            .iter()
+            .map(|j| j.id.as_str())
+            .filter(|id| id.starts_with(&prefix))
+            .collect();
+        match ids.as_slice() {
+            [one] => Ok((*one).to_owned()),
+            [] => Err(problem(format!(
+                "matches no job ({} running; see `weir list`)",
+                jobs.len()
+            ))),
+            many => Err(problem(format!(
+                "is ambiguous: it matches {}; give more digits",
+                many.join(", ")
+            ))),
+        }
+    }
+
     /// Job `id` (`GET /v1/jobs/{id}`).
     ///
     /// # Errors

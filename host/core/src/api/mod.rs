@@ -11,20 +11,24 @@
 //! other end, for the `weir` command.
 
 pub mod client;
+pub mod targets;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use self::targets::SavepointRoots;
 use crate::error::Error;
 use crate::runtime::{
     JobControl, JobInfo, SavepointFormat, SavepointInfo, SavepointRequest, StopMode,
@@ -33,6 +37,10 @@ use crate::runtime::{
 /// How many savepoint requests the registry remembers per job; the oldest
 /// is forgotten first.
 pub const MAX_REQUESTS_PER_JOB: usize = 100;
+
+/// How many savepoint and stop requests of one job may be in flight
+/// (queued or being taken) at once; one more is answered 429.
+pub const MAX_PENDING_REQUESTS_PER_JOB: usize = 8;
 
 /// How long [`ApiServer::shutdown`] waits for a client to fetch the
 /// outcome of a stop request: the job ends when its stop savepoint
@@ -95,12 +103,22 @@ pub struct JobList {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavepointBody {
-    /// The directory (path or URL) the savepoint is created under; by
-    /// default the job file's `[savepoints] dir`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The directory (path or URL) the savepoint is created under: a
+    /// path relative to the job's default savepoint root, or an absolute
+    /// path or URL under one of its roots; by default the job file's
+    /// `[savepoints] dir`.
+    #[serde(
+        default,
+        deserialize_with = "present_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_directory: Option<String>,
     /// `canonical` (the default) or `native`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub format: Option<String>,
 }
 
@@ -110,15 +128,30 @@ pub struct SavepointBody {
 #[serde(deny_unknown_fields)]
 pub struct StopBody {
     /// As for [`SavepointBody`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_directory: Option<String>,
     /// End the input first, so operators flush (`close`) before the
     /// savepoint; by default the job is suspended as it is.
     #[serde(default)]
     pub drain: bool,
     /// As for [`SavepointBody`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub format: Option<String>,
+}
+
+/// An optional string field that, when present, must be a string: `null`
+/// is refused as the OpenAPI document says (an absent field is the
+/// default).
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// The answer to a savepoint or stop request (HTTP 202).
@@ -196,6 +229,8 @@ impl std::fmt::Debug for Jobs {
 
 struct JobEntry {
     control: JobControl,
+    /// Where its savepoints may be written.
+    roots: SavepointRoots,
     /// Insertion order: jobs are listed oldest first.
     order: u64,
     /// Oldest first, at most [`MAX_REQUESTS_PER_JOB`].
@@ -216,8 +251,9 @@ impl Jobs {
         Jobs::default()
     }
 
-    /// Serves `control`'s job (replacing a job with the same id).
-    pub fn insert(&self, control: JobControl) {
+    /// Serves `control`'s job (replacing a job with the same id), whose
+    /// savepoints may be written only under `roots`.
+    pub fn insert(&self, control: JobControl, roots: SavepointRoots) {
         let mut registry = self.lock();
         let order = registry.next;
         registry.next += 1;
@@ -225,6 +261,7 @@ impl Jobs {
             control.id().to_string(),
             JobEntry {
                 control,
+                roots,
                 order,
                 requests: VecDeque::new(),
             },
@@ -269,19 +306,55 @@ impl Jobs {
             .expect("invariant: the job registry lock is not poisoned")
     }
 
-    /// Remembers a new request of job `job`, forgetting the oldest beyond
-    /// [`MAX_REQUESTS_PER_JOB`].
-    fn add_request(&self, job: &str, id: &str, stop: bool) {
+    /// Job `id`'s handle and savepoint roots.
+    fn get_with_roots(&self, id: &str) -> Option<(JobControl, SavepointRoots)> {
+        self.lock()
+            .jobs
+            .get(id)
+            .map(|e| (e.control.clone(), e.roots.clone()))
+    }
+
+    /// Remembers a new request of job `job`, forgetting the oldest settled
+    /// ones beyond [`MAX_REQUESTS_PER_JOB`]; refuses it if
+    /// [`MAX_PENDING_REQUESTS_PER_JOB`] are in flight already. Checked and
+    /// added under one lock, so concurrent requests cannot overshoot.
+    fn add_request(&self, job: &str, id: &str, stop: bool) -> Answer<()> {
+        let mut registry = self.lock();
+        let Some(entry) = registry.jobs.get_mut(job) else {
+            return Err(ApiError::unknown_job(job));
+        };
+        let pending = entry
+            .requests
+            .iter()
+            .filter(|r| r.outcome.is_none())
+            .count();
+        if pending >= MAX_PENDING_REQUESTS_PER_JOB {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "job `{}` ({job}) already has {pending} savepoint or stop requests in \
+                     flight, the limit ({MAX_PENDING_REQUESTS_PER_JOB}): wait until one \
+                     completes (poll its status), then retry",
+                    entry.control.name()
+                ),
+            ));
+        }
+        entry.requests.push_back(Request {
+            id: id.to_owned(),
+            stop,
+            outcome: None,
+            fetched: false,
+        });
+        while entry.requests.len() > MAX_REQUESTS_PER_JOB {
+            entry.requests.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Forgets request `id` of job `job` (the job refused it at once).
+    fn forget_request(&self, job: &str, id: &str) {
         if let Some(entry) = self.lock().jobs.get_mut(job) {
-            entry.requests.push_back(Request {
-                id: id.to_owned(),
-                stop,
-                outcome: None,
-                fetched: false,
-            });
-            while entry.requests.len() > MAX_REQUESTS_PER_JOB {
-                entry.requests.pop_front();
-            }
+            entry.requests.retain(|r| r.id != id);
         }
     }
 
@@ -342,6 +415,44 @@ impl Jobs {
 // ---------------------------------------------------------------------------
 // The server.
 
+/// What the API server holds every client to, so that no client can make
+/// it starve the job of file descriptors, memory or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections served at once. At the cap the server stops accepting
+    /// (new connections wait in the kernel's backlog, holding none of the
+    /// process's descriptors) until one closes.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, and how long an
+    /// idle keep-alive connection is kept: then it is closed.
+    pub header_timeout: Duration,
+    /// How long reading a request's body and answering it may take: then
+    /// it is answered 408 and the connection closed.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// [`ApiLimits::max_connections`] by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// [`ApiLimits::header_timeout`] by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`ApiLimits::request_timeout`] by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body accepted (413 beyond); the API's bodies are a
+/// few fields.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The read buffer of a connection, which bounds a request's headers.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// A running API server on the caller's tokio runtime.
 #[derive(Debug)]
 pub struct ApiServer {
@@ -349,15 +460,28 @@ pub struct ApiServer {
     jobs: Jobs,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Starts serving `jobs` on `addr` (port 0: any free port) on the current
-/// tokio runtime.
+/// tokio runtime, with the default [`ApiLimits`].
 ///
 /// # Errors
 /// [`Error::ApiBind`] if nothing can listen on `addr` (in use, not a local
 /// address, no permission).
 pub async fn bind(addr: SocketAddr, jobs: Jobs) -> Result<ApiServer, Error> {
+    bind_with(addr, jobs, ApiLimits::default()).await
+}
+
+/// As [`bind`], holding clients to `limits`.
+///
+/// # Errors
+/// As [`bind`].
+pub async fn bind_with(
+    addr: SocketAddr,
+    jobs: Jobs,
+    limits: ApiLimits,
+) -> Result<ApiServer, Error> {
     let bind_error = |source| Error::ApiBind {
         address: addr,
         source,
@@ -367,23 +491,141 @@ pub async fn bind(addr: SocketAddr, jobs: Jobs) -> Result<ApiServer, Error> {
         .map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, router(jobs.clone())).with_graceful_shutdown(async {
-        let _ = signal.await;
-    });
-    let task = tokio::spawn(std::future::IntoFuture::into_future(serve));
+    let open = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        router(jobs.clone()),
+        limits,
+        signal,
+        open.clone(),
+    ));
     tracing::debug!("REST API listening on http://{local_addr}");
     Ok(ApiServer {
         local_addr,
         jobs,
         shutdown,
         task,
+        open,
     })
+}
+
+/// Accepts connections while fewer than `limits.max_connections` are
+/// open, each served on its own task, until `shutdown`; then lets the open
+/// ones finish their requests.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ApiLimits,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    open: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // A slot first, then accept: at the cap nothing is accepted.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => {
+                slot.expect("invariant: the connection semaphore is never closed")
+            }
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, or the peer gave up: let the
+                    // process recover rather than spin.
+                    tracing::warn!("REST API: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        open.fetch_add(1, Ordering::Relaxed);
+        let (router, closing, open) = (router.clone(), closing_rx.clone(), open.clone());
+        connections.spawn(async move {
+            serve_connection(stream, router, limits, closing).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Resolves once `closing` is true (or its sender is gone).
+async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = closing.wait_for(|c| *c).await.map(|_| ());
+}
+
+/// Serves HTTP/1 on one connection: headers within
+/// `limits.header_timeout` (idle keep-alive included), each request
+/// answered within `limits.request_timeout`; when `closing` turns true,
+/// the request in flight is answered and the connection closed.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    limits: ApiLimits,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tower::ServiceExt;
+    let service = hyper::service::service_fn(move |request: axum::http::Request<_>| {
+        let router = router.clone();
+        async move {
+            let answer = tokio::time::timeout(
+                limits.request_timeout,
+                router.oneshot(request.map(axum::body::Body::new)),
+            )
+            .await;
+            Ok::<_, std::convert::Infallible>(match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request was not read and answered within the limit of {:?}",
+                        limits.request_timeout
+                    ),
+                )
+                .into_response(),
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        () = closed(&mut closing) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!("REST API connection closed: {e}");
+    }
 }
 
 impl ApiServer {
     /// The address it listens on (with the port chosen if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How many connections it serves now (at most
+    /// [`ApiLimits::max_connections`]).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Stops serving: requests in flight are answered, new connections
@@ -422,13 +664,21 @@ impl ApiThread {
     /// [`Error::ApiBind`] as [`bind`]; [`Error::Internal`] if the runtime
     /// cannot start.
     pub fn start(addr: SocketAddr, jobs: Jobs) -> Result<Self, Error> {
+        Self::start_with(addr, jobs, ApiLimits::default())
+    }
+
+    /// As [`start`](Self::start), holding clients to `limits`.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with(addr: SocketAddr, jobs: Jobs, limits: ApiLimits) -> Result<Self, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("weir-api")
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("starting the REST API runtime: {e}")))?;
-        let server = runtime.block_on(bind(addr, jobs))?;
+        let server = runtime.block_on(bind_with(addr, jobs, limits))?;
         Ok(ApiThread { runtime, server })
     }
 
@@ -458,6 +708,7 @@ pub fn router(jobs: Jobs) -> Router {
         .route(&format!("{V1}/jobs/{{id}}/cancel"), post(cancel))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(jobs)
 }
 
@@ -513,12 +764,14 @@ async fn job(State(jobs): State<Jobs>, Path(id): Path<String>) -> Answer<axum::J
 async fn savepoint(
     State(jobs): State<Jobs>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, axum::Json<Triggered>)> {
-    let control = jobs.get(&id).ok_or_else(|| ApiError::unknown_job(&id))?;
-    let body: SavepointBody = parse_body(&body)?;
+    let (control, roots) = jobs
+        .get_with_roots(&id)
+        .ok_or_else(|| ApiError::unknown_job(&id))?;
+    let body: SavepointBody = parse_body(body)?;
     let request = SavepointRequest {
-        target: body.target_directory,
+        target: Some(confine(&roots, body.target_directory.as_deref())?),
         format: parse_format(body.format.as_deref())?,
         stop: None,
     };
@@ -528,12 +781,14 @@ async fn savepoint(
 async fn stop(
     State(jobs): State<Jobs>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, axum::Json<Triggered>)> {
-    let control = jobs.get(&id).ok_or_else(|| ApiError::unknown_job(&id))?;
-    let body: StopBody = parse_body(&body)?;
+    let (control, roots) = jobs
+        .get_with_roots(&id)
+        .ok_or_else(|| ApiError::unknown_job(&id))?;
+    let body: StopBody = parse_body(body)?;
     let request = SavepointRequest {
-        target: body.target_directory,
+        target: Some(confine(&roots, body.target_directory.as_deref())?),
         format: parse_format(body.format.as_deref())?,
         stop: Some(if body.drain {
             StopMode::Drain
@@ -552,12 +807,13 @@ fn trigger(
     request: SavepointRequest,
 ) -> Answer<(StatusCode, axum::Json<Triggered>)> {
     let stop = request.stop.is_some();
-    let ticket = control
-        .trigger_savepoint(request)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
     let job = control.id().to_string();
     let request_id = format!("{:032x}", rand::random::<u128>());
-    jobs.add_request(&job, &request_id, stop);
+    jobs.add_request(&job, &request_id, stop)?;
+    let ticket = control.trigger_savepoint(request).map_err(|e| {
+        jobs.forget_request(&job, &request_id);
+        ApiError::new(StatusCode::CONFLICT, e.to_string())
+    })?;
     let (registry, id) = (jobs.clone(), request_id.clone());
     tokio::spawn(async move {
         let outcome = ticket.wait_async().await;
@@ -620,12 +876,39 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Parses a JSON request body; an empty body is the default.
-fn parse_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {
+/// Where a savepoint asked for with `target` may go: under the job's
+/// roots, durable, normalised (see [`targets`]).
+fn confine(roots: &SavepointRoots, target: Option<&str>) -> Answer<String> {
+    roots
+        .resolve(target)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Parses a JSON request body; an empty body is the default. A body over
+/// [`MAX_BODY_BYTES`] is 413.
+fn parse_body<T: Default + serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<T> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body over the limit of {MAX_BODY_BYTES} bytes")
+        } else {
+            format!("cannot read the request body: {}", e.body_text())
+        };
+        ApiError::new(status, message)
+    })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    // serde reads a struct from an array too; the schema says object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid request body: expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid request body: {e}"),
@@ -662,13 +945,22 @@ mod tests {
         })
     }
 
+    /// The roots of the tests' jobs: a local default and an S3 one.
+    fn roots() -> SavepointRoots {
+        SavepointRoots::new(
+            ["/tmp/savepoints", "s3://bucket/sp"],
+            std::path::Path::new("/"),
+        )
+        .unwrap()
+    }
+
     /// A running job named `name` in a new registry, served on a free
     /// port, with a client of it.
     async fn serve(name: &str) -> (ApiServer, ApiClient, JobControl) {
         let control = JobControl::new(name, metrics(), Arc::new(AtomicBool::new(false)));
         control.set_state(JobState::Running);
         let jobs = Jobs::new();
-        jobs.insert(control.clone());
+        jobs.insert(control.clone(), roots());
         let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
         let client = ApiClient::new(&format!("http://{}", server.local_addr())).unwrap();
         (server, client, control)
@@ -731,13 +1023,13 @@ mod tests {
     async fn jobs_are_listed_and_shown_with_their_counters() {
         let (server, client, control) = serve("wordcount").await;
         let other = JobControl::new("other", metrics(), Arc::new(AtomicBool::new(false)));
-        server.jobs.insert(other.clone());
+        server.jobs.insert(other.clone(), roots());
         let counters = metrics();
         let third = JobControl::new("third", counters.clone(), Arc::new(AtomicBool::new(false)));
         counters.checkpoint_completed(7);
         counters.restarts.store(2, Ordering::Relaxed);
         third.set_state(JobState::Restarting);
-        server.jobs.insert(third.clone());
+        server.jobs.insert(third.clone(), roots());
 
         let jobs = client.jobs().await.unwrap();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -824,7 +1116,8 @@ mod tests {
         let request_id = answer["request_id"].as_str().unwrap().to_owned();
         let (request, reply) = next_request(&control).await;
         assert_eq!(request.format, SavepointFormat::Canonical);
-        assert_eq!(request.target, None);
+        // The default root.
+        assert_eq!(request.target.as_deref(), Some("/tmp/savepoints"));
         reply
             .send(Err(Error::Savepoint {
                 message: "no [savepoints] dir in the job file and no target given".into(),
@@ -922,7 +1215,42 @@ mod tests {
         let base = format!("http://{}/v1", server.local_addr());
         let job = control.id().to_string();
         let post = reqwest::Method::POST;
-        let cases: [(reqwest::Method, String, &'static str, u16, &str); 7] = [
+        let cases: [(reqwest::Method, String, &'static str, u16, &str); 12] = [
+            (
+                post.clone(),
+                format!("{base}/jobs/{job}/savepoints"),
+                r#"{"format": null}"#,
+                400,
+                "invalid type: null, expected a string",
+            ),
+            (
+                post.clone(),
+                format!("{base}/jobs/{job}/stop"),
+                r#"{"target_directory": null}"#,
+                400,
+                "invalid type: null, expected a string",
+            ),
+            (
+                post.clone(),
+                format!("{base}/jobs/{job}/stop"),
+                r#"{"drain": "yes"}"#,
+                400,
+                "invalid type: string",
+            ),
+            (
+                post.clone(),
+                format!("{base}/jobs/{job}/savepoints"),
+                r#"{"format": 1}"#,
+                400,
+                "invalid type: integer",
+            ),
+            (
+                post.clone(),
+                format!("{base}/jobs/{job}/savepoints"),
+                r#"[]"#,
+                400,
+                "invalid request body",
+            ),
             (
                 post.clone(),
                 format!("{base}/jobs/{job}/savepoints"),
@@ -990,7 +1318,7 @@ mod tests {
         let control = JobControl::new("wordcount", metrics(), cancel.clone());
         control.set_state(JobState::Running);
         let jobs = Jobs::new();
-        jobs.insert(control.clone());
+        jobs.insert(control.clone(), roots());
         let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
         let client = ApiClient::new(&server.local_addr().to_string()).unwrap();
         let job = control.id().to_string();
@@ -1031,13 +1359,21 @@ mod tests {
         let (server, client, control) = serve("wordcount").await;
         let job = control.id().to_string();
         let mut ids = Vec::new();
-        for _ in 0..MAX_REQUESTS_PER_JOB + 3 {
-            ids.push(
-                client
-                    .trigger_savepoint(&job, None, SavepointFormat::Canonical)
-                    .await
-                    .unwrap(),
-            );
+        for n in 0..MAX_REQUESTS_PER_JOB + 3 {
+            let id = client
+                .trigger_savepoint(&job, None, SavepointFormat::Canonical)
+                .await
+                .unwrap();
+            // Each answered, so that no more than the limit are in flight.
+            let (_, reply) = next_request(&control).await;
+            reply
+                .send(Ok(SavepointInfo {
+                    location: format!("/tmp/savepoints/savepoint-wordcount-{n}"),
+                    id: n as u64,
+                }))
+                .unwrap();
+            settled(&client, &job, &id).await;
+            ids.push(id);
         }
         for forgotten in &ids[..3] {
             let e = client.savepoint_status(&job, forgotten).await.unwrap_err();
@@ -1045,7 +1381,7 @@ mod tests {
         }
         for kept in &ids[3..] {
             let status = client.savepoint_status(&job, kept).await.unwrap();
-            assert_eq!(status.status, RequestStatus::InProgress);
+            assert_eq!(status.status, RequestStatus::Completed);
         }
         server.shutdown().await;
     }
@@ -1076,6 +1412,248 @@ mod tests {
         shutdown.await.unwrap();
         let gone = client.jobs().await.unwrap_err();
         assert!(matches!(gone, Error::ApiUnreachable { .. }), "{gone:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn savepoint_targets_must_be_durable_and_under_the_roots() {
+        let (server, _client, control) = serve("wordcount").await;
+        let base = format!("http://{}/v1/jobs/{}", server.local_addr(), control.id());
+        let refused = [
+            ("memory://x", "is not durable"),
+            ("/tmp/evil", "outside the allowed savepoint roots"),
+            (
+                "/tmp/savepoints-evil",
+                "outside the allowed savepoint roots",
+            ),
+            ("../../../../tmp/evil2", "has a `..` segment"),
+            ("/tmp/savepoints/../evil", "has a `..` segment"),
+            (
+                "file:///tmp/savepoints",
+                "outside the allowed savepoint roots",
+            ),
+            ("s3://bucket/sp-evil", "outside the allowed savepoint roots"),
+            ("/tmp/savepoints/%2e%2e", "%-escapes are not accepted"),
+        ];
+        for endpoint in ["stop", "savepoints"] {
+            for (target, needle) in refused {
+                let body: &'static str = format!(r#"{{"target_directory": "{target}"}}"#).leak();
+                let (code, answer) =
+                    raw(reqwest::Method::POST, format!("{base}/{endpoint}"), body).await;
+                let message = answer["error"].as_str().unwrap_or_default();
+                assert_eq!(code, 400, "{endpoint} to {target}: {answer}");
+                assert!(message.contains(needle), "{endpoint} {target}: {message}");
+                assert!(message.contains(target), "{message}");
+                assert!(
+                    message.contains("/tmp/savepoints, s3://bucket/sp"),
+                    "names the roots: {message}"
+                );
+            }
+        }
+        // Nothing reached the job; it can still be stopped.
+        assert!(control.inbox().is_empty());
+        assert_eq!(control.state(), JobState::Running);
+
+        // Relative targets go under the default root; S3 ones under theirs.
+        for (given, resolved) in [
+            ("nightly/./1", "/tmp/savepoints/nightly/1"),
+            ("s3://bucket//sp/x", "s3://bucket/sp/x"),
+        ] {
+            let body: &'static str = format!(r#"{{"target_directory": "{given}"}}"#).leak();
+            let (code, _) = raw(reqwest::Method::POST, format!("{base}/savepoints"), body).await;
+            assert_eq!(code, 202);
+            let (request, _reply) = next_request(&control).await;
+            assert_eq!(request.target.as_deref(), Some(resolved));
+        }
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_without_roots_refuses_every_savepoint() {
+        let control = JobControl::new("rootless", metrics(), Arc::new(AtomicBool::new(false)));
+        control.set_state(JobState::Running);
+        let jobs = Jobs::new();
+        jobs.insert(control.clone(), SavepointRoots::none());
+        let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
+        let client = ApiClient::new(&server.local_addr().to_string()).unwrap();
+        let job = control.id().to_string();
+        for target in [None, Some("/tmp/x")] {
+            let e = client
+                .stop(&job, target, SavepointFormat::Canonical, StopMode::Suspend)
+                .await
+                .unwrap_err();
+            assert_eq!(api_status(&e), 400);
+            assert!(e.to_string().contains("no savepoint roots"), "{e}");
+        }
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_in_flight_are_bounded_with_429() {
+        let (server, client, control) = serve("wordcount").await;
+        let job = control.id().to_string();
+        for _ in 0..MAX_PENDING_REQUESTS_PER_JOB {
+            client
+                .trigger_savepoint(&job, None, SavepointFormat::Canonical)
+                .await
+                .unwrap();
+        }
+        let full = client
+            .stop(&job, None, SavepointFormat::Canonical, StopMode::Suspend)
+            .await
+            .unwrap_err();
+        assert_eq!(api_status(&full), 429);
+        let message = full.to_string();
+        assert!(message.contains("the limit (8)"), "{message}");
+        assert!(message.contains("wordcount"), "{message}");
+        // The refused stop did not mark the job stopping.
+        assert_eq!(control.inbox().len(), MAX_PENDING_REQUESTS_PER_JOB);
+
+        // One answered: room for one more, and a stop may be asked again.
+        let (_, reply) = next_request(&control).await;
+        reply
+            .send(Ok(SavepointInfo {
+                location: "/tmp/savepoints/savepoint-wordcount-1".into(),
+                id: 1,
+            }))
+            .unwrap();
+        let mut accepted = None;
+        for _ in 0..500 {
+            match client
+                .stop(&job, None, SavepointFormat::Canonical, StopMode::Suspend)
+                .await
+            {
+                Ok(id) => {
+                    accepted = Some(id);
+                    break;
+                }
+                Err(e) => assert_eq!(api_status(&e), 429),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(accepted.is_some(), "a slot frees once a request settles");
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_over_the_limit_is_413() {
+        let (server, _client, control) = serve("wordcount").await;
+        let url = format!(
+            "http://{}/v1/jobs/{}/savepoints",
+            server.local_addr(),
+            control.id()
+        );
+        let huge: &'static str = " ".repeat(MAX_BODY_BYTES + 1).leak();
+        let (code, answer) = raw(reqwest::Method::POST, url, huge).await;
+        assert_eq!(code, 413, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("limit of {MAX_BODY_BYTES} bytes")),
+            "{answer}"
+        );
+        assert!(control.inbox().is_empty());
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_sent_requests_are_capped_and_closed_after_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let control = JobControl::new("wordcount", metrics(), Arc::new(AtomicBool::new(false)));
+        control.set_state(JobState::Running);
+        let jobs = Jobs::new();
+        jobs.insert(control.clone(), roots());
+        let limits = ApiLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(200),
+            ..ApiLimits::default()
+        };
+        let server = bind_with("127.0.0.1:0".parse().unwrap(), jobs, limits)
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // Three times the cap, each sending half a request and then
+        // nothing.
+        let mut streams = Vec::new();
+        for _ in 0..12 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            streams.push(s);
+        }
+        // Every one is closed by the server (EOF or reset), a few at a
+        // time, never more than the cap open at once.
+        let mut reads = tokio::task::JoinSet::new();
+        for mut s in streams {
+            reads.spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        // hyper may answer 408 before closing.
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+        let mut closed = 0;
+        while closed < 12 {
+            assert!(server.open_connections() <= 4, "the cap holds");
+            tokio::select! {
+                done = reads.join_next() => {
+                    done.unwrap().unwrap();
+                    closed += 1;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        // The API answers again.
+        let client = ApiClient::new(&addr.to_string()).unwrap();
+        assert_eq!(client.jobs().await.unwrap().len(), 1);
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_id_prefix_resolves_when_unique() {
+        let (server, client, control) = serve("wordcount").await;
+        // 17 jobs: two of them share a first digit.
+        let mut ids = vec![control.id().to_string()];
+        for n in 0..16 {
+            let other = JobControl::new(
+                &format!("j{n}"),
+                metrics(),
+                Arc::new(AtomicBool::new(false)),
+            );
+            ids.push(other.id().to_string());
+            server.jobs.insert(other, roots());
+        }
+        let full = &ids[0];
+        assert_eq!(client.resolve_job_id(full).await.unwrap(), *full);
+        let unique = (1..=32)
+            .map(|n| &full[..n])
+            .find(|p| ids.iter().filter(|id| id.starts_with(p)).count() == 1)
+            .unwrap();
+        assert_eq!(
+            client.resolve_job_id(&unique.to_uppercase()).await.unwrap(),
+            *full
+        );
+        let shared = ids
+            .iter()
+            .map(|id| &id[..1])
+            .find(|d| ids.iter().filter(|id| id.starts_with(d)).count() > 1)
+            .unwrap();
+        let e = client.resolve_job_id(shared).await.unwrap_err();
+        assert!(matches!(e, Error::JobIdPrefix { .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::User);
+        assert!(e.to_string().contains("is ambiguous: it matches"), "{e}");
+        for e in [
+            client.resolve_job_id("g").await.unwrap_err(),
+            client.resolve_job_id("").await.unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("is not a job id"), "{e}");
+        }
+        server.shutdown().await;
     }
 
     #[test]

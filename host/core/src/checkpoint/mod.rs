@@ -33,7 +33,21 @@ impl CheckpointId {
 }
 
 impl std::fmt::Display for CheckpointId {
+    /// The number, honouring the formatter's width and alignment (the
+    /// `weir checkpoints` table aligns on it).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckpointId;
+
+    #[test]
+    fn a_checkpoint_id_honours_width_and_alignment() {
+        assert_eq!(format!("{:>6}|", CheckpointId(42)), "    42|");
+        assert_eq!(format!("{:<4}|", CheckpointId(7)), "7   |");
+        assert_eq!(CheckpointId(123).to_string(), "123");
     }
 }

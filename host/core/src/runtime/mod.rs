@@ -284,8 +284,16 @@ fn run_controlled(
         }
         match result {
             Ok(()) => {
+                // A stop's savepoint replaces the checkpoints only if it
+                // outlives the process (the REST API refuses memory://;
+                // an embedder may not).
+                let replaced = outcome
+                    .stopped_with
+                    .as_ref()
+                    .is_none_or(|s| !s.location.starts_with("memory://"));
                 if let Some(storage) = &storage
                     && graph.checkpoints.enabled()
+                    && replaced
                 {
                     // As Flink: a finished job's checkpoints are discarded.
                     io.block_on(storage.delete_prefix(&graph.name))?;
