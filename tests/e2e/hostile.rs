@@ -176,7 +176,6 @@ fn a_chatty_plugin_loses_lines_over_its_log_budget_but_runs() {
         "{}",
         run.stderr
     );
-    assert_eq!(run.stdout.lines().count(), 1);
 }
 
 #[test]
