@@ -68,10 +68,10 @@ dir = "savepoints"
 }
 
 /// A `weir run` in the background with its REST API on a free port.
-struct Running {
+pub(super) struct Running {
     child: Child,
     address: String,
-    id: String,
+    pub(super) id: String,
     log: PathBuf,
 }
 
@@ -86,7 +86,7 @@ impl Drop for Running {
 impl Running {
     // The child is waited for by `stop`, or on drop.
     #[allow(clippy::zombie_processes)]
-    fn start(job: &Path, extra: &[&str]) -> Self {
+    pub(super) fn start(job: &Path, extra: &[&str]) -> Self {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
         let mut args = vec!["run", "--quiet", job.to_str().unwrap()];
@@ -133,7 +133,7 @@ impl Running {
     }
 
     /// `weir ARGS --address ADDRESS`, which must succeed; its stdout.
-    fn ctl(&self, args: &[&str]) -> String {
+    pub(super) fn ctl(&self, args: &[&str]) -> String {
         let mut all = args.to_vec();
         all.extend_from_slice(&["--address", &self.address]);
         let o = weir(&all);
@@ -142,7 +142,7 @@ impl Running {
     }
 
     /// Stops the job with a savepoint under `dir`: the savepoint's path.
-    fn stop(mut self, dir: &Path) -> String {
+    pub(super) fn stop(mut self, dir: &Path) -> String {
         let printed = self.ctl(&["stop", &self.id, "--savepoint-path", dir.to_str().unwrap()]);
         let status = wait(&mut self.child, Duration::from_secs(60));
         let log = std::fs::read_to_string(&self.log).unwrap();
@@ -157,7 +157,7 @@ fn rand_suffix() -> u32 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn last_line(s: &str) -> String {
+pub(super) fn last_line(s: &str) -> String {
     s.lines()
         .rev()
         .find(|l| !l.trim().is_empty())
