@@ -21,6 +21,8 @@ struct Run {
 
 /// Runs `weir run --quiet JOB` as `weir_with_env` does, but reaps the child
 /// with `wait4`, whose resource usage gives that one process's peak RSS.
+// `wait4` reaps the child, which `Child` cannot know.
+#[allow(clippy::zombie_processes)]
 fn run_measured(dir: &Path, job: &str) -> Run {
     let path = dir.join("job.toml");
     std::fs::write(&path, job).unwrap();
@@ -58,6 +60,7 @@ fn run_measured(dir: &Path, job: &str) -> Run {
         }
         if started.elapsed() > std::time::Duration::from_secs(300) {
             child.kill().expect("killing a hung weir");
+            let _ = child.wait();
             panic!("`weir run` hung for 5 minutes");
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -226,6 +226,8 @@ fn count_then_snapshot(
             limits: Limits {
                 memory_bytes: 256 << 20,
                 fuel_per_call: fuel,
+                fuel_per_snapshot: fuel,
+                ..Limits::DEFAULT
             },
             state: restored_counts(keys),
             operator_state: Vec::new(),

@@ -108,9 +108,9 @@ impl LeaseFile {
     /// process of this host that is gone (a `kill -9` leaves its lease
     /// behind; the host can tell its holder is dead).
     pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expires_ms > now_ms
-            && !(self.holder.host == host_name()
-                && !std::path::Path::new(&format!("/proc/{}", self.holder.pid)).exists())
+        let holder_gone = self.holder.host == host_name()
+            && !std::path::Path::new(&format!("/proc/{}", self.holder.pid)).exists();
+        self.expires_ms > now_ms && !holder_gone
     }
 
     /// `host H, pid P, run R, until T`, for messages.

@@ -161,17 +161,17 @@ pub async fn delete_partial(location: &str, cwd: &Path) -> Result<(usize, Vec<St
     }
     // A local write staged under `NAME#<digits>` is not listed by the
     // store: remove those directly.
-    if let Some(dir) = storage.local_dir(&name) {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if file.contains('#')
-                    && is_snapshot_file(&file)
-                    && entry.file_type().is_ok_and(|t| t.is_file())
-                    && std::fs::remove_file(entry.path()).is_ok()
-                {
-                    deleted += 1;
-                }
+    if let Some(dir) = storage.local_dir(&name)
+        && let Ok(entries) = std::fs::read_dir(&dir)
+    {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.contains('#')
+                && is_snapshot_file(&file)
+                && entry.file_type().is_ok_and(|t| t.is_file())
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                deleted += 1;
             }
         }
     }
