@@ -193,14 +193,14 @@ storage = "{storage}"
 fn state_keys(sp: &str) -> usize {
     let o = weir(&["savepoint", "inspect", sp]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let shown = String::from_utf8_lossy(&o.stdout);
-    shown
+    String::from_utf8_lossy(&o.stdout)
         .lines()
         .find_map(|l| {
             let rest = l.trim().strip_prefix("state `count`  value int  ")?;
             rest.strip_suffix(" keys")?.parse().ok()
         })
-        .unwrap_or_else(|| panic!("no `count` state in:\n{shown}"))
+        // An early savepoint holds no `count` entries yet.
+        .unwrap_or(0)
 }
 
 /// Restores a Rust word count's savepoint of at least 100,000 keys into
