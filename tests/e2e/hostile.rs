@@ -244,12 +244,13 @@ fn a_sleeping_plugin_does_not_block_the_host() {
 #[test]
 fn a_call_past_its_wall_clock_bound_is_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    // Fuel enough for hours: only the wall-clock bound can end it.
+    // The most fuel a job file allows (minutes of guest code): only the
+    // wall-clock bound ends it in time.
     let job = hostile_job(
         dir.path(),
         "spin",
         1,
-        "limits = { fuel_per_call = 100000000000000, call_timeout_ms = 300 }",
+        "limits = { fuel_per_call = 1000000000000, call_timeout_ms = 300 }",
         "",
     );
     let run = run_measured(dir.path(), &job);

@@ -57,7 +57,6 @@ fn the_javascript_sdk_unit_tests_pass() {
 }
 
 #[test]
-#[ignore = "not yet run to completion: run with --ignored (see the h-sdk report)"]
 fn a_100k_key_rust_savepoint_continues_in_javascript_with_the_default_limits() {
     super::languages::assert_continues_a_100k_key_rust_savepoint(plugins::JS_WORD_COUNT);
 }

@@ -34,7 +34,11 @@ impl Running {
     fn start(job: &Path, extra: &[&str]) -> Self {
         let log = job.with_extension("log");
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
+        // Every test here writes its savepoints to `savepoints/` beside
+        // the job file: the API accepts targets under a root only.
+        let root = job.with_file_name("savepoints");
         let mut args = vec!["run", "--quiet", job.to_str().unwrap()];
+        args.extend_from_slice(&["--savepoint-root", root.to_str().unwrap()]);
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--rest-address", "127.0.0.1:0"]);
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -263,8 +263,14 @@ impl Error {
             | Error::PluginCache { .. }
             | Error::BadRecord { .. }
             | Error::SourceShrank { .. } => ErrorKind::User,
-            // A job file that does not exist is the user's mistake.
-            Error::JobRead { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            // A job file that does not exist, or is not a regular file or
+            // too big, is the user's mistake.
+            Error::JobRead { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
                 ErrorKind::User
             }
             Error::JobRead { .. } | Error::Io { .. } => ErrorKind::External,

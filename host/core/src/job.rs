@@ -532,8 +532,17 @@ pub fn load(path: &Path) -> Result<JobGraph, Error> {
 /// Reads a job file: a regular file of at most [`MAX_JOB_FILE_BYTES`].
 fn read_job_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
+    regular_file(path).map_err(|message| {
+        // A missing job file keeps its kind: it is the user's mistake, as
+        // is a path that is not a regular file.
+        let kind = if path.exists() {
+            std::io::ErrorKind::InvalidInput
+        } else {
+            std::io::ErrorKind::NotFound
+        };
+        std::io::Error::new(kind, message)
+    })?;
     let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
-    regular_file(path).map_err(invalid)?;
     let mut text = String::new();
     std::fs::File::open(path)?
         .take(MAX_JOB_FILE_BYTES + 1)

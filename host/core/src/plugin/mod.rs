@@ -166,7 +166,7 @@ impl PluginEngine {
             message,
         };
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let bytes = read_plugin_file(path).map_err(fail)?;
         check_component_header(&bytes).map_err(fail)?;
         let (component, from_cache) = self
             .compile_cached(&bytes)
@@ -252,6 +252,25 @@ fn start_epoch_ticker(engine: &Engine) -> Result<(), Error> {
 
 /// Tells a component from a core module or a non-Wasm file up front, since
 /// wasmtime's own message for those is obscure.
+/// Reads a plugin file: a regular file (a FIFO or a device would block or
+/// never end) of at most [`crate::job::MAX_PLUGIN_BYTES`], read through
+/// that bound so a file that grows after validation is not read whole.
+fn read_plugin_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let limit = crate::job::MAX_PLUGIN_BYTES;
+    crate::job::regular_file(path)?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "is larger than {limit} bytes, the most a plugin may be"
+        ));
+    }
+    Ok(bytes)
+}
+
 fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 0x0d, 0, 0x01, 0]) => Ok(()),
@@ -1374,6 +1393,19 @@ mod tests {
             redistribution: Redistribution::Union,
         };
         assert!(declared_type("s", op, Some("map<int, int>".into())).is_err());
+    }
+
+    #[test]
+    fn a_plugin_path_that_is_a_device_is_never_read() {
+        let engine = PluginEngine::new(None).unwrap();
+        let Err(e) = engine.load("op", Path::new("/dev/zero")) else {
+            panic!("/dev/zero loaded as a plugin");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("is a character device, not a regular file"),
+            "{msg}"
+        );
     }
 
     #[test]
