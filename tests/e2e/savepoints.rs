@@ -586,7 +586,21 @@ input = "sensors"
     };
     let v1 = job("v1.toml", plugins::HOT_SWAP_V1, "");
     let r = Running::start(&v1, &[]);
-    std::thread::sleep(Duration::from_millis(800));
+    // Stop only once v1 wrote output (to its hidden in-progress parts): a
+    // fixed wait left nothing to compare on a loaded machine.
+    let out = dir.path().join("out");
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&out).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "v1 wrote no output in 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let sp = r.stop(&dir.path().join("savepoints"));
     let before = part_names(&dir.path().join("out"));
     let mut last_v1: HashMap<String, u64> = HashMap::new();
