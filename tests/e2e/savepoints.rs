@@ -613,7 +613,21 @@ input = "sensors"
     assert!(!last_v1.is_empty());
 
     // Check reports the type evolution as compatible; v2 restores.
-    let v2 = job("v2.toml", plugins::HOT_SWAP_V2, "records = 4000");
+    // v2 reads 4000 records past where v1 stopped, however far that was.
+    let inspect = weir(&["savepoint", "inspect", &sp]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let report = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    let position: u64 = report
+        .lines()
+        .find(|l| l.contains("source offsets"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the source's position: {report}"));
+    let v2 = job(
+        "v2.toml",
+        plugins::HOT_SWAP_V2,
+        &format!("records = {}", position + 4000),
+    );
     let o = weir(&["savepoint", "check", &sp, v2.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
