@@ -387,9 +387,7 @@ impl Plugin {
             hook,
             message: hit.0,
         };
-        if restored > cfg.limits.state_bytes {
-            return Err(fail("restore", state_limit(restored, cfg.limits)));
-        }
+        check_state_bytes(restored, cfg.limits).map_err(|hit| fail("restore", hit))?;
         share
             .set(Part::State, restored)
             .map_err(|hit| fail("restore", hit))?;
@@ -496,10 +494,11 @@ fn instantiate_into(
     subtask: u32,
     limits: Limits,
 ) -> Result<bindings::StreamOperator, Error> {
+    let budget = CallBudget::of("instantiate", limits);
     store
-        .set_fuel(limits.fuel_per_call)
+        .set_fuel(budget.fuel)
         .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-    store.set_epoch_deadline(epoch_ticks(limits.call_timeout_ms));
+    store.set_epoch_deadline(epoch_ticks(budget.timeout_ms));
     pre.instantiate(&mut *store).map_err(|e| {
         failure(
             &e,
@@ -508,11 +507,41 @@ fn instantiate_into(
             plugin,
             subtask,
             "instantiate",
-            limits.fuel_per_call,
-            limits.call_timeout_ms,
+            budget,
             "",
         )
     })
+}
+
+/// The fuel and wall-clock time one hook call gets, and the job-file field
+/// that sets its fuel.
+#[derive(Clone, Copy)]
+struct CallBudget {
+    fuel: u64,
+    timeout_ms: u64,
+    fuel_knob: &'static str,
+}
+
+impl CallBudget {
+    /// `snapshot` and `close` flush cached state: a budget of their own
+    /// (and a wall-clock bound scaled alike), so a big flush fits while a
+    /// spinning one is still stopped.
+    fn of(hook: &str, limits: Limits) -> Self {
+        match hook {
+            "snapshot" | "close" => CallBudget {
+                fuel: limits.fuel_per_snapshot,
+                timeout_ms: limits
+                    .call_timeout_ms
+                    .saturating_mul((limits.fuel_per_snapshot / limits.fuel_per_call).max(1)),
+                fuel_knob: "limits.fuel_per_snapshot",
+            },
+            _ => CallBudget {
+                fuel: limits.fuel_per_call,
+                timeout_ms: limits.call_timeout_ms,
+                fuel_knob: "limits.fuel_per_call",
+            },
+        }
+    }
 }
 
 /// How many epoch ticks make `ms` milliseconds (at least one).
@@ -520,12 +549,16 @@ fn epoch_ticks(ms: u64) -> u64 {
     ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
 }
 
-fn state_limit(bytes: u64, limits: Limits) -> LimitHit {
-    LimitHit(format!(
+/// Checks `bytes` of keyed state against `limits.state_mb`.
+fn check_state_bytes(bytes: u64, limits: Limits) -> Result<(), LimitHit> {
+    if bytes <= limits.state_bytes {
+        return Ok(());
+    }
+    Err(LimitHit(format!(
         "holds {} MiB of keyed state, over its limit of {} MiB (`limits.state_mb`)",
         mib(bytes),
         mib(limits.state_bytes)
-    ))
+    )))
 }
 
 /// The error for a failed call: a limit hit names the limit (and is not
@@ -538,15 +571,14 @@ fn failure(
     plugin: &Path,
     subtask: u32,
     hook: &'static str,
-    fuel: u64,
-    timeout_ms: u64,
+    budget: CallBudget,
     stderr: &str,
 ) -> Error {
-    let fuel_knob = if fuel == data.limits.fuel_per_call {
-        "limits.fuel_per_call"
-    } else {
-        "limits.fuel_per_snapshot"
-    };
+    let CallBudget {
+        fuel,
+        timeout_ms,
+        fuel_knob,
+    } = budget;
     let hit = data
         .limiter
         .hit
@@ -623,21 +655,12 @@ impl OperatorInstance {
             &mut Store<InstanceState>,
         ) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Error> {
-        // `snapshot` and `close` flush cached state: a budget of their own,
-        // so a big flush fits while a spinning one is still stopped.
-        let (fuel, timeout_ms) = match hook {
-            "snapshot" | "close" => (
-                self.limits.fuel_per_snapshot,
-                self.limits.call_timeout_ms.saturating_mul(
-                    (self.limits.fuel_per_snapshot / self.limits.fuel_per_call).max(1),
-                ),
-            ),
-            _ => (self.limits.fuel_per_call, self.limits.call_timeout_ms),
-        };
+        let budget = CallBudget::of(hook, self.limits);
         self.store
-            .set_fuel(fuel)
+            .set_fuel(budget.fuel)
             .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-        self.store.set_epoch_deadline(epoch_ticks(timeout_ms));
+        self.store
+            .set_epoch_deadline(epoch_ticks(budget.timeout_ms));
         self.begin_call();
         let result = f(&self.bindings, &mut self.store);
         if !matches!(result, Ok(Ok(_)))
@@ -676,8 +699,7 @@ impl OperatorInstance {
                 &self.plugin,
                 self.subtask,
                 hook,
-                fuel,
-                timeout_ms,
+                budget,
                 &self.stderr.tail(),
             )),
         }
@@ -985,8 +1007,7 @@ impl keyed_state::Host for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         let result = self.apply_writes(writes);
         let bytes = self.keyed.approx_bytes();
-        if bytes > self.limits.state_bytes {
-            let hit = state_limit(bytes, self.limits);
+        if let Err(hit) = check_state_bytes(bytes, self.limits) {
             return Err(self.refuse(hit));
         }
         if let Err(hit) = self.limiter.share.set(Part::State, bytes) {
