@@ -132,6 +132,28 @@ impl Running {
         }
     }
 
+    /// The first log line containing `needle`, polled for up to a minute.
+    ///
+    /// # Panics
+    /// If the job exits first or no such line appears in time.
+    pub(super) fn wait_for_log(&mut self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weir exited ({status}) before logging `{needle}`; log:\n{log}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no `{needle}` in the log within a minute; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `weir ARGS --address ADDRESS`, which must succeed; its stdout.
     pub(super) fn ctl(&self, args: &[&str]) -> String {
         let mut all = args.to_vec();

@@ -6,112 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::savepoints::{Running, last_line};
 use super::{output_lines, stderr, weir};
 use weir_test_plugins as plugins;
 
-/// A `weir run` in the background with its REST API on a free port.
-struct Running {
-    child: Child,
-    address: String,
-    id: String,
-    log: PathBuf,
-}
-
-impl Drop for Running {
-    /// A test that fails leaves no job behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    // The child is waited for by `stop`, or on drop.
-    #[allow(clippy::zombie_processes)]
-    fn start(job: &Path, extra: &[&str]) -> Self {
-        let log = job.with_extension("log");
-        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
-        // Every test here writes its savepoints to `savepoints/` beside
-        // the job file: the API accepts targets under a root only.
-        let root = job.with_file_name("savepoints");
-        let mut args = vec!["run", "--quiet", job.to_str().unwrap()];
-        args.extend_from_slice(&["--savepoint-root", root.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--rest-address", "127.0.0.1:0"]);
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(&args)
-            .env("WEIR_CACHE_DIR", cache)
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("weir starts");
-        let mut running = Running {
-            child,
-            address: String::new(),
-            id: String::new(),
-            log,
-        };
-        let line = running.wait_for_log("REST API on ");
-        running.address = line.rsplit("REST API on ").next().unwrap().trim().into();
-        running.id = line
-            .split("(id ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .unwrap()
-            .into();
-        running
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The first log line containing `needle`, polled for up to a minute.
-    fn wait_for_log(&mut self, needle: &str) -> String {
-        poll(&format!("`{needle}` in the log"), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("weir exited ({status}) early; log:\n{}", self.log());
-            }
-            self.log()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_owned)
-        })
-    }
-
-    /// `weir ARGS --address ADDRESS`, which must succeed; its last line.
-    fn ctl(&self, args: &[&str]) -> String {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--address", &self.address]);
-        let o = weir(&all);
-        assert!(
-            o.status.success(),
-            "weir {all:?}: {}\nlog:\n{}",
-            stderr(&o),
-            self.log()
-        );
-        String::from_utf8(o.stdout)
-            .unwrap()
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
-    /// Stops the job with a savepoint under `dir` (no drain): the
-    /// savepoint's path, once the job exited 0.
-    fn stop(mut self, dir: &Path) -> String {
-        let sp = self.ctl(&["stop", &self.id, "--savepoint-path", dir.to_str().unwrap()]);
-        let status = poll("the stopped job's exit", || self.child.try_wait().unwrap());
-        assert_eq!(status.code(), Some(0), "log:\n{}", self.log());
-        sp
-    }
+/// `weir run JOB` in the background, accepting savepoints under
+/// `savepoints/` beside the job file, where every test here writes them.
+fn start(job: &Path) -> Running {
+    let root = job.with_file_name("savepoints");
+    Running::start(job, &["--savepoint-root", root.to_str().unwrap()])
 }
 
 /// Polls `f` every 20 ms until it returns something, for up to a minute.
@@ -222,7 +127,7 @@ fn a_stop_without_drain_closes_nothing_and_resuming_keeps_every_committed_part()
 
     let out = dir.path().join("out");
     let slow = close_emitting_job(dir.path(), "slow.toml", "rate = 2000");
-    let mut r = Running::start(&slow, &[]);
+    let mut r = start(&slow);
     poll("a committed part", || {
         (!committed_parts(&out).is_empty()).then_some(())
     });
@@ -338,14 +243,14 @@ fn savepoints_and_stops_go_on_after_a_bounded_source_ended_and_resume_exactly_on
 
     let (out_f, out_m) = (dir.path().join("out-f"), dir.path().join("out-m"));
     let slow = mixed_job(dir.path(), "slow.toml", "rate = 1000");
-    let r = Running::start(&slow, &[]);
+    let r = start(&slow);
     // `fin` closed once `lines` ended, and a checkpoint after that
     // committed its output: checkpoints go on.
     poll("`fin`'s close output committed", || {
         line_counts(&out_f).contains_key("closed").then_some(())
     });
     let savepoints = dir.path().join("savepoints");
-    let sp = r.ctl(&["savepoint", &r.id, savepoints.to_str().unwrap()]);
+    let sp = last_line(&r.ctl(&["savepoint", &r.id, savepoints.to_str().unwrap()]));
     let inspect = weir(&["savepoint", "inspect", &sp]);
     assert!(inspect.status.success(), "{}", stderr(&inspect));
     assert!(
@@ -388,7 +293,7 @@ fn an_input_file_shorter_than_the_restored_offset_fails_naming_file_offset_and_s
         ),
     )
     .unwrap();
-    let mut r = Running::start(&job, &[]);
+    let mut r = start(&job);
     r.wait_for_log("checkpoint 1 completed");
     let sp = r.stop(&dir.path().join("savepoints"));
     let inspect = weir(&["savepoint", "inspect", &sp]);
