@@ -461,12 +461,18 @@ fn run(
     let metrics = JobMetrics::for_graph(&graph);
     let cancel = Arc::new(AtomicBool::new(false));
     let control = JobControl::new(&graph.name, metrics.clone(), cancel.clone());
+    let storages = savepoint_cmd::storages();
     // One run of a job at a time owns its checkpoints.
-    let lease = if graph.checkpoints.enabled() {
-        let storage = weir_host::checkpoint::storage::CheckpointStorage::open(
-            &graph.checkpoints.storage,
-            &graph.job_dir,
-        )?;
+    let storage = graph
+        .checkpoints
+        .enabled()
+        .then(|| {
+            storages
+                .relative_to(&graph.job_dir)
+                .open(&graph.checkpoints.storage)
+        })
+        .transpose()?;
+    let lease = if let Some(storage) = &storage {
         let lost = |e: Error| {
             // Another run owns the checkpoints now: stop at once, as a
             // crash would, touching nothing more.
@@ -474,7 +480,7 @@ fn run(
             std::process::exit(i32::from(EXIT_EXTERNAL));
         };
         Some(weir_host::checkpoint::lease::LeaseKeeper::start(
-            &storage,
+            storage,
             &graph.name,
             control.id().as_str(),
             lost,
@@ -503,6 +509,8 @@ fn run(
         job_file: Some(path.to_owned()),
         cancel: Some(cancel),
         control: Some(control.clone()),
+        storages: Some(storages),
+        storage,
         ..options
     };
     let result = runtime::run_with(&graph, engine, metrics.clone(), &options);
@@ -633,9 +641,10 @@ fn validate(engine: &PluginEngine, path: &Path) -> Result<(), Error> {
 /// `weir checkpoints`: one line per checkpoint directory of the job.
 fn checkpoints(path: &Path, delete: bool, force: bool) -> Result<(), Error> {
     use weir_host::checkpoint::catalog::{self, Status, human_bytes};
-    use weir_host::checkpoint::storage::CheckpointStorage;
     let graph = job::load(path)?;
-    let storage = CheckpointStorage::open(&graph.checkpoints.storage, &graph.job_dir)?;
+    let storage = savepoint_cmd::storages()
+        .relative_to(&graph.job_dir)
+        .open(&graph.checkpoints.storage)?;
     let io = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use weir_host::checkpoint::catalog::{self, Manifest, Purpose, RestorePoint};
+use weir_host::checkpoint::storage::Storages;
 use weir_host::error::Error;
 use weir_host::job::{self, VertexKind};
 use weir_host::plugin::PluginEngine;
@@ -31,15 +32,17 @@ fn out(text: &str) -> Result<(), Error> {
     }
 }
 
-fn cwd() -> std::path::PathBuf {
-    std::env::current_dir().unwrap_or_default()
+/// Where the CLI opens what a user names: paths relative to the working
+/// directory, S3 configured from the environment.
+pub fn storages() -> Storages {
+    Storages::from_env(&std::env::current_dir().unwrap_or_default())
 }
 
 /// Prints what the snapshot at `path` holds, or with `dump` (`UID/STATE`)
 /// that state's entries as JSON lines.
 pub fn inspect_cmd(path: &str, dump: Option<&str>) -> Result<(), Error> {
     block_on(async {
-        let point = RestorePoint::open_for(path, &cwd(), Purpose::Inspect).await?;
+        let point = RestorePoint::open_for(path, &storages(), Purpose::Inspect).await?;
         match dump {
             None => out(&inspect::inspect(&point).await?.to_string())?,
             Some(which) => {
@@ -87,7 +90,7 @@ pub fn check_cmd(
         }
     }
     let report = block_on(async {
-        let point = RestorePoint::open_for(path, &cwd(), Purpose::Check).await?;
+        let point = RestorePoint::open_for(path, &storages(), Purpose::Check).await?;
         inspect::check(&point, &graph, &declared, allow_non_restored).await
     })?;
     out(&report.to_string())?;
@@ -112,7 +115,7 @@ pub fn dispose_cmd(path: &str, force: bool) -> Result<(), Error> {
     block_on(async {
         if force && !has_metadata(path).await? {
             let dir = catalog::snapshot_dir(path);
-            let (n, kept) = savepoint::delete_partial(dir, &cwd()).await?;
+            let (n, kept) = savepoint::delete_partial(dir, &storages()).await?;
             let mut text = format!(
                 "{dir} has no _metadata (a savepoint interrupted while it was written): removed its {n} savepoint files"
             );
@@ -126,7 +129,7 @@ pub fn dispose_cmd(path: &str, force: bool) -> Result<(), Error> {
             out(&format!("{text}\n"))?;
             return Ok(());
         }
-        let point = match RestorePoint::open_for(path, &cwd(), Purpose::Dispose).await {
+        let point = match RestorePoint::open_for(path, &storages(), Purpose::Dispose).await {
             Ok(p) => p,
             Err(Error::Savepoint { message }) if !force && local_dir_exists(path) => {
                 return Err(Error::Savepoint {
@@ -153,7 +156,7 @@ pub fn dispose_cmd(path: &str, force: bool) -> Result<(), Error> {
                 ),
             });
         }
-        let n = savepoint::delete_snapshot(&dir, &cwd()).await?;
+        let n = savepoint::delete_snapshot(&dir, &storages()).await?;
         out(&format!(
             "disposed of {} ({n} files): {dir}\n",
             point.manifest.describe()
@@ -165,14 +168,15 @@ pub fn dispose_cmd(path: &str, force: bool) -> Result<(), Error> {
 /// Whether the snapshot directory `path` names has a `_metadata`.
 async fn has_metadata(path: &str) -> Result<bool, Error> {
     let dir = catalog::snapshot_dir(path);
-    if !dir.contains("://") && !cwd().join(dir).is_dir() {
+    let storages = storages();
+    if !dir.contains("://") && !storages.base_dir().join(dir).is_dir() {
         return Ok(true); // let `open_for` say what is missing
     }
-    let storage = weir_host::checkpoint::storage::CheckpointStorage::open(dir, &cwd())?;
+    let storage = storages.open(dir)?;
     Ok(storage.exists(catalog::METADATA_FILE).await?)
 }
 
 fn local_dir_exists(path: &str) -> bool {
     let dir = catalog::snapshot_dir(path);
-    !dir.contains("://") && cwd().join(dir).is_dir()
+    !dir.contains("://") && storages().base_dir().join(dir).is_dir()
 }

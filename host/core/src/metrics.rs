@@ -31,7 +31,7 @@ impl VertexMetrics {
 }
 
 /// Counters of a job, in the graph's vertex order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct JobMetrics {
     /// One entry per vertex.
     pub vertices: Vec<VertexMetrics>,

@@ -302,7 +302,10 @@ fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
         .build()
         .unwrap();
     let point = io
-        .block_on(RestorePoint::open(&sp.location, dir.path()))
+        .block_on(RestorePoint::open(
+            &sp.location,
+            &weir_host::checkpoint::storage::Storages::from_env(dir.path()),
+        ))
         .unwrap();
     let shown = io.block_on(inspect::inspect(&point)).unwrap();
     let count = shown.operators.iter().find(|o| o.uid == "count").unwrap();
@@ -445,7 +448,7 @@ fn stop_with_drain_closes_operators_and_commits_everything_before_the_savepoint(
     let point = io
         .block_on(weir_host::checkpoint::catalog::RestorePoint::open(
             &sp.location,
-            dir.path(),
+            &weir_host::checkpoint::storage::Storages::from_env(dir.path()),
         ))
         .unwrap();
     let shown = io

@@ -958,7 +958,7 @@ mod tests {
     /// port, with a client of it.
     async fn serve(name: &str) -> (ApiServer, ApiClient, JobControl) {
         let control = JobControl::new(name, metrics(), Arc::new(AtomicBool::new(false)));
-        control.set_state(JobState::Running);
+        control.advance(JobState::Running);
         let jobs = Jobs::new();
         jobs.insert(control.clone(), roots());
         let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
@@ -1028,7 +1028,8 @@ mod tests {
         let third = JobControl::new("third", counters.clone(), Arc::new(AtomicBool::new(false)));
         counters.checkpoint_completed(7);
         counters.restarts.store(2, Ordering::Relaxed);
-        third.set_state(JobState::Restarting);
+        assert!(third.advance(JobState::Running));
+        assert!(third.advance(JobState::Restarting));
         server.jobs.insert(third.clone(), roots());
 
         let jobs = client.jobs().await.unwrap();
@@ -1316,7 +1317,7 @@ mod tests {
     async fn cancel_sets_the_flag_and_an_ended_job_refuses_requests() {
         let cancel = Arc::new(AtomicBool::new(false));
         let control = JobControl::new("wordcount", metrics(), cancel.clone());
-        control.set_state(JobState::Running);
+        control.advance(JobState::Running);
         let jobs = Jobs::new();
         jobs.insert(control.clone(), roots());
         let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
@@ -1333,7 +1334,7 @@ mod tests {
         assert_eq!(api_status(&refused), 409);
         assert!(refused.to_string().contains("is CANCELLING"), "{refused}");
 
-        control.set_state(JobState::Cancelled);
+        control.advance(JobState::Cancelled);
         let refused = client.cancel(&job).await.unwrap_err();
         assert_eq!(api_status(&refused), 409);
         assert!(
@@ -1400,7 +1401,7 @@ mod tests {
             id: 9,
         };
         reply.send(Ok(info.clone())).unwrap();
-        control.set_state(JobState::Finished);
+        control.advance(JobState::Finished);
         // The job ended; `weir run` shuts its API down while the client
         // that asked for the stop has yet to poll.
         let shutdown = tokio::spawn(server.shutdown());
@@ -1470,7 +1471,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_without_roots_refuses_every_savepoint() {
         let control = JobControl::new("rootless", metrics(), Arc::new(AtomicBool::new(false)));
-        control.set_state(JobState::Running);
+        control.advance(JobState::Running);
         let jobs = Jobs::new();
         jobs.insert(control.clone(), SavepointRoots::none());
         let server = bind("127.0.0.1:0".parse().unwrap(), jobs).await.unwrap();
@@ -1560,7 +1561,7 @@ mod tests {
     async fn half_sent_requests_are_capped_and_closed_after_the_header_timeout() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let control = JobControl::new("wordcount", metrics(), Arc::new(AtomicBool::new(false)));
-        control.set_state(JobState::Running);
+        control.advance(JobState::Running);
         let jobs = Jobs::new();
         jobs.insert(control.clone(), roots());
         let limits = ApiLimits {

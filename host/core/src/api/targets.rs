@@ -332,11 +332,7 @@ impl SavepointRoots {
 /// directory if it is relative itself), as text.
 fn absolute_local(base: &Path, path: &str) -> String {
     let joined = base.join(path);
-    let absolute = if joined.is_absolute() {
-        joined
-    } else {
-        std::env::current_dir().unwrap_or_default().join(joined)
-    };
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
     let mut out = String::new();
     for c in absolute.components() {
         match c {

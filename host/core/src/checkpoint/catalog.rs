@@ -4,13 +4,11 @@
 //! `_metadata` exists and decodes; a directory without one is what a crash
 //! or an aborted checkpoint left behind, never restored from.
 
-use std::path::Path;
-
 use futures::future::try_join_all;
 
 use super::CheckpointId;
 use super::format::{self, CheckpointMetadata, SubtaskSnapshot};
-use super::storage::{CheckpointStorage, StorageError};
+use super::storage::{CheckpointStorage, StorageError, Storages};
 use crate::error::Error;
 use crate::job::JobGraph;
 use crate::savepoint::format::{self as savepoint_format, SavepointMetadata};
@@ -369,14 +367,14 @@ pub struct Restored {
 
 impl RestorePoint {
     /// The checkpoint or savepoint `location` names: its directory or its
-    /// `_metadata` file, as a local path (relative to `cwd`) or a storage
-    /// URL.
+    /// `_metadata` file, as a local path (relative to `storages`' base
+    /// directory) or a storage URL, opened in `storages`.
     ///
     /// # Errors
     /// [`Error::Restore`] if there is no `_metadata` there;
     /// [`Error::Storage`] or [`Error::Format`] if it cannot be read.
-    pub async fn open(location: &str, cwd: &Path) -> Result<Self, Error> {
-        Self::open_for(location, cwd, Purpose::Restore).await
+    pub async fn open(location: &str, storages: &Storages) -> Result<Self, Error> {
+        Self::open_for(location, storages, Purpose::Restore).await
     }
 
     /// As [`open`](Self::open), for `purpose`: a missing snapshot is
@@ -386,7 +384,12 @@ impl RestorePoint {
     /// [`Error::Restore`] (restoring) or [`Error::Savepoint`] (another
     /// command) if there is no `_metadata` there; [`Error::Storage`] or
     /// [`Error::Format`] if it cannot be read.
-    pub async fn open_for(location: &str, cwd: &Path, purpose: Purpose) -> Result<Self, Error> {
+    pub async fn open_for(
+        location: &str,
+        storages: &Storages,
+        purpose: Purpose,
+    ) -> Result<Self, Error> {
+        let cwd = storages.base_dir();
         let dir = snapshot_dir(location);
         let missing = |what: String| {
             let message = format!("{what} does not exist: {}", purpose.takes());
@@ -400,7 +403,7 @@ impl RestorePoint {
         if !dir.contains("://") && !cwd.join(dir).exists() {
             return Err(missing(cwd.join(dir).display().to_string()));
         }
-        let storage = CheckpointStorage::open(dir, cwd)?;
+        let storage = storages.open(dir)?;
         let bytes = match storage.get(METADATA_FILE).await {
             Ok(b) => b,
             Err(StorageError::NotFound { location }) => return Err(missing(location)),

@@ -3,8 +3,10 @@
 //!
 //! A root is a local directory (a path, or `file:///abs/path`), an
 //! in-memory store (`memory://` or `memory://NAME`, shared by every handle
-//! with the same name in the process), or S3 (`s3://bucket/prefix`,
-//! configured by the usual `AWS_*` environment variables). Callers name
+//! opened through the same [`Storages`]), or S3 (`s3://bucket/prefix`,
+//! configured by the [`Storages`] it is opened through: the usual `AWS_*`
+//! environment variables for the CLI, the host config for `weir serve`).
+//! Callers name
 //! objects by `/`-separated paths relative to the root, such as
 //! `wordcount/chk-3/_metadata`; prefixes always match whole path segments,
 //! so `job/chk-1` never covers `job/chk-10/…`.
@@ -15,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
@@ -29,7 +31,7 @@ use thiserror::Error;
 
 use crate::error::ErrorKind;
 
-/// What [`CheckpointStorage::open`] accepts, for error messages.
+/// What [`Storages::open`] accepts, for error messages.
 const SUPPORTED: &str = "supported: a local directory (a path, or file:///absolute/path), \
                          memory:// or memory://NAME, s3://BUCKET/PREFIX";
 
@@ -153,15 +155,78 @@ pub struct CheckpointStorage {
     local: Option<Arc<PathBuf>>,
 }
 
-impl CheckpointStorage {
+/// How S3 roots are configured.
+#[derive(Clone, Default)]
+pub enum S3Config {
+    /// From the `AWS_*` environment variables (`AWS_ENDPOINT` /
+    /// `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for a local
+    /// S3-compatible server): the CLI's single-job mode.
+    #[default]
+    Environment,
+    /// From these options only, never the environment: `weir serve`,
+    /// whose host config names its storage's credentials.
+    Options(Vec<(AmazonS3ConfigKey, String)>),
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Config::Environment => f.write_str("Environment"),
+            // Keys only: the values hold credentials.
+            S3Config::Options(o) => f
+                .debug_list()
+                .entries(o.iter().map(|(k, _)| k.as_ref()))
+                .finish(),
+        }
+    }
+}
+
+/// The context storage URLs are opened in: the directory a relative path
+/// resolves against, how S3 is configured, and the `memory://` stores
+/// (shared by every handle opened through clones of one `Storages`, and by
+/// nothing else: two hosts in one process never see each other's).
+#[derive(Clone, Debug)]
+pub struct Storages {
+    base_dir: PathBuf,
+    s3: Arc<S3Config>,
+    memory: Arc<Mutex<HashMap<String, Arc<InMemory>>>>,
+}
+
+impl Storages {
+    /// Relative paths resolve against `base_dir`; S3 is configured as
+    /// `s3` says; the `memory://` stores are new.
+    pub fn new(base_dir: &FsPath, s3: S3Config) -> Self {
+        Storages {
+            base_dir: base_dir.to_path_buf(),
+            s3: Arc::new(s3),
+            memory: Arc::default(),
+        }
+    }
+
+    /// As [`new`](Self::new), with S3 configured from the environment.
+    pub fn from_env(base_dir: &FsPath) -> Self {
+        Self::new(base_dir, S3Config::Environment)
+    }
+
+    /// The same context (S3 configuration, `memory://` stores) with
+    /// relative paths resolved against `base_dir` instead.
+    pub fn relative_to(&self, base_dir: &FsPath) -> Self {
+        Storages {
+            base_dir: self.base_dir.join(base_dir),
+            ..self.clone()
+        }
+    }
+
+    /// The directory a relative path resolves against.
+    pub fn base_dir(&self) -> &FsPath {
+        &self.base_dir
+    }
+
     /// Opens the storage root named by `url`, resolving a relative local
-    /// path against `base_dir` (the job file's directory) and creating a
-    /// local directory if it is missing. Nothing remote is contacted yet.
-    ///
-    /// S3 takes its credentials, region and endpoint from the `AWS_*`
-    /// environment variables (`AWS_ENDPOINT` / `AWS_ENDPOINT_URL` and
-    /// `AWS_ALLOW_HTTP=true` for a local S3-compatible server), and always
-    /// uses `If-None-Match: *` for [`put_if_absent`](Self::put_if_absent).
+    /// path against the base directory and creating a local directory if
+    /// it is missing. Nothing remote is contacted yet. S3 always uses
+    /// `If-None-Match: *` for
+    /// [`put_if_absent`](CheckpointStorage::put_if_absent).
     ///
     /// # Errors
     ///
@@ -169,7 +234,29 @@ impl CheckpointStorage {
     /// unsupported scheme (the message lists the supported ones), or an S3
     /// configuration the backend rejects; [`StorageError::Backend`] if a
     /// local directory cannot be created.
-    pub fn open(url: &str, base_dir: &FsPath) -> Result<Self, StorageError> {
+    pub fn open(&self, url: &str) -> Result<CheckpointStorage, StorageError> {
+        CheckpointStorage::open_in(url, self)
+    }
+
+    /// The `InMemory` store named `name`, created on first use, so a job
+    /// restarted through the same context finds its checkpoints.
+    fn memory_store(&self, name: &str) -> Arc<dyn ObjectStore> {
+        let mut stores = self
+            .memory
+            .lock()
+            // The map holds only `Arc`s; a panic elsewhere cannot leave it
+            // half-updated, so a poisoned lock is still safe to use.
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let store = stores
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(InMemory::new()));
+        Arc::clone(store) as Arc<dyn ObjectStore>
+    }
+}
+
+impl CheckpointStorage {
+    /// Opens `url` in `storages`: see [`Storages::open`].
+    fn open_in(url: &str, storages: &Storages) -> Result<Self, StorageError> {
         let invalid = |message: String| StorageError::InvalidUrl {
             url: url.to_string(),
             message,
@@ -178,7 +265,7 @@ impl CheckpointStorage {
             return Err(invalid(format!("the URL is empty; {SUPPORTED}")));
         }
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Self::open_local(&base_dir.join(url));
+            return Self::open_local(&storages.base_dir.join(url));
         };
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
@@ -198,7 +285,7 @@ impl CheckpointStorage {
                 let root = StorePath::parse(prefix)
                     .map_err(|e| invalid(format!("bad prefix `{prefix}`: {e}")))?;
                 Ok(CheckpointStorage {
-                    store: shared_memory_store(name),
+                    store: storages.memory_store(name),
                     url: display_url("memory", name, root.as_ref()),
                     root,
                     local: None,
@@ -213,7 +300,13 @@ impl CheckpointStorage {
                 }
                 let root = StorePath::parse(prefix)
                     .map_err(|e| invalid(format!("bad prefix `{prefix}`: {e}")))?;
-                let store = AmazonS3Builder::from_env()
+                let builder = match &*storages.s3 {
+                    S3Config::Environment => AmazonS3Builder::from_env(),
+                    S3Config::Options(options) => options
+                        .iter()
+                        .fold(AmazonS3Builder::new(), |b, (k, v)| b.with_config(*k, v)),
+                };
+                let store = builder
                     .with_url(format!("s3://{bucket}"))
                     // Checkpoint commits rely on create-if-absent; say so
                     // explicitly so an `AWS_CONDITIONAL_PUT=disabled` in the
@@ -263,6 +356,24 @@ impl CheckpointStorage {
                 display.clone()
             },
             local: Some(Arc::new(dir)),
+        })
+    }
+
+    /// A handle whose root is `prefix` below this one: a namespace (a
+    /// tenant's, a job's) that can name nothing outside it, as every path
+    /// is relative and `..` is not a segment object paths accept.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidPath`] for a bad or empty prefix.
+    pub fn scoped(&self, prefix: &str) -> Result<Self, StorageError> {
+        let root = self.object_path(prefix)?;
+        let local = self.local_dir(prefix).map(Arc::new);
+        Ok(CheckpointStorage {
+            store: self.store.clone(),
+            url: self.location(prefix).into(),
+            root,
+            local,
         })
     }
 
@@ -643,22 +754,6 @@ fn display_url(scheme: &str, host: &str, prefix: &str) -> Arc<str> {
     }
 }
 
-/// The process-wide `InMemory` store named `name`, created on first use,
-/// so a job restarted inside the same process finds its checkpoints.
-fn shared_memory_store(name: &str) -> Arc<dyn ObjectStore> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
-    let mut stores = STORES
-        .get_or_init(Default::default)
-        .lock()
-        // The map holds only `Arc`s; a panic elsewhere cannot leave it
-        // half-updated, so a poisoned lock is still safe to use.
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let store = stores
-        .entry(name.to_string())
-        .or_insert_with(|| Arc::new(InMemory::new()));
-    Arc::clone(store) as Arc<dyn ObjectStore>
-}
-
 /// Decodes `%XX` escapes of a URL path; `None` if one is malformed or the
 /// result is not UTF-8.
 fn percent_decode(path: &str) -> Option<String> {
@@ -712,7 +807,9 @@ mod tests {
 
     fn local(test: &str) -> Option<Fixture> {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let storage = CheckpointStorage::open(test, dir.path()).expect("open a local root");
+        let storage = Storages::from_env(dir.path())
+            .open(test)
+            .expect("open a local root");
         Some(Fixture {
             storage,
             _dir: Some(dir),
@@ -721,7 +818,9 @@ mod tests {
 
     fn memory(test: &str) -> Option<Fixture> {
         let url = format!("memory://{}", unique(test));
-        let storage = CheckpointStorage::open(&url, FsPath::new(".")).expect("open memory");
+        let storage = Storages::from_env(FsPath::new("."))
+            .open(&url)
+            .expect("open memory");
         Some(Fixture {
             storage,
             _dir: None,
@@ -743,7 +842,8 @@ mod tests {
         };
         assert_endpoint_reachable();
         let url = format!("{}/{}", base.trim_end_matches('/'), unique(test));
-        let storage = CheckpointStorage::open(&url, FsPath::new("."))
+        let storage = Storages::from_env(FsPath::new("."))
+            .open(&url)
             .unwrap_or_else(|e| panic!("WEIR_TEST_S3_URL is set but cannot be opened: {e}"));
         Some(Fixture {
             storage,
@@ -1128,7 +1228,9 @@ mod tests {
     #[test]
     fn relative_local_paths_resolve_against_base_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CheckpointStorage::open("data/checkpoints", dir.path()).unwrap();
+        let s = Storages::from_env(dir.path())
+            .open("data/checkpoints")
+            .unwrap();
         let root = dir.path().join("data/checkpoints");
         assert!(root.is_dir(), "the root directory is created");
         assert_eq!(s.url(), root.to_str().unwrap());
@@ -1151,10 +1253,12 @@ mod tests {
 
         // An absolute path ignores base_dir; file:// names the same place.
         let other = tempfile::tempdir().unwrap();
-        let absolute = CheckpointStorage::open(root.to_str().unwrap(), other.path()).unwrap();
+        let absolute = Storages::from_env(other.path())
+            .open(root.to_str().unwrap())
+            .unwrap();
         assert_eq!(absolute.url(), s.url());
         let file_url = format!("file://{}", root.display());
-        let from_url = CheckpointStorage::open(&file_url, other.path()).unwrap();
+        let from_url = Storages::from_env(other.path()).open(&file_url).unwrap();
         assert_eq!(from_url.url(), s.url());
         runtime.block_on(async {
             assert_eq!(from_url.get("job/chk-1/_metadata").await.unwrap(), "m");
@@ -1165,7 +1269,9 @@ mod tests {
     fn file_urls_are_percent_decoded() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/with%20space", dir.path().display());
-        let s = CheckpointStorage::open(&url, FsPath::new("/nonexistent")).unwrap();
+        let s = Storages::from_env(FsPath::new("/nonexistent"))
+            .open(&url)
+            .unwrap();
         assert!(dir.path().join("with space").is_dir());
         assert_eq!(s.url(), dir.path().join("with space").to_str().unwrap());
     }
@@ -1175,7 +1281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
-        let err = CheckpointStorage::open("under/it", &file).unwrap_err();
+        let err = Storages::from_env(&file).open("under/it").unwrap_err();
         let StorageError::Backend { location, .. } = &err else {
             panic!("expected Backend, got {err:?}");
         };
@@ -1186,7 +1292,7 @@ mod tests {
     #[tokio::test]
     async fn local_delete_leaves_no_empty_directories() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CheckpointStorage::open("root", dir.path()).unwrap();
+        let s = Storages::from_env(dir.path()).open("root").unwrap();
         s.put("job/chk-1/op/0", Bytes::from_static(b"x"))
             .await
             .unwrap();
@@ -1208,7 +1314,7 @@ mod tests {
     #[tokio::test]
     async fn local_delete_removes_empty_directories_and_staged_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CheckpointStorage::open("root", dir.path()).unwrap();
+        let s = Storages::from_env(dir.path()).open("root").unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("job/chk-3")).unwrap();
         std::fs::create_dir_all(root.join("job/chk-4/sub")).unwrap();
@@ -1232,7 +1338,7 @@ mod tests {
     #[tokio::test]
     async fn a_fifo_is_never_opened() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CheckpointStorage::open("root", dir.path()).unwrap();
+        let s = Storages::from_env(dir.path()).open("root").unwrap();
         let fifo = dir.path().join("root/job/x.state");
         std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
         let made = std::process::Command::new("mkfifo")
@@ -1256,17 +1362,24 @@ mod tests {
     #[tokio::test]
     async fn memory_stores_with_one_url_share_objects() {
         let name = unique("shared");
-        let a = CheckpointStorage::open(&format!("memory://{name}"), FsPath::new(".")).unwrap();
-        let b = CheckpointStorage::open(&format!("memory://{name}/"), FsPath::new(".")).unwrap();
-        let other =
-            CheckpointStorage::open(&format!("memory://{name}-2"), FsPath::new(".")).unwrap();
-        let scoped =
-            CheckpointStorage::open(&format!("memory://{name}/job"), FsPath::new(".")).unwrap();
+        let storages = Storages::from_env(FsPath::new("."));
+        let a = storages.open(&format!("memory://{name}")).unwrap();
+        let b = storages
+            .relative_to(FsPath::new("elsewhere"))
+            .open(&format!("memory://{name}/"))
+            .unwrap();
+        let other = storages.open(&format!("memory://{name}-2")).unwrap();
+        let scoped = storages.open(&format!("memory://{name}/job")).unwrap();
+        // Another context (another host in the process) sees none of it.
+        let foreign = Storages::from_env(FsPath::new("."))
+            .open(&format!("memory://{name}"))
+            .unwrap();
         a.put("job/chk-1/_metadata", Bytes::from_static(b"m"))
             .await
             .unwrap();
         assert_eq!(b.get("job/chk-1/_metadata").await.unwrap(), "m");
         assert!(!other.exists("job/chk-1/_metadata").await.unwrap());
+        assert!(!foreign.exists("job/chk-1/_metadata").await.unwrap());
         assert_eq!(scoped.get("chk-1/_metadata").await.unwrap(), "m");
         assert_eq!(scoped.url(), format!("memory://{name}/job"));
         assert_eq!(
@@ -1279,15 +1392,17 @@ mod tests {
     #[test]
     fn display_urls_and_locations() {
         let base = FsPath::new(".");
-        let s3 = CheckpointStorage::open("s3://bucket/some/prefix/", base).unwrap();
+        let s3 = Storages::from_env(base)
+            .open("s3://bucket/some/prefix/")
+            .unwrap();
         assert_eq!(s3.url(), "s3://bucket/some/prefix");
         assert_eq!(
             s3.location("job/chk-1"),
             "s3://bucket/some/prefix/job/chk-1"
         );
-        let bare = CheckpointStorage::open("s3://bucket", base).unwrap();
+        let bare = Storages::from_env(base).open("s3://bucket").unwrap();
         assert_eq!(bare.location("job/x"), "s3://bucket/job/x");
-        let mem = CheckpointStorage::open("memory://", base).unwrap();
+        let mem = Storages::from_env(base).open("memory://").unwrap();
         assert_eq!(mem.url(), "memory://");
         assert_eq!(mem.location("job/x"), "memory:///job/x");
     }
@@ -1307,7 +1422,7 @@ mod tests {
             "file://relative/path",
             "file:///bad%zzescape",
         ] {
-            let err = CheckpointStorage::open(url, base).unwrap_err();
+            let err = Storages::from_env(base).open(url).unwrap_err();
             let StorageError::InvalidUrl { url: at_fault, .. } = &err else {
                 panic!("{url:?}: expected InvalidUrl, got {err:?}");
             };
@@ -1315,7 +1430,7 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::User);
             assert!(err.to_string().contains(&format!("`{url}`")), "{err}");
         }
-        let err = CheckpointStorage::open("s4://bucket/p", base).unwrap_err();
+        let err = Storages::from_env(base).open("s4://bucket/p").unwrap_err();
         let message = err.to_string();
         for supported in ["file://", "memory://", "s3://"] {
             assert!(message.contains(supported), "{message}");

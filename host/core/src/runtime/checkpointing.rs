@@ -29,7 +29,7 @@ use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator, De
 use crate::checkpoint::format::{
     self, CheckpointMetadata, METADATA_VERSION, SubtaskMetadata, SubtaskSnapshot, VertexMetadata,
 };
-use crate::checkpoint::storage::{CheckpointStorage, StorageError};
+use crate::checkpoint::storage::{CheckpointStorage, StorageError, Storages};
 use crate::error::Error;
 use crate::job::JobGraph;
 use crate::keygroup::KeyGroupRange;
@@ -297,6 +297,8 @@ pub(crate) struct CoordinatorSetup {
     pub graph: Arc<JobGraph>,
     /// Checkpoint storage; `None` with periodic checkpoints off.
     pub storage: Option<CheckpointStorage>,
+    /// Where savepoint targets and claimed snapshots are opened.
+    pub storages: Storages,
     pub handle: Handle,
     pub tasks: Vec<TaskAddress>,
     pub sources: Vec<usize>,
@@ -524,7 +526,7 @@ impl Coordinator {
             self.refuse(pending, message);
             return Vec::new();
         };
-        let storage = match CheckpointStorage::open(&target, &graph.job_dir) {
+        let storage = match self.setup.storages.open(&target) {
             Ok(s) => s,
             Err(e) => {
                 self.refuse(pending, format!("target directory {target}: {e}"));
@@ -534,7 +536,7 @@ impl Coordinator {
         if pending.request.stop.is_some()
             && let Some(ctl) = &self.setup.control
         {
-            ctl.set_state(JobState::Stopping);
+            ctl.advance(JobState::Stopping);
         }
         let now = Instant::now();
         if pending.request.stop == Some(StopMode::Drain) {
@@ -667,9 +669,9 @@ impl Coordinator {
                     if self.completed_here >= self.setup.config.retained
                         && let Some(claimed) = self.setup.claimed.take()
                     {
-                        let cwd = std::env::current_dir().unwrap_or_default();
+                        let storages = self.setup.storages.clone();
                         self.setup.handle.spawn(async move {
-                            match crate::savepoint::delete_snapshot(&claimed, &cwd).await {
+                            match crate::savepoint::delete_snapshot(&claimed, &storages).await {
                                 Ok(_) => tracing::info!(
                                     "claimed snapshot {claimed} subsumed and deleted"
                                 ),
@@ -715,7 +717,7 @@ impl Coordinator {
         {
             // The sources resume (they got the abort): the job goes on.
             ctl.stop_failed();
-            ctl.set_state(JobState::Running);
+            ctl.advance(JobState::Running);
         }
         if let Some(r) = sp.reply {
             let _ = r.reply.send(Err(Error::Savepoint {

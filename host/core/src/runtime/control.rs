@@ -95,6 +95,26 @@ impl JobState {
             JobState::Finished | JobState::Cancelled | JobState::Failed
         )
     }
+
+    /// Whether a job in this state may move to `next`: the lifecycle's
+    /// only transitions. An ended job never changes again, and a cancel
+    /// is never undone by a restart, a resumed stop or a new attempt.
+    pub fn may_become(self, next: JobState) -> bool {
+        use JobState::*;
+        match (self, next) {
+            (Finished | Cancelled | Failed, _) => false,
+            // Whatever is running can be cancelled, or end.
+            (_, Cancelling | Cancelled | Failed) => true,
+            (Created | Restarting, Running) => true,
+            (Running, Restarting | Stopping | Finished) => true,
+            // A failed stop resumes; a finished one ends the job; an
+            // attempt that fails while stopping restarts.
+            (Stopping, Running | Finished | Restarting) => true,
+            // Cancelled as it finished: the data ended first.
+            (Cancelling, Finished) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The layout a savepoint is written in.
@@ -340,9 +360,7 @@ impl JobControl {
     /// Cancels the job: no savepoint; its checkpoints are kept or deleted
     /// as `retention_on_cancel` says.
     pub fn cancel(&self) {
-        if !self.state().is_terminal() {
-            self.set_state(JobState::Cancelling);
-        }
+        self.advance(JobState::Cancelling);
         self.shared.cancel.store(true, Ordering::Relaxed);
     }
 
@@ -351,8 +369,27 @@ impl JobControl {
         &self.shared.cancel
     }
 
-    pub(crate) fn set_state(&self, state: JobState) {
-        self.shared.state.store(state as u8, Ordering::Relaxed);
+    /// Moves the job to `next` if its lifecycle allows it (see
+    /// [`JobState::may_become`]); returns whether it moved. A refused move
+    /// (a restart after a cancel, anything after the end) changes nothing.
+    pub fn advance(&self, next: JobState) -> bool {
+        let moved = self
+            .shared
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                JobState::from_u8(now)
+                    .may_become(next)
+                    .then_some(next as u8)
+            });
+        if let Err(now) = moved {
+            tracing::debug!(
+                "job `{}` stays {}: it cannot become {}",
+                self.shared.name,
+                JobState::from_u8(now).name(),
+                next.name()
+            );
+        }
+        moved.is_ok()
     }
 
     /// A failed stop lets a later stop be requested.
@@ -367,5 +404,73 @@ impl JobControl {
     /// Queued savepoint requests, for the coordinator.
     pub(crate) fn inbox(&self) -> &Receiver<PendingSavepoint> {
         &self.shared.inbox
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [JobState; 8] = [
+        JobState::Created,
+        JobState::Running,
+        JobState::Restarting,
+        JobState::Stopping,
+        JobState::Cancelling,
+        JobState::Finished,
+        JobState::Cancelled,
+        JobState::Failed,
+    ];
+
+    fn control() -> JobControl {
+        JobControl::new(
+            "job",
+            Arc::new(JobMetrics::default()),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    #[test]
+    fn an_ended_job_never_changes_again() {
+        for end in ALL.iter().filter(|s| s.is_terminal()) {
+            for next in ALL {
+                assert!(!end.may_become(next), "{end:?} -> {next:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancel_is_never_undone() {
+        let c = control();
+        assert!(c.advance(JobState::Running));
+        c.cancel();
+        assert_eq!(c.state(), JobState::Cancelling);
+        // What a restarting attempt or a failed stop would try.
+        for next in [JobState::Running, JobState::Restarting, JobState::Stopping] {
+            assert!(!c.advance(next), "{next:?}");
+            assert_eq!(c.state(), JobState::Cancelling);
+        }
+        assert!(c.advance(JobState::Cancelled));
+        c.cancel();
+        assert_eq!(c.state(), JobState::Cancelled);
+    }
+
+    #[test]
+    fn the_lifecycle_moves_through_its_states() {
+        let c = control();
+        assert!(!c.advance(JobState::Stopping), "not before it runs");
+        for next in [
+            JobState::Running,
+            JobState::Stopping,
+            JobState::Running,
+            JobState::Restarting,
+            JobState::Running,
+            JobState::Stopping,
+            JobState::Finished,
+        ] {
+            assert!(c.advance(next), "{next:?}");
+        }
+        assert!(!c.advance(JobState::Failed));
+        assert_eq!(c.state(), JobState::Finished);
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::catalog::{self, RestorePoint, Status};
 use crate::checkpoint::coordinator::CheckpointingMode;
-use crate::checkpoint::storage::CheckpointStorage;
+use crate::checkpoint::storage::{CheckpointStorage, Storages};
 use crate::connectors;
 use crate::error::Error;
 use crate::job::{JobGraph, VertexKind};
@@ -176,6 +176,17 @@ pub struct RunOptions {
     pub allow_non_restored: bool,
     /// Whether the run owns the snapshot it restores from.
     pub claim_mode: ClaimMode,
+    /// Where storage URLs and paths are opened: a restore location and a
+    /// savepoint target resolve against its base directory, a relative
+    /// `[checkpoints] storage` against the job file's directory below it.
+    /// `None`: the job file's directory, S3 from the environment.
+    pub storages: Option<Storages>,
+    /// The job's checkpoint storage, instead of opening `[checkpoints]
+    /// storage` (a host's per-job namespace).
+    pub storage: Option<CheckpointStorage>,
+    /// The I/O runtime to store snapshots on (a host's shared one);
+    /// `None` starts one for the run.
+    pub io: Option<tokio::runtime::Handle>,
 }
 
 /// Runs `graph` to completion from scratch.
@@ -212,7 +223,7 @@ pub fn run_with(
     }
     let result = run_controlled(graph, engine, metrics, &options);
     if let Some(control) = &options.control {
-        control.set_state(match &result {
+        control.advance(match &result {
             Ok(_) => JobState::Finished,
             Err(e) if e.kind() == crate::ErrorKind::Cancelled => JobState::Cancelled,
             Err(_) => JobState::Failed,
@@ -229,17 +240,40 @@ fn run_controlled(
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
     let plugins = load_plugins(graph, engine)?;
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("weir-io")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))?;
+    // Dropped (and its threads joined) when the run ends, after every
+    // task on it finished.
+    let owned_io = match &options.io {
+        Some(_) => None,
+        None => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("weir-io")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))?,
+        ),
+    };
+    let io = match (&options.io, &owned_io) {
+        (Some(handle), _) => handle.clone(),
+        (None, Some(rt)) => rt.handle().clone(),
+        (None, None) => unreachable!("invariant: a runtime is owned when none is given"),
+    };
+    let storages = options
+        .storages
+        .clone()
+        .unwrap_or_else(|| Storages::from_env(&graph.job_dir));
     // Without checkpoints a fresh run touches no storage at all.
-    let storage = (graph.checkpoints.enabled() || options.restore != Restore::Fresh)
-        .then(|| CheckpointStorage::open(&graph.checkpoints.storage, &graph.job_dir))
-        .transpose()?;
-    let start = io.block_on(starting_point(graph, storage.as_ref(), options))?;
+    let storage = match &options.storage {
+        Some(s) => Some(s.clone()),
+        None => (graph.checkpoints.enabled() || options.restore != Restore::Fresh)
+            .then(|| {
+                storages
+                    .relative_to(&graph.job_dir)
+                    .open(&graph.checkpoints.storage)
+            })
+            .transpose()?,
+    };
+    let start = io.block_on(starting_point(graph, storage.as_ref(), &storages, options))?;
     let (mut restore, mut next_id) = (start.point, start.next_id);
     let restored_from = restore.as_ref().map(|r| r.manifest.id());
     // A snapshot the user named with `-s` (or its restore record did);
@@ -251,14 +285,15 @@ fn run_controlled(
     let graph = Arc::new(graph.clone());
     loop {
         if let Some(c) = &options.control {
-            c.set_state(JobState::Running);
+            c.advance(JobState::Running);
         }
         let attempt = Attempt {
             graph: graph.clone(),
             plugins: &plugins,
             metrics: metrics.clone(),
             storage: storage.as_ref(),
-            io: io.handle(),
+            storages: storages.relative_to(&graph.job_dir),
+            io: &io,
             attempt_number: tracker.restarts(),
             cancel: options.cancel.clone(),
             allow_non_restored: start.allow_non_restored,
@@ -327,7 +362,7 @@ fn run_controlled(
                     // A stop in progress died with the attempt (its caller
                     // was told): another may be asked for.
                     c.stop_failed();
-                    c.set_state(JobState::Restarting);
+                    c.advance(JobState::Restarting);
                 }
                 metrics.restarts.store(
                     u64::from(tracker.restarts()),
@@ -362,7 +397,7 @@ fn run_controlled(
 fn cancelled(
     graph: &JobGraph,
     storage: Option<&CheckpointStorage>,
-    io: &tokio::runtime::Runtime,
+    io: &tokio::runtime::Handle,
 ) -> Error {
     use crate::checkpoint::coordinator::RetentionOnCancel;
     let checkpoints = match storage {
@@ -417,6 +452,7 @@ struct Start {
 async fn starting_point(
     graph: &JobGraph,
     storage: Option<&CheckpointStorage>,
+    storages: &Storages,
     options: &RunOptions,
 ) -> Result<Start, Error> {
     let Some(storage) = storage else {
@@ -463,8 +499,7 @@ async fn starting_point(
             );
             user_claim = Some(r.claim_mode);
             allow_non_restored = r.allow_non_restored;
-            let cwd = std::env::current_dir().unwrap_or_default();
-            Some(RestorePoint::open(&r.location, &cwd).await?)
+            Some(RestorePoint::open(&r.location, storages).await?)
         }
         (Restore::Fresh, None) => {
             if let Some(latest) = completed.last() {
@@ -504,10 +539,7 @@ async fn starting_point(
                 None
             }
         },
-        (Restore::From(location), _) => {
-            let cwd = std::env::current_dir().unwrap_or_default();
-            Some(RestorePoint::open(location, &cwd).await?)
-        }
+        (Restore::From(location), _) => Some(RestorePoint::open(location, storages).await?),
     };
     for l in &listed {
         if matches!(l.status, Status::Incomplete) {
@@ -594,6 +626,8 @@ struct Attempt<'a> {
     plugins: &'a HashMap<usize, Plugin>,
     metrics: Arc<JobMetrics>,
     storage: Option<&'a CheckpointStorage>,
+    /// Where savepoint targets are opened (relative to the job file).
+    storages: Storages,
     io: &'a tokio::runtime::Handle,
     attempt_number: u32,
     cancel: Option<Arc<AtomicBool>>,
@@ -740,6 +774,7 @@ impl Attempt<'_> {
             config: config.clone(),
             graph: self.graph.clone(),
             storage: uploader.storage,
+            storages: self.storages.clone(),
             handle: self.io.clone(),
             tasks: addresses.clone(),
             sources: sources.clone(),

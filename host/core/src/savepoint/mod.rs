@@ -11,9 +11,7 @@ pub mod format;
 pub mod inspect;
 pub mod restore;
 
-use std::path::Path;
-
-use crate::checkpoint::storage::CheckpointStorage;
+use crate::checkpoint::storage::{CheckpointStorage, Storages};
 use crate::error::Error;
 
 /// What a run restored from a snapshot may do with it (Flink's
@@ -56,9 +54,12 @@ pub fn savepoint_dir_name(job: &str, run: &str, id: u64) -> String {
 }
 
 /// The storage holding the snapshot directory at `location` (a path,
-/// relative to `cwd`, or a URL), opened at its parent, and the directory's
-/// name in it.
-fn parent_and_name(location: &str, cwd: &Path) -> Result<(CheckpointStorage, String), Error> {
+/// relative to `storages`' base directory, or a URL), opened at its
+/// parent, and the directory's name in it.
+fn parent_and_name(
+    location: &str,
+    storages: &Storages,
+) -> Result<(CheckpointStorage, String), Error> {
     let trimmed = location.trim_end_matches('/');
     let (parent, name) = match trimmed.rsplit_once('/') {
         Some((parent, name)) if !name.is_empty() => {
@@ -72,11 +73,11 @@ fn parent_and_name(location: &str, cwd: &Path) -> Result<(CheckpointStorage, Str
             message: format!("{location} is not a snapshot directory inside a storage root"),
         });
     }
-    Ok((CheckpointStorage::open(parent, cwd)?, name.to_owned()))
+    Ok((storages.open(parent)?, name.to_owned()))
 }
 
-/// Deletes the snapshot at `location` (a path, relative to `cwd`, or a
-/// URL): the files its `_metadata` references, then the `_metadata`
+/// Deletes the snapshot at `location` (a path, relative to `storages`'
+/// base directory, or a URL): the files its `_metadata` references, then the `_metadata`
 /// itself (last, so an interrupted delete can be run again), then the
 /// directory if nothing else is left in it. Files the snapshot does not
 /// reference are never touched. Returns how many files went.
@@ -86,9 +87,9 @@ fn parent_and_name(location: &str, cwd: &Path) -> Result<(CheckpointStorage, Str
 /// [`Error::Storage`] if reading or deleting fails (a missing referenced
 /// file is not an error); [`Error::Format`] if the `_metadata` does not
 /// decode (nothing is deleted then).
-pub async fn delete_snapshot(location: &str, cwd: &Path) -> Result<usize, Error> {
+pub async fn delete_snapshot(location: &str, storages: &Storages) -> Result<usize, Error> {
     use crate::checkpoint::catalog::{METADATA_FILE, Manifest};
-    let (storage, name) = parent_and_name(location, cwd)?;
+    let (storage, name) = parent_and_name(location, storages)?;
     let metadata = format!("{name}/{METADATA_FILE}");
     let bytes = storage.get(&metadata).await?;
     let manifest = Manifest::decode(&storage.location(&metadata), &bytes)?;
@@ -142,8 +143,11 @@ pub fn is_snapshot_file(name: &str) -> bool {
 /// # Errors
 /// [`Error::Savepoint`] if the location has no parent directory;
 /// [`Error::Storage`] if listing or deleting fails.
-pub async fn delete_partial(location: &str, cwd: &Path) -> Result<(usize, Vec<String>), Error> {
-    let (storage, name) = parent_and_name(location, cwd)?;
+pub async fn delete_partial(
+    location: &str,
+    storages: &Storages,
+) -> Result<(usize, Vec<String>), Error> {
+    let (storage, name) = parent_and_name(location, storages)?;
     let mut deleted = 0;
     let mut kept = Vec::new();
     for object in storage.list(&name).await? {
