@@ -28,6 +28,7 @@ macro_rules! errln {
 }
 
 mod savepoint_cmd;
+mod serve_cmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -175,14 +176,63 @@ enum Command {
         /// The job file (TOML).
         job: PathBuf,
     },
+    /// Runs a host for many tenants' jobs, managed over its REST API
+    /// (`docs/serve.md`). SIGHUP reloads the config (tenants, tokens,
+    /// quotas); SIGINT or SIGTERM stops it, its jobs to resume at the next
+    /// start.
+    Serve {
+        /// The host config (TOML).
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+        /// How many connections the REST API serves at once.
+        #[arg(long, value_name = "N", default_value_t = 256)]
+        rest_max_connections: usize,
+    },
+    /// Prints a new tenant token, and the `sha256:` line the host config
+    /// takes for it (the config keeps only the hash).
+    Token,
+    /// Uploads the plugins a job file names to a `weir serve` host, then
+    /// submits the job; prints its id.
+    Submit {
+        /// The job file (TOML); its plugin paths are relative to it.
+        job: PathBuf,
+        /// Start from this savepoint of the tenant's (its name, as `weir
+        /// serve` lists it).
+        #[arg(long = "from-savepoint", short = 's', value_name = "NAME")]
+        from: Option<String>,
+        /// With -s: drop state of uids the job no longer has.
+        #[arg(long = "allow-non-restored-state", short = 'n', requires = "from")]
+        allow_non_restored: bool,
+        /// With -s: `no-claim` keeps the savepoint; `claim` hands it to
+        /// the job, which deletes it once subsumed.
+        #[arg(long, value_name = "MODE", requires = "from")]
+        claim_mode: Option<String>,
+        #[command(flatten)]
+        api: ApiAddress,
+    },
+    /// Upgrades a job on a `weir serve` host in place: stops it with a
+    /// savepoint, restores it into the new plugins, and rolls back to the
+    /// old ones if the new ones fail to load, open or restore.
+    Upgrade {
+        /// The job's id, or a unique prefix of it.
+        job_id: String,
+        /// `UID=PLUGIN.wasm`: the operator's new plugin; repeatable.
+        #[arg(long = "plugin", value_name = "UID=FILE", required = true)]
+        plugins: Vec<String>,
+        #[command(flatten)]
+        api: ApiAddress,
+    },
 }
 
 /// Where a running job's REST API is.
 #[derive(Args)]
 struct ApiAddress {
-    /// The REST API of the `weir run` to talk to.
+    /// The REST API of the `weir run` (or `weir serve`) to talk to.
     #[arg(long, env = "WEIR_ADDRESS", default_value = DEFAULT_ADDRESS, value_name = "URL")]
     address: String,
+    /// A `weir serve` tenant's token.
+    #[arg(long, env = "WEIR_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// `weir savepoint`: either a job id (take a savepoint) or a subcommand.
@@ -391,6 +441,35 @@ fn main() -> ExitCode {
             let info = client.wait_savepoint(&job_id, &request, POLL).await?;
             outln!("{}", info.location);
             Ok(())
+        }),
+        Command::Serve {
+            config,
+            rest_max_connections,
+        } => engine().and_then(|engine| serve_cmd::serve(engine, &config, rest_max_connections)),
+        Command::Token => {
+            let (token, hash) = weir_host::serve::config::new_token();
+            errln!("the token (give it to the tenant; the host keeps only its hash):");
+            outln!("{token}");
+            errln!("the line for the tenant's `tokens` in the host config:");
+            outln!("\"{hash}\"");
+            Ok(())
+        }
+        Command::Submit {
+            job,
+            from,
+            allow_non_restored,
+            claim_mode,
+            api,
+        } => remote(&api, |client| async move {
+            serve_cmd::submit(&client, &job, from, allow_non_restored, claim_mode).await
+        }),
+        Command::Upgrade {
+            job_id,
+            plugins,
+            api,
+        } => remote(&api, |client| async move {
+            let job_id = client.resolve_job_id(&job_id).await?;
+            serve_cmd::upgrade(&client, &job_id, &plugins).await
         }),
         Command::Cancel { job_id, api } => remote(&api, |client| async move {
             let job_id = client.resolve_job_id(&job_id).await?;
@@ -731,7 +810,7 @@ where
     F: FnOnce(ApiClient) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
-    let client = ApiClient::new(&api.address)?;
+    let client = ApiClient::new(&api.address)?.with_token(api.token.clone());
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

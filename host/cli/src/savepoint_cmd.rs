@@ -2,13 +2,12 @@
 //! savepoints without running a job (the logic lives in
 //! `weir_host::savepoint::inspect`; this prints it).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use weir_host::checkpoint::catalog::{self, Manifest, Purpose, RestorePoint};
 use weir_host::checkpoint::storage::Storages;
 use weir_host::error::Error;
-use weir_host::job::{self, VertexKind};
+use weir_host::job;
 use weir_host::plugin::PluginEngine;
 use weir_host::savepoint::{self, inspect};
 
@@ -71,24 +70,7 @@ pub fn check_cmd(
     allow_non_restored: bool,
 ) -> Result<(), Error> {
     let graph = job::load(job_file)?;
-    let mut declared = BTreeMap::new();
-    for v in &graph.vertices {
-        if let VertexKind::Operator {
-            plugin,
-            config,
-            limits,
-        } = &v.kind
-        {
-            let states = engine.load(&v.uid, plugin)?.declared_states(
-                &v.uid,
-                config,
-                v.parallelism,
-                graph.max_parallelism,
-                *limits,
-            )?;
-            declared.insert(v.uid.clone(), states);
-        }
-    }
+    let declared = inspect::declared_states(engine, &graph)?;
     let report = block_on(async {
         let point = RestorePoint::open_for(path, &storages(), Purpose::Check).await?;
         inspect::check(&point, &graph, &declared, allow_non_restored).await

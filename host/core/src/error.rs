@@ -246,6 +246,14 @@ pub enum Error {
         /// `matches no job (…)` or `is ambiguous: it matches …`.
         problem: String,
     },
+    /// The host config of `weir serve` is unreadable or invalid.
+    #[error("host config {path}: {message}")]
+    HostConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, naming the fields.
+        message: String,
+    },
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -279,7 +287,9 @@ impl Error {
             Error::Restore { .. } | Error::CheckpointsExist { .. } | Error::Savepoint { .. } => {
                 ErrorKind::User
             }
-            Error::ApiBind { .. } | Error::JobIdPrefix { .. } => ErrorKind::User,
+            Error::ApiBind { .. } | Error::JobIdPrefix { .. } | Error::HostConfig { .. } => {
+                ErrorKind::User
+            }
             Error::ApiUnreachable { .. } => ErrorKind::External,
             Error::ApiRequest { status, .. } if *status < 500 => ErrorKind::User,
             Error::ApiRequest { .. } => ErrorKind::External,
@@ -314,6 +324,7 @@ impl Error {
             | Error::ApiUnreachable { .. }
             | Error::ApiRequest { .. }
             | Error::JobIdPrefix { .. }
+            | Error::HostConfig { .. }
             | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }

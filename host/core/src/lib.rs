@@ -3,7 +3,8 @@
 //!
 //! Layering: only [`plugin`] touches wasmtime; [`keygroup`], [`state`] and
 //! [`job`] are plain data and logic; [`runtime`] wires threads and channels;
-//! [`connectors`] holds the built-in sources and sinks.
+//! [`connectors`] holds the built-in sources and sinks; [`serve`] hosts
+//! many tenants' jobs in one process.
 
 pub mod api;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod plugin;
 pub mod restart;
 pub mod runtime;
 pub mod savepoint;
+pub mod serve;
 pub mod state;
 
 pub use error::{Error, ErrorKind};

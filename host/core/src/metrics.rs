@@ -2,8 +2,9 @@
 //! tests; written by subtask threads with relaxed atomics (one add per
 //! batch, never per record).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::job::JobGraph;
 
@@ -39,6 +40,76 @@ pub struct JobMetrics {
     pub last_checkpoint: AtomicU64,
     /// How many times the job restarted after a failure.
     pub restarts: AtomicU64,
+    /// Checkpoint statistics (Flink's are the model).
+    pub checkpoints: CheckpointCounters,
+}
+
+/// How many checkpoints recently kept in [`CheckpointCounters::history`].
+pub const CHECKPOINT_HISTORY: usize = 20;
+
+/// A job's checkpoint counts and its latest checkpoints.
+#[derive(Debug, Default)]
+pub struct CheckpointCounters {
+    /// Checkpoints completed.
+    pub completed: AtomicU64,
+    /// Checkpoints that failed or were aborted.
+    pub failed: AtomicU64,
+    /// The latest completed one's duration, milliseconds.
+    pub last_duration_ms: AtomicU64,
+    /// The latest completed one's size, bytes.
+    pub last_bytes: AtomicU64,
+    /// The latest [`CHECKPOINT_HISTORY`], oldest first.
+    history: Mutex<VecDeque<CheckpointStat>>,
+}
+
+/// One checkpoint, as statistics show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointStat {
+    /// Its id.
+    pub id: u64,
+    /// `COMPLETED` or `FAILED`.
+    pub status: String,
+    /// When it was triggered, milliseconds since the Unix epoch.
+    pub trigger_timestamp: u64,
+    /// Trigger to completion (or failure), milliseconds.
+    pub duration_ms: u64,
+    /// Bytes written (0 if it failed).
+    pub state_size: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl CheckpointCounters {
+    /// Records a checkpoint that ended.
+    pub fn record(&self, stat: CheckpointStat) {
+        if stat.failure.is_none() {
+            self.completed.fetch_add(1, Ordering::Relaxed);
+            self.last_duration_ms
+                .store(stat.duration_ms, Ordering::Relaxed);
+            self.last_bytes.store(stat.state_size, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        history.push_back(stat);
+        while history.len() > CHECKPOINT_HISTORY {
+            history.pop_front();
+        }
+    }
+
+    /// The latest checkpoints, oldest first.
+    pub fn history(&self) -> Vec<CheckpointStat> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 impl JobMetrics {
@@ -56,6 +127,7 @@ impl JobMetrics {
                 .collect(),
             last_checkpoint: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            checkpoints: CheckpointCounters::default(),
         })
     }
 

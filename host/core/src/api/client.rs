@@ -26,6 +26,8 @@ pub struct ApiClient {
     /// The base URL, without a trailing `/`.
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer …` (a `weir serve` tenant's).
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -61,7 +63,18 @@ impl ApiClient {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| unusable(format!("starting the HTTP client: {}", root_cause(&e))))?;
-        Ok(ApiClient { base, http })
+        Ok(ApiClient {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` with every request (a tenant's
+    /// token for `weir serve`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// The base URL requests go to.
@@ -245,6 +258,54 @@ impl ApiClient {
             .await
     }
 
+    /// Uploads a plugin to a `weir serve` host (`POST /v1/plugins`):
+    /// it is validated and compiled there; the answer names it.
+    ///
+    /// # Errors
+    /// [`Error::ApiRequest`]: 400 not a plugin the host runs (naming an
+    /// import it does not grant), 413 too large; as [`jobs`](Self::jobs).
+    pub async fn upload_plugin(&self, bytes: Vec<u8>) -> Result<crate::serve::PluginView, Error> {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/plugins",
+            Some(("application/wasm", bytes)),
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
+    /// Submits a job to a `weir serve` host (`POST /v1/jobs`).
+    ///
+    /// # Errors
+    /// [`Error::ApiRequest`]: 400 an invalid job (naming its fields), 403
+    /// over a quota; as [`jobs`](Self::jobs).
+    pub async fn submit(&self, body: &crate::serve::SubmitBody) -> Result<JobView, Error> {
+        self.call(reqwest::Method::POST, "/v1/jobs", Some(body))
+            .await
+    }
+
+    /// Upgrades job `id` in place on a `weir serve` host.
+    ///
+    /// # Errors
+    /// [`Error::ApiRequest`]: 400 the new plugins are not uploaded or do
+    /// not fit the job, 409 the job is not running or its stop failed; as
+    /// [`jobs`](Self::jobs).
+    pub async fn upgrade(
+        &self,
+        id: &str,
+        body: &crate::serve::UpgradeBody,
+    ) -> Result<crate::serve::UpgradeView, Error> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| Error::Internal(format!("encoding a request body: {e}")))?;
+        self.send(
+            reqwest::Method::POST,
+            &job_path(id, "/upgrade"),
+            Some(("application/json", bytes)),
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
     /// Sends one request and decodes its JSON answer, or its error body.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -252,13 +313,33 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Error> {
+        let body = body
+            .map(|b| {
+                serde_json::to_vec(b)
+                    .map(|bytes| ("application/json", bytes))
+                    .map_err(|e| Error::Internal(format!("encoding a request body: {e}")))
+            })
+            .transpose()?;
+        self.send(method, path, body, Duration::from_secs(30)).await
+    }
+
+    /// Sends one request with `body` (content type, bytes), answered
+    /// within `timeout`.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<T, Error> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method.clone(), &url);
-        if let Some(body) = body {
-            let bytes = serde_json::to_vec(body)
-                .map_err(|e| Error::Internal(format!("encoding a request body: {e}")))?;
+        let mut request = self.http.request(method.clone(), &url).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some((content_type, bytes)) = body {
             request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes);
         }
         let unreachable = |message: String| Error::ApiUnreachable {

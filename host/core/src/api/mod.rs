@@ -212,6 +212,9 @@ pub fn format_name(format: SavepointFormat) -> &'static str {
 #[derive(Clone, Default)]
 pub struct Jobs {
     inner: Arc<Mutex<Registry>>,
+    /// Savepoint locations under it are shown relative to it (a tenant's
+    /// namespace, which it names savepoints in).
+    shown_under: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -249,6 +252,25 @@ impl Jobs {
     /// An empty registry.
     pub fn new() -> Self {
         Jobs::default()
+    }
+
+    /// An empty registry whose savepoint locations under `namespace` (a
+    /// directory or URL) are shown as names relative to it.
+    pub fn within(namespace: &str) -> Self {
+        Jobs {
+            shown_under: Some(namespace.trim_end_matches('/').into()),
+            ..Jobs::default()
+        }
+    }
+
+    /// `location` as a client sees it: relative to the namespace if under
+    /// it.
+    pub fn show(&self, location: &str) -> String {
+        self.shown_under
+            .as_deref()
+            .and_then(|ns| location.strip_prefix(ns))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map_or_else(|| location.to_owned(), str::to_owned)
     }
 
     /// Serves `control`'s job (replacing a job with the same id), whose
@@ -372,6 +394,7 @@ impl Jobs {
     /// Request `id` of job `job` as the API shows it; marks a settled
     /// outcome fetched.
     fn request_status(&self, job: &str, id: &str) -> Option<SavepointStatus> {
+        let shown = |location: &str| self.show(location);
         let mut registry = self.lock();
         let request = registry
             .jobs
@@ -389,7 +412,7 @@ impl Jobs {
             },
             Some(Ok(info)) => SavepointStatus {
                 status: RequestStatus::Completed,
-                location: Some(info.location.clone()),
+                location: Some(shown(&info.location)),
                 savepoint_id: Some(info.id),
                 failure: None,
             },
@@ -489,24 +512,32 @@ pub async fn bind_with(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
+    listener.local_addr().map_err(bind_error)?;
+    Ok(serve_on(listener, router(jobs.clone()), jobs, limits))
+}
+
+/// Serves `router` on `listener` under `limits` (a host's own routes); a
+/// shutdown lingers for the stop outcomes of `jobs`.
+pub(crate) fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    jobs: Jobs,
+    limits: ApiLimits,
+) -> ApiServer {
+    let local_addr = listener
+        .local_addr()
+        .expect("invariant: a bound listener has an address");
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let open = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(accept_loop(
-        listener,
-        router(jobs.clone()),
-        limits,
-        signal,
-        open.clone(),
-    ));
+    let task = tokio::spawn(accept_loop(listener, router, limits, signal, open.clone()));
     tracing::debug!("REST API listening on http://{local_addr}");
-    Ok(ApiServer {
+    ApiServer {
         local_addr,
         jobs,
         shutdown,
         task,
         open,
-    })
+    }
 }
 
 /// Accepts connections while fewer than `limits.max_connections` are
@@ -714,13 +745,13 @@ pub fn router(jobs: Jobs) -> Router {
 
 /// An error answer: a status and `{"error": message}`.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -744,9 +775,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Answer<T> = Result<T, ApiError>;
+pub(crate) type Answer<T> = Result<T, ApiError>;
 
-async fn list_jobs(State(jobs): State<Jobs>) -> axum::Json<JobList> {
+pub(crate) async fn list_jobs(State(jobs): State<Jobs>) -> axum::Json<JobList> {
     axum::Json(JobList {
         jobs: jobs
             .controls()
@@ -756,12 +787,15 @@ async fn list_jobs(State(jobs): State<Jobs>) -> axum::Json<JobList> {
     })
 }
 
-async fn job(State(jobs): State<Jobs>, Path(id): Path<String>) -> Answer<axum::Json<JobView>> {
+pub(crate) async fn job(
+    State(jobs): State<Jobs>,
+    Path(id): Path<String>,
+) -> Answer<axum::Json<JobView>> {
     let control = jobs.get(&id).ok_or_else(|| ApiError::unknown_job(&id))?;
     Ok(axum::Json(control.info().into()))
 }
 
-async fn savepoint(
+pub(crate) async fn savepoint(
     State(jobs): State<Jobs>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -778,7 +812,7 @@ async fn savepoint(
     trigger(&jobs, &control, request)
 }
 
-async fn stop(
+pub(crate) async fn stop(
     State(jobs): State<Jobs>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -822,7 +856,7 @@ fn trigger(
     Ok((StatusCode::ACCEPTED, axum::Json(Triggered { request_id })))
 }
 
-async fn savepoint_status(
+pub(crate) async fn savepoint_status(
     State(jobs): State<Jobs>,
     Path((id, request_id)): Path<(String, String)>,
 ) -> Answer<axum::Json<SavepointStatus>> {
@@ -842,7 +876,7 @@ async fn savepoint_status(
         })
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     State(jobs): State<Jobs>,
     Path(id): Path<String>,
 ) -> Answer<(StatusCode, axum::Json<JobView>)> {
@@ -862,14 +896,14 @@ async fn cancel(
     Ok((StatusCode::ACCEPTED, axum::Json(control.info().into())))
 }
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
+pub(crate) async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {uri} (the API is under {V1}/jobs)"),
     )
 }
 
-async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+pub(crate) async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {uri}"),
@@ -886,7 +920,7 @@ fn confine(roots: &SavepointRoots, target: Option<&str>) -> Answer<String> {
 
 /// Parses a JSON request body; an empty body is the default. A body over
 /// [`MAX_BODY_BYTES`] is 413.
-fn parse_body<T: Default + serde::de::DeserializeOwned>(
+pub(crate) fn parse_body<T: Default + serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer<T> {
     let body = body.map_err(|e| {
@@ -942,6 +976,7 @@ mod tests {
             vertices: Vec::new(),
             last_checkpoint: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            checkpoints: Default::default(),
         })
     }
 

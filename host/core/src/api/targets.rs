@@ -63,6 +63,16 @@ pub enum TargetError {
         /// The allowed roots, comma-separated.
         roots: String,
     },
+    /// A tenant named a path or URL where only a name is accepted.
+    #[error(
+        "savepoint target `{target}` is not a name: give a name inside your savepoint \
+         namespace (letters, digits, `.`, `-`, `_`, segments joined by `/`), never an absolute \
+         path, a URL or `..`"
+    )]
+    NotAName {
+        /// The target as given.
+        target: String,
+    },
     /// The target lies outside every root.
     #[error(
         "savepoint target `{target}` is outside the allowed savepoint roots ({roots}): give a \
@@ -84,6 +94,9 @@ pub enum TargetError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SavepointRoots {
     roots: Vec<Location>,
+    /// Only relative names under the one root are accepted (a tenant's
+    /// namespace in `weir serve`), and messages never show the root.
+    names_only: bool,
 }
 
 /// A parsed, normalised directory: `scheme://authority/segments` or, with
@@ -242,7 +255,38 @@ impl SavepointRoots {
                 parsed.push(location);
             }
         }
-        Ok(SavepointRoots { roots: parsed })
+        Ok(SavepointRoots {
+            roots: parsed,
+            names_only: false,
+        })
+    }
+
+    /// Only names under `root` (an absolute path or URL the host chose):
+    /// a tenant's savepoint namespace. Absolute paths, URLs, `..` and
+    /// segments with other than letters, digits, `.`, `-` and `_` are
+    /// refused, and messages never show the root.
+    ///
+    /// # Errors
+    /// [`TargetError::BadRoot`] if `root` cannot be parsed.
+    pub fn names_under(root: &str) -> Result<Self, TargetError> {
+        let mut roots = Self::new([root], Path::new("/"))?;
+        roots.names_only = true;
+        Ok(roots)
+    }
+
+    /// Whether `name` is a name [`names_under`](Self::names_under)
+    /// accepts: relative, `/`-separated segments of letters, digits, `.`,
+    /// `-` and `_`, none of them `.` or `..`, at most 512 bytes.
+    pub fn is_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 512
+            && name.split('/').all(|s| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            })
     }
 
     /// The roots, as shown in messages: `a, b` or `(none)`.
@@ -270,6 +314,17 @@ impl SavepointRoots {
             return Err(TargetError::NoRoots);
         };
         let given = target.unwrap_or_default().to_owned();
+        if self.names_only {
+            return match target {
+                None => Ok(default.to_string()),
+                Some(t) if Self::is_name(t) => {
+                    let mut l = default.clone();
+                    l.segments.extend(t.split('/').map(str::to_owned));
+                    Ok(l.to_string())
+                }
+                Some(_) => Err(TargetError::NotAName { target: given }),
+            };
+        }
         let location = match target.map(str::trim) {
             None => default.clone(),
             Some("") => {
@@ -353,6 +408,38 @@ fn absolute_local(base: &Path, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_names_its_savepoints_and_nothing_else() {
+        let roots =
+            SavepointRoots::names_under("s3://bucket/weir/tenants/acme/savepoints").unwrap();
+        assert_eq!(
+            roots.resolve(None).unwrap(),
+            "s3://bucket/weir/tenants/acme/savepoints"
+        );
+        assert_eq!(
+            roots.resolve(Some("nightly/v1.2")).unwrap(),
+            "s3://bucket/weir/tenants/acme/savepoints/nightly/v1.2"
+        );
+        for bad in [
+            "",
+            "/tmp/x",
+            "../globex/savepoints",
+            "a/../../b",
+            "s3://bucket/weir/tenants/acme/savepoints",
+            "file:///tmp",
+            "a//b",
+            "./a",
+            "a b",
+            "%2e%2e",
+            "a\\b",
+        ] {
+            let err = roots.resolve(Some(bad)).unwrap_err();
+            assert!(matches!(err, TargetError::NotAName { .. }), "{bad}: {err}");
+            // Only what the tenant wrote is shown, never the root.
+            assert!(bad.contains("bucket") || !err.to_string().contains("bucket"), "{err}");
+        }
+    }
 
     fn roots(list: &[&str]) -> SavepointRoots {
         SavepointRoots::new(list.iter().copied(), Path::new("/jobs/wc")).unwrap()

@@ -11,7 +11,7 @@ mod value;
 pub use self::cache::default_key_path as default_cache_key_path;
 pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
 pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
-pub use self::sandbox::JobMemory;
+pub use self::sandbox::{JobMemory, MemoryPool};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -186,6 +186,28 @@ impl PluginEngine {
                 elapsed: started.elapsed(),
             },
         })
+    }
+
+    /// Checks that `bytes` are a component this engine can run as an
+    /// operator (header, compilation, linking, the operator world), as
+    /// [`load`](Self::load) would, and returns the interfaces it imports
+    /// (`wasi:io/streams@0.2.6`, …). The compiled code is cached.
+    ///
+    /// # Errors
+    /// What is wrong, as one sentence without the plugin's name.
+    pub fn inspect_component(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        check_component_header(bytes)?;
+        let (component, _) = self.compile_cached(bytes).map_err(|e| format!("{e:#}"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)")
+        })?;
+        bindings::StreamOperatorPre::new(pre)
+            .map_err(|e| format!("does not implement {WORLD}: {e:#}"))?;
+        Ok(component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect())
     }
 
     fn compile_cached(&self, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
@@ -1080,6 +1102,7 @@ impl operator_state::Host for InstanceState {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::keygroup::KeyGroupRange;
     use crate::state::MemoryStateBackend;

@@ -386,7 +386,7 @@ impl tokio::io::AsyncWrite for GuestOutput {
 /// keyed state and emitted records not yet routed. Clones share the count;
 /// the runtime gives every instance of a job the same one.
 #[derive(Clone, Default)]
-pub struct JobMemory(Arc<AtomicU64>);
+pub struct JobMemory(Arc<AtomicU64>, Option<MemoryPool>);
 
 impl JobMemory {
     /// A count of zero bytes, for a new job.
@@ -394,9 +394,71 @@ impl JobMemory {
         Self::default()
     }
 
+    /// A count of zero bytes for a new job whose bytes also count in
+    /// `pool` (its tenant's), which they may not push over its budget.
+    pub fn within(pool: &MemoryPool) -> Self {
+        JobMemory(Arc::default(), Some(pool.clone()))
+    }
+
     /// The bytes counted now.
     pub fn used(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Memory shared by several jobs (a tenant's), with a budget and the name
+/// of the quota that sets it. Clones share the count.
+#[derive(Clone)]
+pub struct MemoryPool {
+    used: Arc<AtomicU64>,
+    budget: Arc<AtomicU64>,
+    quota: Arc<str>,
+}
+
+impl std::fmt::Debug for MemoryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPool")
+            .field("used", &self.used())
+            .field("budget", &self.budget())
+            .field("quota", &self.quota)
+            .finish()
+    }
+}
+
+impl MemoryPool {
+    /// An empty pool of `budget` bytes; `quota` names what sets it, for
+    /// messages (``tenant `acme`'s `memory_mb` quota``).
+    pub fn new(budget: u64, quota: &str) -> Self {
+        MemoryPool {
+            used: Arc::default(),
+            budget: Arc::new(AtomicU64::new(budget)),
+            quota: quota.into(),
+        }
+    }
+
+    /// The bytes its jobs hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Its budget, bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Sets its budget (a reloaded config); jobs over it fail at their
+    /// next growth.
+    pub fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+}
+
+/// Adds `bytes - old` to `count` and returns the new total.
+fn shift(count: &AtomicU64, old: u64, bytes: u64) -> u64 {
+    if bytes >= old {
+        count.fetch_add(bytes - old, Ordering::Relaxed) + (bytes - old)
+    } else {
+        count.fetch_sub(old - bytes, Ordering::Relaxed) - (old - bytes)
     }
 }
 
@@ -430,11 +492,18 @@ impl MemoryShare {
     /// beyond its budget (the bytes stay counted until the instance ends).
     pub(crate) fn set(&mut self, part: Part, bytes: u64) -> Result<(), LimitHit> {
         let old = std::mem::replace(&mut self.parts[part as usize], bytes);
-        let total = if bytes >= old {
-            self.job.0.fetch_add(bytes - old, Ordering::Relaxed) + (bytes - old)
-        } else {
-            self.job.0.fetch_sub(old - bytes, Ordering::Relaxed) - (old - bytes)
-        };
+        let total = shift(&self.job.0, old, bytes);
+        if let Some(pool) = &self.job.1 {
+            let pooled = shift(&pool.used, old, bytes);
+            if bytes > old && pooled > pool.budget() {
+                return Err(LimitHit(format!(
+                    "the plugins would hold {} MiB over all jobs sharing {}, over its {} MiB",
+                    mib(pooled),
+                    pool.quota,
+                    mib(pool.budget())
+                )));
+            }
+        }
         if bytes > old && total > self.budget {
             return Err(LimitHit(format!(
                 "the job's plugins would hold {} MiB (guest memories, keyed state and emitted \
@@ -455,6 +524,9 @@ impl Drop for MemoryShare {
     fn drop(&mut self) {
         let mine: u64 = self.parts.iter().sum();
         self.job.0.fetch_sub(mine, Ordering::Relaxed);
+        if let Some(pool) = &self.job.1 {
+            pool.used.fetch_sub(mine, Ordering::Relaxed);
+        }
     }
 }
 

@@ -652,12 +652,25 @@ impl Coordinator {
                     queue.extend(next);
                 }
                 Decision::Abort { id, reason } => {
-                    let f = self.in_flight.remove(&id);
+                    let mut f = self.in_flight.remove(&id);
                     self.broadcast(0..self.setup.tasks.len(), || Control::Abort(id));
-                    match f.and_then(|f| f.savepoint) {
+                    match f.as_mut().and_then(|f| f.savepoint.take()) {
                         Some(sp) => self.savepoint_failed(id, sp, &reason),
                         None => {
                             tracing::warn!("checkpoint {id} aborted: {reason}");
+                            self.setup
+                                .metrics
+                                .checkpoints
+                                .record(crate::metrics::CheckpointStat {
+                                    id: id.0,
+                                    status: "FAILED".into(),
+                                    trigger_timestamp: f.as_ref().map_or(0, |f| f.trigger_time_ms),
+                                    duration_ms: f
+                                        .as_ref()
+                                        .map_or(0, |f| f.triggered_at.elapsed().as_millis() as u64),
+                                    state_size: 0,
+                                    failure: Some(reason.clone()),
+                                });
                             let dir = checkpoint_dir(&self.setup.graph.name, id);
                             self.delete_later(self.checkpoint_storage(), dir);
                         }
@@ -814,6 +827,17 @@ impl Coordinator {
         if self.in_flight[&id].savepoint.is_none() {
             self.in_flight.remove(&id);
             self.setup.metrics.checkpoint_completed(id.0);
+            self.setup
+                .metrics
+                .checkpoints
+                .record(crate::metrics::CheckpointStat {
+                    id: id.0,
+                    status: "COMPLETED".into(),
+                    trigger_timestamp: checkpoint.trigger_time_ms,
+                    duration_ms: triggered_at.elapsed().as_millis() as u64,
+                    state_size: checkpoint.total_bytes(),
+                    failure: None,
+                });
             log_completed(&checkpoint, triggered_at.elapsed());
         }
         Ok(())

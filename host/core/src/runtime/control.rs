@@ -26,6 +26,12 @@ impl JobId {
         JobId(format!("{:032x}", rand::random::<u128>()))
     }
 
+    /// The id `text` spells: 32 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| JobId(text.to_owned()))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -271,10 +277,21 @@ impl JobControl {
     /// A handle for job `name`, whose counters are `metrics`, cancelled
     /// through `cancel` (the same flag a signal handler may set).
     pub fn new(name: &str, metrics: Arc<JobMetrics>, cancel: Arc<AtomicBool>) -> Self {
+        Self::with_id(JobId::random(), name, metrics, cancel)
+    }
+
+    /// As [`new`](Self::new), for the job with id `id` (a host's job,
+    /// whose id outlives the process).
+    pub fn with_id(
+        id: JobId,
+        name: &str,
+        metrics: Arc<JobMetrics>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
         let (requests, inbox) = crossbeam_channel::unbounded();
         JobControl {
             shared: Arc::new(Shared {
-                id: JobId::random(),
+                id,
                 name: name.to_owned(),
                 started: SystemTime::now(),
                 started_at: Instant::now(),
@@ -286,6 +303,23 @@ impl JobControl {
                 stopping: Mutex::new(false),
             }),
         }
+    }
+
+    /// The handle of job `id`, which ended as `state` before this process
+    /// started (a host's registry remembers it).
+    ///
+    /// # Panics
+    /// If `state` is not an end state.
+    pub fn ended(id: JobId, name: &str, state: JobState) -> Self {
+        assert!(state.is_terminal(), "invariant: {state:?} is not an end");
+        let control = Self::with_id(
+            id,
+            name,
+            Arc::new(JobMetrics::default()),
+            Arc::new(AtomicBool::new(true)),
+        );
+        control.shared.state.store(state as u8, Ordering::Relaxed);
+        control
     }
 
     /// The job's id.

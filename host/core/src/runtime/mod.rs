@@ -187,6 +187,16 @@ pub struct RunOptions {
     /// The I/O runtime to store snapshots on (a host's shared one);
     /// `None` starts one for the run.
     pub io: Option<tokio::runtime::Handle>,
+    /// Memory the job's plugins count in besides the job's own budget (a
+    /// tenant's quota).
+    pub memory_pool: Option<crate::plugin::MemoryPool>,
+    /// Keep the checkpoints of a job that finished (a host deletes them
+    /// once it has recorded that the job finished, so a crash in between
+    /// cannot restart it from scratch).
+    pub keep_finished_checkpoints: bool,
+    /// Set when the run lost its job lease: another run owns the job's
+    /// storage, so it ends as cancelled without deleting anything there.
+    pub fenced: Option<Arc<AtomicBool>>,
 }
 
 /// Runs `graph` to completion from scratch.
@@ -239,7 +249,7 @@ fn run_controlled(
     options: &RunOptions,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
-    let plugins = load_plugins(graph, engine)?;
+    let plugins = load_plugins(graph, engine, options.memory_pool.as_ref())?;
     // Dropped (and its threads joined) when the run ends, after every
     // task on it finished.
     let owned_io = match &options.io {
@@ -315,7 +325,16 @@ fn run_controlled(
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
         {
-            return Err(cancelled(graph.as_ref(), storage.as_ref(), &io));
+            return Err(cancelled(
+                graph.as_ref(),
+                storage.as_ref().filter(|_| {
+                    !options
+                        .fenced
+                        .as_ref()
+                        .is_some_and(|f| f.load(Ordering::Relaxed))
+                }),
+                &io,
+            ));
         }
         match result {
             Ok(()) => {
@@ -329,6 +348,7 @@ fn run_controlled(
                 if let Some(storage) = &storage
                     && graph.checkpoints.enabled()
                     && replaced
+                    && !options.keep_finished_checkpoints
                 {
                     // As Flink: a finished job's checkpoints are discarded.
                     io.block_on(storage.delete_prefix(&graph.name))?;
@@ -384,7 +404,16 @@ fn run_controlled(
                         .as_ref()
                         .is_some_and(|c| c.load(Ordering::Relaxed))
                     {
-                        return Err(cancelled(graph.as_ref(), storage.as_ref(), &io));
+                        return Err(cancelled(
+                            graph.as_ref(),
+                            storage.as_ref().filter(|_| {
+                                !options
+                                    .fenced
+                                    .as_ref()
+                                    .is_some_and(|f| f.load(Ordering::Relaxed))
+                            }),
+                            &io,
+                        ));
                     }
                     std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
                 }
@@ -861,11 +890,18 @@ impl Attempt<'_> {
 }
 
 /// Loads every distinct plugin once; subtasks instantiate their own copy.
-fn load_plugins(graph: &JobGraph, engine: &PluginEngine) -> Result<HashMap<usize, Plugin>, Error> {
+fn load_plugins(
+    graph: &JobGraph,
+    engine: &PluginEngine,
+    pool: Option<&crate::plugin::MemoryPool>,
+) -> Result<HashMap<usize, Plugin>, Error> {
     let mut by_path: HashMap<PathBuf, Plugin> = HashMap::new();
     let mut by_vertex = HashMap::new();
     // Every instance of the job counts in one `limits.job_memory_mb`.
-    let memory = crate::plugin::JobMemory::new();
+    let memory = pool.map_or_else(
+        crate::plugin::JobMemory::new,
+        crate::plugin::JobMemory::within,
+    );
     for (i, v) in graph.vertices.iter().enumerate() {
         if let VertexKind::Operator { plugin, .. } = &v.kind {
             let loaded = match by_path.get(plugin) {

@@ -476,6 +476,37 @@ fn declared_kind_name(k: DeclaredKind) -> String {
     }
 }
 
+/// The states each operator of `graph` declares, by uid: its plugin
+/// loaded and asked, as a restore would. What [`check`] compares a
+/// snapshot against.
+///
+/// # Errors
+/// A plugin that does not load, or fails or traps declaring its states.
+pub fn declared_states(
+    engine: &crate::plugin::PluginEngine,
+    graph: &JobGraph,
+) -> Result<BTreeMap<String, Vec<DeclaredState>>, Error> {
+    let mut declared = BTreeMap::new();
+    for v in &graph.vertices {
+        if let crate::job::VertexKind::Operator {
+            plugin,
+            config,
+            limits,
+        } = &v.kind
+        {
+            let states = engine.load(&v.uid, plugin)?.declared_states(
+                &v.uid,
+                config,
+                v.parallelism,
+                graph.max_parallelism,
+                *limits,
+            )?;
+            declared.insert(v.uid.clone(), states);
+        }
+    }
+    Ok(declared)
+}
+
 /// Checks a restore of `point` into `graph` without running it: the uid
 /// plan (with `allow_non_restored`), then for every matched operator the
 /// states its plugin declares (`declared`, by uid; `None` for vertices
