@@ -35,6 +35,12 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "weir_plugin_hot_swap_v2",
     ),
     ("HOSTILE", "weir-plugin-hostile", "weir_plugin_hostile"),
+    (
+        "WORD_COUNT_BROKEN",
+        "weir-plugin-word-count-broken",
+        "weir_plugin_word_count_broken",
+    ),
+    ("WASI_KV", "weir-plugin-wasi-kv", "weir_plugin_wasi_kv"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

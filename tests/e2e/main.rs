@@ -13,6 +13,7 @@ mod hostile;
 mod javascript;
 mod languages;
 mod savepoints;
+mod serve;
 mod stopping;
 
 /// Runs `weir ARGS` with a plugin cache shared by all tests.

@@ -13,7 +13,7 @@ use weir_test_plugins as plugins;
 
 /// Records of every job here: the generated stream is a pure function of
 /// the seed, so every run sees the same words.
-const RECORDS: u64 = 40_000;
+pub(super) const RECORDS: u64 = 40_000;
 
 /// Word count over generated words: `words` (datagen) → `tokenize` →
 /// `count` (`plugin`, behind a hash edge, at `parallelism`) → `out` (file
@@ -222,7 +222,7 @@ fn counts(out: &Path) -> HashMap<String, Vec<u64>> {
 }
 
 /// The final count of every word of a straight run: the reference.
-fn reference(dir: &Path) -> HashMap<String, u64> {
+pub(super) fn reference(dir: &Path) -> HashMap<String, u64> {
     let dir = dir.join("reference");
     std::fs::create_dir_all(&dir).unwrap();
     run_to_end(
@@ -236,7 +236,7 @@ fn reference(dir: &Path) -> HashMap<String, u64> {
 }
 
 /// Every word counted 1..=n exactly once, n its reference count.
-fn assert_exactly_once(out: &Path, reference: &HashMap<String, u64>) {
+pub(super) fn assert_exactly_once(out: &Path, reference: &HashMap<String, u64>) {
     let got = counts(out);
     assert_eq!(got.len(), reference.len(), "different words");
     for (word, seen) in got {

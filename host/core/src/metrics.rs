@@ -42,6 +42,8 @@ pub struct JobMetrics {
     pub restarts: AtomicU64,
     /// Checkpoint statistics (Flink's are the model).
     pub checkpoints: CheckpointCounters,
+    /// The latest failure the job restarted after, if any.
+    pub last_failure: Mutex<Option<String>>,
 }
 
 /// How many checkpoints recently kept in [`CheckpointCounters::history`].
@@ -128,12 +130,29 @@ impl JobMetrics {
             last_checkpoint: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             checkpoints: CheckpointCounters::default(),
+            last_failure: Mutex::default(),
         })
     }
 
     /// Records that checkpoint `id` completed.
     pub fn checkpoint_completed(&self, id: u64) {
         self.last_checkpoint.fetch_max(id, Ordering::Relaxed);
+    }
+
+    /// Records a failure the job restarts after.
+    pub fn failed(&self, why: String) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
+
+    /// The latest failure the job restarted after.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The latest completed checkpoint, if any.

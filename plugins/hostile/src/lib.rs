@@ -19,6 +19,8 @@
 //!   passes records on;
 //! - `flush:N`: passes records on, and spins N million iterations in
 //!   `snapshot` and `close` (a big state flush); `flush:forever` never ends;
+//! - `burn:N`: spins N thousand iterations per record, then passes it on:
+//!   a busy tenant that stays within every limit;
 //! - anything else: passes records on.
 
 use std::time::Duration;
@@ -39,6 +41,7 @@ enum Mode {
     Recurse,
     Hold,
     Flush(Option<u64>),
+    Burn(u64),
     Identity,
 }
 
@@ -67,6 +70,11 @@ impl Operator for Hostile {
                 Mode::Flush(Some(config["flush:".len()..].parse().map_err(|_| {
                     format!("`{config}`: expected flush:<million iterations>")
                 })?))
+            }
+            _ if config.starts_with("burn:") => {
+                Mode::Burn(config["burn:".len()..].parse().map_err(|_| {
+                    format!("`{config}`: expected burn:<thousand iterations per record>")
+                })?)
             }
             _ if config.starts_with("hold:") => {
                 let mib: usize = config["hold:".len()..]
@@ -133,6 +141,13 @@ impl Operator for Hostile {
             },
             Mode::Recurse => {
                 std::hint::black_box(recurse(std::hint::black_box(1)));
+            }
+            Mode::Burn(n) => {
+                let mut i = 0u64;
+                while i < n * 1_000 {
+                    i = std::hint::black_box(i + 1);
+                }
+                out.emit(record.key, record.value);
             }
             Mode::Hold | Mode::Flush(_) | Mode::Identity => out.emit(record.key, record.value),
         }

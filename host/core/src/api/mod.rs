@@ -977,6 +977,7 @@ mod tests {
             last_checkpoint: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             checkpoints: Default::default(),
+            last_failure: Default::default(),
         })
     }
 

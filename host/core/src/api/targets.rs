@@ -437,7 +437,10 @@ mod tests {
             let err = roots.resolve(Some(bad)).unwrap_err();
             assert!(matches!(err, TargetError::NotAName { .. }), "{bad}: {err}");
             // Only what the tenant wrote is shown, never the root.
-            assert!(bad.contains("bucket") || !err.to_string().contains("bucket"), "{err}");
+            assert!(
+                bad.contains("bucket") || !err.to_string().contains("bucket"),
+                "{err}"
+            );
         }
     }
 

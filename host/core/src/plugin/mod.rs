@@ -3,12 +3,14 @@
 //! This is the only module that touches wasmtime.
 
 mod cache;
+mod cpu;
 mod declared;
 mod descriptor;
 mod sandbox;
 mod value;
 
 pub use self::cache::default_key_path as default_cache_key_path;
+pub use self::cpu::{CpuGroup, CpuScheduler};
 pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
 pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
 pub use self::sandbox::{JobMemory, MemoryPool};
@@ -83,6 +85,7 @@ pub struct Plugin {
     path: PathBuf,
     pre: bindings::StreamOperatorPre<InstanceState>,
     job_memory: JobMemory,
+    cpu: Option<CpuGroup>,
     /// How it was loaded.
     pub stats: LoadStats,
 }
@@ -181,6 +184,7 @@ impl PluginEngine {
             path: path.to_owned(),
             pre,
             job_memory: JobMemory::new(),
+            cpu: None,
             stats: LoadStats {
                 from_cache,
                 elapsed: started.elapsed(),
@@ -352,6 +356,72 @@ pub struct InstanceState {
     max_parallelism: u32,
     uid: Arc<str>,
     tag: Arc<str>,
+    /// The instance's CPU group, when it shares the machine fairly.
+    cpu: Option<CpuMeter>,
+}
+
+/// What an instance of a [`CpuGroup`] keeps to charge it.
+struct CpuMeter {
+    group: CpuGroup,
+    /// The thread's CPU time when last charged.
+    mark: Duration,
+    /// When the current call's wall-clock bound ends (moved on by the
+    /// time the group made it wait).
+    deadline: Instant,
+}
+
+impl InstanceState {
+    /// Starts a call's bookkeeping: its wall-clock bound and, in a CPU
+    /// group, its CPU mark.
+    fn arm(store: &mut Store<InstanceState>, timeout_ms: u64) {
+        match &mut store.data_mut().cpu {
+            Some(meter) => {
+                meter.mark = cpu::thread_cpu_time();
+                meter.deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                // Every tick: charge, maybe wait, check the bound.
+                store.set_epoch_deadline(1);
+            }
+            None => store.set_epoch_deadline(epoch_ticks(timeout_ms)),
+        }
+    }
+
+    /// Charges the CPU of the call that just returned.
+    fn settle(&mut self) {
+        if let Some(meter) = &mut self.cpu {
+            let now = cpu::thread_cpu_time();
+            // The next call (or tick) waits if the group is over.
+            meter
+                .group
+                .charge(now.saturating_sub(meter.mark), Instant::now());
+            meter.mark = now;
+        }
+    }
+}
+
+/// At each epoch tick inside a call of an instance in a CPU group: the
+/// call's CPU is charged to the group, the thread sleeps if the group is
+/// over its share (not counted against the call's bound), and the call is
+/// interrupted once past its wall-clock bound.
+fn on_tick(
+    mut ctx: wasmtime::StoreContextMut<'_, InstanceState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let Some(meter) = &mut ctx.data_mut().cpu else {
+        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    };
+    let now_cpu = cpu::thread_cpu_time();
+    let used = now_cpu.saturating_sub(meter.mark);
+    meter.mark = now_cpu;
+    let now = Instant::now();
+    if now >= meter.deadline {
+        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    }
+    let wait = meter.group.charge(used, now).min(cpu::WINDOW);
+    if !wait.is_zero() {
+        std::thread::sleep(wait);
+        meter.deadline += wait;
+        meter.mark = cpu::thread_cpu_time();
+    }
+    Ok(wasmtime::UpdateDeadline::Continue(1))
 }
 
 impl WasiView for InstanceState {
@@ -387,6 +457,13 @@ impl Plugin {
     #[must_use]
     pub fn with_job_memory(mut self, memory: &JobMemory) -> Self {
         self.job_memory = memory.clone();
+        self
+    }
+
+    /// The same plugin, its instances sharing the CPU as members of
+    /// `group` (a `weir serve` tenant's).
+    pub fn with_cpu_group(mut self, group: &CpuGroup) -> Self {
+        self.cpu = Some(group.clone());
         self
     }
 
@@ -436,10 +513,19 @@ impl Plugin {
                 max_parallelism: cfg.max_parallelism,
                 uid: cfg.uid.as_str().into(),
                 tag,
+                cpu: self.cpu.clone().map(|group| CpuMeter {
+                    group,
+                    mark: Duration::ZERO,
+                    deadline: Instant::now(),
+                }),
             },
         );
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        if store.data().cpu.is_some() {
+            store.epoch_deadline_callback(on_tick);
+        } else {
+            store.epoch_deadline_trap();
+        }
         let mut instance = OperatorInstance {
             bindings: instantiate_into(
                 &self.pre,
@@ -520,8 +606,10 @@ fn instantiate_into(
     store
         .set_fuel(budget.fuel)
         .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-    store.set_epoch_deadline(epoch_ticks(budget.timeout_ms));
-    pre.instantiate(&mut *store).map_err(|e| {
+    InstanceState::arm(store, budget.timeout_ms);
+    let instantiated = pre.instantiate(&mut *store);
+    store.data_mut().settle();
+    instantiated.map_err(|e| {
         failure(
             &e,
             store.data(),
@@ -681,10 +769,10 @@ impl OperatorInstance {
         self.store
             .set_fuel(budget.fuel)
             .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
-        self.store
-            .set_epoch_deadline(epoch_ticks(budget.timeout_ms));
+        InstanceState::arm(&mut self.store, budget.timeout_ms);
         self.begin_call();
         let result = f(&self.bindings, &mut self.store);
+        self.store.data_mut().settle();
         if !matches!(result, Ok(Ok(_)))
             && let Some(conflict) = self.store.data_mut().restore_conflict.take()
         {

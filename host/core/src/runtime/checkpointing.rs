@@ -682,15 +682,19 @@ impl Coordinator {
                     if self.completed_here >= self.setup.config.retained
                         && let Some(claimed) = self.setup.claimed.take()
                     {
-                        let storages = self.setup.storages.clone();
-                        self.setup.handle.spawn(async move {
-                            match crate::savepoint::delete_snapshot(&claimed, &storages).await {
-                                Ok(_) => tracing::info!(
-                                    "claimed snapshot {claimed} subsumed and deleted"
-                                ),
-                                Err(e) => tracing::warn!("could not delete claimed {claimed}: {e}"),
+                        // Waited for (a few deletes, once per run): a task
+                        // left running could die with a run that ends now.
+                        let storages = &self.setup.storages;
+                        match self
+                            .setup
+                            .handle
+                            .block_on(crate::savepoint::delete_snapshot(&claimed, storages))
+                        {
+                            Ok(_) => {
+                                tracing::info!("claimed snapshot {claimed} subsumed and deleted")
                             }
-                        });
+                            Err(e) => tracing::warn!("could not delete claimed {claimed}: {e}"),
+                        }
                     }
                 }
                 Decision::SavepointCompleted(id) => self.savepoint_completed(id),

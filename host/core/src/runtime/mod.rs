@@ -190,6 +190,9 @@ pub struct RunOptions {
     /// Memory the job's plugins count in besides the job's own budget (a
     /// tenant's quota).
     pub memory_pool: Option<crate::plugin::MemoryPool>,
+    /// The CPU group the job's plugin instances share the machine in (a
+    /// tenant's); `None`: the kernel's scheduling alone.
+    pub cpu_group: Option<crate::plugin::CpuGroup>,
     /// Keep the checkpoints of a job that finished (a host deletes them
     /// once it has recorded that the job finished, so a crash in between
     /// cannot restart it from scratch).
@@ -249,7 +252,7 @@ fn run_controlled(
     options: &RunOptions,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
-    let plugins = load_plugins(graph, engine, options.memory_pool.as_ref())?;
+    let plugins = load_plugins(graph, engine, options)?;
     // Dropped (and its threads joined) when the run ends, after every
     // task on it finished.
     let owned_io = match &options.io {
@@ -378,6 +381,9 @@ fn run_controlled(
                     let dir = checkpointing::checkpoint_dir(&graph.name, id);
                     restore = Some(io.block_on(open_stored(storage, &dir))?);
                 }
+                // Before the state says so: whoever sees it restarting
+                // finds why.
+                metrics.failed(e.to_string());
                 if let Some(c) = &options.control {
                     // A stop in progress died with the attempt (its caller
                     // was told): another may be asked for.
@@ -893,8 +899,9 @@ impl Attempt<'_> {
 fn load_plugins(
     graph: &JobGraph,
     engine: &PluginEngine,
-    pool: Option<&crate::plugin::MemoryPool>,
+    options: &RunOptions,
 ) -> Result<HashMap<usize, Plugin>, Error> {
+    let pool = options.memory_pool.as_ref();
     let mut by_path: HashMap<PathBuf, Plugin> = HashMap::new();
     let mut by_vertex = HashMap::new();
     // Every instance of the job counts in one `limits.job_memory_mb`.
@@ -907,7 +914,10 @@ fn load_plugins(
             let loaded = match by_path.get(plugin) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = engine.load(&v.uid, plugin)?.with_job_memory(&memory);
+                    let mut p = engine.load(&v.uid, plugin)?.with_job_memory(&memory);
+                    if let Some(group) = &options.cpu_group {
+                        p = p.with_cpu_group(group);
+                    }
                     tracing::debug!(
                         "loaded plugin {} for `{}` in {:?} (cached: {})",
                         plugin.display(),

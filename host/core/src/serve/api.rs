@@ -315,6 +315,9 @@ async fn upgrade(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<super::ops::UpgradeView>, Response> {
+    if ctx.inner.job_of(&ctx.tenant, &id).is_none() {
+        return Err(Refusal::NotFound(format!("no job with id `{id}`")).into_response());
+    }
     let body: UpgradeBody = api::parse_body(body).map_err(IntoResponse::into_response)?;
     ctx.inner
         .upgrade(&ctx.tenant, &id, body)

@@ -78,6 +78,7 @@ struct QuotaFile {
     storage_mb: Option<u64>,
     emit_mb_per_call: Option<u64>,
     fuel_per_call: Option<u64>,
+    cpu_share: Option<u64>,
 }
 
 /// What one tenant may use; every field has a default, so a tenant with
@@ -101,6 +102,9 @@ pub struct Quota {
     pub emit_mb_per_call: u64,
     /// CPU per hook call, fuel (`limits.fuel_per_call` at most).
     pub fuel_per_call: u64,
+    /// Its weight when tenants contend for the CPU: busy tenants share
+    /// the machine in proportion to it.
+    pub cpu_share: u64,
 }
 
 impl Quota {
@@ -114,6 +118,7 @@ impl Quota {
         storage_mb: 10 * 1024,
         emit_mb_per_call: 64,
         fuel_per_call: crate::job::DEFAULT_FUEL_PER_CALL,
+        cpu_share: 100,
     };
 }
 
@@ -469,6 +474,7 @@ fn quota(q: &QuotaFile, field: &str, problems: &mut Vec<String>) -> Quota {
             d.fuel_per_call,
             crate::job::MAX_FUEL_PER_CALL,
         ),
+        cpu_share: check("cpu_share", q.cpu_share, d.cpu_share, 1_000_000),
     }
 }
 

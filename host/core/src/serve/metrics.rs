@@ -95,6 +95,16 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
         "tenant_memory_quota_bytes",
         "The tenant's `memory_mb` quota",
     );
+    let cpu = Metric::<Counter<f64, AtomicU64>>::register(
+        &mut registry,
+        "tenant_cpu_seconds",
+        "CPU time of the tenant's plugin calls",
+    );
+    let throttled = Metric::<Counter<f64, AtomicU64>>::register(
+        &mut registry,
+        "tenant_cpu_throttled_seconds",
+        "Time the tenant's plugin calls waited over its CPU share",
+    );
     let running_jobs = Metric::<Gauge>::register(
         &mut registry,
         "tenant_running_jobs",
@@ -156,6 +166,13 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
             .family
             .get_or_create(&l)
             .set(t.memory.budget() as i64);
+        cpu.family
+            .get_or_create(&l)
+            .inc_by(t.cpu.cpu_time().as_secs_f64());
+        throttled
+            .family
+            .get_or_create(&l)
+            .inc_by(t.cpu.throttled().as_secs_f64());
         running_jobs
             .family
             .get_or_create(&l)

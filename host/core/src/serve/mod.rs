@@ -46,7 +46,7 @@ use crate::checkpoint::storage::{CheckpointStorage, S3Config, StorageError, Stor
 use crate::error::{Error, Problem};
 use crate::job::JobGraph;
 use crate::metrics::JobMetrics;
-use crate::plugin::{MemoryPool, PluginEngine};
+use crate::plugin::{CpuGroup, CpuScheduler, MemoryPool, PluginEngine};
 use crate::runtime::{self, JobControl, JobId, JobState, Restore, RunOptions};
 use crate::savepoint::ClaimMode;
 
@@ -85,6 +85,8 @@ pub(crate) struct Tenant {
     savepoints: String,
     /// Held while a submission checks the quota and registers the job.
     admission: tokio::sync::Mutex<()>,
+    /// Its share of the CPU.
+    cpu: CpuGroup,
 }
 
 impl Tenant {
@@ -139,6 +141,8 @@ pub(crate) struct Inner {
     io: tokio::runtime::Handle,
     storages: Storages,
     root: CheckpointStorage,
+    /// The machine's CPU, shared fairly between busy tenants.
+    cpu: CpuScheduler,
     tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
     jobs: Mutex<HashMap<String, Arc<HostedJob>>>,
     /// This host process, in leases.
@@ -194,6 +198,7 @@ impl Host {
                 io,
                 storages,
                 root,
+                cpu: CpuScheduler::for_this_machine(),
                 tenants: RwLock::default(),
                 jobs: Mutex::default(),
                 run_id: format!("{:032x}", rand::random::<u128>()),
@@ -247,6 +252,7 @@ impl Host {
             if let Some(existing) = tenants.get(&t.name) {
                 *existing.quota.write().unwrap_or_else(|p| p.into_inner()) = t.quota;
                 existing.memory.set_budget(t.quota.memory_mb << 20);
+                existing.cpu.set_weight(t.quota.cpu_share);
                 continue;
             }
             let storage = self.inner.root.scoped(&format!("tenants/{}", t.name))?;
@@ -265,6 +271,7 @@ impl Host {
                     files: config.data_dir.join("tenants").join(&t.name).join("files"),
                     savepoints,
                     admission: tokio::sync::Mutex::new(()),
+                    cpu: self.inner.cpu.group(&t.name, t.quota.cpu_share),
                 }),
             );
         }
@@ -722,6 +729,7 @@ impl Inner {
             claim_mode,
             allow_non_restored: record.allow_non_restored,
             memory_pool: Some(tenant.memory.clone()),
+            cpu_group: Some(tenant.cpu.clone()),
             keep_finished_checkpoints: true,
             fenced: Some(fenced.clone()),
             ..RunOptions::default()

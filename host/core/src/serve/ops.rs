@@ -86,6 +86,7 @@ pub struct SubmitBody {
 #[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     /// Operator uid → the new plugin (`sha256:<hex>`).
+    #[serde(default)]
     pub plugins: BTreeMap<String, String>,
     /// How long the new plugins must run without failing (or until their
     /// first checkpoint) before the upgrade counts as done, ms; 10 s by
@@ -412,11 +413,17 @@ impl Inner {
                 ("storage_mb".into(), q.storage_mb),
                 ("emit_mb_per_call".into(), q.emit_mb_per_call),
                 ("fuel_per_call".into(), q.fuel_per_call),
+                ("cpu_share".into(), q.cpu_share),
             ]),
             used: BTreeMap::from([
                 ("running_jobs".into(), u64::from(running)),
                 ("subtasks".into(), u64::from(subtasks)),
                 ("memory_bytes".into(), tenant.memory.used()),
+                ("cpu_ms".into(), tenant.cpu.cpu_time().as_millis() as u64),
+                (
+                    "cpu_throttled_ms".into(),
+                    tenant.cpu.throttled().as_millis() as u64,
+                ),
             ]),
         }
     }
@@ -576,9 +583,9 @@ async fn healthy(job: &HostedJob, wait: Duration) -> Result<Instant, String> {
             || state == JobState::Restarting
             || metrics.restarts.load(Ordering::Relaxed) > 0
         {
-            return Err(job
-                .record()
-                .failure
+            return Err(metrics
+                .last_failure()
+                .or(job.record().failure)
                 .unwrap_or_else(|| format!("the new plugins failed ({})", state.name())));
         }
         if !job.running.load(Ordering::Relaxed) {

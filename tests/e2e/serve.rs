@@ -1,0 +1,569 @@
+//! `weir serve`: a real host on loopback with two tenants, driven over
+//! HTTP and through `weir submit` / `weir upgrade`. Tokens, namespaces,
+//! confinement, `kill -9` of the host, upgrades in place.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::savepoints::{RECORDS, assert_exactly_once, reference};
+use super::{plugins, stderr, weir_with_env};
+
+/// A tenant: its name and token.
+pub(super) struct Tenant {
+    pub(super) name: &'static str,
+    pub(super) token: String,
+}
+
+/// A `weir serve` in the background, on a free port, with tenants `acme`
+/// and `globex`.
+pub(super) struct Serve {
+    child: Child,
+    pub(super) address: String,
+    pub(super) dir: PathBuf,
+    log: PathBuf,
+    pub(super) acme: Tenant,
+    pub(super) globex: Tenant,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// A host in `dir` (config, data and storage all there), with `extra`
+    /// appended to each tenant's table (quotas).
+    pub(super) fn start(dir: &Path, extra: &str) -> Self {
+        let (a, a_hash) = weir_host::serve::config::new_token();
+        let (g, g_hash) = weir_host::serve::config::new_token();
+        let config = format!(
+            "address = \"127.0.0.1:0\"\nmax_plugin_mb = 32\n\
+             [[tenants]]\nname = \"acme\"\ntokens = [\"{a_hash}\"]\n{extra}\n\
+             [[tenants]]\nname = \"globex\"\ntokens = [\"{g_hash}\"]\n{extra}\n"
+        );
+        std::fs::write(dir.join("host.toml"), config).unwrap();
+        let (child, address, log) = spawn(dir);
+        Serve {
+            child,
+            address,
+            dir: dir.to_owned(),
+            log,
+            acme: Tenant {
+                name: "acme",
+                token: a,
+            },
+            globex: Tenant {
+                name: "globex",
+                token: g,
+            },
+        }
+    }
+
+    /// `kill -9` of the host, then a new one on the same config and data.
+    pub(super) fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, address, log) = spawn(&self.dir);
+        self.child = child;
+        self.address = address;
+        self.log = log;
+    }
+
+    /// The host's log so far.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A tenant's file directory (where its jobs' `file` paths lead).
+    pub(super) fn files(&self, tenant: &Tenant) -> PathBuf {
+        self.dir
+            .join("weir-data/tenants")
+            .join(tenant.name)
+            .join("files")
+    }
+
+    /// `weir ARGS --address … --token …` as `tenant`.
+    pub(super) fn weir(&self, tenant: &Tenant, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--address", &self.address, "--token", &tenant.token]);
+        weir_with_env(&all, &[])
+    }
+
+    /// `weir submit JOB` as `tenant`, which must succeed: the job's id.
+    pub(super) fn submit(&self, tenant: &Tenant, job: &Path) -> String {
+        let o = self.weir(tenant, &["submit", job.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "submit: {}\nhost log:\n{}",
+            stderr(&o),
+            self.log()
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `METHOD PATH` with `token` and `body`: the status and the body.
+    pub(super) fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        http(&self.address, method, path, token, body)
+    }
+
+    /// Job `id`'s state as `tenant` sees it.
+    pub(super) fn state(&self, tenant: &Tenant, id: &str) -> String {
+        let (status, body) = self.http("GET", &format!("/v1/jobs/{id}"), Some(&tenant.token), b"");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["state"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until job `id` is in `state` (a minute at most).
+    pub(super) fn wait_state(&self, tenant: &Tenant, id: &str, state: &str) {
+        let started = Instant::now();
+        loop {
+            let now = self.state(tenant, id);
+            if now == state {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "job {id} is {now}, not {state}, after 90 s; host log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+// The child is waited for on drop or by `crash_and_restart`.
+#[allow(clippy::zombie_processes)]
+fn spawn(dir: &Path) -> (Child, String, PathBuf) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let log = dir.join(format!("serve-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config", dir.join("host.toml").to_str().unwrap()])
+        .env("WEIR_CACHE_DIR", cache)
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("weir serve starts");
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("REST API on ")) {
+            let address = line
+                .split("REST API on ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap()
+                .to_owned();
+            return (child, address, log);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("weir serve exited ({status}); log:\n{text}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no REST API line; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection: the status and body.
+pub(super) fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let authority = address.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(authority).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A body the server refuses early may meet a closed socket.
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Word count over generated words as a hosted job: `RECORDS` words at
+/// `rate` per second through `tokenize` and `count` (`plugin`, at
+/// parallelism 2) into the file sink `out`, checkpointed every 200 ms.
+pub(super) fn counts_job(dir: &Path, name: &str, plugin: &str, rate: u32) -> PathBuf {
+    let text = format!(
+        r#"
+name = "counts"
+
+[[sources]]
+uid = "words"
+type = "datagen"
+seed = 11
+vocabulary = 300
+records = {RECORDS}
+rate = {rate}
+
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "words"
+
+[[operators]]
+uid = "count"
+plugin = "{plugin}"
+input = "tokenize"
+partition = "hash"
+parallelism = 2
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "out"
+input = "count"
+parallelism = 2
+
+[checkpoints]
+interval = "200ms"
+"#,
+        tokenize = plugins::TOKENIZE,
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn two_tenants_run_to_exactly_once_output_across_a_kill_9_of_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference(&dir.path().join("ref"));
+    let mut host = Serve::start(dir.path(), "");
+    let job = counts_job(dir.path(), "job.toml", plugins::WORD_COUNT, 5_000);
+    let a = host.submit(&host.acme, &job);
+    let g = host.submit(&host.globex, &job);
+    // Both have committed output, and more to come, when the host dies.
+    let started = Instant::now();
+    while !(has_output(&host.files(&host.acme).join("out"))
+        && has_output(&host.files(&host.globex).join("out")))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.crash_and_restart();
+    assert!(
+        host.log().contains("resuming job `counts`"),
+        "{}",
+        host.log()
+    );
+    host.wait_state(&host.acme, &a, "FINISHED");
+    host.wait_state(&host.globex, &g, "FINISHED");
+    assert_exactly_once(&host.files(&host.acme).join("out"), &reference);
+    assert_exactly_once(&host.files(&host.globex).join("out"), &reference);
+    // Each sees only its own job.
+    let (_, listed) = host.http("GET", "/v1/jobs", Some(&host.acme.token), b"");
+    assert!(listed.contains(&a) && !listed.contains(&g), "{listed}");
+}
+
+fn has_output(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("part-"))
+    })
+}
+
+#[test]
+fn an_upgrade_in_place_changes_language_exactly_once_and_a_failing_one_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference(&dir.path().join("ref"));
+    let host = Serve::start(dir.path(), "");
+    // Compiled before the job starts, so the upgrades find them cached.
+    for plugin in [plugins::PY_WORD_COUNT, plugins::WORD_COUNT_BROKEN] {
+        let (status, answer) = host.http(
+            "POST",
+            "/v1/plugins",
+            Some(&host.acme.token),
+            &std::fs::read(plugin).unwrap(),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let job = counts_job(dir.path(), "job.toml", plugins::WORD_COUNT, 2_000);
+    let id = host.submit(&host.acme, &job);
+    host.wait_state(&host.acme, &id, "RUNNING");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Rust → Python, in place.
+    let o = host.weir(
+        &host.acme,
+        &[
+            "upgrade",
+            &id,
+            "--plugin",
+            &format!("count={}", plugins::PY_WORD_COUNT),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "upgrade: {}\n{}",
+        stderr(&o),
+        host.log()
+    );
+    assert!(
+        stderr(&o).contains("upgraded from savepoint"),
+        "{}",
+        stderr(&o)
+    );
+    let (_, record) = host.http(
+        "GET",
+        &format!("/v1/jobs/{id}/record"),
+        Some(&host.acme.token),
+        b"",
+    );
+    assert!(record.contains("\"RUNNING\""), "{record}");
+    // Python → a plugin that traps in open: rolled back to Python.
+    std::thread::sleep(Duration::from_millis(1000));
+    let o = host.weir(
+        &host.acme,
+        &[
+            "upgrade",
+            &id,
+            "--plugin",
+            &format!("count={}", plugins::WORD_COUNT_BROKEN),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stderr(&o), host.log());
+    assert!(
+        stderr(&o).contains("runs the old ones again"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("traps in open"), "{}", stderr(&o));
+    host.wait_state(&host.acme, &id, "FINISHED");
+    assert_exactly_once(&host.files(&host.acme).join("out"), &reference);
+}
+
+#[test]
+fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Serve::start(dir.path(), "[tenants.quota]\nrunning_jobs = 1");
+    // A job of acme's that runs until cancelled.
+    let job = counts_job(dir.path(), "job.toml", plugins::WORD_COUNT, 50);
+    let id = host.submit(&host.acme, &job);
+    host.wait_state(&host.acme, &id, "RUNNING");
+    let (acme, globex) = (
+        Some(host.acme.token.as_str()),
+        Some(host.globex.token.as_str()),
+    );
+    let endpoints = [
+        ("GET", "/v1/jobs".to_owned()),
+        ("POST", "/v1/jobs".to_owned()),
+        ("GET", format!("/v1/jobs/{id}")),
+        ("DELETE", format!("/v1/jobs/{id}")),
+        ("POST", format!("/v1/jobs/{id}/savepoints")),
+        ("GET", format!("/v1/jobs/{id}/savepoints/abc")),
+        ("POST", format!("/v1/jobs/{id}/stop")),
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("POST", format!("/v1/jobs/{id}/upgrade")),
+        ("GET", format!("/v1/jobs/{id}/checkpoints")),
+        ("GET", format!("/v1/jobs/{id}/record")),
+        ("GET", "/v1/plugins".to_owned()),
+        ("POST", "/v1/plugins".to_owned()),
+        ("GET", "/v1/savepoints".to_owned()),
+        ("GET", "/v1/savepoints/x".to_owned()),
+        ("DELETE", "/v1/savepoints/x".to_owned()),
+        ("GET", "/v1/quota".to_owned()),
+        ("GET", "/metrics".to_owned()),
+    ];
+    for (method, path) in &endpoints {
+        for token in [None, Some("weir_not-a-token"), Some("")] {
+            let (status, body) = host.http(method, path, token, b"");
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+        }
+        if path.contains(&id) {
+            // Another tenant's job does not exist for globex.
+            let (status, body) = host.http(method, path, globex, b"{}");
+            assert_eq!(status, 404, "{method} {path} as globex: {body}");
+            assert!(!body.contains("acme"), "{body}");
+        }
+    }
+    let (status, _) = host.http("GET", "/healthz", None, b"");
+    assert_eq!(status, 200);
+    let (_, metrics) = host.http("GET", "/metrics", globex, b"");
+    assert!(!metrics.contains(&id), "{metrics}");
+    let (_, metrics) = host.http("GET", "/metrics", acme, b"");
+    assert!(metrics.contains(&id), "{metrics}");
+
+    // Savepoint targets are names in acme's namespace, nothing else.
+    let sp = format!("/v1/jobs/{id}/savepoints");
+    for target in [
+        "../globex",
+        "/tmp/x",
+        "s3://bucket/x",
+        "file:///tmp",
+        "a/../../b",
+        "memory://x",
+        "..",
+        "a%2F..%2Fb",
+    ] {
+        let body = format!("{{\"target_directory\": \"{target}\"}}");
+        let (status, answer) = host.http("POST", &sp, acme, body.as_bytes());
+        assert_eq!(status, 400, "target {target}: {answer}");
+        assert!(
+            !answer.contains(dir.path().to_str().unwrap()),
+            "leaks a host path: {answer}"
+        );
+    }
+    for name in ["..%2F..%2Fetc", "a/../../x", "%2e%2e"] {
+        let (status, answer) = host.http("GET", &format!("/v1/savepoints/{name}"), acme, b"");
+        assert!(status == 400 || status == 404, "{name}: {status} {answer}");
+    }
+    // A named savepoint, then another tenant cannot see or restore it.
+    let (status, answer) = host.http("POST", &sp, acme, br#"{"target_directory": "nightly"}"#);
+    assert_eq!(status, 202, "{answer}");
+    let request: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let request = request["request_id"].as_str().unwrap().to_owned();
+    let location = loop {
+        let (_, s) = host.http("GET", &format!("{sp}/{request}"), acme, b"");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        match v["status"].as_str().unwrap() {
+            "COMPLETED" => break v["location"].as_str().unwrap().to_owned(),
+            "IN_PROGRESS" => std::thread::sleep(Duration::from_millis(50)),
+            _ => panic!("{s}"),
+        }
+    };
+    assert!(
+        location.starts_with("nightly/savepoint-counts-"),
+        "shown as a name: {location}"
+    );
+    let (status, listed) = host.http("GET", "/v1/savepoints", acme, b"");
+    assert_eq!(status, 200);
+    assert!(listed.contains(&location), "{listed}");
+    let (_, listed) = host.http("GET", "/v1/savepoints", globex, b"");
+    assert!(!listed.contains("nightly"), "{listed}");
+    let (status, _) = host.http("GET", &format!("/v1/savepoints/{location}"), globex, b"");
+    assert_eq!(status, 404);
+    let (status, shown) = host.http("GET", &format!("/v1/savepoints/{location}"), acme, b"");
+    assert_eq!(status, 200, "{shown}");
+    assert!(shown.contains("count"), "{shown}");
+
+    // Submissions: fields naming paths stay in the tenant's directory.
+    let text = std::fs::read_to_string(&job).unwrap();
+    let submit = |token: Option<&str>, job: &str, extra: &str| {
+        let body = format!(
+            "{{\"job\": {}{extra}}}",
+            serde_json::to_string(job).unwrap()
+        );
+        host.http("POST", "/v1/jobs", token, body.as_bytes())
+    };
+    let (status, answer) = submit(acme, &text, "");
+    assert_eq!(status, 400, "plugins named by path are refused: {answer}");
+    assert!(answer.contains("operators[0].plugin"), "{answer}");
+    let uploaded = |token, path: &str| {
+        let (status, answer) =
+            host.http("POST", "/v1/plugins", token, &std::fs::read(path).unwrap());
+        assert!(status == 200 || status == 201, "{answer}");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        v["plugin"].as_str().unwrap().to_owned()
+    };
+    let hashed = text
+        .replace(plugins::TOKENIZE, &uploaded(acme, plugins::TOKENIZE))
+        .replace(plugins::WORD_COUNT, &uploaded(acme, plugins::WORD_COUNT));
+    for (from, to, field) in [
+        (
+            "type = \"datagen\"",
+            "type = \"file\"\npath = \"../../../../etc/passwd\"",
+            "sources[0]",
+        ),
+        ("path = \"out\"", "path = \"/tmp/escape\"", "sinks[0].path"),
+        (
+            "[checkpoints]",
+            "[checkpoints]\nstorage = \"/tmp/cp\"",
+            "checkpoints.storage",
+        ),
+        (
+            "name = \"counts\"",
+            "name = \"counts\"\n[savepoints]\ndir = \"/tmp/sp\"",
+            "savepoints.dir",
+        ),
+    ] {
+        let (status, answer) = submit(acme, &hashed.replace(from, to), "");
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert!(answer.contains(field), "{field}: {answer}");
+    }
+    // globex may not use acme's plugins, nor its savepoints.
+    let (status, answer) = submit(globex, &hashed, "");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("not a plugin this tenant uploaded"),
+        "{answer}"
+    );
+    for restore in [location.as_str(), "../acme/savepoints/nightly", "/etc"] {
+        let (status, answer) = submit(acme, &hashed, &format!(", \"restore\": \"{restore}\""));
+        if restore == location {
+            // acme's own savepoint: refused only by the quota.
+            assert_eq!(status, 403, "{answer}");
+            assert!(answer.contains("running_jobs"), "{answer}");
+        } else {
+            assert!(status == 400 || status == 404, "{restore}: {answer}");
+        }
+    }
+    // Malformed, oversized, not a component, an ungranted import.
+    let (status, _) = host.http("POST", "/v1/jobs", acme, b"{\"job\": ");
+    assert_eq!(status, 400);
+    let (status, _) = host.http("POST", "/v1/jobs", acme, &vec![b' '; 4 << 20]);
+    assert_eq!(status, 413);
+    let (status, _) = host.http("POST", "/v1/plugins", acme, &vec![0u8; 33 << 20]);
+    assert_eq!(status, 413);
+    let (status, answer) = host.http("POST", "/v1/plugins", acme, b"\0asm\x01\0\0\0");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("core WebAssembly module"), "{answer}");
+    let (status, answer) = host.http(
+        "POST",
+        "/v1/plugins",
+        acme,
+        &std::fs::read(plugins::WASI_KV).unwrap(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("wasi:keyvalue/store"), "{answer}");
+
+    // The running job, then cancel and delete it.
+    let (status, _) = host.http("POST", &format!("/v1/jobs/{id}/cancel"), acme, b"");
+    assert_eq!(status, 202);
+    host.wait_state(&host.acme, &id, "CANCELED");
+    let (status, _) = host.http("DELETE", &format!("/v1/jobs/{id}"), acme, b"");
+    assert_eq!(status, 204);
+    let (status, _) = host.http("GET", &format!("/v1/jobs/{id}"), acme, b"");
+    assert_eq!(status, 404);
+}
