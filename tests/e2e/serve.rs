@@ -567,3 +567,109 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
     let (status, _) = host.http("GET", &format!("/v1/jobs/{id}"), acme, b"");
     assert_eq!(status, 404);
 }
+
+/// A hosted job of one `hostile` operator in `mode` over a few generated
+/// records, with `limits` for the operator.
+fn hostile_job(dir: &Path, mode: &str, limits: &str) -> PathBuf {
+    let text = format!(
+        r#"
+name = "hostile-{name}"
+
+[[sources]]
+uid = "words"
+type = "datagen"
+records = 100
+rate = 50
+
+[[operators]]
+uid = "hostile"
+plugin = "{plugin}"
+config = "{mode}"
+input = "words"
+{limits}
+
+[[sinks]]
+uid = "out"
+type = "blackhole"
+input = "hostile"
+"#,
+        name = mode.replace(':', "-"),
+        plugin = plugins::HOSTILE,
+    );
+    let path = dir.join(format!("hostile-{}.toml", mode.replace(':', "-")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The host process's peak resident memory, from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn hostile_jobs_of_one_tenant_fail_naming_their_limit_while_the_other_counts_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference(&dir.path().join("ref"));
+    let host = Serve::start(
+        dir.path(),
+        "[tenants.quota]\nmemory_mb = 512\ninstance_memory_mb = 128\nstate_mb = 64\n\
+         fuel_per_call = 1000000000000\nrunning_jobs = 10",
+    );
+    let honest = host.submit(
+        &host.globex,
+        &counts_job(dir.path(), "job.toml", plugins::WORD_COUNT, 20_000),
+    );
+    let attacks = [
+        (
+            "spin",
+            "limits = { fuel_per_call = 2000000000 }",
+            "exceeded its CPU budget",
+        ),
+        (
+            "spin",
+            "limits = { fuel_per_call = 1000000000000, call_timeout_ms = 300 }",
+            "ran longer than its wall-clock bound of 300 ms",
+        ),
+        ("recurse", "", "stack overflow"),
+        ("hold:200", "", "memory"),
+        ("state-flood", "", "state"),
+        ("emit-flood", "", "emit"),
+    ];
+    let mut ids = Vec::new();
+    for (i, (mode, limits, reason)) in attacks.iter().enumerate() {
+        let sub = dir.path().join(format!("attack-{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        ids.push((
+            host.submit(&host.acme, &hostile_job(&sub, mode, limits)),
+            *mode,
+            *reason,
+        ));
+    }
+    for (id, mode, reason) in &ids {
+        host.wait_state(&host.acme, id, "FAILED");
+        let (_, record) = host.http(
+            "GET",
+            &format!("/v1/jobs/{id}/record"),
+            Some(&host.acme.token),
+            b"",
+        );
+        let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+        let failure = record["failure"].as_str().unwrap_or_default();
+        assert!(
+            failure.contains(reason),
+            "{mode}: `{reason}` not in: {failure}"
+        );
+    }
+    host.wait_state(&host.globex, &honest, "FINISHED");
+    assert_exactly_once(&host.files(&host.globex).join("out"), &reference);
+    let (status, _) = host.http("GET", "/healthz", None, b"");
+    assert_eq!(status, 200, "the host is up");
+    let peak = peak_rss_bytes(host.child.id());
+    assert!(peak < 3 << 29, "the host's peak RSS is {} MiB", peak >> 20);
+}
