@@ -673,3 +673,50 @@ fn hostile_jobs_of_one_tenant_fail_naming_their_limit_while_the_other_counts_exa
     let peak = peak_rss_bytes(host.child.id());
     assert!(peak < 3 << 29, "the host's peak RSS is {} MiB", peak >> 20);
 }
+
+#[test]
+fn a_token_is_revoked_and_another_added_by_reloading_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Serve::start(dir.path(), "");
+    let old = host.acme.token.clone();
+    let (status, _) = host.http("GET", "/v1/jobs", Some(&old), b"");
+    assert_eq!(status, 200);
+    let (new, new_hash) = weir_host::serve::config::new_token();
+    let config_path = dir.path().join("host.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let old_hash = format!(
+        "sha256:{}",
+        weir_host::serve::config::token_hash(&old)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert!(config.contains(&old_hash));
+    // A config that does not validate changes nothing.
+    std::fs::write(&config_path, config.replace(&old_hash, "hunter2")).unwrap();
+    hup(&host);
+    let (status, _) = host.http("GET", "/v1/jobs", Some(&old), b"");
+    assert_eq!(status, 200, "a bad config keeps the one in force");
+    assert!(host.log().contains("not reloaded"), "{}", host.log());
+    std::fs::write(&config_path, config.replace(&old_hash, &new_hash)).unwrap();
+    hup(&host);
+    let started = Instant::now();
+    while host.http("GET", "/v1/jobs", Some(&old), b"").0 != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = host.http("GET", "/v1/jobs", Some(&new), b"");
+    assert_eq!(status, 200);
+}
+
+/// Sends SIGHUP to the host and gives it a moment to reload.
+fn hup(host: &Serve) {
+    // SAFETY: signalling a child process we own.
+    let r = unsafe { libc::kill(host.child.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(r, 0);
+    std::thread::sleep(Duration::from_millis(500));
+}

@@ -583,7 +583,7 @@ fn run(
         let graph = graph.clone();
         std::thread::spawn(move || show_progress(&graph, &metrics, &done))
     });
-    on_signal(cancel.clone());
+    on_signal(control.clone());
     let options = RunOptions {
         job_file: Some(path.to_owned()),
         cancel: Some(cancel),
@@ -893,10 +893,10 @@ async fn savepoint_status(client: ApiClient, job_id: &str, request: &str) -> Res
     Ok(())
 }
 
-/// Sets `cancel` on the first SIGINT or SIGTERM, so the job stops cleanly
+/// Cancels the job on the first SIGINT or SIGTERM, so it stops cleanly
 /// (checkpoints kept or deleted as the job file says); a second signal
 /// exits at once.
-fn on_signal(cancel: Arc<AtomicBool>) {
+fn on_signal(control: JobControl) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -914,8 +914,8 @@ fn on_signal(cancel: Arc<AtomicBool>) {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            // The flag first: nothing printed may stand in its way.
-            cancel.store(true, Ordering::Relaxed);
+            // The cancel first: nothing printed may stand in its way.
+            control.cancel();
             errln!("cancelling (again to exit at once)");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

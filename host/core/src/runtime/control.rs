@@ -255,7 +255,12 @@ struct Shared {
     /// The failure of a stop whose savepoint failed is answered; the job
     /// goes on. Set while a stop is being attempted.
     stopping: Mutex<bool>,
+    /// Stops the running attempt's subtasks at once (set while one runs).
+    canceller: Mutex<Option<Canceller>>,
 }
+
+/// What stops an attempt's subtasks.
+pub(crate) type Canceller = Arc<dyn Fn() + Send + Sync>;
 
 /// The handle to one job: cheap to clone, shared with the runtime.
 #[derive(Clone)]
@@ -301,6 +306,7 @@ impl JobControl {
                 requests,
                 inbox,
                 stopping: Mutex::new(false),
+                canceller: Mutex::new(None),
             }),
         }
     }
@@ -396,6 +402,31 @@ impl JobControl {
     pub fn cancel(&self) {
         self.advance(JobState::Cancelling);
         self.shared.cancel.store(true, Ordering::Relaxed);
+        let canceller = self
+            .shared
+            .canceller
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(stop) = canceller {
+            stop();
+        }
+    }
+
+    /// Sets what stops the running attempt's subtasks (`None` once it
+    /// ended); called at once if the job was cancelled already.
+    pub(crate) fn set_canceller(&self, canceller: Option<Canceller>) {
+        let now = canceller.clone();
+        *self
+            .shared
+            .canceller
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = canceller;
+        if let Some(stop) = now
+            && self.shared.cancel.load(Ordering::Relaxed)
+        {
+            stop();
+        }
     }
 
     /// The cancel flag the runtime watches.

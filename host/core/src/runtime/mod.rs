@@ -848,22 +848,35 @@ impl Attempt<'_> {
                 .map_err(|e| Error::Internal(format!("spawning a subtask thread: {e}")))?;
             handles.push(handle);
         }
-        // Cancelling: watch the flag while the subtasks run.
+        // Cancelling: the control handle stops the subtasks itself; a bare
+        // flag (an embedder's) is watched while they run.
         let attempt_done = Arc::new(AtomicBool::new(false));
-        let watcher = self.cancel.clone().map(|cancel| {
-            let (done, controls) = (attempt_done.clone(), controls.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    if cancel.load(Ordering::Relaxed) {
-                        for c in controls.iter() {
-                            let _ = c.send(Control::Cancel);
-                        }
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+        if let Some(control) = &self.control {
+            let controls = controls.clone();
+            control.set_canceller(Some(Arc::new(move || {
+                for c in controls.iter() {
+                    let _ = c.send(Control::Cancel);
                 }
-            })
-        });
+            })));
+        }
+        let watcher = self
+            .cancel
+            .clone()
+            .filter(|_| self.control.is_none())
+            .map(|cancel| {
+                let (done, controls) = (attempt_done.clone(), controls.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        if cancel.load(Ordering::Relaxed) {
+                            for c in controls.iter() {
+                                let _ = c.send(Control::Cancel);
+                            }
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            });
         let mut panicked = None;
         for h in handles {
             let name = h.thread().name().unwrap_or("?").to_owned();
@@ -877,6 +890,9 @@ impl Attempt<'_> {
         attempt_done.store(true, Ordering::Relaxed);
         if let Some(w) = watcher {
             let _ = w.join();
+        }
+        if let Some(control) = &self.control {
+            control.set_canceller(None);
         }
         let _ = shutdown.send(CoordinatorMsg::Shutdown);
         let latest = coordinator

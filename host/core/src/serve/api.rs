@@ -218,12 +218,12 @@ fn tenant_router(ctx: TenantCtx) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_SUBMIT_BYTES)),
         )
         .route("/v1/jobs/{id}", get(api::job).delete(delete_job))
-        .route("/v1/jobs/{id}/savepoints", post(api::savepoint))
+        .route("/v1/jobs/{id}/savepoints", post(savepoint))
         .route(
             "/v1/jobs/{id}/savepoints/{request_id}",
             get(api::savepoint_status),
         )
-        .route("/v1/jobs/{id}/stop", post(api::stop))
+        .route("/v1/jobs/{id}/stop", post(stop))
         .route("/v1/jobs/{id}/cancel", post(api::cancel))
         .route("/v1/jobs/{id}/upgrade", post(upgrade))
         .route("/v1/jobs/{id}/checkpoints", get(checkpoints))
@@ -263,6 +263,35 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Answer<Bytes
             Refusal::Bad(format!("cannot read the request body: {}", e.body_text()))
         }
     })
+}
+
+/// `POST /v1/jobs/{id}/savepoints`, unless the tenant's storage is over
+/// its quota.
+async fn savepoint(
+    State(ctx): State<TenantCtx>,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match super::ops::storage_within_quota(&ctx.tenant) {
+        Ok(()) => api::savepoint(State(ctx.tenant.jobs.clone()), id, body)
+            .await
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `POST /v1/jobs/{id}/stop`, as [`savepoint`].
+async fn stop(
+    State(ctx): State<TenantCtx>,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match super::ops::storage_within_quota(&ctx.tenant) {
+        Ok(()) => api::stop(State(ctx.tenant.jobs.clone()), id, body)
+            .await
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn upload(State(ctx): State<TenantCtx>, body: Result<Bytes, BytesRejection>) -> Response {

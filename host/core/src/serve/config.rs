@@ -34,6 +34,7 @@ struct HostFile {
     data_dir: Option<PathBuf>,
     storage: Option<String>,
     max_plugin_mb: Option<u64>,
+    fair_cpu: Option<bool>,
     #[serde(default)]
     admin_tokens: Vec<String>,
     s3: Option<S3File>,
@@ -186,6 +187,9 @@ pub struct HostConfig {
     pub s3: S3Settings,
     /// The largest plugin upload, bytes.
     pub max_plugin_bytes: u64,
+    /// Whether busy tenants share the CPU by `cpu_share` (on by default;
+    /// off leaves it to the kernel, thread by thread).
+    pub fair_cpu: bool,
     /// SHA-256 of each admin token (every tenant's metrics, and nothing
     /// else).
     pub admin_token_hashes: Vec<[u8; 32]>,
@@ -389,6 +393,7 @@ impl HostConfig {
             storage,
             s3,
             max_plugin_bytes: max_plugin_mb << 20,
+            fair_cpu: file.fair_cpu.unwrap_or(true),
             admin_token_hashes,
             tenants,
         })

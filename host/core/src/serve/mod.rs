@@ -87,6 +87,8 @@ pub(crate) struct Tenant {
     admission: tokio::sync::Mutex<()>,
     /// Its share of the CPU.
     cpu: CpuGroup,
+    /// Bytes its checkpoints and savepoints held at the last count.
+    storage_used: std::sync::atomic::AtomicU64,
 }
 
 impl Tenant {
@@ -208,6 +210,7 @@ impl Host {
         };
         host.sync_tenants()?;
         host.recover()?;
+        Inner::meter_storage(&host.inner);
         Ok(host)
     }
 
@@ -272,6 +275,7 @@ impl Host {
                     savepoints,
                     admission: tokio::sync::Mutex::new(()),
                     cpu: self.inner.cpu.group(&t.name, t.quota.cpu_share),
+                    storage_used: std::sync::atomic::AtomicU64::new(0),
                 }),
             );
         }
@@ -433,7 +437,34 @@ fn s3_config(config: &HostConfig) -> S3Config {
     S3Config::Options(options)
 }
 
+/// How often each tenant's storage is counted for its `storage_mb` quota.
+const STORAGE_COUNT_EVERY: Duration = Duration::from_secs(10);
+
 impl Inner {
+    /// Counts every tenant's checkpoint and savepoint bytes now and every
+    /// [`STORAGE_COUNT_EVERY`], for as long as the host lives.
+    fn meter_storage(inner: &Arc<Self>) {
+        let weak = Arc::downgrade(inner);
+        inner.io.spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let tenants: Vec<Arc<Tenant>> = inner.tenants().values().cloned().collect();
+                drop(inner);
+                for t in tenants {
+                    let mut used = 0;
+                    for prefix in ["jobs", "savepoints"] {
+                        match t.storage.list(prefix).await {
+                            Ok(objects) => used += objects.iter().map(|o| o.size).sum::<u64>(),
+                            Err(e) => tracing::warn!("counting tenant `{}`'s storage: {e}", t.name),
+                        }
+                    }
+                    t.storage_used.store(used, Ordering::Relaxed);
+                }
+                tokio::time::sleep(STORAGE_COUNT_EVERY).await;
+            }
+        });
+    }
+
     fn config(&self) -> Arc<HostConfig> {
         self.config
             .read()
@@ -729,7 +760,7 @@ impl Inner {
             claim_mode,
             allow_non_restored: record.allow_non_restored,
             memory_pool: Some(tenant.memory.clone()),
-            cpu_group: Some(tenant.cpu.clone()),
+            cpu_group: self.config().fair_cpu.then(|| tenant.cpu.clone()),
             keep_finished_checkpoints: true,
             fenced: Some(fenced.clone()),
             ..RunOptions::default()

@@ -134,6 +134,22 @@ pub struct QuotaView {
     pub used: BTreeMap<String, u64>,
 }
 
+/// Refuses what would write more to a tenant's storage once it holds more
+/// than its `storage_mb` quota (as last counted).
+pub(crate) fn storage_within_quota(tenant: &Tenant) -> Result<(), Refusal> {
+    let used = tenant.storage_used.load(Ordering::Relaxed);
+    let quota = tenant.quota().storage_mb;
+    if used > quota << 20 {
+        return Err(Refusal::Quota(format!(
+            "tenant `{}`'s checkpoints and savepoints hold {} MiB, over its quota `storage_mb` \
+             ({quota}): dispose of savepoints or delete ended jobs first",
+            tenant.name,
+            used >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// The most a health wait lasts.
 const MAX_HEALTH_WAIT: Duration = Duration::from_secs(60);
 
@@ -220,6 +236,7 @@ impl Inner {
     /// Refuses a job of `subtasks` more that would exceed the quota.
     fn admit(&self, tenant: &Tenant, subtasks: u32) -> Result<(), Refusal> {
         let quota = tenant.quota();
+        storage_within_quota(tenant)?;
         let (running, used) = self.usage(tenant);
         if running >= quota.running_jobs {
             return Err(Refusal::Quota(format!(
@@ -419,6 +436,10 @@ impl Inner {
                 ("running_jobs".into(), u64::from(running)),
                 ("subtasks".into(), u64::from(subtasks)),
                 ("memory_bytes".into(), tenant.memory.used()),
+                (
+                    "storage_bytes".into(),
+                    tenant.storage_used.load(Ordering::Relaxed),
+                ),
                 ("cpu_ms".into(), tenant.cpu.cpu_time().as_millis() as u64),
                 (
                     "cpu_throttled_ms".into(),
