@@ -397,6 +397,7 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
         ("POST", format!("/v1/jobs/{id}/cancel")),
         ("POST", format!("/v1/jobs/{id}/upgrade")),
         ("GET", format!("/v1/jobs/{id}/checkpoints")),
+        ("GET", format!("/v1/jobs/{id}/vertices")),
         ("GET", format!("/v1/jobs/{id}/record")),
         ("GET", "/v1/plugins".to_owned()),
         ("POST", "/v1/plugins".to_owned()),

@@ -61,7 +61,7 @@ pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// How often the engine's epoch advances: the resolution of the
 /// wall-clock bound on hook calls (`limits.call_timeout_ms`).
-const EPOCH_TICK: Duration = Duration::from_millis(50);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Compiles, caches and loads plugins. One per process; cheap to share.
 pub struct PluginEngine {
@@ -389,10 +389,10 @@ impl InstanceState {
     fn settle(&mut self) {
         if let Some(meter) = &mut self.cpu {
             let now = cpu::thread_cpu_time();
-            // The next call (or tick) waits if the group is over.
+            // The next tick inside a call decides whether to wait.
             meter
                 .group
-                .charge(now.saturating_sub(meter.mark), Instant::now());
+                .add(now.saturating_sub(meter.mark), Instant::now());
             meter.mark = now;
         }
     }

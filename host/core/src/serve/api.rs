@@ -227,6 +227,7 @@ fn tenant_router(ctx: TenantCtx) -> Router {
         .route("/v1/jobs/{id}/cancel", post(api::cancel))
         .route("/v1/jobs/{id}/upgrade", post(upgrade))
         .route("/v1/jobs/{id}/checkpoints", get(checkpoints))
+        .route("/v1/jobs/{id}/vertices", get(vertices))
         .route("/v1/jobs/{id}/record", get(job_record))
         .route("/v1/savepoints", get(list_savepoints))
         .route(
@@ -247,6 +248,7 @@ impl IntoResponse for Refusal {
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Refusal::Conflict(m) => (StatusCode::CONFLICT, m),
             Refusal::Quota(m) => (StatusCode::FORBIDDEN, m),
+            Refusal::Full(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             Refusal::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
         ApiError::new(status, message).into_response()
@@ -378,6 +380,29 @@ async fn checkpoints(
         "latest": { "completed": latest },
         "history": history,
     })))
+}
+
+async fn vertices(
+    State(ctx): State<TenantCtx>,
+    Path(id): Path<String>,
+) -> Answer<axum::Json<serde_json::Value>> {
+    let job = ctx
+        .inner
+        .job_of(&ctx.tenant, &id)
+        .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+    let vertices: Vec<serde_json::Value> = job
+        .metrics()
+        .vertices
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "uid": v.uid,
+                "records_in": v.records_in(),
+                "records_out": v.records_out(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "vertices": vertices })))
 }
 
 async fn job_record(

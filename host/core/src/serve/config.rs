@@ -34,6 +34,7 @@ struct HostFile {
     data_dir: Option<PathBuf>,
     storage: Option<String>,
     max_plugin_mb: Option<u64>,
+    max_subtasks: Option<u32>,
     fair_cpu: Option<bool>,
     #[serde(default)]
     admin_tokens: Vec<String>,
@@ -190,6 +191,10 @@ pub struct HostConfig {
     /// Whether busy tenants share the CPU by `cpu_share` (on by default;
     /// off leaves it to the kernel, thread by thread).
     pub fair_cpu: bool,
+    /// Subtasks the host runs at most, over every tenant: beyond, a
+    /// submission is refused (503) before the process runs out of threads
+    /// or memory mappings.
+    pub max_subtasks: u32,
     /// SHA-256 of each admin token (every tenant's metrics, and nothing
     /// else).
     pub admin_token_hashes: Vec<[u8; 32]>,
@@ -394,6 +399,7 @@ impl HostConfig {
             s3,
             max_plugin_bytes: max_plugin_mb << 20,
             fair_cpu: file.fair_cpu.unwrap_or(true),
+            max_subtasks: file.max_subtasks.unwrap_or_else(default_max_subtasks),
             admin_token_hashes,
             tenants,
         })
@@ -412,6 +418,25 @@ impl HostConfig {
             .iter()
             .any(|h| constant_time_eq(h, hash))
     }
+}
+
+/// Subtasks this machine can run at once, with room to spare: each costs
+/// a thread (a process id and two memory mappings: stack and guard page)
+/// and a plugin instance (about four mappings), and the host and its jobs
+/// need some more, so a twelfth of the mappings and a fifth of the process
+/// ids the kernel allows.
+pub fn default_max_subtasks() -> u32 {
+    let read = |path: &str, fallback: u64| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(fallback)
+    };
+    let maps = read("/proc/sys/vm/max_map_count", 65_530) / 12;
+    let pids = read("/proc/sys/kernel/pid_max", 32_768)
+        .min(read("/proc/sys/kernel/threads-max", 32_768))
+        / 5;
+    u32::try_from(maps.min(pids).max(16)).unwrap_or(u32::MAX)
 }
 
 /// Compares without stopping at the first difference.

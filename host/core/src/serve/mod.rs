@@ -540,21 +540,32 @@ impl Inner {
         }
         let quota = tenant.quota();
         jobfile::confine(text, &quota, &plugins, &tenant.files).map_err(|problems| {
-            // Messages name what the tenant wrote, never the host's paths.
-            let files = format!("{}/", tenant.files.display());
-            let cache = format!("{}/", self.config().data_dir.join("plugins").display());
             problems
                 .into_iter()
                 .map(|p| Problem {
                     field: p.field,
-                    message: p
-                        .message
-                        .replace(&files, "")
-                        .replace(&cache, jobfile::PLUGIN_PREFIX)
-                        .replace(".wasm", ""),
+                    message: self.for_tenant(tenant, &p.message),
                 })
                 .collect()
         })
+    }
+
+    /// `message` as a tenant may see it: its file directory and the
+    /// plugin cache, host paths both, replaced by what the tenant wrote
+    /// (relative paths, `sha256:` names).
+    fn for_tenant(&self, tenant: &Tenant, message: &str) -> String {
+        let files = format!("{}/", tenant.files.display());
+        let cache = format!("{}/", self.config().data_dir.join("plugins").display());
+        let mut out = message.replace(&files, "");
+        while let Some(at) = out.find(&cache) {
+            let rest = &out[at + cache.len()..];
+            let hash: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            let tail = rest[hash.len()..]
+                .strip_prefix(".wasm")
+                .unwrap_or(&rest[hash.len()..]);
+            out = format!("{}{}{hash}{tail}", &out[..at], jobfile::PLUGIN_PREFIX);
+        }
+        out
     }
 
     /// The local file of `tenant`'s plugin `hash`, fetched from storage
@@ -678,7 +689,7 @@ impl Inner {
             }
             Err(RunEnd::Failed(e)) => {
                 record.state = "FAILED".into();
-                record.failure = Some(e.to_string());
+                record.failure = Some(self.for_tenant(tenant, &e.to_string()));
                 if !control.state().is_terminal() {
                     control.advance(JobState::Failed);
                 }

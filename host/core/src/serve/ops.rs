@@ -29,6 +29,8 @@ pub(crate) enum Refusal {
     Conflict(String),
     /// A quota would be exceeded (403), naming it.
     Quota(String),
+    /// The host is full (503).
+    Full(String),
     /// The host failed (500).
     Internal(String),
 }
@@ -242,6 +244,22 @@ impl Inner {
             return Err(Refusal::Quota(format!(
                 "tenant `{}` runs {running} job(s), its quota `running_jobs` ({})",
                 tenant.name, quota.running_jobs
+            )));
+        }
+        let host_used: u32 = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|j| j.running.load(Ordering::Relaxed))
+            .map(|j| j.subtasks)
+            .sum();
+        let host_max = self.config().max_subtasks;
+        if host_used + subtasks > host_max {
+            return Err(Refusal::Full(format!(
+                "the host runs {host_used} subtasks and this job's {subtasks} would exceed its \
+                 limit of {host_max} (`max_subtasks` in the host config): retry later or on \
+                 another host"
             )));
         }
         if used + subtasks > quota.subtasks {
@@ -526,7 +544,7 @@ impl Inner {
                 new,
                 Restore::From(savepoint.location.clone()),
             );
-            match healthy(&job, health).await {
+            match healthy(self, &job, health).await {
                 Ok(pause) => {
                     tracing::info!(
                         "job {id} of tenant `{}` upgraded from savepoint {name}",
@@ -593,7 +611,7 @@ async fn wait_ended(job: &HostedJob) {
 /// Waits until the job's new run processes records (when it is, the
 /// moment it was first seen doing so) and stays up for `wait` or
 /// completes a checkpoint; fails if it fails or restarts meanwhile.
-async fn healthy(job: &HostedJob, wait: Duration) -> Result<Instant, String> {
+async fn healthy(inner: &Inner, job: &HostedJob, wait: Duration) -> Result<Instant, String> {
     let deadline = Instant::now() + wait;
     let metrics = job.metrics();
     let mut processing: Option<Instant> = None;
@@ -606,6 +624,7 @@ async fn healthy(job: &HostedJob, wait: Duration) -> Result<Instant, String> {
         {
             return Err(metrics
                 .last_failure()
+                .map(|f| inner.for_tenant(&job.tenant, &f))
                 .or(job.record().failure)
                 .unwrap_or_else(|| format!("the new plugins failed ({})", state.name())));
         }
