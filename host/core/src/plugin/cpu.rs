@@ -308,7 +308,10 @@ mod tests {
         assert_eq!(waits[1], Duration::ZERO);
         // honest got its whole core; busy far less than it wanted.
         assert_eq!(got[1], 1000 * MS);
-        assert!(got[0] < 2000 * MS, "busy got less than the 4 s it wanted: {got:?}");
+        assert!(
+            got[0] < 2000 * MS,
+            "busy got less than the 4 s it wanted: {got:?}"
+        );
         assert_eq!(busy.throttled(), waits[0]);
         assert_eq!(honest.throttled(), Duration::ZERO);
     }
