@@ -721,3 +721,59 @@ fn hup(host: &Serve) {
     assert_eq!(r, 0);
     std::thread::sleep(Duration::from_millis(500));
 }
+
+#[test]
+fn the_job_holding_most_storage_fails_once_its_tenant_is_over_storage_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Serve::start(dir.path(), "[tenants.quota]\nstorage_mb = 1");
+    // 200,000 distinct words: each checkpoint holds several MiB of counts.
+    let text = std::fs::read_to_string(counts_job(
+        dir.path(),
+        "big.toml",
+        plugins::WORD_COUNT,
+        50_000,
+    ))
+    .unwrap()
+    .replace("vocabulary = 300", "vocabulary = 200000")
+    .replace(&format!("records = {RECORDS}"), "records = 100000000");
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, text).unwrap();
+    let id = host.submit(&host.acme, &big);
+    let other = host.submit(
+        &host.globex,
+        &counts_job(dir.path(), "small.toml", plugins::WORD_COUNT, 2_000),
+    );
+    host.wait_state(&host.acme, &id, "FAILED");
+    // The record follows once the run has ended.
+    let started = Instant::now();
+    loop {
+        let (_, record) = host.http(
+            "GET",
+            &format!("/v1/jobs/{id}/record"),
+            Some(&host.acme.token),
+            b"",
+        );
+        if record.contains("\"FAILED\"") {
+            assert!(record.contains("quota `storage_mb` (1)"), "{record}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{record}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its checkpoints are kept, and acme can submit nothing more.
+    let checkpoints = host
+        .dir
+        .join("weir-data/storage/tenants/acme/jobs")
+        .join(&id)
+        .join("checkpoints/counts");
+    assert!(
+        std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()),
+        "{}",
+        checkpoints.display()
+    );
+    let body = serde_json::json!({ "job": "name = \"x\"" }).to_string();
+    let (status, answer) = host.http("POST", "/v1/jobs", Some(&host.acme.token), body.as_bytes());
+    assert!(status == 400 || status == 403, "{answer}");
+    // The other tenant is untouched.
+    assert_eq!(host.state(&host.globex, &other), "RUNNING");
+}

@@ -110,6 +110,8 @@ pub(crate) struct HostedJob {
     /// The current run's fence: set, the run ends touching nothing in
     /// storage (its lease was lost, or the host is shutting down).
     fence: Mutex<Arc<AtomicBool>>,
+    /// Why the host failed the current run (a quota it broke), if it did.
+    failed_by_host: Mutex<Option<String>>,
     running: Arc<AtomicBool>,
 }
 
@@ -327,6 +329,7 @@ impl Host {
                         subtasks: 0,
                         ended: Arc::default(),
                         fence: Mutex::default(),
+                        failed_by_host: Mutex::default(),
                         running: Arc::new(AtomicBool::new(false)),
                     });
                     continue;
@@ -370,6 +373,7 @@ impl Host {
                             subtasks: 0,
                             ended: Arc::default(),
                             fence: Mutex::default(),
+                            failed_by_host: Mutex::default(),
                             running: Arc::new(AtomicBool::new(false)),
                         });
                     }
@@ -449,20 +453,72 @@ impl Inner {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let tenants: Vec<Arc<Tenant>> = inner.tenants().values().cloned().collect();
-                drop(inner);
                 for t in tenants {
                     let mut used = 0;
+                    let mut by_job: HashMap<String, u64> = HashMap::new();
                     for prefix in ["jobs", "savepoints"] {
                         match t.storage.list(prefix).await {
-                            Ok(objects) => used += objects.iter().map(|o| o.size).sum::<u64>(),
+                            Ok(objects) => {
+                                for o in objects {
+                                    used += o.size;
+                                    if let Some(id) = o
+                                        .path
+                                        .strip_prefix("jobs/")
+                                        .and_then(|p| p.split('/').next())
+                                    {
+                                        *by_job.entry(id.to_owned()).or_default() += o.size;
+                                    }
+                                }
+                            }
                             Err(e) => tracing::warn!("counting tenant `{}`'s storage: {e}", t.name),
                         }
                     }
                     t.storage_used.store(used, Ordering::Relaxed);
+                    let quota = t.quota().storage_mb << 20;
+                    if used > quota {
+                        inner.fail_largest(&t, &by_job, used, quota);
+                    }
                 }
+                drop(inner);
                 tokio::time::sleep(STORAGE_COUNT_EVERY).await;
             }
         });
+    }
+
+    /// Fails the running job of `tenant` that holds the most storage: the
+    /// tenant's checkpoints and savepoints hold `used` bytes, over its
+    /// `storage_mb` quota of `quota`. Its checkpoints stay (the run is
+    /// fenced), so it can be resumed once there is room.
+    fn fail_largest(&self, tenant: &Tenant, by_job: &HashMap<String, u64>, used: u64, quota: u64) {
+        let running: Vec<Arc<HostedJob>> = self
+            .all_jobs()
+            .into_iter()
+            .filter(|j| j.tenant.name == tenant.name && j.running.load(Ordering::Relaxed))
+            .collect();
+        let Some(job) = running
+            .iter()
+            .max_by_key(|j| by_job.get(&j.record().id).copied().unwrap_or_default())
+        else {
+            return;
+        };
+        let why = format!(
+            "failed by the host: tenant `{}`'s checkpoints and savepoints hold {} MiB, over its \
+             quota `storage_mb` ({}); this job held the most ({} MiB)",
+            tenant.name,
+            used >> 20,
+            quota >> 20,
+            by_job.get(&job.record().id).copied().unwrap_or_default() >> 20
+        );
+        tracing::warn!("job {}: {why}", job.record().id);
+        *job.failed_by_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        job.fence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .store(true, Ordering::Relaxed);
+        // Failed, not cancelled: the state says so before the run ends.
+        let control = job.control();
+        control.advance(JobState::Failed);
+        control.cancel();
     }
 
     fn config(&self) -> Arc<HostConfig> {
@@ -635,6 +691,7 @@ impl Inner {
                         subtasks: confined.subtasks,
                         ended: Arc::default(),
                         fence: Mutex::default(),
+                        failed_by_host: Mutex::default(),
                         running: Arc::new(AtomicBool::new(true)),
                     });
                     jobs.insert(id.to_string(), job.clone());
@@ -693,6 +750,21 @@ impl Inner {
                 if !control.state().is_terminal() {
                     control.advance(JobState::Failed);
                 }
+            }
+            Err(_)
+                if job
+                    .failed_by_host
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some() =>
+            {
+                record.state = "FAILED".into();
+                record.failure = job
+                    .failed_by_host
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                control.advance(JobState::Failed);
             }
             Err(RunEnd::Fenced(why)) => {
                 // Another host owns the job now: its record is theirs.
