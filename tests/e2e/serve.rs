@@ -2,6 +2,7 @@
 //! HTTP and through `weir submit` / `weir upgrade`. Tokens, namespaces,
 //! confinement, `kill -9` of the host, upgrades in place.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -776,4 +777,39 @@ fn the_job_holding_most_storage_fails_once_its_tenant_is_over_storage_mb() {
     assert!(status == 400 || status == 403, "{answer}");
     // The other tenant is untouched.
     assert_eq!(host.state(&host.globex, &other), "RUNNING");
+}
+
+#[test]
+fn a_hosted_plugin_importing_filesystem_and_sockets_is_denied_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Serve::start(dir.path(), "");
+    let files = host.files(&host.acme);
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("in.txt"), "one record\n").unwrap();
+    // A secret beside the tenant's files, and the host's own config.
+    std::fs::write(files.join("secret"), "tenant data").unwrap();
+    let job = dir.path().join("probe.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"probe\"\n[[sources]]\nuid = \"in\"\ntype = \"file\"\npath = \"in.txt\"\n\
+             [[operators]]\nuid = \"prober\"\nplugin = \"{}\"\nconfig = \"probe\"\ninput = \"in\"\n\
+             [[sinks]]\nuid = \"out\"\ntype = \"file\"\npath = \"probe-out\"\ninput = \"prober\"\n",
+            plugins::FAULTY
+        ),
+    )
+    .unwrap();
+    let id = host.submit(&host.acme, &job);
+    host.wait_state(&host.acme, &id, "FINISHED");
+    let report: HashMap<String, String> = super::output_lines(&files.join("probe-out"))
+        .into_iter()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert!(report["read-dir"].starts_with("denied"), "{report:?}");
+    assert!(report["read-file"].starts_with("denied"), "{report:?}");
+    assert!(report["tcp-connect"].starts_with("denied"), "{report:?}");
+    assert_eq!(report["env-vars"], "0", "{report:?}");
 }
