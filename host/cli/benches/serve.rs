@@ -422,22 +422,37 @@ fn upgrade(keys: u64, runs: usize) -> Result<()> {
     // Long enough for the count to hold nearly every key.
     std::thread::sleep(Duration::from_secs((keys / 25_000).clamp(3, 60)));
     let mut pauses = Vec::new();
+    let (mut stops, mut checks) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let plugin = if i % 2 == 0 { &b } else { &a };
         let body = serde_json::json!({ "plugins": { "count": plugin } }).to_string();
         let v = host.json("POST", &format!("/v1/jobs/{id}/upgrade"), body.as_bytes())?;
         ensure!(v["rolled_back"] == false, "upgrade {i} rolled back: {v}");
         pauses.push(Duration::from_millis(v["pause_ms"].as_u64().unwrap_or(0)));
+        stops.push(Duration::from_millis(v["stop_ms"].as_u64().unwrap_or(0)));
+        checks.push(Duration::from_millis(v["check_ms"].as_u64().unwrap_or(0)));
     }
     pauses.sort();
+    stops.sort();
+    checks.sort();
     println!("\n### Upgrade in place\n");
-    println!("| keys | upgrades | pause p50 | p99 | max |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
     println!(
-        "| {keys} | {runs} | {:.0} ms | {:.0} ms | {:.0} ms |",
-        ms(percentile(&pauses, 0.5)),
+        "| keys | upgrades | pause p50 | p99 | max | of it, p50: stop | check | restore to first record |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let (p50, s50, c50) = (
+        percentile(&pauses, 0.5),
+        percentile(&stops, 0.5),
+        percentile(&checks, 0.5),
+    );
+    println!(
+        "| {keys} | {runs} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+        ms(p50),
         ms(percentile(&pauses, 0.99)),
-        ms(*pauses.last().unwrap())
+        ms(*pauses.last().unwrap()),
+        ms(s50),
+        ms(c50),
+        ms(p50.saturating_sub(s50 + c50)),
     );
     Ok(())
 }

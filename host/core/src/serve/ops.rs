@@ -112,6 +112,12 @@ pub struct UpgradeView {
     pub failure: Option<String>,
     /// From the stop request to the new run processing again, ms.
     pub pause_ms: u64,
+    /// Of it: the stop with savepoint, until the old run had ended, ms.
+    #[serde(default)]
+    pub stop_ms: u64,
+    /// Of it: checking the savepoint against the new plugins, ms.
+    #[serde(default)]
+    pub check_ms: u64,
 }
 
 /// A savepoint of the tenant's.
@@ -518,6 +524,7 @@ impl Inner {
             ))
         })?;
         wait_ended(&job).await;
+        let stopped = Instant::now();
         let name = tenant.jobs.show(&savepoint.location);
         let health =
             Duration::from_millis(body.health_timeout_ms.unwrap_or(10_000)).min(MAX_HEALTH_WAIT);
@@ -527,6 +534,7 @@ impl Inner {
         let report =
             crate::savepoint::inspect::check(&point, &new.graph, &declared, old.allow_non_restored)
                 .await?;
+        let checked = Instant::now();
         let failure = if report.ok() {
             let mut record = old.clone();
             record.job = new_text;
@@ -546,17 +554,26 @@ impl Inner {
             );
             match healthy(self, &job, health).await {
                 Ok(pause) => {
-                    tracing::info!(
-                        "job {id} of tenant `{}` upgraded from savepoint {name}",
-                        tenant.name
-                    );
-                    return Ok(UpgradeView {
+                    let view = UpgradeView {
                         job_id: id.to_owned(),
                         savepoint: name,
                         rolled_back: false,
                         failure: None,
                         pause_ms: (pause - started).as_millis() as u64,
-                    });
+                        stop_ms: (stopped - started).as_millis() as u64,
+                        check_ms: (checked - stopped).as_millis() as u64,
+                    };
+                    tracing::info!(
+                        "job {id} of tenant `{}` upgraded from savepoint {}: paused {} ms \
+                         (stop {} ms, check {} ms, restore to the first record {} ms)",
+                        tenant.name,
+                        view.savepoint,
+                        view.pause_ms,
+                        view.stop_ms,
+                        view.check_ms,
+                        view.pause_ms.saturating_sub(view.stop_ms + view.check_ms)
+                    );
+                    return Ok(view);
                 }
                 Err(why) => {
                     job.control().cancel();
@@ -594,6 +611,8 @@ impl Inner {
             rolled_back: true,
             failure: Some(failure),
             pause_ms: started.elapsed().as_millis() as u64,
+            stop_ms: (stopped - started).as_millis() as u64,
+            check_ms: (checked - stopped).as_millis() as u64,
         })
     }
 }
