@@ -476,9 +476,17 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
     assert!(!listed.contains("nightly"), "{listed}");
     let (status, _) = host.http("GET", &format!("/v1/savepoints/{location}"), globex, b"");
     assert_eq!(status, 404);
-    let (status, shown) = host.http("GET", &format!("/v1/savepoints/{location}"), acme, b"");
-    assert_eq!(status, 200, "{shown}");
+    // Through the CLI too: listed, inspected.
+    let o = host.weir(&host.acme, &["savepoints"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&location));
+    let o = host.weir(&host.acme, &["savepoints", "inspect", &location]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(shown.contains("count"), "{shown}");
+    assert!(!shown.contains(dir.path().to_str().unwrap()), "{shown}");
+    let o = host.weir(&host.globex, &["savepoints", "inspect", &location]);
+    assert_eq!(o.status.code(), Some(2), "another tenant's: {}", stderr(&o));
 
     // Submissions: fields naming paths stay in the tenant's directory.
     let text = std::fs::read_to_string(&job).unwrap();

@@ -210,6 +210,14 @@ enum Command {
         #[command(flatten)]
         api: ApiAddress,
     },
+    /// Lists a tenant's savepoints on a `weir serve` host; or inspects or
+    /// disposes of one, by name.
+    Savepoints {
+        #[command(subcommand)]
+        action: Option<SavepointsAction>,
+        #[command(flatten)]
+        api: HostAddress,
+    },
     /// Upgrades a job on a `weir serve` host in place: stops it with a
     /// savepoint, restores it into the new plugins, and rolls back to the
     /// old ones if the new ones fail to load, open or restore.
@@ -233,6 +241,33 @@ struct ApiAddress {
     /// A `weir serve` tenant's token.
     #[arg(long, env = "WEIR_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+/// Where a `weir serve` host's API is, for a command with subcommands
+/// (before or after them).
+#[derive(Args)]
+struct HostAddress {
+    /// The REST API of the `weir serve` host to talk to.
+    #[arg(long, global = true, env = "WEIR_ADDRESS", default_value = DEFAULT_ADDRESS, value_name = "URL")]
+    address: String,
+    /// A tenant's token.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+impl From<HostAddress> for ApiAddress {
+    fn from(h: HostAddress) -> Self {
+        ApiAddress {
+            address: h.address,
+            token: h.token,
+        }
+    }
 }
 
 /// `weir savepoint`: either a job id (take a savepoint) or a subcommand.
@@ -309,6 +344,21 @@ enum SavepointAction {
         /// without _metadata): only files that look like a savepoint's.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// What `weir savepoints` does besides listing.
+#[derive(Subcommand)]
+enum SavepointsAction {
+    /// What the savepoint holds, as `weir savepoint inspect` shows it.
+    Inspect {
+        /// Its name, as `weir savepoints` lists it.
+        name: String,
+    },
+    /// Deletes the files its `_metadata` names, then its directory.
+    Dispose {
+        /// Its name, as `weir savepoints` lists it.
+        name: String,
     },
 }
 
@@ -462,6 +512,23 @@ fn main() -> ExitCode {
             api,
         } => remote(&api, |client| async move {
             serve_cmd::submit(&client, &job, from, allow_non_restored, claim_mode).await
+        }),
+        Command::Savepoints { action, api } => remote(&api.into(), |client| async move {
+            match action {
+                None => {
+                    for s in client.savepoints().await? {
+                        outln!("{}\t{}\t{}", s.name, s.size, s.time);
+                    }
+                }
+                Some(SavepointsAction::Inspect { name }) => {
+                    outln!("{}", client.inspect_savepoint(&name).await?.trim_end());
+                }
+                Some(SavepointsAction::Dispose { name }) => {
+                    let n = client.dispose_savepoint(&name).await?;
+                    errln!("disposed of savepoint {name}: {n} file(s) deleted");
+                }
+            }
+            Ok(())
         }),
         Command::Upgrade {
             job_id,

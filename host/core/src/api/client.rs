@@ -306,6 +306,54 @@ impl ApiClient {
         .await
     }
 
+    /// The tenant's savepoints on a `weir serve` host.
+    ///
+    /// # Errors
+    /// As [`jobs`](Self::jobs).
+    pub async fn savepoints(&self) -> Result<Vec<crate::serve::SavepointEntry>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            savepoints: Vec<crate::serve::SavepointEntry>,
+        }
+        let list: List = self
+            .call(reqwest::Method::GET, "/v1/savepoints", None::<&()>)
+            .await?;
+        Ok(list.savepoints)
+    }
+
+    /// What the tenant's savepoint `name` holds, as a report.
+    ///
+    /// # Errors
+    /// [`Error::ApiRequest`] (400 not a name, 404 no such savepoint); as
+    /// [`jobs`](Self::jobs).
+    pub async fn inspect_savepoint(&self, name: &str) -> Result<String, Error> {
+        let v: serde_json::Value = self
+            .send(
+                reqwest::Method::GET,
+                &savepoint_path(name),
+                None,
+                Duration::from_secs(60),
+            )
+            .await?;
+        Ok(v["report"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Disposes of the tenant's savepoint `name`; how many files went.
+    ///
+    /// # Errors
+    /// As [`inspect_savepoint`](Self::inspect_savepoint).
+    pub async fn dispose_savepoint(&self, name: &str) -> Result<u64, Error> {
+        let v: serde_json::Value = self
+            .send(
+                reqwest::Method::DELETE,
+                &savepoint_path(name),
+                None,
+                Duration::from_secs(60),
+            )
+            .await?;
+        Ok(v["deleted_files"].as_u64().unwrap_or_default())
+    }
+
     /// Sends one request and decodes its JSON answer, or its error body.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -376,6 +424,12 @@ impl ApiClient {
             ))),
         }
     }
+}
+
+/// `/v1/savepoints/{name}`, each segment of the name escaped.
+fn savepoint_path(name: &str) -> String {
+    let segments: Vec<String> = name.split('/').map(segment).collect();
+    format!("/v1/savepoints/{}", segments.join("/"))
 }
 
 /// `/v1/jobs/{id}{rest}`.

@@ -424,8 +424,11 @@ async fn list_savepoints(State(ctx): State<TenantCtx>) -> Answer<axum::Json<serd
 async fn inspect_savepoint(
     State(ctx): State<TenantCtx>,
     Path(name): Path<String>,
-) -> Answer<String> {
-    ctx.inner.inspect_savepoint(&ctx.tenant, &name).await
+) -> Answer<axum::Json<serde_json::Value>> {
+    let report = ctx.inner.inspect_savepoint(&ctx.tenant, &name).await?;
+    Ok(axum::Json(
+        serde_json::json!({ "name": name, "report": report }),
+    ))
 }
 
 async fn dispose_savepoint(
