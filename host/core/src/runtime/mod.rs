@@ -323,21 +323,8 @@ fn run_controlled(
             next_id = next_id.max(id.next());
         }
         let latest = outcome.latest_completed;
-        if options
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
-            return Err(cancelled(
-                graph.as_ref(),
-                storage.as_ref().filter(|_| {
-                    !options
-                        .fenced
-                        .as_ref()
-                        .is_some_and(|f| f.load(Ordering::Relaxed))
-                }),
-                &io,
-            ));
+        if is_set(&options.cancel) {
+            return Err(cancelled(graph.as_ref(), storage.as_ref(), &io, options));
         }
         match result {
             Ok(()) => {
@@ -405,21 +392,8 @@ fn run_controlled(
                 );
                 let until = Instant::now() + delay;
                 while Instant::now() < until {
-                    if options
-                        .cancel
-                        .as_ref()
-                        .is_some_and(|c| c.load(Ordering::Relaxed))
-                    {
-                        return Err(cancelled(
-                            graph.as_ref(),
-                            storage.as_ref().filter(|_| {
-                                !options
-                                    .fenced
-                                    .as_ref()
-                                    .is_some_and(|f| f.load(Ordering::Relaxed))
-                            }),
-                            &io,
-                        ));
+                    if is_set(&options.cancel) {
+                        return Err(cancelled(graph.as_ref(), storage.as_ref(), &io, options));
                     }
                     std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
                 }
@@ -428,12 +402,20 @@ fn run_controlled(
     }
 }
 
-/// Applies `retention_on_cancel` to a cancelled job's checkpoints.
+/// Whether `flag` is given and set.
+fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
+    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Applies `retention_on_cancel` to a cancelled job's checkpoints, unless
+/// the run is fenced (another run owns them, or the host stops).
 fn cancelled(
     graph: &JobGraph,
     storage: Option<&CheckpointStorage>,
     io: &tokio::runtime::Handle,
+    options: &RunOptions,
 ) -> Error {
+    let storage = storage.filter(|_| !is_set(&options.fenced));
     use crate::checkpoint::coordinator::RetentionOnCancel;
     let checkpoints = match storage {
         Some(s) if graph.checkpoints.enabled() => {

@@ -317,21 +317,7 @@ impl Host {
                 };
                 let state = record.job_state();
                 if state.is_terminal() {
-                    let control = JobControl::ended(job_id, &record.name, state);
-                    tenant
-                        .jobs
-                        .insert(control.clone(), self.inner.roots(&tenant));
-                    self.inner.register(HostedJob {
-                        tenant: tenant.clone(),
-                        record: Mutex::new(record),
-                        control: Mutex::new(control),
-                        metrics: Mutex::new(Arc::new(JobMetrics::default())),
-                        subtasks: 0,
-                        ended: Arc::default(),
-                        fence: Mutex::default(),
-                        failed_by_host: Mutex::default(),
-                        running: Arc::new(AtomicBool::new(false)),
-                    });
+                    self.inner.register_ended(&tenant, job_id, record, state);
                     continue;
                 }
                 match self.prepare(&tenant, &record.job) {
@@ -361,21 +347,8 @@ impl Host {
                         record.failure = Some(format!("could not be resumed: {e}"));
                         record.ended_ms = Some(record::now_ms());
                         let _ = self.inner.io.block_on(record.write(&tenant.storage));
-                        let control = JobControl::ended(job_id, &record.name, JobState::Failed);
-                        tenant
-                            .jobs
-                            .insert(control.clone(), self.inner.roots(&tenant));
-                        self.inner.register(HostedJob {
-                            tenant: tenant.clone(),
-                            record: Mutex::new(record),
-                            control: Mutex::new(control),
-                            metrics: Mutex::new(Arc::new(JobMetrics::default())),
-                            subtasks: 0,
-                            ended: Arc::default(),
-                            fence: Mutex::default(),
-                            failed_by_host: Mutex::default(),
-                            running: Arc::new(AtomicBool::new(false)),
-                        });
+                        self.inner
+                            .register_ended(&tenant, job_id, record, JobState::Failed);
                     }
                 }
             }
@@ -555,14 +528,26 @@ impl Inner {
             .cloned()
     }
 
-    fn register(&self, job: HostedJob) -> Arc<HostedJob> {
-        let id = job.record().id;
-        let job = Arc::new(job);
+    /// Shows job `id` of `tenant`, which ended as `state` before this
+    /// process started.
+    fn register_ended(&self, tenant: &Arc<Tenant>, id: JobId, record: JobRecord, state: JobState) {
+        let control = JobControl::ended(id, &record.name, state);
+        tenant.jobs.insert(control.clone(), self.roots(tenant));
+        let job = Arc::new(HostedJob {
+            tenant: tenant.clone(),
+            record: Mutex::new(record),
+            control: Mutex::new(control),
+            metrics: Mutex::new(Arc::new(JobMetrics::default())),
+            subtasks: 0,
+            ended: Arc::default(),
+            fence: Mutex::default(),
+            failed_by_host: Mutex::default(),
+            running: Arc::new(AtomicBool::new(false)),
+        });
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, job.clone());
-        job
+            .insert(job.record().id, job);
     }
 
     /// Where `tenant`'s savepoints may be written: names in its

@@ -536,13 +536,7 @@ impl Inner {
                 .await?;
         let checked = Instant::now();
         let failure = if report.ok() {
-            let mut record = old.clone();
-            record.job = new_text;
-            record.state = "RUNNING".into();
-            record.restore = Some(name.clone());
-            record.ended_ms = None;
-            record.savepoint = None;
-            record.failure = None;
+            let record = restarted(&old, new_text, &name);
             record.write(&tenant.storage).await?;
             let job_id = JobId::parse(id).expect("invariant: a hosted job's id parses");
             self.launch(
@@ -585,12 +579,7 @@ impl Inner {
             report.to_string()
         };
         tracing::warn!("upgrade of job {id} failed, rolling back to the old plugins: {failure}");
-        let mut record = old.clone();
-        record.state = "RUNNING".into();
-        record.restore = Some(name.clone());
-        record.ended_ms = None;
-        record.savepoint = None;
-        record.failure = None;
+        let record = restarted(&old, old.job.clone(), &name);
         record.write(&tenant.storage).await?;
         let confined = self.confine(tenant, &old.job).await.map_err(problems)?;
         let job_id = JobId::parse(id).expect("invariant: a hosted job's id parses");
@@ -614,6 +603,19 @@ impl Inner {
             stop_ms: (stopped - started).as_millis() as u64,
             check_ms: (checked - stopped).as_millis() as u64,
         })
+    }
+}
+
+/// `old` running again as job file `job`, from savepoint `savepoint`.
+fn restarted(old: &JobRecord, job: String, savepoint: &str) -> JobRecord {
+    JobRecord {
+        job,
+        state: "RUNNING".into(),
+        restore: Some(savepoint.to_owned()),
+        ended_ms: None,
+        savepoint: None,
+        failure: None,
+        ..old.clone()
     }
 }
 
