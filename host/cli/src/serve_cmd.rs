@@ -12,6 +12,9 @@ use weir_host::error::Error;
 use weir_host::plugin::PluginEngine;
 use weir_host::serve::{Host, HostConfig, ServeApi, SubmitBody, UpgradeBody};
 
+/// How long a request to the host may take to be read and answered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long a stopping host waits for its jobs to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 
@@ -29,6 +32,9 @@ pub fn serve(engine: PluginEngine, config: &Path, max_connections: usize) -> Res
     let host = Host::start(config, Arc::new(engine), runtime.handle().clone())?;
     let limits = ApiLimits {
         max_connections: max_connections.max(1),
+        // An upload compiles a plugin and an upgrade waits for the new
+        // plugins' first checkpoint: more than a control call's 30 s.
+        request_timeout: REQUEST_TIMEOUT,
         ..ApiLimits::default()
     };
     let api = runtime.block_on(ServeApi::bind(&host, address, limits))?;
