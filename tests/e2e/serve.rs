@@ -125,6 +125,31 @@ impl Serve {
         v["state"].as_str().unwrap().to_owned()
     }
 
+    /// Job `id`'s registry record once it says `state` (a minute and a
+    /// half at most): the record follows the job's state once its run
+    /// has ended.
+    pub(super) fn wait_record(&self, tenant: &Tenant, id: &str, state: &str) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let (_, body) = self.http(
+                "GET",
+                &format!("/v1/jobs/{id}/record"),
+                Some(&tenant.token),
+                b"",
+            );
+            let record: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if record["state"] == state {
+                return record;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "job {id}'s record is not {state}: {body}; host log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until job `id` is in `state` (a minute at most).
     pub(super) fn wait_state(&self, tenant: &Tenant, id: &str, state: &str) {
         let started = Instant::now();
@@ -662,19 +687,13 @@ fn hostile_jobs_of_one_tenant_fail_naming_their_limit_while_the_other_counts_exa
         ));
     }
     for (id, mode, reason) in &ids {
-        host.wait_state(&host.acme, id, "FAILED");
-        let (_, record) = host.http(
-            "GET",
-            &format!("/v1/jobs/{id}/record"),
-            Some(&host.acme.token),
-            b"",
-        );
-        let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+        let record = host.wait_record(&host.acme, id, "FAILED");
         let failure = record["failure"].as_str().unwrap_or_default();
         assert!(
             failure.contains(reason),
             "{mode}: `{reason}` not in: {failure}"
         );
+        assert!(!failure.contains("weir-data"), "a host path: {failure}");
     }
     host.wait_state(&host.globex, &honest, "FINISHED");
     assert_exactly_once(&host.files(&host.globex).join("out"), &reference);
@@ -752,23 +771,9 @@ fn the_job_holding_most_storage_fails_once_its_tenant_is_over_storage_mb() {
         &host.globex,
         &counts_job(dir.path(), "small.toml", plugins::WORD_COUNT, 2_000),
     );
-    host.wait_state(&host.acme, &id, "FAILED");
-    // The record follows once the run has ended.
-    let started = Instant::now();
-    loop {
-        let (_, record) = host.http(
-            "GET",
-            &format!("/v1/jobs/{id}/record"),
-            Some(&host.acme.token),
-            b"",
-        );
-        if record.contains("\"FAILED\"") {
-            assert!(record.contains("quota `storage_mb` (1)"), "{record}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{record}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let record = host.wait_record(&host.acme, &id, "FAILED");
+    let failure = record["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("quota `storage_mb` (1)"), "{record}");
     // Its checkpoints are kept, and acme can submit nothing more.
     let checkpoints = host
         .dir

@@ -359,6 +359,10 @@ impl Inner {
         let job = self
             .job_of(tenant, id)
             .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+        if job.control().state().is_terminal() {
+            // Ended: its run is recording how, a moment at most.
+            let _ = tokio::time::timeout(Duration::from_secs(10), wait_ended(&job)).await;
+        }
         if job.running.load(Ordering::Relaxed) {
             return Err(Refusal::Conflict(format!(
                 "job `{id}` is {}: cancel or stop it first",
