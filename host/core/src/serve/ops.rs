@@ -235,9 +235,16 @@ impl Inner {
 
     /// The tenant's jobs not yet ended, and their subtasks.
     pub(super) fn usage(&self, tenant: &Tenant) -> (u32, u32) {
+        self.running(Some(tenant))
+    }
+
+    /// The jobs not yet ended, and their subtasks: `tenant`'s, or the
+    /// whole host's.
+    fn running(&self, tenant: Option<&Tenant>) -> (u32, u32) {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.values()
-            .filter(|j| j.tenant.name == tenant.name && j.running.load(Ordering::Relaxed))
+            .filter(|j| tenant.is_none_or(|t| j.tenant.name == t.name))
+            .filter(|j| j.running.load(Ordering::Relaxed))
             .fold((0, 0), |(n, s), j| (n + 1, s + j.subtasks))
     }
 
@@ -252,14 +259,7 @@ impl Inner {
                 tenant.name, quota.running_jobs
             )));
         }
-        let host_used: u32 = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|j| j.running.load(Ordering::Relaxed))
-            .map(|j| j.subtasks)
-            .sum();
+        let (_, host_used) = self.running(None);
         let host_max = self.config().max_subtasks;
         if host_used + subtasks > host_max {
             return Err(Refusal::Full(format!(

@@ -72,8 +72,8 @@ impl JobRecord {
     /// Decodes a record read from `file`.
     ///
     /// # Errors
-    /// [`Error::Internal`]-free: a [`Error::Restore`] naming the file for
-    /// anything malformed, too large or of a newer version.
+    /// [`Error::Restore`] naming the file for anything malformed, too
+    /// large or of another version.
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, Error> {
         let bad = |why: String| Error::Restore {
             message: format!("job record {file}: {why}"),
