@@ -27,9 +27,10 @@ pub fn serve(engine: PluginEngine, config: &Path, max_connections: usize) -> Res
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting the host runtime: {e}")))?;
+    let workers = weir_host::runtime::Workers::start(config.workers, runtime.handle())?;
     let address = config.address;
     let (storage, tenants) = (config.storage.clone(), config.tenants.len());
-    let host = Host::start(config, Arc::new(engine), runtime.handle().clone())?;
+    let host = Host::start(config, Arc::new(engine), runtime.handle().clone(), workers)?;
     let limits = ApiLimits {
         max_connections: max_connections.max(1),
         // An upload compiles a plugin and an upgrade waits for the new

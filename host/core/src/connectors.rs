@@ -36,6 +36,13 @@ pub trait Source: Send {
     /// [`Error::Io`] if reading fails.
     fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error>;
 
+    /// How long to wait before the next [`Source::next_batch`] of up to
+    /// `max` records (a paced source); the caller waits without holding a
+    /// worker.
+    fn pause(&self, _max: usize) -> Duration {
+        Duration::ZERO
+    }
+
     /// The position to resume from to replay everything not yet returned.
     fn offset(&self) -> u64;
 
@@ -261,24 +268,37 @@ impl DatagenSource {
     }
 }
 
-impl Source for DatagenSource {
-    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
-        use std::fmt::Write as _;
-        let mut n = match self.quota {
+impl DatagenSource {
+    /// How many records the next batch of up to `max` holds.
+    fn batch_len(&self, max: usize) -> u64 {
+        let n = match self.quota {
             Some(q) => (q - self.emitted).min(max as u64),
             None => max as u64,
         };
-        if let Some(rate) = self.rate {
+        match self.rate {
             // At most 100 ms worth of records per batch: a slow source
             // still hands out records, and takes checkpoint triggers,
             // several times a second instead of once per full batch.
-            n = n.min(((rate / 10.0).ceil() as u64).max(1));
-            // Pace: do not run ahead of `rate` records per second.
-            let due = Duration::from_secs_f64((self.emitted + n - self.paced_from) as f64 / rate);
-            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+            Some(rate) => n.min(((rate / 10.0).ceil() as u64).max(1)),
+            None => n,
         }
+    }
+}
+
+impl Source for DatagenSource {
+    fn pause(&self, max: usize) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        // Pace: do not run ahead of `rate` records per second.
+        let n = self.batch_len(max);
+        let due = Duration::from_secs_f64((self.emitted + n - self.paced_from) as f64 / rate);
+        due.saturating_sub(self.started.elapsed())
+    }
+
+    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+        use std::fmt::Write as _;
+        let n = self.batch_len(max);
         for _ in 0..n {
             self.line.clear();
             for w in 0..self.spec.words_per_record {

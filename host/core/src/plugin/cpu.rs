@@ -6,14 +6,15 @@
 //! When they want more, each group's CPU is metered by a token bucket
 //! filled at its weighted share of the machine — `cores × weight / Σ
 //! weights of the busy groups` — holding at most one window's worth, and
-//! an instance of a group whose bucket is in debt sleeps, at its next
-//! epoch tick, as long as the share takes to pay the debt back.
+//! an instance of a group whose bucket is in debt waits, before its next
+//! call, as long as the share takes to pay the debt back — as a task that
+//! gives its worker to others meanwhile, not as a sleeping thread.
 //!
 //! CPU is the thread CPU time of the calls into Wasm, charged at every
-//! epoch tick inside a call and at the end of each call; time spent
-//! sleeping here does not count against the call's wall-clock bound.
-//! Pure bookkeeping apart from reading the thread's CPU clock: the
-//! instance calls [`CpuGroup::charge`] and sleeps as told.
+//! epoch tick inside a call and at the end of each call. Pure bookkeeping
+//! apart from reading the thread's CPU clock: the instance calls
+//! [`CpuGroup::add`] as it runs and [`CpuGroup::charge`] before a call,
+//! and its subtask waits as told.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

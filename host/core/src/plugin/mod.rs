@@ -365,8 +365,7 @@ struct CpuMeter {
     group: CpuGroup,
     /// The thread's CPU time when last charged.
     mark: Duration,
-    /// When the current call's wall-clock bound ends (moved on by the
-    /// time the group made it wait).
+    /// When the current call's wall-clock bound ends.
     deadline: Instant,
 }
 
@@ -399,9 +398,11 @@ impl InstanceState {
 }
 
 /// At each epoch tick inside a call of an instance in a CPU group: the
-/// call's CPU is charged to the group, the thread sleeps if the group is
-/// over its share (not counted against the call's bound), and the call is
-/// interrupted once past its wall-clock bound.
+/// call's CPU so far is charged to the group, and the call is interrupted
+/// once past its wall-clock bound. A group over its share waits before
+/// its instances' next call ([`OperatorInstance::cpu_wait`]), not here: a
+/// call holds one of the host's few workers, and sleeping in it would hold
+/// the worker from every other tenant too.
 fn on_tick(
     mut ctx: wasmtime::StoreContextMut<'_, InstanceState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
@@ -415,12 +416,7 @@ fn on_tick(
     if now >= meter.deadline {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }
-    let wait = meter.group.charge(used, now).min(cpu::WINDOW);
-    if !wait.is_zero() {
-        std::thread::sleep(wait);
-        meter.deadline += wait;
-        meter.mark = cpu::thread_cpu_time();
-    }
+    meter.group.add(used, now);
     Ok(wasmtime::UpdateDeadline::Continue(1))
 }
 
@@ -812,6 +808,19 @@ impl OperatorInstance {
                 budget,
                 &self.stderr.tail(),
             )),
+        }
+    }
+
+    /// How long the instance's CPU group must wait before its next call:
+    /// zero unless the machine is contended and the group used more than
+    /// its share. The caller waits without holding a worker.
+    pub fn cpu_wait(&mut self) -> Duration {
+        match &self.store.data().cpu {
+            Some(meter) => meter
+                .group
+                .charge(Duration::ZERO, Instant::now())
+                .min(cpu::WINDOW),
+            None => Duration::ZERO,
         }
     }
 

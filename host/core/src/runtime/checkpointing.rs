@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::runtime::Handle;
 
 use super::control::{JobControl, JobState, PendingSavepoint};
-use super::{CheckpointBarrier, Control, SavepointFormat, SavepointInfo, StopMode};
+use super::{CheckpointBarrier, Control, ControlSender, SavepointFormat, SavepointInfo, StopMode};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::catalog::{METADATA_FILE, human_bytes};
 use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator, Decision};
@@ -302,7 +302,7 @@ pub(crate) struct CoordinatorSetup {
     pub handle: Handle,
     pub tasks: Vec<TaskAddress>,
     pub sources: Vec<usize>,
-    pub controls: Arc<Vec<Sender<Control>>>,
+    pub controls: Arc<Vec<ControlSender>>,
     pub inbox: Receiver<CoordinatorMsg>,
     pub first_id: CheckpointId,
     pub completed: Vec<CheckpointId>,

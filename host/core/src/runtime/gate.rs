@@ -29,14 +29,13 @@
 //! barriers stay where they are, the others become in-flight data.
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
-
-use crossbeam_channel::TryRecvError;
+use tokio::sync::mpsc::error::TryRecvError;
 use weir_format::BatchReader;
 
-use super::{CheckpointBarrier, Control, Element, Exit};
+use super::{CheckpointBarrier, Control, ControlReceiver, DataReceiver, Element, Exit};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::InFlightChannel;
 
@@ -250,6 +249,13 @@ pub(crate) enum GateEvent {
     End,
 }
 
+/// What one wait on a gate's inputs brought: `None` when the channel
+/// closed.
+enum Input {
+    Control(Option<Control>),
+    Data(usize, Option<Element>),
+}
+
 /// An unaligned checkpoint between its snapshot and the last channel's
 /// in-band barrier.
 struct InFlightRecording {
@@ -261,15 +267,18 @@ struct InFlightRecording {
 
 /// A subtask's input channels and its control channel.
 pub(crate) struct InputGate {
-    channels: Vec<Receiver<Element>>,
+    channels: Vec<DataReceiver>,
     open: Vec<bool>,
     open_count: usize,
     data_ended: Vec<bool>,
     data_open: usize,
     /// Channels whose end of data had already happened before the restore.
     restored_ends: usize,
-    control: Receiver<Control>,
+    control: ControlReceiver,
     control_open: bool,
+    /// The channel read first next time, so a busy channel cannot starve
+    /// the others.
+    first: usize,
     mode: GateMode,
     /// Unaligned mode: align first, and switch after this long.
     aligned_timeout: Option<Duration>,
@@ -286,8 +295,8 @@ impl InputGate {
     /// A gate over `channels` and the subtask's `control` channel;
     /// `aligned_timeout` only matters in [`GateMode::Unaligned`].
     pub(crate) fn new(
-        channels: Vec<Receiver<Element>>,
-        control: Receiver<Control>,
+        channels: Vec<DataReceiver>,
+        control: ControlReceiver,
         mode: GateMode,
         aligned_timeout: Option<Duration>,
     ) -> Self {
@@ -300,6 +309,7 @@ impl InputGate {
             restored_ends: 0,
             control,
             control_open: true,
+            first: 0,
             mode,
             aligned_timeout: aligned_timeout.filter(|_| mode == GateMode::Unaligned),
             aligner: BarrierAligner::new(
@@ -316,8 +326,8 @@ impl InputGate {
     }
 
     /// The control channel, for a subtask that waits on it alone.
-    pub(crate) fn control(&self) -> &Receiver<Control> {
-        &self.control
+    pub(crate) fn control(&mut self) -> &mut ControlReceiver {
+        &mut self.control
     }
 
     /// How the gate treats barriers.
@@ -357,7 +367,7 @@ impl InputGate {
     /// # Errors
     /// [`Exit::Cancelled`] when an upstream subtask hung up without ending
     /// its channel (it failed).
-    pub(crate) fn next(&mut self) -> Result<GateEvent, Exit> {
+    pub(crate) async fn next(&mut self) -> Result<GateEvent, Exit> {
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
@@ -391,46 +401,56 @@ impl InputGate {
                 self.alignment_timed_out();
                 continue;
             }
-            let mut select = Select::new();
-            let mut ids = Vec::with_capacity(self.open_count + 1);
-            for (i, ch) in self.channels.iter().enumerate() {
-                if self.open[i] && !self.aligner.is_blocked(i) {
-                    select.recv(ch);
-                    ids.push(Some(i));
-                }
-            }
-            if self.control_open {
-                select.recv(&self.control);
-                ids.push(None);
-            }
             assert!(
-                !ids.is_empty(),
+                self.control_open
+                    || (0..self.channels.len())
+                        .any(|i| self.open[i] && !self.aligner.is_blocked(i)),
                 "invariant: an aligning gate always has an unblocked open channel"
             );
+            let input = std::future::poll_fn(|cx| self.poll_inputs(cx));
             // The next loop sees the deadline passed and switches.
-            let op = match deadline {
-                Some(d) => match select.select_deadline(d) {
-                    Ok(op) => op,
+            let input = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), input).await {
+                    Ok(input) => input,
                     Err(_) => continue,
                 },
-                None => select.select(),
+                None => input.await,
             };
-            let Some(idx) = ids[op.index()] else {
-                match op.recv(&self.control) {
-                    Ok(Control::PriorityBarrier { barrier, channel }) => {
-                        self.priority_barrier(channel, barrier);
-                    }
-                    Ok(c) => return Ok(GateEvent::Control(c)),
-                    Err(_) => self.control_open = false,
+            match input {
+                Input::Control(Some(Control::PriorityBarrier { barrier, channel })) => {
+                    self.priority_barrier(channel, barrier);
                 }
-                continue;
-            };
-            match op.recv(&self.channels[idx]) {
-                Ok(element) => self.arrived(idx, element, true),
+                Input::Control(Some(c)) => return Ok(GateEvent::Control(c)),
+                Input::Control(None) => self.control_open = false,
+                Input::Data(idx, Some(element)) => self.arrived(idx, element, true),
                 // The sender exited without ending its channel: it failed.
-                Err(_) => return Err(Exit::Cancelled),
+                Input::Data(_, None) => return Err(Exit::Cancelled),
             }
         }
+    }
+
+    /// The control channel first, then the open channels not blocked by an
+    /// alignment, starting one further each time; `Pending` (woken by any
+    /// of them) when none has anything.
+    fn poll_inputs(&mut self, cx: &mut Context<'_>) -> Poll<Input> {
+        if self.control_open
+            && let Poll::Ready(c) = self.control.poll_recv(cx)
+        {
+            return Poll::Ready(Input::Control(c));
+        }
+        let n = self.channels.len();
+        let first = self.first;
+        self.first = if n == 0 { 0 } else { (first + 1) % n };
+        for k in 0..n {
+            let i = (first + k) % n;
+            if self.open[i]
+                && !self.aligner.is_blocked(i)
+                && let Poll::Ready(e) = self.channels[i].poll_recv(cx)
+            {
+                return Poll::Ready(Input::Data(i, e));
+            }
+        }
+        Poll::Pending
     }
 
     /// Handles one element from channel `ch`; `live` when it comes straight
@@ -658,6 +678,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::runtime::block_on;
 
     fn barrier(id: u64) -> CheckpointBarrier {
         CheckpointBarrier {
@@ -861,23 +882,23 @@ mod tests {
     #[test]
     fn an_unaligned_barrier_overtakes_queued_records_which_become_in_flight() {
         for _ in 0..50 {
-            let (tx0, rx0) = crossbeam_channel::bounded(16);
-            let (tx1, rx1) = crossbeam_channel::bounded(16);
-            let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+            let (tx0, rx0) = tokio::sync::mpsc::channel(16);
+            let (tx1, rx1) = tokio::sync::mpsc::channel(16);
+            let (ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
             let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Unaligned, None);
             for e in [
                 records(&["a", "b"]),
                 Element::Barrier(barrier(1)),
                 records(&["c"]),
             ] {
-                tx0.send(e).unwrap();
+                tx0.try_send(e).unwrap();
             }
             for e in [
                 records(&["x"]),
                 records(&["y"]),
                 Element::Barrier(barrier(1)),
             ] {
-                tx1.send(e).unwrap();
+                tx1.try_send(e).unwrap();
             }
             ctl.send(Control::PriorityBarrier {
                 barrier: barrier(1),
@@ -885,13 +906,13 @@ mod tests {
             })
             .unwrap();
             for tx in [&tx0, &tx1] {
-                tx.send(records(&["after"])).unwrap();
-                tx.send(Element::EndOfInput).unwrap();
+                tx.try_send(records(&["after"])).unwrap();
+                tx.try_send(Element::EndOfInput).unwrap();
             }
             let (mut before, mut after, mut in_flight) = (Vec::new(), Vec::new(), None);
             let mut snapshotted = false;
             loop {
-                match gate.next().ok().unwrap() {
+                match block_on(gate.next()).ok().unwrap() {
                     GateEvent::Records(data, _) if snapshotted => after.extend(values(&data)),
                     GateEvent::Records(data, _) => before.extend(values(&data)),
                     GateEvent::Barrier { unaligned, .. } => {
@@ -932,8 +953,8 @@ mod tests {
 
     #[test]
     fn restored_in_flight_records_come_before_new_ones() {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (_ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut gate = InputGate::new(vec![rx], ctl_rx, GateMode::Unaligned, None);
         let Element::Records { data, .. } = records(&["old1", "old2"]) else {
             unreachable!()
@@ -943,10 +964,10 @@ mod tests {
             batches: vec![data],
         }])
         .unwrap();
-        tx.send(records(&["new"])).unwrap();
+        tx.try_send(records(&["new"])).unwrap();
         let mut seen = Vec::new();
         for _ in 0..2 {
-            match gate.next().ok().unwrap() {
+            match block_on(gate.next()).ok().unwrap() {
                 GateEvent::Records(data, len) => {
                     assert_eq!(len, values(&data).len());
                     seen.extend(values(&data));
@@ -966,9 +987,9 @@ mod tests {
 
     #[test]
     fn a_slow_alignment_switches_to_unaligned_after_the_timeout() {
-        let (tx0, rx0) = crossbeam_channel::bounded(16);
-        let (tx1, rx1) = crossbeam_channel::bounded(16);
-        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let (tx0, rx0) = tokio::sync::mpsc::channel(16);
+        let (tx1, rx1) = tokio::sync::mpsc::channel(16);
+        let (_ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut gate = InputGate::new(
             vec![rx0, rx1],
             ctl_rx,
@@ -980,12 +1001,12 @@ mod tests {
             Element::Barrier(barrier(1)),
             records(&["post"]),
         ] {
-            tx0.send(e).unwrap();
+            tx0.try_send(e).unwrap();
         }
-        tx1.send(records(&["b"])).unwrap();
+        tx1.try_send(records(&["b"])).unwrap();
         let mut before = Vec::new();
         loop {
-            match gate.next().ok().unwrap() {
+            match block_on(gate.next()).ok().unwrap() {
                 GateEvent::Records(data, _) => before.extend(values(&data)),
                 GateEvent::Barrier { unaligned, .. } => {
                     assert!(unaligned, "switched after the timeout");
@@ -1000,14 +1021,14 @@ mod tests {
             ["a", "b"],
             "channel 0 stayed blocked while aligning"
         );
-        tx1.send(records(&["x"])).unwrap();
-        tx1.send(Element::Barrier(barrier(1))).unwrap();
+        tx1.try_send(records(&["x"])).unwrap();
+        tx1.try_send(Element::Barrier(barrier(1))).unwrap();
         for tx in [&tx0, &tx1] {
-            tx.send(Element::EndOfInput).unwrap();
+            tx.try_send(Element::EndOfInput).unwrap();
         }
         let (mut after, mut in_flight) = (Vec::new(), None);
         loop {
-            match gate.next().ok().unwrap() {
+            match block_on(gate.next()).ok().unwrap() {
                 GateEvent::Records(data, _) => after.extend(values(&data)),
                 GateEvent::InFlight { channels, .. } => {
                     let all: Vec<String> = channels
@@ -1033,16 +1054,16 @@ mod tests {
 
     #[test]
     fn a_priority_barrier_after_the_alignment_completed_is_ignored() {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut gate = InputGate::new(
             vec![rx],
             ctl_rx,
             GateMode::Unaligned,
             Some(Duration::from_secs(60)),
         );
-        tx.send(Element::Barrier(barrier(1))).unwrap();
-        match gate.next().ok().unwrap() {
+        tx.try_send(Element::Barrier(barrier(1))).unwrap();
+        match block_on(gate.next()).ok().unwrap() {
             GateEvent::Barrier { unaligned, .. } => assert!(!unaligned, "aligned in time"),
             other => panic!("unexpected {other:?}"),
         }
@@ -1053,11 +1074,11 @@ mod tests {
             channel: 0,
         })
         .unwrap();
-        tx.send(Element::EndOfData { restored: false }).unwrap();
-        tx.send(Element::EndOfInput).unwrap();
+        tx.try_send(Element::EndOfData { restored: false }).unwrap();
+        tx.try_send(Element::EndOfInput).unwrap();
         let mut rest = Vec::new();
         loop {
-            match gate.next().ok().unwrap() {
+            match block_on(gate.next()).ok().unwrap() {
                 GateEvent::End => break,
                 e => rest.push(format!("{e:?}")),
             }
@@ -1073,7 +1094,7 @@ mod tests {
     fn drain_gate(gate: &mut InputGate) -> Vec<String> {
         let mut events = Vec::new();
         loop {
-            match gate.next().ok().unwrap() {
+            match block_on(gate.next()).ok().unwrap() {
                 GateEvent::End => return events,
                 e => events.push(format!("{e:?}")),
             }
@@ -1082,14 +1103,15 @@ mod tests {
 
     #[test]
     fn a_channel_ended_without_end_of_data_was_suspended_so_data_never_ends() {
-        let (tx0, rx0) = crossbeam_channel::unbounded();
-        let (tx1, rx1) = crossbeam_channel::unbounded();
-        let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+        let (tx0, rx0) = tokio::sync::mpsc::channel(1024);
+        let (tx1, rx1) = tokio::sync::mpsc::channel(1024);
+        let (_ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Aligned, None);
         // A bounded input ended; the other was suspended by a stop.
-        tx0.send(Element::EndOfData { restored: false }).unwrap();
-        tx0.send(Element::EndOfInput).unwrap();
-        tx1.send(Element::EndOfInput).unwrap();
+        tx0.try_send(Element::EndOfData { restored: false })
+            .unwrap();
+        tx0.try_send(Element::EndOfInput).unwrap();
+        tx1.try_send(Element::EndOfInput).unwrap();
         assert!(
             drain_gate(&mut gate).is_empty(),
             "no end of data: the operator must not close"
@@ -1099,13 +1121,13 @@ mod tests {
     #[test]
     fn end_of_data_is_restored_only_when_every_channel_had_ended_before_the_restore() {
         for (flags, restored) in [([true, true], true), ([true, false], false)] {
-            let (tx0, rx0) = crossbeam_channel::unbounded();
-            let (tx1, rx1) = crossbeam_channel::unbounded();
-            let (_ctl, ctl_rx) = crossbeam_channel::unbounded();
+            let (tx0, rx0) = tokio::sync::mpsc::channel(1024);
+            let (tx1, rx1) = tokio::sync::mpsc::channel(1024);
+            let (_ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
             let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Aligned, None);
             for (tx, flag) in [(&tx0, flags[0]), (&tx1, flags[1])] {
-                tx.send(Element::EndOfData { restored: flag }).unwrap();
-                tx.send(Element::EndOfInput).unwrap();
+                tx.try_send(Element::EndOfData { restored: flag }).unwrap();
+                tx.try_send(Element::EndOfInput).unwrap();
             }
             assert_eq!(
                 drain_gate(&mut gate),

@@ -1,6 +1,13 @@
-//! Executes a [`JobGraph`]: one OS thread per subtask (Wasm is CPU-bound
-//! and must never block an async runtime), bounded channels between them
-//! for backpressure, packed record batches on the channels.
+//! Executes a [`JobGraph`]: every subtask is a task on a pool of worker
+//! threads, one per core ([`Workers`]), that runs while it has input
+//! (or a trigger, or room downstream) and otherwise waits without holding
+//! a worker, so an idle subtask costs memory, not a thread. The workers are
+//! not the I/O runtime: a plugin call is CPU-bound and runs on its worker
+//! to its end (bounded by its fuel and wall-clock limits), which must never
+//! stall the runtime that stores snapshots and serves the API. A subtask
+//! that always has work gives its worker up every [`task::SLICE`] so the
+//! other subtasks get their turn. Bounded channels between subtasks give backpressure; they carry
+//! packed record batches.
 //!
 //! Every pair of connected subtasks has its own channel, which carries data
 //! batches and control events (checkpoint barriers, end of data, end of
@@ -128,6 +135,110 @@ impl From<Error> for Exit {
 
 type TaskResult = Result<(), Exit>;
 
+/// The sending end of a channel between two subtasks: bounded, so a full
+/// channel holds its sender back (backpressure).
+pub(crate) type DataSender = tokio::sync::mpsc::Sender<Element>;
+/// The receiving end of a channel between two subtasks.
+pub(crate) type DataReceiver = tokio::sync::mpsc::Receiver<Element>;
+/// A subtask's control channel, from the job: never blocks its sender.
+pub(crate) type ControlSender = tokio::sync::mpsc::UnboundedSender<Control>;
+/// A subtask's end of its control channel.
+pub(crate) type ControlReceiver = tokio::sync::mpsc::UnboundedReceiver<Control>;
+
+/// Each worker thread's stack: a plugin's Wasm frames may use up to
+/// [`crate::plugin::MAX_WASM_STACK`] of it, the host's frames the rest.
+pub const WORKER_STACK: usize = 2 << 20;
+
+/// The worker threads subtasks run on: a fixed pool (one per core by
+/// default) of an executor that is not a tokio runtime, so the synchronous
+/// WASI calls a plugin makes may block on the I/O runtime, as they do on a
+/// thread of their own. Each worker enters the I/O runtime's context, so a
+/// subtask's timers run on it. Cheap to clone; the threads end once every
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Workers {
+    inner: Arc<WorkersInner>,
+}
+
+struct WorkersInner {
+    executor: Arc<async_executor::Executor<'static>>,
+    threads: usize,
+    /// Dropped with the last clone: the workers end.
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("threads", &self.inner.threads)
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Starts `threads` workers (0: one per core) whose timers run on `io`.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if a thread cannot be started.
+    pub fn start(threads: usize, io: &tokio::runtime::Handle) -> Result<Self, Error> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        };
+        let executor = Arc::new(async_executor::Executor::new());
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        for i in 0..threads {
+            let (executor, mut stopped, io) = (executor.clone(), stopped.clone(), io.clone());
+            std::thread::Builder::new()
+                .name(format!("weir-worker-{i}"))
+                .stack_size(WORKER_STACK)
+                .spawn(move || {
+                    let _io = io.enter();
+                    futures::executor::block_on(executor.run(async move {
+                        // Ends when the sender is dropped.
+                        while stopped.changed().await.is_ok() {}
+                    }));
+                })
+                .map_err(|e| Error::Internal(format!("starting a subtask worker: {e}")))?;
+        }
+        Ok(Workers {
+            inner: Arc::new(WorkersInner {
+                executor,
+                threads,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// How many worker threads there are.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Runs `future` on the workers; the task's output, or its panic.
+    fn spawn<F>(&self, future: F) -> async_executor::Task<std::thread::Result<F::Output>>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send,
+    {
+        use futures::FutureExt as _;
+        self.inner
+            .executor
+            .spawn(std::panic::AssertUnwindSafe(future).catch_unwind())
+    }
+}
+
+/// Runs `future` to its end on a runtime of its own (unit tests of the
+/// asynchronous subtask parts).
+#[cfg(test)]
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a test runtime starts")
+        .block_on(future)
+}
+
 /// What a finished job did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -187,6 +298,9 @@ pub struct RunOptions {
     /// The I/O runtime to store snapshots on (a host's shared one);
     /// `None` starts one for the run.
     pub io: Option<tokio::runtime::Handle>,
+    /// The workers the subtasks run on (a host's shared pool); `None`
+    /// starts one per core for the run.
+    pub workers: Option<Workers>,
     /// Memory the job's plugins count in besides the job's own budget (a
     /// tenant's quota).
     pub memory_pool: Option<crate::plugin::MemoryPool>,
@@ -271,6 +385,10 @@ fn run_controlled(
         (None, Some(rt)) => rt.handle().clone(),
         (None, None) => unreachable!("invariant: a runtime is owned when none is given"),
     };
+    let workers = match &options.workers {
+        Some(w) => w.clone(),
+        None => Workers::start(0, &io)?,
+    };
     let storages = options
         .storages
         .clone()
@@ -307,6 +425,7 @@ fn run_controlled(
             storage: storage.as_ref(),
             storages: storages.relative_to(&graph.job_dir),
             io: &io,
+            workers: &workers,
             attempt_number: tracker.restarts(),
             cancel: options.cancel.clone(),
             allow_non_restored: start.allow_non_restored,
@@ -646,6 +765,7 @@ struct Attempt<'a> {
     /// Where savepoint targets are opened (relative to the job file).
     storages: Storages,
     io: &'a tokio::runtime::Handle,
+    workers: &'a Workers,
     attempt_number: u32,
     cancel: Option<Arc<AtomicBool>>,
     allow_non_restored: bool,
@@ -814,21 +934,18 @@ impl Attempt<'_> {
             let failure = failure.clone();
             let controls = controls.clone();
             let name = format!("{}#{}", task.vertex.uid, task.subtask);
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    if let Err(Exit::Failed(e)) = task.run() {
-                        failure
-                            .lock()
-                            .expect("invariant: failure lock not poisoned")
-                            .get_or_insert(e);
-                        for c in controls.iter() {
-                            let _ = c.send(Control::Cancel);
-                        }
+            let handle = self.workers.spawn(async move {
+                if let Err(Exit::Failed(e)) = task.run().await {
+                    failure
+                        .lock()
+                        .expect("invariant: failure lock not poisoned")
+                        .get_or_insert(e);
+                    for c in controls.iter() {
+                        let _ = c.send(Control::Cancel);
                     }
-                })
-                .map_err(|e| Error::Internal(format!("spawning a subtask thread: {e}")))?;
-            handles.push(handle);
+                }
+            });
+            handles.push((name, handle));
         }
         // Cancelling: the control handle stops the subtasks itself; a bare
         // flag (an embedder's) is watched while they run.
@@ -859,16 +976,18 @@ impl Attempt<'_> {
                     }
                 })
             });
-        let mut panicked = None;
-        for h in handles {
-            let name = h.thread().name().unwrap_or("?").to_owned();
-            if h.join().is_err() {
-                panicked.get_or_insert(name);
-                for c in controls.iter() {
-                    let _ = c.send(Control::Cancel);
+        let panicked = self.io.block_on(async {
+            let mut panicked = None;
+            for (name, h) in handles {
+                if h.await.is_err() {
+                    panicked.get_or_insert(name);
+                    for c in controls.iter() {
+                        let _ = c.send(Control::Cancel);
+                    }
                 }
             }
-        }
+            panicked
+        });
         attempt_done.store(true, Ordering::Relaxed);
         if let Some(w) = watcher {
             let _ = w.join();

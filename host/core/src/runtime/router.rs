@@ -7,10 +7,11 @@
 //! channel: an unaligned checkpoint's barrier goes there first, overtaking
 //! the records queued in the channel, and in-band after them as a marker.
 
-use crossbeam_channel::{Receiver, Sender, bounded};
 use weir_format::{BatchReader, BatchWriter};
 
-use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
+use super::{
+    CheckpointBarrier, Control, ControlSender, DataReceiver, DataSender, Element, Exit, TaskResult,
+};
 use crate::error::Error;
 use crate::job::{JobGraph, Partition};
 use crate::keygroup::{key_group_of, subtask_of};
@@ -19,26 +20,26 @@ use crate::keygroup::{key_group_of, subtask_of};
 /// it can reach (one for `forward`).
 pub(crate) struct OutEdge {
     partition: Partition,
-    targets: Vec<Sender<Element>>,
+    targets: Vec<DataSender>,
     /// Per target: its subtask's control channel and which of its input
     /// channels this is.
-    priority: Vec<(Sender<Control>, usize)>,
+    priority: Vec<(ControlSender, usize)>,
     buffers: Vec<BatchWriter>,
     next: usize,
 }
 
-pub(crate) type Wiring = (Vec<Vec<Vec<OutEdge>>>, Vec<Vec<Vec<Receiver<Element>>>>);
+pub(crate) type Wiring = (Vec<Vec<Vec<OutEdge>>>, Vec<Vec<Vec<DataReceiver>>>);
 
 /// Creates the channels: per vertex, per subtask, its output edges and
 /// input receivers. `controls[first[v] + j]` is the control channel of
 /// subtask `j` of vertex `v`.
-pub(crate) fn wire(graph: &JobGraph, controls: &[Sender<Control>], first: &[usize]) -> Wiring {
+pub(crate) fn wire(graph: &JobGraph, controls: &[ControlSender], first: &[usize]) -> Wiring {
     let mut outputs: Vec<Vec<Vec<OutEdge>>> = graph
         .vertices
         .iter()
         .map(|v| (0..v.parallelism).map(|_| Vec::new()).collect())
         .collect();
-    let mut inputs: Vec<Vec<Vec<Receiver<Element>>>> = graph
+    let mut inputs: Vec<Vec<Vec<DataReceiver>>> = graph
         .vertices
         .iter()
         .map(|v| (0..v.parallelism).map(|_| Vec::new()).collect())
@@ -55,7 +56,7 @@ pub(crate) fn wire(graph: &JobGraph, controls: &[Sender<Control>], first: &[usiz
                 let mut targets = Vec::new();
                 let mut priority = Vec::new();
                 for j in reachable {
-                    let (tx, rx) = bounded(graph.channel_capacity);
+                    let (tx, rx) = tokio::sync::mpsc::channel(graph.channel_capacity.max(1));
                     targets.push(tx);
                     let receiver = &mut inputs[down][j as usize];
                     priority.push((controls[first[down] + j as usize].clone(), receiver.len()));
@@ -99,7 +100,7 @@ impl Router {
     }
 
     /// Routes every record of `packed`; returns how many records it held.
-    pub(crate) fn route(&mut self, packed: &[u8]) -> Result<u64, Exit> {
+    pub(crate) async fn route(&mut self, packed: &[u8]) -> Result<u64, Exit> {
         let mut count = 0;
         for record in BatchReader::new(packed) {
             let record = record.map_err(|e| Error::BadRecord {
@@ -130,7 +131,7 @@ impl Router {
                         for (b, t) in edge.buffers.iter_mut().zip(&edge.targets) {
                             b.push_record(&record);
                             if b.len() >= self.batch_size {
-                                send(t, b)?;
+                                send(t, b).await?;
                             }
                         }
                         continue;
@@ -140,7 +141,7 @@ impl Router {
                 let buffer = &mut edge.buffers[target];
                 buffer.push_record(&record);
                 if buffer.len() >= self.batch_size {
-                    send(&edge.targets[target], buffer)?;
+                    send(&edge.targets[target], buffer).await?;
                 }
             }
         }
@@ -148,11 +149,11 @@ impl Router {
     }
 
     /// Sends every partly filled buffer.
-    pub(crate) fn flush(&mut self) -> TaskResult {
+    pub(crate) async fn flush(&mut self) -> TaskResult {
         for edge in &mut self.edges {
             for (j, b) in edge.buffers.iter_mut().enumerate() {
                 if !b.is_empty() {
-                    send(&edge.targets[j], b)?;
+                    send(&edge.targets[j], b).await?;
                 }
             }
         }
@@ -162,11 +163,15 @@ impl Router {
     /// Forwards checkpoint barrier `barrier`. Unaligned, it first
     /// overtakes everything queued, through each receiver's priority lane;
     /// either way it then follows everything routed so far in-band.
-    pub(crate) fn barrier(&mut self, barrier: CheckpointBarrier, unaligned: bool) -> TaskResult {
+    pub(crate) async fn barrier(
+        &mut self,
+        barrier: CheckpointBarrier,
+        unaligned: bool,
+    ) -> TaskResult {
         if unaligned {
             self.priority_barrier(barrier)?;
         }
-        self.broadcast(|| Element::Barrier(barrier))
+        self.broadcast(|| Element::Barrier(barrier)).await
     }
 
     /// Sends an unaligned barrier through every receiver's priority lane
@@ -188,21 +193,24 @@ impl Router {
 
     /// Flushes, then sends `event` (a barrier, end of data or end of
     /// input) to every downstream subtask, after everything routed so far.
-    pub(crate) fn broadcast(&mut self, event: impl Fn() -> Element) -> TaskResult {
-        self.flush()?;
+    pub(crate) async fn broadcast(&mut self, event: impl Fn() -> Element) -> TaskResult {
+        self.flush().await?;
         for edge in &self.edges {
             for t in &edge.targets {
-                t.send(event()).map_err(|_| Exit::Cancelled)?;
+                t.send(event()).await.map_err(|_| Exit::Cancelled)?;
             }
         }
         Ok(())
     }
 }
 
-fn send(target: &Sender<Element>, buffer: &mut BatchWriter) -> TaskResult {
+/// Sends a full (or flushed) buffer, waiting while the channel is full
+/// (backpressure).
+async fn send(target: &DataSender, buffer: &mut BatchWriter) -> TaskResult {
     let (data, len) = buffer.take();
     target
         .send(Element::Records { data, len })
+        .await
         .map_err(|_| Exit::Cancelled)
 }
 
@@ -211,9 +219,11 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::keygroup::{key_group_of, subtask_of};
+    use crate::runtime::block_on;
 
-    fn edge(partition: Partition, targets: usize) -> (OutEdge, Vec<Receiver<Element>>) {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets).map(|_| bounded(64)).unzip();
+    fn edge(partition: Partition, targets: usize) -> (OutEdge, Vec<DataReceiver>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) =
+            (0..targets).map(|_| tokio::sync::mpsc::channel(64)).unzip();
         let edge = OutEdge {
             partition,
             priority: Vec::new(),
@@ -225,7 +235,7 @@ mod tests {
     }
 
     /// Every record's key on each receiver, until end of input.
-    fn drain(rx: &Receiver<Element>) -> Vec<String> {
+    fn drain(rx: &mut DataReceiver) -> Vec<String> {
         let mut keys = Vec::new();
         loop {
             match rx.try_recv().expect("end of input was sent") {
@@ -246,26 +256,26 @@ mod tests {
 
     #[test]
     fn routes_by_partition_in_batches_then_ends_every_channel() {
-        let (fwd, fwd_rx) = edge(Partition::Forward, 1);
-        let (reb, reb_rx) = edge(Partition::Rebalance, 2);
-        let (hash, hash_rx) = edge(Partition::Hash, 3);
-        let (bc, bc_rx) = edge(Partition::Broadcast, 2);
+        let (fwd, mut fwd_rx) = edge(Partition::Forward, 1);
+        let (reb, mut reb_rx) = edge(Partition::Rebalance, 2);
+        let (hash, mut hash_rx) = edge(Partition::Hash, 3);
+        let (bc, mut bc_rx) = edge(Partition::Broadcast, 2);
         let mut router = Router::new("up".into(), vec![fwd, reb, hash, bc], 4, 128);
         let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
         let mut batch = BatchWriter::default();
         for k in &keys {
             batch.push(Some(k.as_bytes()), b"v", None);
         }
-        assert_eq!(router.route(batch.as_bytes()).ok(), Some(10));
+        assert_eq!(block_on(router.route(batch.as_bytes())).ok(), Some(10));
         // Full batches left before the flush.
         assert_eq!(fwd_rx[0].len(), 2);
-        assert!(router.broadcast(|| Element::EndOfInput).is_ok());
+        assert!(block_on(router.broadcast(|| Element::EndOfInput)).is_ok());
 
-        assert_eq!(drain(&fwd_rx[0]), keys);
-        let (r0, r1) = (drain(&reb_rx[0]), drain(&reb_rx[1]));
+        assert_eq!(drain(&mut fwd_rx[0]), keys);
+        let (r0, r1) = (drain(&mut reb_rx[0]), drain(&mut reb_rx[1]));
         assert_eq!((r0.len(), r1.len()), (5, 5), "round robin");
         let mut hashed = 0;
-        for (j, rx) in hash_rx.iter().enumerate() {
+        for (j, rx) in hash_rx.iter_mut().enumerate() {
             for k in drain(rx) {
                 hashed += 1;
                 let kg = key_group_of(k.as_bytes(), 128);
@@ -277,8 +287,8 @@ mod tests {
             }
         }
         assert_eq!(hashed, 10);
-        assert_eq!(drain(&bc_rx[0]), keys);
-        assert_eq!(drain(&bc_rx[1]), keys);
+        assert_eq!(drain(&mut bc_rx[0]), keys);
+        assert_eq!(drain(&mut bc_rx[1]), keys);
     }
 
     #[test]
@@ -287,7 +297,7 @@ mod tests {
         let mut router = Router::new("up".into(), vec![hash], 4, 128);
         let mut batch = BatchWriter::default();
         batch.push(None, b"v", None);
-        match router.route(batch.as_bytes()) {
+        match block_on(router.route(batch.as_bytes())) {
             Err(Exit::Failed(Error::BadRecord { uid, .. })) => assert_eq!(uid, "up"),
             _ => panic!("expected a bad record"),
         }

@@ -1,5 +1,8 @@
-//! One subtask: a source, an operator (Wasm or native) or a sink, run on
-//! its own thread until its input ends, the job is cancelled, or it fails.
+//! One subtask: a source, an operator (Wasm or native) or a sink, run as
+//! a task on the job's workers until its input ends, the job is
+//! cancelled, or it fails. It waits (for input, for room downstream, for
+//! a control message) without holding a worker; plugin calls run on the
+//! worker to their end.
 //!
 //! Checkpoints, as a subtask sees them:
 //! - a source gets a trigger on its control channel between two batches,
@@ -23,13 +26,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use weir_format::BatchWriter;
 
 use super::checkpointing::{CoordinatorMsg, SyncTiming, Taken, Uploader};
 use super::gate::{GateEvent, GateMode, InputGate};
 use super::router::Router;
-use super::{CheckpointBarrier, Control, Element, Exit, TaskResult};
+use super::{
+    CheckpointBarrier, Control, ControlReceiver, ControlSender, Element, Exit, TaskResult,
+};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot, encode_key_groups};
 use crate::connectors::{
@@ -43,6 +48,31 @@ use crate::metrics::{JobMetrics, VertexMetrics};
 use crate::native::NativeOperator;
 use crate::plugin::{InstanceConfig, OperatorInstance, Plugin};
 use crate::state::{KeyedStateBackend, MemoryStateBackend};
+
+/// How long a subtask that always has work runs before it lets the other
+/// tasks on its worker have a turn.
+pub(crate) const SLICE: Duration = Duration::from_millis(2);
+
+/// A subtask's turn on its worker.
+struct Turn {
+    since: Instant,
+}
+
+impl Turn {
+    fn new() -> Self {
+        Turn {
+            since: Instant::now(),
+        }
+    }
+
+    /// Gives the worker up if the turn lasted a [`SLICE`].
+    async fn yield_if_due(&mut self) {
+        if self.since.elapsed() >= SLICE {
+            tokio::task::yield_now().await;
+            self.since = Instant::now();
+        }
+    }
+}
 
 /// A subtask's part in checkpoints and savepoints.
 pub(crate) struct TaskCheckpointing {
@@ -100,7 +130,7 @@ impl Task {
         &self.metrics.vertices[self.v_idx]
     }
 
-    pub(crate) fn run(mut self) -> TaskResult {
+    pub(crate) async fn run(mut self) -> TaskResult {
         let mut restored = self.restored.take().unwrap_or_default();
         self.gate.preload(std::mem::take(&mut restored.in_flight))?;
         match self.vertex.kind.clone() {
@@ -112,11 +142,12 @@ impl Task {
             {
                 // It had ended before the snapshot: it stays ended.
                 self.run_source(Box::new(FinishedSource::new(p.offset)))
+                    .await
             }
             VertexKind::FileSource { path } => {
                 let offset = restored.source_offset.unwrap_or(0);
                 let source = FileSource::open(&self.vertex.uid, &path, offset)?;
-                self.run_source(Box::new(source))
+                self.run_source(Box::new(source)).await
             }
             VertexKind::Datagen(spec) => {
                 let p = self.vertex.parallelism;
@@ -124,17 +155,18 @@ impl Task {
                     Some(at) => DatagenSource::resume(&spec, self.subtask, p, at),
                     None => DatagenSource::new(&spec, self.subtask, p),
                 };
-                self.run_source(Box::new(source))
+                self.run_source(Box::new(source)).await
             }
             VertexKind::StdoutSink => {
                 self.run_sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
+                    .await
             }
             VertexKind::FileSink { dir } => {
                 let sink =
                     FileSink::open(&self.vertex.uid, &dir, self.subtask, restored.sink.as_ref())?;
-                self.run_sink(Box::new(sink))
+                self.run_sink(Box::new(sink)).await
             }
-            VertexKind::BlackholeSink => self.run_sink(Box::new(BlackholeSink)),
+            VertexKind::BlackholeSink => self.run_sink(Box::new(BlackholeSink)).await,
             VertexKind::Operator { config, limits, .. } => {
                 let plugin = self
                     .plugin
@@ -152,7 +184,7 @@ impl Task {
                     attempt_number: self.attempt_number,
                     restored_types: std::mem::take(&mut self.restored_types),
                 })?;
-                self.run_operator(Logic::Wasm(Box::new(instance)))
+                self.run_operator(Logic::Wasm(Box::new(instance))).await
             }
             VertexKind::Native(factory) => {
                 let logic = Logic::Native {
@@ -160,7 +192,7 @@ impl Task {
                     state: self.state_backend(restored.keyed)?,
                     out: BatchWriter::default(),
                 };
-                self.run_operator(logic)
+                self.run_operator(logic).await
             }
         }
     }
@@ -190,7 +222,7 @@ impl Task {
     /// `sync` excludes waiting to send the barrier (backpressure); an
     /// unaligned barrier already went out on the priority lanes when the
     /// snapshot began, only its in-band copy is left to send.
-    fn snapshot_taken(
+    async fn snapshot_taken(
         &mut self,
         barrier: CheckpointBarrier,
         snapshot: Taken,
@@ -198,7 +230,7 @@ impl Task {
         alignment: Duration,
         unaligned: bool,
     ) -> TaskResult {
-        self.router.broadcast(|| Element::Barrier(barrier))?;
+        self.router.broadcast(|| Element::Barrier(barrier)).await?;
         if unaligned {
             self.awaiting_in_flight = Some((barrier, snapshot, sync));
         } else {
@@ -256,34 +288,43 @@ impl Task {
 
     // ---- sources ----
 
-    fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
-        let control = self.gate.control().clone();
+    async fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
         let mut batch = BatchWriter::default();
         // Restored as ended: it ended before the snapshot, and so did
         // whatever ended with it downstream.
         let restored = source.position().finished;
+        let mut turn = Turn::new();
         'produce: loop {
             if restored {
                 break;
             }
-            while let Ok(c) = control.try_recv() {
-                match self.source_control(c, source.as_ref())? {
+            turn.yield_if_due().await;
+            while let Ok(c) = self.gate.control().try_recv() {
+                match self.source_control(c, source.as_mut()).await? {
                     SourceStep::Go => {}
                     SourceStep::Drain => break 'produce,
-                    SourceStep::Stopped => return self.router.broadcast(|| Element::EndOfInput),
+                    SourceStep::Stopped => {
+                        return self.router.broadcast(|| Element::EndOfInput).await;
+                    }
                 }
             }
+            let pause = source.pause(self.batch_size);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
             let more = source.next_batch(&mut batch, self.batch_size)?;
-            let n = self.router.route(batch.as_bytes())?;
+            let n = self.router.route(batch.as_bytes()).await?;
             batch.clear();
             self.counters().records_out.fetch_add(n, Ordering::Relaxed);
-            self.router.flush()?;
+            self.router.flush().await?;
             if !more {
                 break;
             }
         }
-        let source: Box<dyn Source> = Box::new(FinishedSource::new(source.offset()));
-        self.router.broadcast(|| Element::EndOfData { restored })?;
+        let mut source: Box<dyn Source> = Box::new(FinishedSource::new(source.offset()));
+        self.router
+            .broadcast(|| Element::EndOfData { restored })
+            .await?;
         let c = &self.checkpointing;
         let _ = c
             .coordinator
@@ -294,26 +335,31 @@ impl Task {
         // one, once every source ended.
         let mut final_id = None;
         loop {
-            let msg = control.recv().map_err(|_| Exit::Cancelled)?;
+            let msg = self.gate.control().recv().await.ok_or(Exit::Cancelled)?;
             match msg {
                 Control::Complete(id) if final_id.is_some_and(|f| id >= f) => {
-                    return self.router.broadcast(|| Element::EndOfInput);
+                    return self.router.broadcast(|| Element::EndOfInput).await;
                 }
-                Control::EndInput => return self.router.broadcast(|| Element::EndOfInput),
+                Control::EndInput => return self.router.broadcast(|| Element::EndOfInput).await,
                 Control::Trigger(b) if b.is_final => {
                     final_id = Some(b.id);
-                    self.source_control(msg, source.as_ref())?;
+                    self.source_control(msg, source.as_mut()).await?;
                 }
                 other => {
-                    if let SourceStep::Stopped = self.source_control(other, source.as_ref())? {
-                        return self.router.broadcast(|| Element::EndOfInput);
+                    if let SourceStep::Stopped = self.source_control(other, source.as_mut()).await?
+                    {
+                        return self.router.broadcast(|| Element::EndOfInput).await;
                     }
                 }
             }
         }
     }
 
-    fn source_control(&mut self, c: Control, source: &dyn Source) -> Result<SourceStep, Exit> {
+    async fn source_control(
+        &mut self,
+        c: Control,
+        source: &mut dyn Source,
+    ) -> Result<SourceStep, Exit> {
         match c {
             Control::Trigger(barrier) => {
                 let started = Instant::now();
@@ -323,10 +369,10 @@ impl Task {
                 });
                 let sync = started.elapsed();
                 let unaligned = self.gate.mode() == GateMode::Unaligned && !barrier.savepoint;
-                self.router.barrier(barrier, unaligned)?;
+                self.router.barrier(barrier, unaligned).await?;
                 self.acknowledge(barrier, snapshot, sync, Duration::ZERO);
                 if barrier.stop {
-                    return self.suspended(barrier.id, source);
+                    return Box::pin(self.suspended(barrier.id, source)).await;
                 }
                 Ok(SourceStep::Go)
             }
@@ -341,13 +387,16 @@ impl Task {
 
     /// After a stop-with-savepoint barrier: sends nothing until savepoint
     /// `id` completed (then the source ends) or was aborted (it resumes).
-    fn suspended(&mut self, id: CheckpointId, source: &dyn Source) -> Result<SourceStep, Exit> {
-        let control = self.gate.control().clone();
+    async fn suspended(
+        &mut self,
+        id: CheckpointId,
+        source: &mut dyn Source,
+    ) -> Result<SourceStep, Exit> {
         loop {
-            match control.recv().map_err(|_| Exit::Cancelled)? {
+            match self.gate.control().recv().await.ok_or(Exit::Cancelled)? {
                 Control::Complete(done) if done >= id => return Ok(SourceStep::Stopped),
                 Control::Abort(aborted) if aborted == id => return Ok(SourceStep::Go),
-                other => match self.source_control(other, source)? {
+                other => match Box::pin(self.source_control(other, source)).await? {
                     SourceStep::Go => {}
                     step => return Ok(step),
                 },
@@ -357,10 +406,12 @@ impl Task {
 
     // ---- sinks ----
 
-    fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
+    async fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
         let mut ending = SinkEnding::default();
+        let mut turn = Turn::new();
         loop {
-            match self.gate.next()? {
+            turn.yield_if_due().await;
+            match self.gate.next().await? {
                 GateEvent::Records(data, len) => {
                     self.counters()
                         .records_in
@@ -382,7 +433,8 @@ impl Task {
                     });
                     let sync = started.elapsed();
                     ending.barrier(barrier);
-                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
+                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)
+                        .await?;
                 }
                 GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
@@ -399,7 +451,7 @@ impl Task {
                         ending.control(c, sink.as_mut())?;
                     }
                     while !ending.committed() {
-                        let c = self.gate.control().recv().map_err(|_| Exit::Cancelled)?;
+                        let c = self.gate.control().recv().await.ok_or(Exit::Cancelled)?;
                         ending.control(c, sink.as_mut())?;
                     }
                     if ending.stopped.is_some() {
@@ -418,15 +470,24 @@ impl Task {
 
     // ---- operators ----
 
-    fn run_operator(&mut self, mut logic: Logic) -> TaskResult {
+    async fn run_operator(&mut self, mut logic: Logic) -> TaskResult {
+        let mut turn = Turn::new();
         loop {
-            match self.gate.next()? {
+            turn.yield_if_due().await;
+            match self.gate.next().await? {
                 GateEvent::Records(data, len) => {
                     self.counters()
                         .records_in
                         .fetch_add(len as u64, Ordering::Relaxed);
                     match &mut logic {
-                        Logic::Wasm(instance) => instance.process(&data)?,
+                        Logic::Wasm(instance) => {
+                            // Over its CPU share: wait here, off the worker.
+                            let wait = instance.cpu_wait();
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            instance.process(&data)?;
+                        }
                         Logic::Native { op, state, out } => {
                             op.process(&data, state.as_mut(), self.max_parallelism, out)
                                 .map_err(|message| Error::BadRecord {
@@ -435,7 +496,7 @@ impl Task {
                                 })?;
                         }
                     }
-                    self.emit(&mut logic)?;
+                    self.emit(&mut logic).await?;
                 }
                 GateEvent::Barrier {
                     barrier,
@@ -492,8 +553,9 @@ impl Task {
                     };
                     let sync = started.elapsed();
                     // What the snapshot hook emitted precedes the barrier.
-                    self.emit(&mut logic)?;
-                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)?;
+                    self.emit(&mut logic).await?;
+                    self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)
+                        .await?;
                 }
                 GateEvent::InFlight { id, channels } => self.in_flight(id, channels),
                 GateEvent::Abandoned(id) => {
@@ -503,7 +565,8 @@ impl Task {
                 // its output is in the snapshot's committed past.
                 GateEvent::EndOfData { restored: true } => {
                     self.router
-                        .broadcast(|| Element::EndOfData { restored: true })?;
+                        .broadcast(|| Element::EndOfData { restored: true })
+                        .await?;
                 }
                 GateEvent::EndOfData { restored: false } => {
                     if let Logic::Wasm(instance) = &mut logic {
@@ -515,14 +578,15 @@ impl Task {
                             instance.state().len()
                         );
                     }
-                    self.emit(&mut logic)?;
+                    self.emit(&mut logic).await?;
                     self.router
-                        .broadcast(|| Element::EndOfData { restored: false })?;
+                        .broadcast(|| Element::EndOfData { restored: false })
+                        .await?;
                 }
                 GateEvent::Control(Control::Complete(id)) => {
                     if let Logic::Wasm(instance) = &mut logic {
                         instance.on_checkpoint_complete(id.0)?;
-                        self.emit(&mut logic)?;
+                        self.emit(&mut logic).await?;
                     }
                 }
                 GateEvent::Control(Control::Cancel) => return Err(Exit::Cancelled),
@@ -539,28 +603,28 @@ impl Task {
                     | Control::Drain
                     | Control::EndInput,
                 ) => {}
-                GateEvent::End => return self.router.broadcast(|| Element::EndOfInput),
+                GateEvent::End => return self.router.broadcast(|| Element::EndOfInput).await,
             }
         }
     }
 
     /// Routes what the logic emitted during the last call.
-    fn emit(&mut self, logic: &mut Logic) -> TaskResult {
+    async fn emit(&mut self, logic: &mut Logic) -> TaskResult {
         let n = match logic {
             Logic::Wasm(instance) => {
                 let out = instance.output();
-                let n = self.router.route(out)?;
+                let n = self.router.route(out).await?;
                 out.clear();
                 n
             }
             Logic::Native { out, .. } => {
-                let n = self.router.route(out.as_bytes())?;
+                let n = self.router.route(out.as_bytes()).await?;
                 out.clear();
                 n
             }
         };
         self.counters().records_out.fetch_add(n, Ordering::Relaxed);
-        self.router.flush()
+        self.router.flush().await
     }
 }
 
@@ -616,6 +680,6 @@ impl SinkEnding {
 }
 
 /// The control channel of a subtask, for the runtime to keep its sender.
-pub(crate) fn control_channel() -> (Sender<Control>, Receiver<Control>) {
-    crossbeam_channel::unbounded()
+pub(crate) fn control_channel() -> (ControlSender, ControlReceiver) {
+    tokio::sync::mpsc::unbounded_channel()
 }

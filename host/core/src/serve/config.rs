@@ -35,6 +35,7 @@ struct HostFile {
     storage: Option<String>,
     max_plugin_mb: Option<u64>,
     max_subtasks: Option<u32>,
+    workers: Option<usize>,
     fair_cpu: Option<bool>,
     #[serde(default)]
     admin_tokens: Vec<String>,
@@ -195,6 +196,8 @@ pub struct HostConfig {
     /// submission is refused (503) before the process runs out of threads
     /// or memory mappings.
     pub max_subtasks: u32,
+    /// Worker threads every job's subtasks run on (0: one per core).
+    pub workers: usize,
     /// SHA-256 of each admin token (every tenant's metrics, and nothing
     /// else).
     pub admin_token_hashes: Vec<[u8; 32]>,
@@ -400,6 +403,7 @@ impl HostConfig {
             max_plugin_bytes: max_plugin_mb << 20,
             fair_cpu: file.fair_cpu.unwrap_or(true),
             max_subtasks: file.max_subtasks.unwrap_or_else(default_max_subtasks),
+            workers: file.workers.unwrap_or(0),
             admin_token_hashes,
             tenants,
         })

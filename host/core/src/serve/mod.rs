@@ -47,7 +47,7 @@ use crate::error::{Error, Problem};
 use crate::job::JobGraph;
 use crate::metrics::JobMetrics;
 use crate::plugin::{CpuGroup, CpuScheduler, MemoryPool, PluginEngine};
-use crate::runtime::{self, JobControl, JobId, JobState, Restore, RunOptions};
+use crate::runtime::{self, JobControl, JobId, JobState, Restore, RunOptions, Workers};
 use crate::savepoint::ClaimMode;
 
 pub use api::ServeApi;
@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     config: RwLock<Arc<HostConfig>>,
     engine: Arc<PluginEngine>,
     io: tokio::runtime::Handle,
+    /// The workers every job's subtasks run on.
+    workers: Workers,
     storages: Storages,
     root: CheckpointStorage,
     /// The machine's CPU, shared fairly between busy tenants.
@@ -172,7 +174,8 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    /// Starts a host with `config` on the runtime `io`: opens the storage
+    /// Starts a host with `config` on the runtime `io`, its jobs' subtasks
+    /// on `workers`: opens the storage
     /// root, sets up the tenants and resumes every job the registry says
     /// was running (from its latest completed checkpoint).
     ///
@@ -183,6 +186,7 @@ impl Host {
         config: HostConfig,
         engine: Arc<PluginEngine>,
         io: tokio::runtime::Handle,
+        workers: Workers,
     ) -> Result<Self, Error> {
         let storages = Storages::new(&config.data_dir, s3_config(&config));
         std::fs::create_dir_all(config.data_dir.join("plugins")).map_err(|e| {
@@ -200,6 +204,7 @@ impl Host {
                 config: RwLock::new(Arc::new(config)),
                 engine,
                 io,
+                workers,
                 storages,
                 root,
                 cpu: CpuScheduler::for_this_machine(),
@@ -824,6 +829,7 @@ impl Inner {
             storages: Some(self.storages.relative_to(&tenant.files)),
             storage: Some(storage),
             io: Some(self.io.clone()),
+            workers: Some(self.workers.clone()),
             control: Some(control.clone()),
             claim_mode,
             allow_non_restored: record.allow_non_restored,
