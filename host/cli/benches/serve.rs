@@ -54,11 +54,16 @@ impl Drop for Host {
 impl Host {
     /// A host with tenants `bench` (quotas `quota`) and `busy`.
     fn start(fair_cpu: bool, quota: &str) -> Result<Self> {
+        Self::start_with(fair_cpu, quota, "")
+    }
+
+    /// As [`Host::start`], with more host settings (`extra`, TOML).
+    fn start_with(fair_cpu: bool, quota: &str, extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (token, hash) = weir_host::serve::config::new_token();
         let (busy_token, busy_hash) = weir_host::serve::config::new_token();
         let config = format!(
-            "address = \"127.0.0.1:0\"\nfair_cpu = {fair_cpu}\n\
+            "address = \"127.0.0.1:0\"\nfair_cpu = {fair_cpu}\n{extra}\n\
              [[tenants]]\nname = \"bench\"\ntokens = [\"{hash}\"]\n[tenants.quota]\n{quota}\n\
              [[tenants]]\nname = \"busy\"\ntokens = [\"{busy_hash}\"]\n[tenants.quota]\n{quota}\n"
         );
@@ -177,6 +182,13 @@ impl Host {
     }
 
     /// A field of the host's /proc status, in MiB (or a count).
+    /// The host's memory mappings (the kernel's `vm.max_map_count` bounds
+    /// them).
+    fn mappings(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))
+            .map_or(0, |m| m.lines().count())
+    }
+
     fn status(&self, field: &str) -> f64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -237,7 +249,8 @@ const BIG_QUOTA: &str = "running_jobs = 100000\nsubtasks = 1000000\nmemory_mb = 
                          instance_memory_mb = 1024\nstate_mb = 4096";
 
 fn density(jobs: usize) -> Result<()> {
-    let host = Host::start(true, BIG_QUOTA)?;
+    // The host's own limit is what is measured here, not enforced.
+    let host = Host::start_with(true, BIG_QUOTA, "max_subtasks = 1000000")?;
     let token = host.token.clone();
     let plugin = host.upload(&token, weir_test_plugins::TOKENIZE)?;
     let before = host.status("VmRSS:");
@@ -262,6 +275,7 @@ fn density(jobs: usize) -> Result<()> {
     std::thread::sleep(Duration::from_secs(12));
     let rss = host.status("VmRSS:");
     let threads = host.status("Threads:");
+    let maps = host.mappings();
     let mut one = Vec::new();
     for i in 0..1000 {
         let id = &ids[(i * 7919) % ids.len()];
@@ -278,7 +292,7 @@ fn density(jobs: usize) -> Result<()> {
     }
     list.sort();
     println!(
-        "| {jobs} | {:.1} ms | {rss:.0} MiB | {:.2} MiB | {threads:.0} | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
+        "| {jobs} | {:.1} ms | {rss:.0} MiB | {:.2} MiB | {threads:.0} | {maps} | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
         ms(submitted) / jobs as f64,
         (rss - before) / jobs as f64,
         ms(percentile(&one, 0.5)),
@@ -480,9 +494,9 @@ fn main() -> Result<()> {
     if want("density") {
         println!("\n### Idle jobs on one host\n");
         println!(
-            "| jobs | submit each | host RSS | per job | threads | GET job p50 / p99 | GET list p50 / p99 |"
+            "| jobs | submit each | host RSS | per job | threads | mappings | GET job p50 / p99 | GET list p50 / p99 |"
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for n in jobs.split(',') {
             density(n.trim().parse().context("WEIR_BENCH_JOBS")?)?;
         }

@@ -18,7 +18,7 @@ pub use self::sandbox::{JobMemory, MemoryPool};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -68,12 +68,23 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     cache: Option<cache::Cache>,
+    /// Plugins loaded and still in use, by the SHA-256 of their bytes:
+    /// every job running the same plugin shares its compiled code (one
+    /// copy in memory and in the process's memory mappings), which lives
+    /// as long as one of them does.
+    loaded: Mutex<HashMap<[u8; 32], Weak<Linked>>>,
+}
+
+/// A plugin's compiled code, linked: what every job running it shares.
+struct Linked {
+    pre: bindings::StreamOperatorPre<InstanceState>,
 }
 
 /// How a plugin was obtained, for benchmarks and logs.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadStats {
-    /// Whether the compiled code came from the on-disk cache.
+    /// Whether the compiled code was not compiled now: it came from the
+    /// on-disk cache, or from a job already running the same plugin.
     pub from_cache: bool,
     /// Time to compile or deserialize, and pre-instantiate.
     pub elapsed: Duration,
@@ -83,7 +94,7 @@ pub struct LoadStats {
 #[derive(Clone)]
 pub struct Plugin {
     path: PathBuf,
-    pre: bindings::StreamOperatorPre<InstanceState>,
+    linked: Arc<Linked>,
     job_memory: JobMemory,
     cpu: Option<CpuGroup>,
     /// How it was loaded.
@@ -152,6 +163,7 @@ impl PluginEngine {
             engine,
             linker,
             cache,
+            loaded: Mutex::default(),
         })
     }
 
@@ -170,19 +182,35 @@ impl PluginEngine {
         };
         let started = Instant::now();
         let bytes = read_plugin_file(path).map_err(fail)?;
-        check_component_header(&bytes).map_err(fail)?;
-        let (component, from_cache) = self
-            .compile_cached(&bytes)
-            .map_err(|e| fail(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| fail(format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)")))?;
-        let pre = bindings::StreamOperatorPre::new(pre)
-            .map_err(|e| fail(format!("does not implement {WORLD}: {e:#}")))?;
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let shared = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .and_then(Weak::upgrade);
+        let (linked, from_cache) = match shared {
+            Some(linked) => (linked, true),
+            None => {
+                check_component_header(&bytes).map_err(fail)?;
+                let (component, from_cache) = self
+                    .compile_cached(&bytes)
+                    .map_err(|e| fail(format!("{e:#}")))?;
+                let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+                    fail(format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)"))
+                })?;
+                let pre = bindings::StreamOperatorPre::new(pre)
+                    .map_err(|e| fail(format!("does not implement {WORLD}: {e:#}")))?;
+                let linked = Arc::new(Linked { pre });
+                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.retain(|_, l| l.strong_count() > 0);
+                loaded.insert(hash, Arc::downgrade(&linked));
+                (linked, from_cache)
+            }
+        };
         Ok(Plugin {
             path: path.to_owned(),
-            pre,
+            linked,
             job_memory: JobMemory::new(),
             cpu: None,
             stats: LoadStats {
@@ -472,7 +500,7 @@ impl Plugin {
         let log = LogMeter::new(cfg.limits.log_bytes_per_call);
         let stdout = GuestOutput::new(tag.clone(), Stream::Stdout, log.clone());
         let stderr = GuestOutput::new(tag.clone(), Stream::Stderr, log.clone());
-        let engine = self.pre.engine();
+        let engine = self.linked.pre.engine();
         let mut share = MemoryShare::new(self.job_memory.clone(), cfg.limits.job_memory_bytes);
         let restored = cfg.state.approx_bytes();
         let fail = |hook: &'static str, hit: LimitHit| Error::LimitExceeded {
@@ -524,7 +552,7 @@ impl Plugin {
         }
         let mut instance = OperatorInstance {
             bindings: instantiate_into(
-                &self.pre,
+                &self.linked.pre,
                 &mut store,
                 &cfg.uid,
                 &self.path,
@@ -1242,6 +1270,9 @@ mod tests {
         let plugin = engine.load("count", wasm).unwrap();
         assert!(!plugin.stats.from_cache);
         assert!(engine.load("count", wasm).unwrap().stats.from_cache);
+        // Another job loading a plugin in use shares its compiled code.
+        let again = engine.load("other", wasm).unwrap();
+        assert!(Arc::ptr_eq(&plugin.linked, &again.linked));
 
         // And the recompiled plugin runs: word count over one batch.
         let mut instance = plugin

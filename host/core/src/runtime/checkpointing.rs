@@ -1,4 +1,5 @@
-//! The runtime's side of checkpoints: the coordinator thread that carries
+//! The runtime's side of checkpoints: the coordinator (on the job's run
+//! thread, while its subtasks run) that carries
 //! out the [`CheckpointCoordinator`]'s decisions (trigger sources, commit
 //! `_metadata`, notify, abort, subsume), the uploader that stores subtask
 //! snapshots in the background, and finding and loading the checkpoint a
@@ -291,7 +292,7 @@ fn encode_canonical(taken: Taken) -> (Vec<u8>, Vec<sp::WrittenSection>) {
 /// Which subtask a task index is: `(vertex index, subtask)`.
 pub(crate) type TaskAddress = (usize, u32);
 
-/// Everything the coordinator thread needs.
+/// Everything the coordinator needs.
 pub(crate) struct CoordinatorSetup {
     pub config: CheckpointConfig,
     pub graph: Arc<JobGraph>,

@@ -15,9 +15,10 @@
 //! (`gate`), which aligns barriers. Each subtask also has a control
 //! channel from the job: checkpoint triggers (sources), completions, cancel.
 //!
-//! With checkpoints on, a coordinator thread (`checkpointing`) triggers
-//! them and commits their metadata, and a small tokio runtime stores
-//! snapshots, so neither storage nor the coordinator ever blocks a subtask.
+//! While the subtasks run, the job's own thread coordinates checkpoints
+//! (`checkpointing`): it triggers them and commits their metadata, and the
+//! I/O runtime stores snapshots, so neither storage nor the coordinator
+//! ever blocks a subtask.
 //!
 //! Failure: the first subtask to fail records the error and the job
 //! cancels every subtask; the job then restarts from its latest completed
@@ -844,6 +845,7 @@ impl Attempt<'_> {
             (CheckpointingMode::ExactlyOnce, true) => GateMode::Unaligned,
         };
         let mut control_rx = control_rx.into_iter();
+        let opened = task::Opened::for_subtasks(control_rx.len());
         for (v_idx, vertex) in graph.vertices.iter().enumerate() {
             for subtask in 0..vertex.parallelism {
                 let index = addresses.len();
@@ -882,6 +884,7 @@ impl Attempt<'_> {
                     restored: snapshots.pop(),
                     restored_types: types.remove(&vertex.uid).unwrap_or_default(),
                     awaiting_in_flight: None,
+                    opened: opened(),
                 });
             }
         }
@@ -925,10 +928,6 @@ impl Attempt<'_> {
             savepoints,
             claimed: self.claimed.clone(),
         };
-        let coordinator = std::thread::Builder::new()
-            .name("checkpoint-coordinator".into())
-            .spawn(move || checkpointing::coordinate(setup))
-            .map_err(|e| Error::Internal(format!("spawning the coordinator thread: {e}")))?;
         let mut handles = Vec::new();
         for task in tasks {
             let failure = failure.clone();
@@ -948,7 +947,7 @@ impl Attempt<'_> {
             handles.push((name, handle));
         }
         // Cancelling: the control handle stops the subtasks itself; a bare
-        // flag (an embedder's) is watched while they run.
+        // flag (an embedder's) is polled while they run.
         let attempt_done = Arc::new(AtomicBool::new(false));
         if let Some(control) = &self.control {
             let controls = controls.clone();
@@ -958,46 +957,56 @@ impl Attempt<'_> {
                 }
             })));
         }
-        let watcher = self
-            .cancel
-            .clone()
-            .filter(|_| self.control.is_none())
-            .map(|cancel| {
-                let (done, controls) = (attempt_done.clone(), controls.clone());
-                std::thread::spawn(move || {
-                    while !done.load(Ordering::Relaxed) {
-                        if cancel.load(Ordering::Relaxed) {
-                            for c in controls.iter() {
-                                let _ = c.send(Control::Cancel);
-                            }
-                            return;
+        if let Some(cancel) = self.cancel.clone().filter(|_| self.control.is_none()) {
+            let (done, controls) = (attempt_done.clone(), controls.clone());
+            self.io.spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) {
+                        for c in controls.iter() {
+                            let _ = c.send(Control::Cancel);
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        return;
                     }
-                })
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             });
-        let panicked = self.io.block_on(async {
-            let mut panicked = None;
-            for (name, h) in handles {
-                if h.await.is_err() {
-                    panicked.get_or_insert(name);
-                    for c in controls.iter() {
-                        let _ = c.send(Control::Cancel);
+        }
+        // Once every subtask ended, the coordinator is told to stop.
+        let joined = {
+            let controls = controls.clone();
+            self.io.spawn(async move {
+                let mut panicked = None;
+                for (name, h) in handles {
+                    if h.await.is_err() {
+                        panicked.get_or_insert(name);
+                        for c in controls.iter() {
+                            let _ = c.send(Control::Cancel);
+                        }
                     }
                 }
+                let _ = shutdown.send(CoordinatorMsg::Shutdown);
+                panicked
+            })
+        };
+        // The coordinator runs on this thread, which has nothing else to
+        // do until the subtasks end: a job costs one thread, not two.
+        let coordinated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            checkpointing::coordinate(setup)
+        }));
+        if coordinated.is_err() {
+            for c in controls.iter() {
+                let _ = c.send(Control::Cancel);
             }
-            panicked
-        });
-        attempt_done.store(true, Ordering::Relaxed);
-        if let Some(w) = watcher {
-            let _ = w.join();
         }
+        let panicked = self
+            .io
+            .block_on(joined)
+            .map_err(|e| Error::Internal(format!("waiting for the subtasks: {e}")))?;
+        attempt_done.store(true, Ordering::Relaxed);
         if let Some(control) = &self.control {
             control.set_canceller(None);
         }
-        let _ = shutdown.send(CoordinatorMsg::Shutdown);
-        let latest = coordinator
-            .join()
+        let latest = coordinated
             .map_err(|_| Error::Internal("the checkpoint coordinator panicked".into()))?;
         let failed = failure
             .lock()

@@ -74,6 +74,49 @@ impl Turn {
     }
 }
 
+/// The job's subtasks starting together: each opens its source, sink or
+/// plugin instance, then waits until every one has (or failed to), so
+/// every instance of the job exists at once before any record flows —
+/// as each had its own thread — and its memory counts together against
+/// the job's and the tenant's budgets.
+pub(crate) struct Opened {
+    left: Arc<tokio::sync::watch::Sender<usize>>,
+    arrived: bool,
+}
+
+impl Opened {
+    /// One handle per subtask, for `subtasks` subtasks.
+    pub(crate) fn for_subtasks(subtasks: usize) -> impl Fn() -> Opened {
+        let left = Arc::new(tokio::sync::watch::Sender::new(subtasks));
+        move || Opened {
+            left: left.clone(),
+            arrived: false,
+        }
+    }
+
+    fn arrive(&mut self) {
+        if !std::mem::replace(&mut self.arrived, true) {
+            self.left.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+
+    /// This subtask is open: waits for the others.
+    async fn all(&mut self) {
+        self.arrive();
+        let mut left = self.left.subscribe();
+        // The sender lives in `self`: the wait cannot fail.
+        let _ = left.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for Opened {
+    /// A subtask that failed to open counts as arrived: the others go on
+    /// and find the job cancelled.
+    fn drop(&mut self) {
+        self.arrive();
+    }
+}
+
 /// A subtask's part in checkpoints and savepoints.
 pub(crate) struct TaskCheckpointing {
     /// This subtask's index among all the job's subtasks.
@@ -113,6 +156,8 @@ pub(crate) struct Task {
     /// An unaligned checkpoint's snapshot waiting for its in-flight
     /// records: the barrier, the snapshot, its sync time.
     pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
+    /// Waits for the job's other subtasks to open.
+    pub opened: Opened,
 }
 
 /// The operator logic a subtask runs.
@@ -289,6 +334,7 @@ impl Task {
     // ---- sources ----
 
     async fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
+        self.opened.all().await;
         let mut batch = BatchWriter::default();
         // Restored as ended: it ended before the snapshot, and so did
         // whatever ended with it downstream.
@@ -407,6 +453,7 @@ impl Task {
     // ---- sinks ----
 
     async fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
+        self.opened.all().await;
         let mut ending = SinkEnding::default();
         let mut turn = Turn::new();
         loop {
@@ -471,6 +518,7 @@ impl Task {
     // ---- operators ----
 
     async fn run_operator(&mut self, mut logic: Logic) -> TaskResult {
+        self.opened.all().await;
         let mut turn = Turn::new();
         loop {
             turn.yield_if_due().await;
