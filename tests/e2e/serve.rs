@@ -39,10 +39,15 @@ impl Serve {
     /// A host in `dir` (config, data and storage all there), with `extra`
     /// appended to each tenant's table (quotas).
     pub(super) fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_with(dir, "", extra)
+    }
+
+    /// As [`Serve::start`], with `host` among the host's settings.
+    pub(super) fn start_with(dir: &Path, host: &str, extra: &str) -> Self {
         let (a, a_hash) = weir_host::serve::config::new_token();
         let (g, g_hash) = weir_host::serve::config::new_token();
         let config = format!(
-            "address = \"127.0.0.1:0\"\nmax_plugin_mb = 32\n\
+            "address = \"127.0.0.1:0\"\nmax_plugin_mb = 32\n{host}\n\
              [[tenants]]\nname = \"acme\"\ntokens = [\"{a_hash}\"]\n{extra}\n\
              [[tenants]]\nname = \"globex\"\ntokens = [\"{g_hash}\"]\n{extra}\n"
         );
@@ -403,7 +408,12 @@ fn an_upgrade_in_place_changes_language_exactly_once_and_a_failing_one_rolls_bac
 #[test]
 fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Serve::start(dir.path(), "[tenants.quota]\nrunning_jobs = 1");
+    // Room for acme's job (3 plugin instances: 19 mappings), not for two.
+    let host = Serve::start_with(
+        dir.path(),
+        "max_mappings = 30",
+        "[tenants.quota]\nrunning_jobs = 1",
+    );
     // A job of acme's that runs until cancelled.
     let job = counts_job(dir.path(), "job.toml", plugins::WORD_COUNT, 50);
     let id = host.submit(&host.acme, &job);
@@ -564,6 +574,14 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
         answer.contains("not a plugin this tenant uploaded"),
         "{answer}"
     );
+    // Its own job does not fit the host beside acme's: 503, naming the
+    // limit, and nothing runs.
+    let o = host.weir(&host.globex, &["submit", job.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("503"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("max_mappings"), "{}", stderr(&o));
+    let (_, listed) = host.http("GET", "/v1/jobs", globex, b"");
+    assert!(!listed.contains("counts"), "{listed}");
     for restore in [location.as_str(), "../acme/savepoints/nightly", "/etc"] {
         let (status, answer) = submit(acme, &hashed, &format!(", \"restore\": \"{restore}\""));
         if restore == location {

@@ -54,16 +54,11 @@ impl Drop for Host {
 impl Host {
     /// A host with tenants `bench` (quotas `quota`) and `busy`.
     fn start(fair_cpu: bool, quota: &str) -> Result<Self> {
-        Self::start_with(fair_cpu, quota, "")
-    }
-
-    /// As [`Host::start`], with more host settings (`extra`, TOML).
-    fn start_with(fair_cpu: bool, quota: &str, extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (token, hash) = weir_host::serve::config::new_token();
         let (busy_token, busy_hash) = weir_host::serve::config::new_token();
         let config = format!(
-            "address = \"127.0.0.1:0\"\nfair_cpu = {fair_cpu}\n{extra}\n\
+            "address = \"127.0.0.1:0\"\nfair_cpu = {fair_cpu}\n\
              [[tenants]]\nname = \"bench\"\ntokens = [\"{hash}\"]\n[tenants.quota]\n{quota}\n\
              [[tenants]]\nname = \"busy\"\ntokens = [\"{busy_hash}\"]\n[tenants.quota]\n{quota}\n"
         );
@@ -249,8 +244,7 @@ const BIG_QUOTA: &str = "running_jobs = 100000\nsubtasks = 1000000\nmemory_mb = 
                          instance_memory_mb = 1024\nstate_mb = 4096";
 
 fn density(jobs: usize) -> Result<()> {
-    // The host's own limit is what is measured here, not enforced.
-    let host = Host::start_with(true, BIG_QUOTA, "max_subtasks = 1000000")?;
+    let host = Host::start(true, BIG_QUOTA)?;
     let token = host.token.clone();
     let plugin = host.upload(&token, weir_test_plugins::TOKENIZE)?;
     let before = host.status("VmRSS:");

@@ -35,6 +35,7 @@ struct HostFile {
     storage: Option<String>,
     max_plugin_mb: Option<u64>,
     max_subtasks: Option<u32>,
+    max_mappings: Option<u64>,
     workers: Option<usize>,
     fair_cpu: Option<bool>,
     #[serde(default)]
@@ -192,10 +193,13 @@ pub struct HostConfig {
     /// Whether busy tenants share the CPU by `cpu_share` (on by default;
     /// off leaves it to the kernel, thread by thread).
     pub fair_cpu: bool,
-    /// Subtasks the host runs at most, over every tenant: beyond, a
-    /// submission is refused (503) before the process runs out of threads
-    /// or memory mappings.
+    /// Subtasks the host runs at most, over every tenant (no limit by
+    /// default): beyond, a submission is refused (503).
     pub max_subtasks: u32,
+    /// Memory mappings the host's jobs may need at most (by default the
+    /// kernel's `vm.max_map_count` less room for the host itself): beyond,
+    /// a submission is refused (503) before the process runs out of them.
+    pub max_mappings: u64,
     /// Worker threads every job's subtasks run on (0: one per core).
     pub workers: usize,
     /// SHA-256 of each admin token (every tenant's metrics, and nothing
@@ -402,7 +406,8 @@ impl HostConfig {
             s3,
             max_plugin_bytes: max_plugin_mb << 20,
             fair_cpu: file.fair_cpu.unwrap_or(true),
-            max_subtasks: file.max_subtasks.unwrap_or_else(default_max_subtasks),
+            max_subtasks: file.max_subtasks.unwrap_or(u32::MAX),
+            max_mappings: file.max_mappings.unwrap_or_else(default_max_mappings),
             workers: file.workers.unwrap_or(0),
             admin_token_hashes,
             tenants,
@@ -424,23 +429,28 @@ impl HostConfig {
     }
 }
 
-/// Subtasks this machine can run at once, with room to spare: each costs
-/// a thread (a process id and two memory mappings: stack and guard page)
-/// and a plugin instance (about four mappings), and the host and its jobs
-/// need some more, so a twelfth of the mappings and a fifth of the process
-/// ids the kernel allows.
-pub fn default_max_subtasks() -> u32 {
-    let read = |path: &str, fallback: u64| {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(fallback)
-    };
-    let maps = read("/proc/sys/vm/max_map_count", 65_530) / 12;
-    let pids = read("/proc/sys/kernel/pid_max", 32_768)
-        .min(read("/proc/sys/kernel/threads-max", 32_768))
-        / 5;
-    u32::try_from(maps.min(pids).max(16)).unwrap_or(u32::MAX)
+/// Memory mappings a running job needs: its run thread's four (stack,
+/// guard page, signal stack and its guard page), measured.
+pub const JOB_MAPPINGS: u64 = 4;
+
+/// Memory mappings each plugin instance needs (its linear memory's
+/// reservation, its memory image, its instance data), measured: about 4.4
+/// per idle instance, rounded up for what a busy one adds.
+pub const INSTANCE_MAPPINGS: u64 = 5;
+
+/// The mappings a job of `instances` plugin instances needs.
+pub fn job_mappings(instances: u32) -> u64 {
+    JOB_MAPPINGS + INSTANCE_MAPPINGS * u64::from(instances)
+}
+
+/// The kernel's limit on a process's memory mappings, less 8,192 for the
+/// host itself (its runtimes, libraries, heap and compiled plugins).
+pub fn default_max_mappings() -> u64 {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65_530);
+    limit.saturating_sub(8_192).max(1_024)
 }
 
 /// Compares without stopping at the first difference.
@@ -527,6 +537,16 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/etc/weir/weir-data"));
         assert_eq!(c.storage, "/etc/weir/weir-data/storage");
         assert!(c.tenants.is_empty());
+        // Limited by the kernel's memory mappings, not a subtask count.
+        assert_eq!(c.max_subtasks, u32::MAX);
+        assert_eq!(c.max_mappings, default_max_mappings());
+        assert!(c.max_mappings >= 1_024);
+        assert_eq!(c.workers, 0, "one per core");
+        let c = parse("max_mappings = 30\nworkers = 3").unwrap();
+        assert_eq!((c.max_mappings, c.workers), (30, 3));
+        // A job of one plugin instance needs its thread's and the
+        // instance's mappings.
+        assert_eq!(job_mappings(1), JOB_MAPPINGS + INSTANCE_MAPPINGS);
     }
 
     #[test]

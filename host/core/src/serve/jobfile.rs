@@ -23,6 +23,8 @@ pub struct Confined {
     pub graph: JobGraph,
     /// Its subtasks, all vertices together.
     pub subtasks: u32,
+    /// Its plugin instances: the subtasks of its Wasm operators.
+    pub instances: u32,
 }
 
 /// The plugin hashes (64 hex digits) a job file names, in order, or the
@@ -149,12 +151,22 @@ pub fn confine(
     }
     let graph = job::build_graph(file, files)?;
     let subtasks = graph.vertices.iter().map(|v| v.parallelism).sum();
+    let instances = graph
+        .vertices
+        .iter()
+        .filter(|v| matches!(v.kind, VertexKind::Operator { .. }))
+        .map(|v| v.parallelism)
+        .sum();
     debug_assert!(graph.vertices.iter().all(|v| match &v.kind {
         VertexKind::FileSource { path } => path.starts_with(files),
         VertexKind::FileSink { dir } => dir.starts_with(files),
         _ => true,
     }));
-    Ok(Confined { graph, subtasks })
+    Ok(Confined {
+        graph,
+        subtasks,
+        instances,
+    })
 }
 
 fn parse(text: &str) -> Result<JobFile, Vec<Problem>> {

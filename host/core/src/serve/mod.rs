@@ -105,6 +105,8 @@ pub(crate) struct HostedJob {
     control: Mutex<JobControl>,
     metrics: Mutex<Arc<JobMetrics>>,
     subtasks: u32,
+    /// Its plugin instances.
+    instances: u32,
     /// Set when the current run's thread has returned.
     ended: Arc<tokio::sync::Notify>,
     /// The current run's fence: set, the run ends touching nothing in
@@ -544,6 +546,7 @@ impl Inner {
             control: Mutex::new(control),
             metrics: Mutex::new(Arc::new(JobMetrics::default())),
             subtasks: 0,
+            instances: 0,
             ended: Arc::default(),
             fence: Mutex::default(),
             failed_by_host: Mutex::default(),
@@ -679,6 +682,7 @@ impl Inner {
                         control: Mutex::new(control.clone()),
                         metrics: Mutex::new(metrics.clone()),
                         subtasks: confined.subtasks,
+                        instances: confined.instances,
                         ended: Arc::default(),
                         fence: Mutex::default(),
                         failed_by_host: Mutex::default(),

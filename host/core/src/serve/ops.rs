@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{self, JobRecord, RECORD_VERSION};
-use super::{HostedJob, Inner, Tenant, granted, jobfile, write_atomically};
+use super::{HostedJob, Inner, Tenant, config, granted, jobfile, write_atomically};
 use crate::api::targets::SavepointRoots;
 use crate::checkpoint::catalog::{METADATA_FILE, RestorePoint};
 use crate::error::{Error, Problem};
@@ -248,8 +248,20 @@ impl Inner {
             .fold((0, 0), |(n, s), j| (n + 1, s + j.subtasks))
     }
 
-    /// Refuses a job of `subtasks` more that would exceed the quota.
-    fn admit(&self, tenant: &Tenant, subtasks: u32) -> Result<(), Refusal> {
+    /// The memory mappings the running jobs need, by the host's estimate
+    /// ([`config::job_mappings`]).
+    fn mappings(&self) -> u64 {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.values()
+            .filter(|j| j.running.load(Ordering::Relaxed))
+            .map(|j| config::job_mappings(j.instances))
+            .sum()
+    }
+
+    /// Refuses a job of `subtasks` more (`instances` of them plugin
+    /// instances) that would exceed the tenant's quota or what the host
+    /// can run.
+    fn admit(&self, tenant: &Tenant, subtasks: u32, instances: u32) -> Result<(), Refusal> {
         let quota = tenant.quota();
         storage_within_quota(tenant)?;
         let (running, used) = self.usage(tenant);
@@ -261,11 +273,21 @@ impl Inner {
         }
         let (_, host_used) = self.running(None);
         let host_max = self.config().max_subtasks;
-        if host_used + subtasks > host_max {
+        if host_used.saturating_add(subtasks) > host_max {
             return Err(Refusal::Full(format!(
                 "the host runs {host_used} subtasks and this job's {subtasks} would exceed its \
                  limit of {host_max} (`max_subtasks` in the host config): retry later or on \
                  another host"
+            )));
+        }
+        let (mapped, max_mappings) = (self.mappings(), self.config().max_mappings);
+        let needed = config::job_mappings(instances);
+        if mapped + needed > max_mappings {
+            return Err(Refusal::Full(format!(
+                "the host's jobs need about {mapped} memory mappings and this one's {needed} \
+                 would exceed its limit of {max_mappings} (`max_mappings` in the host config, \
+                 by default the kernel's `vm.max_map_count` less the host's own): retry later \
+                 or on another host"
             )));
         }
         if used + subtasks > quota.subtasks {
@@ -322,7 +344,7 @@ impl Inner {
                 .map_err(|e| Refusal::Bad(e.to_string()))?;
         }
         let _admission = tenant.admission.lock().await;
-        self.admit(tenant, confined.subtasks)?;
+        self.admit(tenant, confined.subtasks, confined.instances)?;
         let id = JobId::random();
         let record = JobRecord {
             version: RECORD_VERSION,
