@@ -165,7 +165,7 @@ fn main() -> Result<()> {
         // instantiations above have paid for anything shared.
         let before = status_mib("VmRSS:");
         let held = (0..HELD_INSTANCES)
-            .map(|i| loaded.instantiate(instance_config(i)))
+            .map(|i| futures::executor::block_on(loaded.instantiate(instance_config(i))))
             .collect::<Result<Vec<_>, _>>()?;
         let instance_mib = (status_mib("VmRSS:") - before) / f64::from(HELD_INSTANCES);
         drop(held);

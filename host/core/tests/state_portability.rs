@@ -7,6 +7,7 @@
 //! JavaScript twins): a record in value state (int, float, text and bytes
 //! fields), a map state and a list state per user.
 
+use futures::executor::block_on;
 use std::path::PathBuf;
 
 use weir_format::{BatchReader, BatchWriter};
@@ -68,29 +69,28 @@ fn run(
     state: Box<dyn KeyedStateBackend>,
     records: &[(String, String)],
 ) -> (Vec<String>, Box<dyn KeyedStateBackend>) {
-    let mut instance = plugin
-        .instantiate(InstanceConfig {
-            uid: "stats".into(),
-            config: String::new(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: MAX_PARALLELISM,
-            limits: Limits {
-                memory_bytes: 256 << 20,
-                fuel_per_call: 20_000_000_000,
-                ..Limits::default()
-            },
-            state,
-            operator_state: Vec::new(),
-            attempt_number: 0,
-            restored_types: Default::default(),
-        })
-        .unwrap();
+    let mut instance = block_on(plugin.instantiate(InstanceConfig {
+        uid: "stats".into(),
+        config: String::new(),
+        subtask: 0,
+        parallelism: 1,
+        max_parallelism: MAX_PARALLELISM,
+        limits: Limits {
+            memory_bytes: 256 << 20,
+            fuel_per_call: 20_000_000_000,
+            ..Limits::default()
+        },
+        state,
+        operator_state: Vec::new(),
+        attempt_number: 0,
+        restored_types: Default::default(),
+    }))
+    .unwrap();
     let mut batch = BatchWriter::default();
     for (user, value) in records {
         batch.push(Some(user.as_bytes()), value.as_bytes(), None);
     }
-    instance.process(&batch.take().0).unwrap();
+    block_on(instance.process(&batch.take().0)).unwrap();
     let out = BatchReader::new(instance.output())
         .map(|r| {
             let r = r.unwrap();
@@ -102,7 +102,7 @@ fn run(
         })
         .collect();
     instance.output().clear();
-    instance.snapshot(1).unwrap();
+    block_on(instance.snapshot(1)).unwrap();
     (out, instance.into_state())
 }
 
@@ -216,37 +216,34 @@ fn count_then_snapshot(
     touched: impl Iterator<Item = usize> + Clone,
     fuel: u64,
 ) -> Result<Box<dyn KeyedStateBackend>, String> {
-    let mut instance = plugin
-        .instantiate(InstanceConfig {
-            uid: "count".into(),
-            config: String::new(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: MAX_PARALLELISM,
-            limits: Limits {
-                memory_bytes: 256 << 20,
-                fuel_per_call: fuel,
-                fuel_per_snapshot: fuel,
-                ..Limits::DEFAULT
-            },
-            state: restored_counts(keys),
-            operator_state: Vec::new(),
-            attempt_number: 0,
-            restored_types: Default::default(),
-        })
-        .map_err(|e| e.to_string())?;
+    let mut instance = block_on(plugin.instantiate(InstanceConfig {
+        uid: "count".into(),
+        config: String::new(),
+        subtask: 0,
+        parallelism: 1,
+        max_parallelism: MAX_PARALLELISM,
+        limits: Limits {
+            memory_bytes: 256 << 20,
+            fuel_per_call: fuel,
+            fuel_per_snapshot: fuel,
+            ..Limits::DEFAULT
+        },
+        state: restored_counts(keys),
+        operator_state: Vec::new(),
+        attempt_number: 0,
+        restored_types: Default::default(),
+    }))
+    .map_err(|e| e.to_string())?;
     let words: Vec<String> = touched.map(|i| format!("w{i}")).collect();
     for chunk in words.chunks(1024) {
         let mut batch = BatchWriter::default();
         for w in chunk {
             batch.push(Some(w.as_bytes()), w.as_bytes(), None);
         }
-        instance
-            .process(&batch.take().0)
-            .map_err(|e| e.to_string())?;
+        block_on(instance.process(&batch.take().0)).map_err(|e| e.to_string())?;
         instance.output().clear();
     }
-    instance.snapshot(1).map_err(|e| e.to_string())?;
+    block_on(instance.snapshot(1)).map_err(|e| e.to_string())?;
     Ok(instance.into_state())
 }
 

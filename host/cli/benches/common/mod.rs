@@ -180,7 +180,7 @@ pub fn instantiate_times(plugin: &Plugin, n: u32) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for i in 0..n {
         let started = Instant::now();
-        let instance = plugin.instantiate(instance_config(i))?;
+        let instance = futures::executor::block_on(plugin.instantiate(instance_config(i)))?;
         times.push(started.elapsed());
         drop(instance);
     }

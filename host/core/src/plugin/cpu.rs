@@ -6,15 +6,16 @@
 //! When they want more, each group's CPU is metered by a token bucket
 //! filled at its weighted share of the machine — `cores × weight / Σ
 //! weights of the busy groups` — holding at most one window's worth, and
-//! an instance of a group whose bucket is in debt waits, before its next
-//! call, as long as the share takes to pay the debt back — as a task that
-//! gives its worker to others meanwhile, not as a sleeping thread.
+//! an instance of a group whose bucket is in debt waits — at its next
+//! epoch tick inside a call, or before its next call — as long as the
+//! share takes to pay the debt back, as a task that gives its worker to
+//! others meanwhile, not as a sleeping thread.
 //!
 //! CPU is the thread CPU time of the calls into Wasm, charged at every
 //! epoch tick inside a call and at the end of each call. Pure bookkeeping
 //! apart from reading the thread's CPU clock: the instance calls
-//! [`CpuGroup::add`] as it runs and [`CpuGroup::charge`] before a call,
-//! and its subtask waits as told.
+//! [`CpuGroup::charge`] at each tick and before a call, and
+//! [`CpuGroup::add`] at the end of one, and waits as told.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -112,13 +113,6 @@ impl CpuScheduler {
                 groups: Mutex::default(),
             }),
         }
-    }
-
-    /// A scheduler for the CPUs this process may use.
-    pub fn for_this_machine() -> Self {
-        Self::new(
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as f64,
-        )
     }
 
     /// A new group of `weight` (relative to the other groups').

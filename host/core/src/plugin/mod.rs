@@ -48,6 +48,10 @@ mod bindings {
             "weir:operator/logging.log": trappable,
             "weir:operator/keyed-state.write": trappable,
         },
+        // Calls into the guest are futures: a long one gives its worker
+        // back at an epoch tick (`on_tick`). The host's imports stay
+        // synchronous: none of them waits.
+        exports: { default: async },
     });
 }
 
@@ -58,6 +62,10 @@ pub const WORLD: &str = "weir:operator/stream-operator@0.1.0";
 /// traps as a stack overflow naming this limit; it is well below the 2 MiB
 /// of the threads that run subtasks, so the host's own frames always fit.
 pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// The stack each call into a guest runs on: its Wasm frames (at most
+/// [`MAX_WASM_STACK`]) and the host functions it calls.
+pub const ASYNC_STACK: usize = 1 << 20;
 
 /// How often the engine's epoch advances: the resolution of the
 /// wall-clock bound on hook calls (`limits.call_timeout_ms`).
@@ -147,12 +155,16 @@ impl PluginEngine {
             .consume_fuel(true)
             // The wall-clock bound per call, for what fuel does not see.
             .epoch_interruption(true)
+            // A call runs on a stack of its own, which it can leave at an
+            // epoch tick; the guest's frames and the host's imports it
+            // calls must fit.
+            .async_stack_size(ASYNC_STACK)
             .max_wasm_stack(MAX_WASM_STACK)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine =
             Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| Error::Internal(format!("linking WASI: {e:#}")))?;
         sandbox::deny_blocking(&mut linker)
             .map_err(|e| Error::Internal(format!("replacing WASI timers: {e:#}")))?;
@@ -385,67 +397,111 @@ pub struct InstanceState {
     uid: Arc<str>,
     tag: Arc<str>,
     /// The instance's CPU group, when it shares the machine fairly.
-    cpu: Option<CpuMeter>,
+    cpu: CpuMeter,
 }
 
-/// What an instance of a [`CpuGroup`] keeps to charge it.
+/// What an instance keeps to bound its calls' time and, in a
+/// [`CpuGroup`], to charge the group.
 struct CpuMeter {
-    group: CpuGroup,
-    /// The thread's CPU time when last charged.
+    group: Option<CpuGroup>,
+    /// The thread the call ran on when last charged, its CPU time then,
+    /// and the time: a call that gave its worker up may go on on another.
+    thread: std::thread::ThreadId,
     mark: Duration,
-    /// When the current call's wall-clock bound ends.
+    at: Instant,
+    /// When the current call's wall-clock bound ends (moved on by the
+    /// time the group made it wait).
     deadline: Instant,
+}
+
+impl CpuMeter {
+    fn new(group: Option<CpuGroup>) -> Self {
+        CpuMeter {
+            group,
+            thread: std::thread::current().id(),
+            mark: Duration::ZERO,
+            at: Instant::now(),
+            deadline: Instant::now(),
+        }
+    }
+
+    /// Starts counting from now, on this thread.
+    fn restart(&mut self, now: Instant) {
+        self.thread = std::thread::current().id();
+        self.mark = cpu::thread_cpu_time();
+        self.at = now;
+    }
+
+    /// The CPU the call used since it was last charged: the thread's CPU
+    /// clock while it stayed on one thread; after it moved (it went on on
+    /// another worker), the wall-clock time since, at most one tick.
+    fn used(&mut self, now: Instant) -> Duration {
+        let (thread, mark, at) = (self.thread, self.mark, self.at);
+        self.restart(now);
+        if thread == self.thread {
+            self.mark.saturating_sub(mark)
+        } else {
+            now.saturating_duration_since(at).min(EPOCH_TICK)
+        }
+    }
 }
 
 impl InstanceState {
     /// Starts a call's bookkeeping: its wall-clock bound and, in a CPU
     /// group, its CPU mark.
     fn arm(store: &mut Store<InstanceState>, timeout_ms: u64) {
-        match &mut store.data_mut().cpu {
-            Some(meter) => {
-                meter.mark = cpu::thread_cpu_time();
-                meter.deadline = Instant::now() + Duration::from_millis(timeout_ms);
-                // Every tick: charge, maybe wait, check the bound.
-                store.set_epoch_deadline(1);
-            }
-            None => store.set_epoch_deadline(epoch_ticks(timeout_ms)),
-        }
+        let meter = &mut store.data_mut().cpu;
+        let now = Instant::now();
+        meter.restart(now);
+        meter.deadline = now + Duration::from_millis(timeout_ms);
+        // Every tick: check the bound, charge the group (maybe wait), give
+        // the worker up.
+        store.set_epoch_deadline(1);
     }
 
     /// Charges the CPU of the call that just returned.
     fn settle(&mut self) {
-        if let Some(meter) = &mut self.cpu {
-            let now = cpu::thread_cpu_time();
-            // The next tick inside a call decides whether to wait.
-            meter
-                .group
-                .add(now.saturating_sub(meter.mark), Instant::now());
-            meter.mark = now;
+        let meter = &mut self.cpu;
+        if meter.group.is_some() {
+            let now = Instant::now();
+            let used = meter.used(now);
+            if let Some(group) = &meter.group {
+                // The next tick inside a call, or the next call, decides
+                // whether to wait.
+                group.add(used, now);
+            }
         }
     }
 }
 
-/// At each epoch tick inside a call of an instance in a CPU group: the
-/// call's CPU so far is charged to the group, and the call is interrupted
-/// once past its wall-clock bound. A group over its share waits before
-/// its instances' next call ([`OperatorInstance::cpu_wait`]), not here: a
-/// call holds one of the host's few workers, and sleeping in it would hold
-/// the worker from every other tenant too.
+/// At each epoch tick inside a call: the call is interrupted once past its
+/// wall-clock bound. Otherwise it gives its worker up — to every other
+/// subtask waiting for one, so a long call cannot hold a worker from the
+/// job's other subtasks or from other tenants — and, in a CPU group, its
+/// CPU so far is charged to the group and, if the group is over its share,
+/// it waits before it goes on as long as the share takes to pay the debt
+/// back (not counted against the call's bound).
 fn on_tick(
     mut ctx: wasmtime::StoreContextMut<'_, InstanceState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-    let Some(meter) = &mut ctx.data_mut().cpu else {
-        return Ok(wasmtime::UpdateDeadline::Interrupt);
-    };
-    let now_cpu = cpu::thread_cpu_time();
-    let used = now_cpu.saturating_sub(meter.mark);
-    meter.mark = now_cpu;
+    let meter = &mut ctx.data_mut().cpu;
     let now = Instant::now();
     if now >= meter.deadline {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }
-    meter.group.add(used, now);
-    Ok(wasmtime::UpdateDeadline::Continue(1))
+    let Some(group) = meter.group.clone() else {
+        return Ok(wasmtime::UpdateDeadline::Yield(1));
+    };
+    let used = meter.used(now);
+    let wait = group.charge(used, now).min(cpu::WINDOW);
+    if wait.is_zero() {
+        return Ok(wasmtime::UpdateDeadline::Yield(1));
+    }
+    meter.deadline += wait;
+    Ok(wasmtime::UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(tokio::time::sleep(wait)),
+    ))
 }
 
 impl WasiView for InstanceState {
@@ -495,7 +551,7 @@ impl Plugin {
     ///
     /// # Errors
     /// [`Error::OperatorFailed`] if instantiation or `open` fails.
-    pub fn instantiate(&self, cfg: InstanceConfig) -> Result<OperatorInstance, Error> {
+    pub async fn instantiate(&self, cfg: InstanceConfig) -> Result<OperatorInstance, Error> {
         let tag: Arc<str> = format!("{}#{}", cfg.uid, cfg.subtask).into();
         let log = LogMeter::new(cfg.limits.log_bytes_per_call);
         let stdout = GuestOutput::new(tag.clone(), Stream::Stdout, log.clone());
@@ -537,19 +593,11 @@ impl Plugin {
                 max_parallelism: cfg.max_parallelism,
                 uid: cfg.uid.as_str().into(),
                 tag,
-                cpu: self.cpu.clone().map(|group| CpuMeter {
-                    group,
-                    mark: Duration::ZERO,
-                    deadline: Instant::now(),
-                }),
+                cpu: CpuMeter::new(self.cpu.clone()),
             },
         );
         store.limiter(|s| &mut s.limiter);
-        if store.data().cpu.is_some() {
-            store.epoch_deadline_callback(on_tick);
-        } else {
-            store.epoch_deadline_trap();
-        }
+        store.epoch_deadline_callback(on_tick);
         let mut instance = OperatorInstance {
             bindings: instantiate_into(
                 &self.linked.pre,
@@ -558,7 +606,8 @@ impl Plugin {
                 &self.path,
                 cfg.subtask,
                 cfg.limits,
-            )?,
+            )
+            .await?,
             store,
             uid: cfg.uid.clone(),
             plugin: self.path.clone(),
@@ -575,9 +624,7 @@ impl Plugin {
             max_parallelism: cfg.max_parallelism,
             attempt_number: cfg.attempt_number,
         };
-        instance.call("open", |b, s| {
-            b.weir_operator_operator().call_open(s, &context)
-        })?;
+        instance.call(Hook::Open(&context)).await?;
         Ok(instance)
     }
 
@@ -598,7 +645,7 @@ impl Plugin {
         max_parallelism: u32,
         limits: Limits,
     ) -> Result<Vec<DeclaredState>, Error> {
-        let instance = self.instantiate(InstanceConfig {
+        let instance = futures::executor::block_on(self.instantiate(InstanceConfig {
             uid: uid.to_owned(),
             config: config.to_owned(),
             subtask: 0,
@@ -613,12 +660,12 @@ impl Plugin {
             operator_state: Vec::new(),
             attempt_number: 0,
             restored_types: HashMap::new(),
-        })?;
+        }))?;
         Ok(instance.declared_states().to_vec())
     }
 }
 
-fn instantiate_into(
+async fn instantiate_into(
     pre: &bindings::StreamOperatorPre<InstanceState>,
     store: &mut Store<InstanceState>,
     uid: &str,
@@ -631,7 +678,7 @@ fn instantiate_into(
         .set_fuel(budget.fuel)
         .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
     InstanceState::arm(store, budget.timeout_ms);
-    let instantiated = pre.instantiate(&mut *store);
+    let instantiated = pre.instantiate_async(&mut *store).await;
     store.data_mut().settle();
     instantiated.map_err(|e| {
         failure(
@@ -645,6 +692,28 @@ fn instantiate_into(
             "",
         )
     })
+}
+
+/// A call into the guest, with its arguments.
+enum Hook<'a> {
+    Open(&'a bindings::exports::weir::operator::operator::OperatorContext),
+    Process(&'a Vec<u8>),
+    Snapshot(u64),
+    Complete(u64),
+    Close,
+}
+
+impl Hook<'_> {
+    /// The hook's name in the WIT world (and in messages).
+    fn name(&self) -> &'static str {
+        match self {
+            Hook::Open(_) => "open",
+            Hook::Process(_) => "process",
+            Hook::Snapshot(_) => "snapshot",
+            Hook::Complete(_) => "on-checkpoint-complete",
+            Hook::Close => "close",
+        }
+    }
 }
 
 /// The fuel and wall-clock time one hook call gets, and the job-file field
@@ -676,11 +745,6 @@ impl CallBudget {
             },
         }
     }
-}
-
-/// How many epoch ticks make `ms` milliseconds (at least one).
-fn epoch_ticks(ms: u64) -> u64 {
-    ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
 }
 
 /// Checks `bytes` of keyed state against `limits.state_mb`.
@@ -781,21 +845,23 @@ fn describe_trap(e: &wasmtime::Error) -> String {
 }
 
 impl OperatorInstance {
-    fn call<R>(
-        &mut self,
-        hook: &'static str,
-        f: impl FnOnce(
-            &bindings::StreamOperator,
-            &mut Store<InstanceState>,
-        ) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<R, Error> {
-        let budget = CallBudget::of(hook, self.limits);
+    async fn call(&mut self, hook: Hook<'_>) -> Result<(), Error> {
+        let name = hook.name();
+        let budget = CallBudget::of(name, self.limits);
         self.store
             .set_fuel(budget.fuel)
             .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
         InstanceState::arm(&mut self.store, budget.timeout_ms);
         self.begin_call();
-        let result = f(&self.bindings, &mut self.store);
+        let ops = self.bindings.weir_operator_operator();
+        let store = &mut self.store;
+        let result = match hook {
+            Hook::Open(context) => ops.call_open(store, context).await,
+            Hook::Process(batch) => ops.call_process(store, batch).await,
+            Hook::Snapshot(id) => ops.call_snapshot(store, id).await,
+            Hook::Complete(id) => ops.call_on_checkpoint_complete(store, id).await,
+            Hook::Close => ops.call_close(store).await,
+        };
         self.store.data_mut().settle();
         if !matches!(result, Ok(Ok(_)))
             && let Some(conflict) = self.store.data_mut().restore_conflict.take()
@@ -810,7 +876,7 @@ impl OperatorInstance {
         if let Some((lines, bytes, budget)) = self.log.end_call() {
             tracing::warn!(
                 target: "weir::plugin",
-                "[{}#{}] dropped {lines} log line(s) ({bytes} bytes) of `{hook}` over the log \
+                "[{}#{}] dropped {lines} log line(s) ({bytes} bytes) of `{name}` over the log \
                  budget of {} KiB per call (`limits.log_kb_per_call`)",
                 self.uid,
                 self.subtask,
@@ -823,7 +889,7 @@ impl OperatorInstance {
                 uid: self.uid.clone(),
                 plugin: self.plugin.clone(),
                 subtask: self.subtask,
-                hook,
+                hook: name,
                 message: format!("returned an error: {message}"),
             }),
             Err(e) => Err(failure(
@@ -832,7 +898,7 @@ impl OperatorInstance {
                 &self.uid,
                 &self.plugin,
                 self.subtask,
-                hook,
+                name,
                 budget,
                 &self.stderr.tail(),
             )),
@@ -843,9 +909,8 @@ impl OperatorInstance {
     /// zero unless the machine is contended and the group used more than
     /// its share. The caller waits without holding a worker.
     pub fn cpu_wait(&mut self) -> Duration {
-        match &self.store.data().cpu {
-            Some(meter) => meter
-                .group
+        match &self.store.data().cpu.group {
+            Some(group) => group
                 .charge(Duration::ZERO, Instant::now())
                 .min(cpu::WINDOW),
             None => Duration::ZERO,
@@ -872,10 +937,8 @@ impl OperatorInstance {
     // The generated binding takes `&Vec<u8>`; taking a slice here would force
     // a copy per batch.
     #[allow(clippy::ptr_arg)]
-    pub fn process(&mut self, batch: &Vec<u8>) -> Result<(), Error> {
-        self.call("process", |b, s| {
-            b.weir_operator_operator().call_process(s, batch)
-        })
+    pub async fn process(&mut self, batch: &Vec<u8>) -> Result<(), Error> {
+        self.call(Hook::Process(batch)).await
     }
 
     /// Calls the guest's `snapshot` hook, after which the host holds all of
@@ -883,29 +946,24 @@ impl OperatorInstance {
     ///
     /// # Errors
     /// As [`OperatorInstance::process`].
-    pub fn snapshot(&mut self, checkpoint_id: u64) -> Result<(), Error> {
-        self.call("snapshot", |b, s| {
-            b.weir_operator_operator().call_snapshot(s, checkpoint_id)
-        })
+    pub async fn snapshot(&mut self, checkpoint_id: u64) -> Result<(), Error> {
+        self.call(Hook::Snapshot(checkpoint_id)).await
     }
 
     /// Calls the guest's `on-checkpoint-complete` hook.
     ///
     /// # Errors
     /// As [`OperatorInstance::process`].
-    pub fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error> {
-        self.call("on-checkpoint-complete", |b, s| {
-            b.weir_operator_operator()
-                .call_on_checkpoint_complete(s, checkpoint_id)
-        })
+    pub async fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error> {
+        self.call(Hook::Complete(checkpoint_id)).await
     }
 
     /// Calls the guest's `close` hook at end of input.
     ///
     /// # Errors
     /// As [`OperatorInstance::process`].
-    pub fn close(&mut self) -> Result<(), Error> {
-        self.call("close", |b, s| b.weir_operator_operator().call_close(s))
+    pub async fn close(&mut self) -> Result<(), Error> {
+        self.call(Hook::Close).await
     }
 
     /// The packed records emitted since the last call; the caller routes
@@ -1231,6 +1289,7 @@ mod tests {
     use super::*;
     use crate::keygroup::KeyGroupRange;
     use crate::state::MemoryStateBackend;
+    use futures::executor::block_on;
 
     fn cache_files(dir: &Path) -> Vec<PathBuf> {
         std::fs::read_dir(dir)
@@ -1275,34 +1334,33 @@ mod tests {
         assert!(Arc::ptr_eq(&plugin.linked, &again.linked));
 
         // And the recompiled plugin runs: word count over one batch.
-        let mut instance = plugin
-            .instantiate(InstanceConfig {
-                uid: "count".into(),
-                config: String::new(),
-                subtask: 0,
-                parallelism: 1,
-                max_parallelism: 128,
-                limits: limits(),
-                state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
-                    0, 1, 128,
-                ))),
-                operator_state: Vec::new(),
-                attempt_number: 0,
-                restored_types: HashMap::new(),
-            })
-            .unwrap();
+        let mut instance = block_on(plugin.instantiate(InstanceConfig {
+            uid: "count".into(),
+            config: String::new(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            limits: limits(),
+            state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                0, 1, 128,
+            ))),
+            operator_state: Vec::new(),
+            attempt_number: 0,
+            restored_types: HashMap::new(),
+        }))
+        .unwrap();
         let mut batch = weir_format::BatchWriter::default();
         for word in ["a", "b", "a"] {
             batch.push(Some(word.as_bytes()), word.as_bytes(), None);
         }
-        instance.process(&batch.take().0).unwrap();
+        block_on(instance.process(&batch.take().0)).unwrap();
         let emitted: Vec<_> = weir_format::BatchReader::new(instance.output())
             .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap())
             .collect();
         assert_eq!(emitted, ["1", "1", "2"]);
         // State reaches the host when the guest closes (or snapshots).
         assert_eq!(instance.state().len(), 0);
-        instance.close().unwrap();
+        block_on(instance.close()).unwrap();
         assert_eq!(instance.state().len(), 2);
     }
 
@@ -1326,14 +1384,13 @@ mod tests {
         let plugin = engine.load("count", count).unwrap();
         assert!(!plugin.stats.from_cache, "the swapped entry is a miss");
         // It runs as word count, and the entry was rewritten.
-        let mut instance = plugin
-            .instantiate(config_over(MemoryStateBackend::new(
-                KeyGroupRange::for_subtask(0, 1, 128),
-            )))
-            .unwrap();
+        let mut instance = block_on(plugin.instantiate(config_over(MemoryStateBackend::new(
+            KeyGroupRange::for_subtask(0, 1, 128),
+        ))))
+        .unwrap();
         let mut batch = weir_format::BatchWriter::default();
         batch.push(Some(b"the"), b"the", None);
-        instance.process(&batch.take().0).unwrap();
+        block_on(instance.process(&batch.take().0)).unwrap();
         let emitted: Vec<_> = weir_format::BatchReader::new(instance.output())
             .map(|r| r.unwrap().value.to_vec())
             .collect();
@@ -1375,7 +1432,7 @@ mod tests {
             .unwrap();
         let mut cfg = config_over(state);
         cfg.limits.state_bytes = 2 << 20;
-        let Err(e) = plugin.instantiate(cfg) else {
+        let Err(e) = block_on(plugin.instantiate(cfg)) else {
             panic!("3 MiB of state over a 2 MiB limit must fail");
         };
         assert!(
@@ -1461,7 +1518,7 @@ mod tests {
         let plugin = engine
             .load("count", Path::new(weir_test_plugins::WORD_COUNT))
             .unwrap();
-        plugin.instantiate(InstanceConfig {
+        block_on(plugin.instantiate(InstanceConfig {
             uid: "count".into(),
             config: String::new(),
             subtask: 0,
@@ -1472,7 +1529,7 @@ mod tests {
             operator_state: Vec::new(),
             attempt_number: 1,
             restored_types,
-        })
+        }))
     }
 
     #[test]

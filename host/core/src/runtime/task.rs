@@ -217,18 +217,20 @@ impl Task {
                     .plugin
                     .take()
                     .expect("invariant: every operator vertex has a loaded plugin");
-                let instance = plugin.instantiate(InstanceConfig {
-                    uid: self.vertex.uid.clone(),
-                    config,
-                    subtask: self.subtask,
-                    parallelism: self.vertex.parallelism,
-                    max_parallelism: self.max_parallelism,
-                    limits,
-                    state: self.state_backend(restored.keyed)?,
-                    operator_state: restored.operator_state,
-                    attempt_number: self.attempt_number,
-                    restored_types: std::mem::take(&mut self.restored_types),
-                })?;
+                let instance = plugin
+                    .instantiate(InstanceConfig {
+                        uid: self.vertex.uid.clone(),
+                        config,
+                        subtask: self.subtask,
+                        parallelism: self.vertex.parallelism,
+                        max_parallelism: self.max_parallelism,
+                        limits,
+                        state: self.state_backend(restored.keyed)?,
+                        operator_state: restored.operator_state,
+                        attempt_number: self.attempt_number,
+                        restored_types: std::mem::take(&mut self.restored_types),
+                    })
+                    .await?;
                 self.run_operator(Logic::Wasm(Box::new(instance))).await
             }
             VertexKind::Native(factory) => {
@@ -534,7 +536,7 @@ impl Task {
                             if !wait.is_zero() {
                                 tokio::time::sleep(wait).await;
                             }
-                            instance.process(&data)?;
+                            instance.process(&data).await?;
                         }
                         Logic::Native { op, state, out } => {
                             op.process(&data, state.as_mut(), self.max_parallelism, out)
@@ -573,7 +575,7 @@ impl Task {
                     };
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
-                            instance.snapshot(barrier.id.0)?;
+                            instance.snapshot(barrier.id.0).await?;
                             let (keyed, framed) = encode(instance.state().snapshot_views());
                             Taken {
                                 snapshot: SubtaskSnapshot {
@@ -618,7 +620,7 @@ impl Task {
                 }
                 GateEvent::EndOfData { restored: false } => {
                     if let Logic::Wasm(instance) = &mut logic {
-                        instance.close()?;
+                        instance.close().await?;
                         tracing::debug!(
                             "`{}`#{} closed holding {} state entries",
                             self.vertex.uid,
@@ -633,7 +635,7 @@ impl Task {
                 }
                 GateEvent::Control(Control::Complete(id)) => {
                     if let Logic::Wasm(instance) = &mut logic {
-                        instance.on_checkpoint_complete(id.0)?;
+                        instance.on_checkpoint_complete(id.0).await?;
                         self.emit(&mut logic).await?;
                     }
                 }

@@ -201,6 +201,10 @@ impl Host {
             }
         })?;
         let root = storages.open(&config.storage)?;
+        // The CPU the tenants share is the workers' (by default one per
+        // core, at most the machine's).
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let cpu = CpuScheduler::new(workers.threads().min(cores) as f64);
         let host = Host {
             inner: Arc::new(Inner {
                 config: RwLock::new(Arc::new(config)),
@@ -209,7 +213,7 @@ impl Host {
                 workers,
                 storages,
                 root,
-                cpu: CpuScheduler::for_this_machine(),
+                cpu,
                 tenants: RwLock::default(),
                 jobs: Mutex::default(),
                 run_id: format!("{:032x}", rand::random::<u128>()),
