@@ -408,7 +408,7 @@ fn an_upgrade_in_place_changes_language_exactly_once_and_a_failing_one_rolls_bac
 #[test]
 fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    // Room for acme's job (3 plugin instances: 19 mappings), not for two.
+    // Room for acme's job (3 plugin instances: 25 mappings), not for two.
     let host = Serve::start_with(
         dir.path(),
         "max_mappings = 30",

@@ -434,9 +434,9 @@ impl HostConfig {
 pub const JOB_MAPPINGS: u64 = 4;
 
 /// Memory mappings each plugin instance needs (its linear memory's
-/// reservation, its memory image, its instance data), measured: about 4.4
-/// per idle instance, rounded up for what a busy one adds.
-pub const INSTANCE_MAPPINGS: u64 = 5;
+/// reservation, its memory image, its instance data, and the stack its
+/// calls run on with its guard page), measured: about 7 per instance.
+pub const INSTANCE_MAPPINGS: u64 = 7;
 
 /// The mappings a job of `instances` plugin instances needs.
 pub fn job_mappings(instances: u32) -> u64 {
