@@ -461,6 +461,14 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
     assert!(!metrics.contains(&id), "{metrics}");
     let (_, metrics) = host.http("GET", "/metrics", acme, b"");
     assert!(metrics.contains(&id), "{metrics}");
+    // The job's plugin instances hold memory, and their CPU is counted.
+    let memory = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_job_memory_bytes{") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no job memory: {metrics}"));
+    let bytes: f64 = memory.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 0.0, "{memory}");
+    assert!(metrics.contains("weir_job_cpu_seconds_total{"), "{metrics}");
 
     // Savepoint targets are names in acme's namespace, nothing else.
     let sp = format!("/v1/jobs/{id}/savepoints");

@@ -44,6 +44,12 @@ pub struct JobMetrics {
     pub checkpoints: CheckpointCounters,
     /// The latest failure the job restarted after, if any.
     pub last_failure: Mutex<Option<String>>,
+    /// The memory its plugin instances hold now: guest memories, keyed
+    /// state, emitted records not yet routed (bytes).
+    pub plugin_memory: Arc<AtomicU64>,
+    /// The CPU time of its calls into Wasm, in a CPU group (`weir serve`),
+    /// nanoseconds.
+    pub plugin_cpu_ns: Arc<AtomicU64>,
 }
 
 /// How many checkpoints recently kept in [`CheckpointCounters::history`].
@@ -131,6 +137,8 @@ impl JobMetrics {
             restarts: AtomicU64::new(0),
             checkpoints: CheckpointCounters::default(),
             last_failure: Mutex::default(),
+            plugin_memory: Arc::default(),
+            plugin_cpu_ns: Arc::default(),
         })
     }
 

@@ -959,7 +959,7 @@ fn parse_format(format: Option<&str>) -> Answer<SavepointFormat> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use tokio::sync::oneshot;
 
@@ -972,13 +972,7 @@ mod tests {
     type Reply = oneshot::Sender<Result<SavepointInfo, Error>>;
 
     fn metrics() -> Arc<JobMetrics> {
-        Arc::new(JobMetrics {
-            vertices: Vec::new(),
-            last_checkpoint: AtomicU64::new(0),
-            restarts: AtomicU64::new(0),
-            checkpoints: Default::default(),
-            last_failure: Default::default(),
-        })
+        Arc::new(JobMetrics::default())
     }
 
     /// The roots of the tests' jobs: a local default and an S3 one.

@@ -18,6 +18,7 @@ pub use self::sandbox::{JobMemory, MemoryPool};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -104,7 +105,7 @@ pub struct Plugin {
     path: PathBuf,
     linked: Arc<Linked>,
     job_memory: JobMemory,
-    cpu: Option<CpuGroup>,
+    cpu: Option<(CpuGroup, Arc<AtomicU64>)>,
     /// How it was loaded.
     pub stats: LoadStats,
 }
@@ -403,7 +404,8 @@ pub struct InstanceState {
 /// What an instance keeps to bound its calls' time and, in a
 /// [`CpuGroup`], to charge the group.
 struct CpuMeter {
-    group: Option<CpuGroup>,
+    /// The group, and the job's count of CPU nanoseconds.
+    group: Option<(CpuGroup, Arc<AtomicU64>)>,
     /// The thread the call ran on when last charged, its CPU time then,
     /// and the time: a call that gave its worker up may go on on another.
     thread: std::thread::ThreadId,
@@ -415,7 +417,7 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn new(group: Option<CpuGroup>) -> Self {
+    fn new(group: Option<(CpuGroup, Arc<AtomicU64>)>) -> Self {
         CpuMeter {
             group,
             thread: std::thread::current().id(),
@@ -465,10 +467,11 @@ impl InstanceState {
         if meter.group.is_some() {
             let now = Instant::now();
             let used = meter.used(now);
-            if let Some(group) = &meter.group {
+            if let Some((group, job)) = &meter.group {
                 // The next tick inside a call, or the next call, decides
                 // whether to wait.
                 group.add(used, now);
+                job.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -489,10 +492,11 @@ fn on_tick(
     if now >= meter.deadline {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }
-    let Some(group) = meter.group.clone() else {
+    let Some((group, job)) = meter.group.clone() else {
         return Ok(wasmtime::UpdateDeadline::Yield(1));
     };
     let used = meter.used(now);
+    job.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
     let wait = group.charge(used, now).min(cpu::WINDOW);
     if wait.is_zero() {
         return Ok(wasmtime::UpdateDeadline::Yield(1));
@@ -541,9 +545,10 @@ impl Plugin {
     }
 
     /// The same plugin, its instances sharing the CPU as members of
-    /// `group` (a `weir serve` tenant's).
-    pub fn with_cpu_group(mut self, group: &CpuGroup) -> Self {
-        self.cpu = Some(group.clone());
+    /// `group` (a `weir serve` tenant's), their CPU time also added to
+    /// `job_ns` (the job's, nanoseconds).
+    pub fn with_cpu_group(mut self, group: &CpuGroup, job_ns: &Arc<AtomicU64>) -> Self {
+        self.cpu = Some((group.clone(), job_ns.clone()));
         self
     }
 
@@ -910,7 +915,7 @@ impl OperatorInstance {
     /// its share. The caller waits without holding a worker.
     pub fn cpu_wait(&mut self) -> Duration {
         match &self.store.data().cpu.group {
-            Some(group) => group
+            Some((group, _)) => group
                 .charge(Duration::ZERO, Instant::now())
                 .min(cpu::WINDOW),
             None => Duration::ZERO,

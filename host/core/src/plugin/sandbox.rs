@@ -400,6 +400,12 @@ impl JobMemory {
         JobMemory(Arc::default(), Some(pool.clone()))
     }
 
+    /// A job's count kept in `count` (its metrics' gauge, zero while no
+    /// instance lives), its bytes also counting in `pool` if given.
+    pub fn counted_in(count: Arc<AtomicU64>, pool: Option<&MemoryPool>) -> Self {
+        JobMemory(count, pool.cloned())
+    }
+
     /// The bytes counted now.
     pub fn used(&self) -> u64 {
         self.0.load(Ordering::Relaxed)

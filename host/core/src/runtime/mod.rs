@@ -367,7 +367,7 @@ fn run_controlled(
     options: &RunOptions,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
-    let plugins = load_plugins(graph, engine, options)?;
+    let plugins = load_plugins(graph, engine, &metrics, options)?;
     // Dropped (and its threads joined) when the run ends, after every
     // task on it finished.
     let owned_io = match &options.io {
@@ -1025,16 +1025,15 @@ impl Attempt<'_> {
 fn load_plugins(
     graph: &JobGraph,
     engine: &PluginEngine,
+    metrics: &JobMetrics,
     options: &RunOptions,
 ) -> Result<HashMap<usize, Plugin>, Error> {
     let pool = options.memory_pool.as_ref();
     let mut by_path: HashMap<PathBuf, Plugin> = HashMap::new();
     let mut by_vertex = HashMap::new();
-    // Every instance of the job counts in one `limits.job_memory_mb`.
-    let memory = pool.map_or_else(
-        crate::plugin::JobMemory::new,
-        crate::plugin::JobMemory::within,
-    );
+    // Every instance of the job counts in one `limits.job_memory_mb`, its
+    // metrics show it.
+    let memory = crate::plugin::JobMemory::counted_in(metrics.plugin_memory.clone(), pool);
     for (i, v) in graph.vertices.iter().enumerate() {
         if let VertexKind::Operator { plugin, .. } = &v.kind {
             let loaded = match by_path.get(plugin) {
@@ -1042,7 +1041,7 @@ fn load_plugins(
                 None => {
                     let mut p = engine.load(&v.uid, plugin)?.with_job_memory(&memory);
                     if let Some(group) = &options.cpu_group {
-                        p = p.with_cpu_group(group);
+                        p = p.with_cpu_group(group, &metrics.plugin_cpu_ns);
                     }
                     tracing::debug!(
                         "loaded plugin {} for `{}` in {:?} (cached: {})",

@@ -85,6 +85,16 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
         "checkpoint_last_size_bytes",
         "The latest completed checkpoint's size",
     );
+    let job_memory = Metric::<Gauge>::register(
+        &mut registry,
+        "job_memory_bytes",
+        "Memory the job's plugin instances hold (guest memories, keyed state, emitted records)",
+    );
+    let job_cpu = Metric::<Counter<f64, AtomicU64>>::register(
+        &mut registry,
+        "job_cpu_seconds",
+        "CPU time of the job's plugin calls in its current run",
+    );
     let memory = Metric::<Gauge>::register(
         &mut registry,
         "tenant_memory_bytes",
@@ -155,6 +165,14 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
         size.family
             .get_or_create(&base)
             .set(load(&m.checkpoints.last_bytes) as i64);
+        job_memory
+            .family
+            .get_or_create(&base)
+            .set(load(&m.plugin_memory) as i64);
+        job_cpu
+            .family
+            .get_or_create(&base)
+            .inc_by(load(&m.plugin_cpu_ns) as f64 / 1e9);
     }
     for t in inner.tenants().values() {
         if tenant.is_some_and(|want| want != t.name) {
