@@ -286,13 +286,14 @@ impl DatagenSource {
 }
 
 impl Source for DatagenSource {
-    fn pause(&self, max: usize) -> Duration {
+    fn pause(&self, _max: usize) -> Duration {
         let Some(rate) = self.rate else {
             return Duration::ZERO;
         };
-        // Pace: do not run ahead of `rate` records per second.
-        let n = self.batch_len(max);
-        let due = Duration::from_secs_f64((self.emitted + n - self.paced_from) as f64 / rate);
+        // Pace: a batch goes once the records before it were due at `rate`
+        // records per second, so the first goes at once (a job restored
+        // or upgraded resumes without waiting a batch's worth of time).
+        let due = Duration::from_secs_f64((self.emitted - self.paced_from) as f64 / rate);
         due.saturating_sub(self.started.elapsed())
     }
 
@@ -842,6 +843,29 @@ mod tests {
         head.next_batch(&mut w, 10).unwrap();
         let rest = drain(&mut DatagenSource::resume(&spec, 1, 2, head.offset()), 4);
         assert_eq!(rest, all[10..]);
+    }
+
+    #[test]
+    fn a_paced_datagen_sends_its_first_batch_at_once_then_keeps_its_rate() {
+        let spec = DatagenSpec {
+            seed: 3,
+            records: None,
+            rate: Some(1000.0),
+            vocabulary: 100,
+            words_per_record: 1,
+        };
+        // Resumed, as after a restore or an upgrade: no wait first.
+        let mut src = DatagenSource::resume(&spec, 0, 1, 500);
+        assert_eq!(src.pause(1024), Duration::ZERO);
+        let mut w = BatchWriter::default();
+        src.next_batch(&mut w, 1024).unwrap();
+        // 100 ms worth went out: the next waits for them to be due.
+        assert_eq!(src.offset(), 600);
+        let pause = src.pause(1024);
+        assert!(
+            pause > Duration::from_millis(50) && pause <= Duration::from_millis(100),
+            "{pause:?}"
+        );
     }
 
     fn batch(lines: &[&str]) -> Vec<u8> {

@@ -5,7 +5,7 @@
 //! not the I/O runtime: a plugin call is CPU-bound and runs on its worker
 //! to its end (bounded by its fuel and wall-clock limits), which must never
 //! stall the runtime that stores snapshots and serves the API. A subtask
-//! that always has work gives its worker up every [`task::SLICE`] so the
+//! that always has work gives its worker up every 2 ms so the
 //! other subtasks get their turn. Bounded channels between subtasks give backpressure; they carry
 //! packed record batches.
 //!
