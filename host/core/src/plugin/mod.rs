@@ -60,8 +60,9 @@ mod bindings {
 pub const WORLD: &str = "weir:operator/stream-operator@0.1.0";
 
 /// The most native stack a guest's Wasm frames may use. Deeper recursion
-/// traps as a stack overflow naming this limit; it is well below the 2 MiB
-/// of the threads that run subtasks, so the host's own frames always fit.
+/// traps as a stack overflow naming this limit; it is half the stack each
+/// call runs on ([`ASYNC_STACK`]), so the host functions it calls always
+/// fit.
 pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// The stack each call into a guest runs on: its Wasm frames (at most
