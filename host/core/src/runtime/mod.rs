@@ -146,16 +146,17 @@ pub(crate) type ControlSender = tokio::sync::mpsc::UnboundedSender<Control>;
 /// A subtask's end of its control channel.
 pub(crate) type ControlReceiver = tokio::sync::mpsc::UnboundedReceiver<Control>;
 
-/// Each worker thread's stack: a plugin's Wasm frames may use up to
-/// [`crate::plugin::MAX_WASM_STACK`] of it, the host's frames the rest.
+/// Each worker thread's stack: the host's frames (a plugin call runs on a
+/// stack of its own, [`crate::plugin::ASYNC_STACK`]).
 pub const WORKER_STACK: usize = 2 << 20;
 
 /// The worker threads subtasks run on: a fixed pool (one per core by
-/// default) of an executor that is not a tokio runtime, so the synchronous
-/// WASI calls a plugin makes may block on the I/O runtime, as they do on a
-/// thread of their own. Each worker enters the I/O runtime's context, so a
-/// subtask's timers run on it. Cheap to clone; the threads end once every
-/// clone is dropped.
+/// default) of an executor of its own, apart from the I/O runtime, which a
+/// subtask never holds. A task that wakes itself (a yield) goes behind the
+/// tasks already waiting, so a busy subtask takes turns with the others.
+/// Each worker enters the I/O runtime's context, so a subtask's timers,
+/// and the WASI a plugin calls, run on it. Cheap to clone; the threads end
+/// once every clone is dropped.
 #[derive(Clone)]
 pub struct Workers {
     inner: Arc<WorkersInner>,
