@@ -14,8 +14,9 @@
 //! CPU is the thread CPU time of the calls into Wasm, charged at every
 //! epoch tick inside a call and at the end of each call. Pure bookkeeping
 //! apart from reading the thread's CPU clock: the instance calls
-//! [`CpuGroup::charge`] at each tick and before a call, and
-//! [`CpuGroup::add`] at the end of one, and waits as told.
+//! [`CpuGroup::charge`] at each tick, [`CpuGroup::wait_before_call`]
+//! before a call and [`CpuGroup::add`] at the end of one, and waits as
+//! told.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,6 +24,10 @@ use std::time::{Duration, Instant};
 
 /// The scheduling window.
 pub const WINDOW: Duration = Duration::from_millis(100);
+
+/// How long a group's decision to wait (or not) stands for the calls
+/// that ask before it is made again: the engine's epoch tick.
+pub const DECIDE_EVERY: Duration = Duration::from_millis(10);
 
 /// The machine the groups share. Cheap to clone.
 #[derive(Clone)]
@@ -60,6 +65,10 @@ struct Group {
 struct Bucket {
     tokens: i64,
     at: Instant,
+    /// The latest decision ([`CpuGroup::charge`]): when, and until when
+    /// the group's instances wait.
+    decided: Option<Instant>,
+    resume_at: Instant,
 }
 
 /// CPU used in the current window and the one before it.
@@ -125,6 +134,8 @@ impl CpuScheduler {
             bucket: Mutex::new(Bucket {
                 tokens: 0,
                 at: Instant::now(),
+                decided: None,
+                resume_at: Instant::now(),
             }),
             total_ns: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
@@ -221,21 +232,40 @@ impl CpuGroup {
         if !contended {
             // Nobody waits; no debt carries into a contended time.
             b.tokens = b.tokens.max(0);
-            return Duration::ZERO;
         }
-        if b.tokens >= 0 {
-            return Duration::ZERO;
-        }
-        // The time the share takes to pay the debt back.
+        // The time the share takes to pay the debt back, if any.
         let wait = Duration::from_nanos(
-            u64::try_from(b.tokens.unsigned_abs() as i128 * i128::from(window) / i128::from(share))
-                .unwrap_or(u64::MAX),
+            u64::try_from(
+                b.tokens.min(0).unsigned_abs() as i128 * i128::from(window) / i128::from(share),
+            )
+            .unwrap_or(u64::MAX),
         )
         .min(WINDOW);
+        b.decided = Some(now);
+        b.resume_at = now + wait;
         self.inner
             .throttled_ns
             .fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
         wait
+    }
+
+    /// How long an instance of the group waits before a call at `now`: what
+    /// the latest decision left of its wait, decided afresh ([`charge`])
+    /// only once that decision is a tick ([`DECIDE_EVERY`]) old — so the
+    /// scan over every group happens once a tick per group, not once a
+    /// call.
+    ///
+    /// [`charge`]: CpuGroup::charge
+    pub fn wait_before_call(&self, now: Instant) -> Duration {
+        {
+            let b = self.inner.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            if b.decided
+                .is_some_and(|d| now.saturating_duration_since(d) < DECIDE_EVERY)
+            {
+                return b.resume_at.saturating_duration_since(now);
+            }
+        }
+        self.charge(Duration::ZERO, now)
     }
 }
 
@@ -318,6 +348,27 @@ mod tests {
         // Each wants the whole core: big may have 3/4, small 1/4.
         let (_, got) = simulate(&s, &[(&big, 10 * MS), (&small, 10 * MS)]);
         assert!(got[0] > got[1] * 2, "{got:?}");
+    }
+
+    #[test]
+    fn before_a_call_a_decision_stands_for_a_tick_then_is_made_again() {
+        let s = CpuScheduler::new(2.0);
+        let (busy, honest) = (s.group("busy", 1), s.group("honest", 1));
+        let t = s.inner.started + WINDOW / 2;
+        honest.charge(90 * MS, t);
+        // busy wants 3 cores: in debt, told to wait.
+        let wait = busy.charge(300 * MS, t);
+        assert!(wait > Duration::ZERO);
+        let throttled = busy.throttled();
+        // Within the tick the decision stands: what is left of the wait,
+        // and no new decision (no more time counted as throttled).
+        assert_eq!(busy.wait_before_call(t + MS), wait - MS);
+        assert_eq!(busy.throttled(), throttled);
+        // A tick later the group is looked at again.
+        busy.wait_before_call(t + DECIDE_EVERY);
+        assert!(busy.throttled() > throttled);
+        // A group never decided about decides at once.
+        assert_eq!(honest.wait_before_call(t), Duration::ZERO);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub const ASYNC_STACK: usize = 1 << 20;
 /// How often the engine's epoch advances: the resolution of the
 /// wall-clock bound on hook calls (`limits.call_timeout_ms`).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+// A CPU group's decision stands for one tick.
+const _: () = assert!(EPOCH_TICK.as_nanos() == cpu::DECIDE_EVERY.as_nanos());
 
 /// Compiles, caches and loads plugins. One per process; cheap to share.
 pub struct PluginEngine {
@@ -407,45 +409,60 @@ pub struct InstanceState {
 struct CpuMeter {
     /// The group, and the job's count of CPU nanoseconds.
     group: Option<(CpuGroup, Arc<AtomicU64>)>,
-    /// The thread the call ran on when last charged, its CPU time then,
-    /// and the time: a call that gave its worker up may go on on another.
-    thread: std::thread::ThreadId,
-    mark: Duration,
-    at: Instant,
+    /// Where the current call's CPU was last read, in a group.
+    clock: CallClock,
     /// When the current call's wall-clock bound ends (moved on by the
     /// time the group made it wait).
     deadline: Instant,
+}
+
+/// The thread a call ran on when its CPU was last read, the thread's CPU
+/// time then, and the time: a call that gave its worker up may go on on
+/// another worker.
+struct CallClock {
+    thread: std::thread::ThreadId,
+    mark: Duration,
+    at: Instant,
+}
+
+impl CallClock {
+    fn start(now: Instant) -> Self {
+        CallClock {
+            thread: std::thread::current().id(),
+            mark: cpu::thread_cpu_time(),
+            at: now,
+        }
+    }
+
+    /// The CPU the call used since the last read: the thread's CPU clock
+    /// while it stayed on one thread; after it moved, the wall-clock time
+    /// since, at most one tick.
+    fn used(&mut self, now: Instant) -> Duration {
+        let last = std::mem::replace(self, CallClock::start(now));
+        if last.thread == self.thread {
+            self.mark.saturating_sub(last.mark)
+        } else {
+            now.saturating_duration_since(last.at).min(EPOCH_TICK)
+        }
+    }
 }
 
 impl CpuMeter {
     fn new(group: Option<(CpuGroup, Arc<AtomicU64>)>) -> Self {
         CpuMeter {
             group,
-            thread: std::thread::current().id(),
-            mark: Duration::ZERO,
-            at: Instant::now(),
+            clock: CallClock::start(Instant::now()),
             deadline: Instant::now(),
         }
     }
 
-    /// Starts counting from now, on this thread.
-    fn restart(&mut self, now: Instant) {
-        self.thread = std::thread::current().id();
-        self.mark = cpu::thread_cpu_time();
-        self.at = now;
-    }
-
-    /// The CPU the call used since it was last charged: the thread's CPU
-    /// clock while it stayed on one thread; after it moved (it went on on
-    /// another worker), the wall-clock time since, at most one tick.
-    fn used(&mut self, now: Instant) -> Duration {
-        let (thread, mark, at) = (self.thread, self.mark, self.at);
-        self.restart(now);
-        if thread == self.thread {
-            self.mark.saturating_sub(mark)
-        } else {
-            now.saturating_duration_since(at).min(EPOCH_TICK)
-        }
+    /// In a group: the CPU the call used since it was last charged, added
+    /// to the job's count, and the group to charge it to.
+    fn take_used(&mut self, now: Instant) -> Option<(&CpuGroup, Duration)> {
+        let (group, job) = self.group.as_ref()?;
+        let used = self.clock.used(now);
+        job.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
+        Some((group, used))
     }
 }
 
@@ -455,7 +472,9 @@ impl InstanceState {
     fn arm(store: &mut Store<InstanceState>, timeout_ms: u64) {
         let meter = &mut store.data_mut().cpu;
         let now = Instant::now();
-        meter.restart(now);
+        if meter.group.is_some() {
+            meter.clock = CallClock::start(now);
+        }
         meter.deadline = now + Duration::from_millis(timeout_ms);
         // Every tick: check the bound, charge the group (maybe wait), give
         // the worker up.
@@ -464,16 +483,11 @@ impl InstanceState {
 
     /// Charges the CPU of the call that just returned.
     fn settle(&mut self) {
-        let meter = &mut self.cpu;
-        if meter.group.is_some() {
-            let now = Instant::now();
-            let used = meter.used(now);
-            if let Some((group, job)) = &meter.group {
-                // The next tick inside a call, or the next call, decides
-                // whether to wait.
-                group.add(used, now);
-                job.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-            }
+        let now = Instant::now();
+        // The next tick inside a call, or the next call, decides whether
+        // to wait.
+        if let Some((group, used)) = self.cpu.take_used(now) {
+            group.add(used, now);
         }
     }
 }
@@ -493,12 +507,10 @@ fn on_tick(
     if now >= meter.deadline {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }
-    let Some((group, job)) = meter.group.clone() else {
-        return Ok(wasmtime::UpdateDeadline::Yield(1));
+    let wait = match meter.take_used(now) {
+        Some((group, used)) => group.charge(used, now).min(cpu::WINDOW),
+        None => Duration::ZERO,
     };
-    let used = meter.used(now);
-    job.fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
-    let wait = group.charge(used, now).min(cpu::WINDOW);
     if wait.is_zero() {
         return Ok(wasmtime::UpdateDeadline::Yield(1));
     }
@@ -916,9 +928,7 @@ impl OperatorInstance {
     /// its share. The caller waits without holding a worker.
     pub fn cpu_wait(&mut self) -> Duration {
         match &self.store.data().cpu.group {
-            Some((group, _)) => group
-                .charge(Duration::ZERO, Instant::now())
-                .min(cpu::WINDOW),
+            Some((group, _)) => group.wait_before_call(Instant::now()),
             None => Duration::ZERO,
         }
     }
