@@ -2,12 +2,11 @@
 //! threads, one per core ([`Workers`]), that runs while it has input
 //! (or a trigger, or room downstream) and otherwise waits without holding
 //! a worker, so an idle subtask costs memory, not a thread. The workers are
-//! not the I/O runtime: a plugin call is CPU-bound and runs on its worker
-//! to its end (bounded by its fuel and wall-clock limits), which must never
-//! stall the runtime that stores snapshots and serves the API. A subtask
-//! that always has work gives its worker up every 2 ms so the
-//! other subtasks get their turn. Bounded channels between subtasks give backpressure; they carry
-//! packed record batches.
+//! not the I/O runtime: a plugin call is CPU-bound and must never stall
+//! the runtime that stores snapshots and serves the API. A subtask that
+//! always has work gives its worker up every 2 ms, and a plugin call at
+//! every epoch tick, so the other subtasks get their turn. Bounded channels between subtasks give
+//! backpressure; they carry packed record batches.
 //!
 //! Every pair of connected subtasks has its own channel, which carries data
 //! batches and control events (checkpoint barriers, end of data, end of
@@ -523,6 +522,14 @@ fn run_controlled(
     }
 }
 
+/// Tells every subtask of the attempt to stop (one that already ended
+/// needs nothing).
+fn cancel_all(controls: &[ControlSender]) {
+    for c in controls {
+        let _ = c.send(Control::Cancel);
+    }
+}
+
 /// Whether `flag` is given and set.
 fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
     flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
@@ -940,9 +947,7 @@ impl Attempt<'_> {
                         .lock()
                         .expect("invariant: failure lock not poisoned")
                         .get_or_insert(e);
-                    for c in controls.iter() {
-                        let _ = c.send(Control::Cancel);
-                    }
+                    cancel_all(&controls);
                 }
             });
             handles.push((name, handle));
@@ -953,9 +958,7 @@ impl Attempt<'_> {
         if let Some(control) = &self.control {
             let controls = controls.clone();
             control.set_canceller(Some(Arc::new(move || {
-                for c in controls.iter() {
-                    let _ = c.send(Control::Cancel);
-                }
+                cancel_all(&controls);
             })));
         }
         if let Some(cancel) = self.cancel.clone().filter(|_| self.control.is_none()) {
@@ -963,9 +966,7 @@ impl Attempt<'_> {
             self.io.spawn(async move {
                 while !done.load(Ordering::Relaxed) {
                     if cancel.load(Ordering::Relaxed) {
-                        for c in controls.iter() {
-                            let _ = c.send(Control::Cancel);
-                        }
+                        cancel_all(&controls);
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -980,9 +981,7 @@ impl Attempt<'_> {
                 for (name, h) in handles {
                     if h.await.is_err() {
                         panicked.get_or_insert(name);
-                        for c in controls.iter() {
-                            let _ = c.send(Control::Cancel);
-                        }
+                        cancel_all(&controls);
                     }
                 }
                 let _ = shutdown.send(CoordinatorMsg::Shutdown);
@@ -995,9 +994,7 @@ impl Attempt<'_> {
             checkpointing::coordinate(setup)
         }));
         if coordinated.is_err() {
-            for c in controls.iter() {
-                let _ = c.send(Control::Cancel);
-            }
+            cancel_all(&controls);
         }
         let panicked = self
             .io

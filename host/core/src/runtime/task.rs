@@ -1,8 +1,8 @@
 //! One subtask: a source, an operator (Wasm or native) or a sink, run as
 //! a task on the job's workers until its input ends, the job is
 //! cancelled, or it fails. It waits (for input, for room downstream, for
-//! a control message) without holding a worker; plugin calls run on the
-//! worker to their end.
+//! a control message) without holding a worker; a plugin call gives the
+//! worker up at each epoch tick.
 //!
 //! Checkpoints, as a subtask sees them:
 //! - a source gets a trigger on its control channel between two batches,
@@ -160,6 +160,13 @@ pub(crate) struct Task {
     pub opened: Opened,
 }
 
+/// What a subtask runs, opened.
+enum Part {
+    Source(Box<dyn Source>),
+    Sink(Box<dyn Sink>),
+    Operator(Logic),
+}
+
 /// The operator logic a subtask runs.
 enum Logic {
     Wasm(Box<OperatorInstance>),
@@ -176,9 +183,23 @@ impl Task {
     }
 
     pub(crate) async fn run(mut self) -> TaskResult {
+        // Opened, or failed to: either way the others are told (`Opened`
+        // arrives when dropped).
+        let part = self.open().await?;
+        self.opened.all().await;
+        match part {
+            Part::Source(source) => self.run_source(source).await,
+            Part::Sink(sink) => self.run_sink(sink).await,
+            Part::Operator(logic) => self.run_operator(logic).await,
+        }
+    }
+
+    /// Opens what the subtask runs: its source, sink, plugin instance (with
+    /// its restored state) or native operator.
+    async fn open(&mut self) -> Result<Part, Exit> {
         let mut restored = self.restored.take().unwrap_or_default();
         self.gate.preload(std::mem::take(&mut restored.in_flight))?;
-        match self.vertex.kind.clone() {
+        Ok(match self.vertex.kind.clone() {
             _ if !self.vertex.kind.has_inputs()
                 && let Some(p) = restored
                     .source_offset
@@ -186,32 +207,29 @@ impl Task {
                     .filter(|p| p.finished) =>
             {
                 // It had ended before the snapshot: it stays ended.
-                self.run_source(Box::new(FinishedSource::new(p.offset)))
-                    .await
+                Part::Source(Box::new(FinishedSource::new(p.offset)))
             }
             VertexKind::FileSource { path } => {
                 let offset = restored.source_offset.unwrap_or(0);
-                let source = FileSource::open(&self.vertex.uid, &path, offset)?;
-                self.run_source(Box::new(source)).await
+                Part::Source(Box::new(FileSource::open(&self.vertex.uid, &path, offset)?))
             }
             VertexKind::Datagen(spec) => {
                 let p = self.vertex.parallelism;
-                let source = match restored.source_offset {
+                Part::Source(Box::new(match restored.source_offset {
                     Some(at) => DatagenSource::resume(&spec, self.subtask, p, at),
                     None => DatagenSource::new(&spec, self.subtask, p),
-                };
-                self.run_source(Box::new(source)).await
+                }))
             }
             VertexKind::StdoutSink => {
-                self.run_sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
-                    .await
+                Part::Sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
             }
-            VertexKind::FileSink { dir } => {
-                let sink =
-                    FileSink::open(&self.vertex.uid, &dir, self.subtask, restored.sink.as_ref())?;
-                self.run_sink(Box::new(sink)).await
-            }
-            VertexKind::BlackholeSink => self.run_sink(Box::new(BlackholeSink)).await,
+            VertexKind::FileSink { dir } => Part::Sink(Box::new(FileSink::open(
+                &self.vertex.uid,
+                &dir,
+                self.subtask,
+                restored.sink.as_ref(),
+            )?)),
+            VertexKind::BlackholeSink => Part::Sink(Box::new(BlackholeSink)),
             VertexKind::Operator { config, limits, .. } => {
                 let plugin = self
                     .plugin
@@ -231,17 +249,14 @@ impl Task {
                         restored_types: std::mem::take(&mut self.restored_types),
                     })
                     .await?;
-                self.run_operator(Logic::Wasm(Box::new(instance))).await
+                Part::Operator(Logic::Wasm(Box::new(instance)))
             }
-            VertexKind::Native(factory) => {
-                let logic = Logic::Native {
-                    op: factory.create(),
-                    state: self.state_backend(restored.keyed)?,
-                    out: BatchWriter::default(),
-                };
-                self.run_operator(logic).await
-            }
-        }
+            VertexKind::Native(factory) => Part::Operator(Logic::Native {
+                op: factory.create(),
+                state: self.state_backend(restored.keyed)?,
+                out: BatchWriter::default(),
+            }),
+        })
     }
 
     fn key_groups(&self) -> KeyGroupRange {
@@ -336,7 +351,6 @@ impl Task {
     // ---- sources ----
 
     async fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
-        self.opened.all().await;
         let mut batch = BatchWriter::default();
         // Restored as ended: it ended before the snapshot, and so did
         // whatever ended with it downstream.
@@ -455,7 +469,6 @@ impl Task {
     // ---- sinks ----
 
     async fn run_sink(&mut self, mut sink: Box<dyn Sink>) -> TaskResult {
-        self.opened.all().await;
         let mut ending = SinkEnding::default();
         let mut turn = Turn::new();
         loop {
@@ -520,7 +533,6 @@ impl Task {
     // ---- operators ----
 
     async fn run_operator(&mut self, mut logic: Logic) -> TaskResult {
-        self.opened.all().await;
         let mut turn = Turn::new();
         loop {
             turn.yield_if_due().await;
