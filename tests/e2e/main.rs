@@ -122,6 +122,18 @@ fn reference_counts(text: &str) -> HashMap<String, u64> {
 /// Every line of every visible part file in `dir` (hidden in-progress and
 /// pending parts are not output), in part order: by subtask, then part
 /// number, so each subtask's lines keep the order it wrote them.
+/// The `faulty` plugin's `probe` report: one `name\tresult` line per
+/// thing it tried.
+fn probe_report<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> HashMap<String, String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            let (k, v) = l.as_ref().split_once('\t').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
 fn output_lines(dir: &Path) -> Vec<String> {
     let mut parts: Vec<((u64, u64), std::path::PathBuf)> = std::fs::read_dir(dir)
         .unwrap()
@@ -434,13 +446,7 @@ fn a_plugin_has_no_ambient_authority() {
     );
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    let report: HashMap<String, String> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            let (k, v) = l.split_once('\t').unwrap();
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
+    let report = probe_report(String::from_utf8_lossy(&o.stdout).lines());
     assert!(report["read-dir"].starts_with("denied"), "{report:?}");
     assert!(report["read-file"].starts_with("denied"), "{report:?}");
     assert_eq!(report["env-vars"], "0", "{report:?}");

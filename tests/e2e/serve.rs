@@ -2,7 +2,6 @@
 //! HTTP and through `weir submit` / `weir upgrade`. Tokens, namespaces,
 //! confinement, `kill -9` of the host, upgrades in place.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -462,13 +461,15 @@ fn every_endpoint_needs_the_right_tenants_token_and_names_stay_in_the_namespace(
     let (_, metrics) = host.http("GET", "/metrics", acme, b"");
     assert!(metrics.contains(&id), "{metrics}");
     // The job's plugin instances hold memory, and their CPU is counted.
-    let memory = metrics
-        .lines()
-        .find(|l| l.starts_with("weir_job_memory_bytes{") && l.contains(&id))
-        .unwrap_or_else(|| panic!("no job memory: {metrics}"));
-    let bytes: f64 = memory.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(bytes > 0.0, "{memory}");
-    assert!(metrics.contains("weir_job_cpu_seconds_total{"), "{metrics}");
+    let sample = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&id))
+            .unwrap_or_else(|| panic!("no {name} for the job: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("weir_job_memory_bytes") > 0.0, "{metrics}");
+    assert!(sample("weir_job_cpu_seconds_total") > 0.0, "{metrics}");
 
     // Savepoint targets are names in acme's namespace, nothing else.
     let sp = format!("/v1/jobs/{id}/savepoints");
@@ -840,13 +841,7 @@ fn a_hosted_plugin_importing_filesystem_and_sockets_is_denied_both() {
     .unwrap();
     let id = host.submit(&host.acme, &job);
     host.wait_state(&host.acme, &id, "FINISHED");
-    let report: HashMap<String, String> = super::output_lines(&files.join("probe-out"))
-        .into_iter()
-        .map(|l| {
-            let (k, v) = l.split_once('\t').unwrap();
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
+    let report = super::probe_report(super::output_lines(&files.join("probe-out")));
     assert!(report["read-dir"].starts_with("denied"), "{report:?}");
     assert!(report["read-file"].starts_with("denied"), "{report:?}");
     assert!(report["tcp-connect"].starts_with("denied"), "{report:?}");

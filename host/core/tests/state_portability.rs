@@ -61,6 +61,22 @@ fn fresh_state() -> Box<dyn KeyedStateBackend> {
     )))
 }
 
+/// Operator `uid`'s only subtask, under `limits`, over `state`.
+fn subtask_zero(uid: &str, limits: Limits, state: Box<dyn KeyedStateBackend>) -> InstanceConfig {
+    InstanceConfig {
+        uid: uid.into(),
+        config: String::new(),
+        subtask: 0,
+        parallelism: 1,
+        max_parallelism: MAX_PARALLELISM,
+        limits,
+        state,
+        operator_state: Vec::new(),
+        attempt_number: 0,
+        restored_types: Default::default(),
+    }
+}
+
 /// Runs `records` through a new instance of `plugin` over `state`, takes a
 /// snapshot (so the guest hands all state to the host) and returns the
 /// emitted values and the state.
@@ -69,23 +85,12 @@ fn run(
     state: Box<dyn KeyedStateBackend>,
     records: &[(String, String)],
 ) -> (Vec<String>, Box<dyn KeyedStateBackend>) {
-    let mut instance = block_on(plugin.instantiate(InstanceConfig {
-        uid: "stats".into(),
-        config: String::new(),
-        subtask: 0,
-        parallelism: 1,
-        max_parallelism: MAX_PARALLELISM,
-        limits: Limits {
-            memory_bytes: 256 << 20,
-            fuel_per_call: 20_000_000_000,
-            ..Limits::default()
-        },
-        state,
-        operator_state: Vec::new(),
-        attempt_number: 0,
-        restored_types: Default::default(),
-    }))
-    .unwrap();
+    let limits = Limits {
+        memory_bytes: 256 << 20,
+        fuel_per_call: 20_000_000_000,
+        ..Limits::default()
+    };
+    let mut instance = block_on(plugin.instantiate(subtask_zero("stats", limits, state))).unwrap();
     let mut batch = BatchWriter::default();
     for (user, value) in records {
         batch.push(Some(user.as_bytes()), value.as_bytes(), None);
@@ -216,24 +221,15 @@ fn count_then_snapshot(
     touched: impl Iterator<Item = usize> + Clone,
     fuel: u64,
 ) -> Result<Box<dyn KeyedStateBackend>, String> {
-    let mut instance = block_on(plugin.instantiate(InstanceConfig {
-        uid: "count".into(),
-        config: String::new(),
-        subtask: 0,
-        parallelism: 1,
-        max_parallelism: MAX_PARALLELISM,
-        limits: Limits {
-            memory_bytes: 256 << 20,
-            fuel_per_call: fuel,
-            fuel_per_snapshot: fuel,
-            ..Limits::DEFAULT
-        },
-        state: restored_counts(keys),
-        operator_state: Vec::new(),
-        attempt_number: 0,
-        restored_types: Default::default(),
-    }))
-    .map_err(|e| e.to_string())?;
+    let limits = Limits {
+        memory_bytes: 256 << 20,
+        fuel_per_call: fuel,
+        fuel_per_snapshot: fuel,
+        ..Limits::DEFAULT
+    };
+    let mut instance =
+        block_on(plugin.instantiate(subtask_zero("count", limits, restored_counts(keys))))
+            .map_err(|e| e.to_string())?;
     let words: Vec<String> = touched.map(|i| format!("w{i}")).collect();
     for chunk in words.chunks(1024) {
         let mut batch = BatchWriter::default();

@@ -1350,20 +1350,9 @@ mod tests {
         assert!(Arc::ptr_eq(&plugin.linked, &again.linked));
 
         // And the recompiled plugin runs: word count over one batch.
-        let mut instance = block_on(plugin.instantiate(InstanceConfig {
-            uid: "count".into(),
-            config: String::new(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            limits: limits(),
-            state: Box::new(MemoryStateBackend::new(KeyGroupRange::for_subtask(
-                0, 1, 128,
-            ))),
-            operator_state: Vec::new(),
-            attempt_number: 0,
-            restored_types: HashMap::new(),
-        }))
+        let mut instance = block_on(plugin.instantiate(config_over(MemoryStateBackend::new(
+            KeyGroupRange::for_subtask(0, 1, 128),
+        ))))
         .unwrap();
         let mut batch = weir_format::BatchWriter::default();
         for word in ["a", "b", "a"] {
@@ -1535,16 +1524,9 @@ mod tests {
             .load("count", Path::new(weir_test_plugins::WORD_COUNT))
             .unwrap();
         block_on(plugin.instantiate(InstanceConfig {
-            uid: "count".into(),
-            config: String::new(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            limits: limits(),
-            state: Box::new(state),
-            operator_state: Vec::new(),
             attempt_number: 1,
             restored_types,
+            ..config_over(state)
         }))
     }
 
