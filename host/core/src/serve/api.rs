@@ -346,9 +346,10 @@ async fn upgrade(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<super::ops::UpgradeView>, Response> {
-    if ctx.inner.job_of(&ctx.tenant, &id).is_none() {
-        return Err(Refusal::NotFound(format!("no job with id `{id}`")).into_response());
-    }
+    // Another tenant's job is not found before its body is even read.
+    ctx.inner
+        .job_of(&ctx.tenant, &id)
+        .map_err(IntoResponse::into_response)?;
     let body: UpgradeBody = api::parse_body(body).map_err(IntoResponse::into_response)?;
     ctx.inner
         .upgrade(&ctx.tenant, &id, body)
@@ -366,10 +367,7 @@ async fn checkpoints(
     State(ctx): State<TenantCtx>,
     Path(id): Path<String>,
 ) -> Answer<axum::Json<serde_json::Value>> {
-    let job = ctx
-        .inner
-        .job_of(&ctx.tenant, &id)
-        .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+    let job = ctx.inner.job_of(&ctx.tenant, &id)?;
     let m = job.metrics();
     let c = &m.checkpoints;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -386,10 +384,7 @@ async fn vertices(
     State(ctx): State<TenantCtx>,
     Path(id): Path<String>,
 ) -> Answer<axum::Json<serde_json::Value>> {
-    let job = ctx
-        .inner
-        .job_of(&ctx.tenant, &id)
-        .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+    let job = ctx.inner.job_of(&ctx.tenant, &id)?;
     let vertices: Vec<serde_json::Value> = job
         .metrics()
         .vertices
@@ -409,10 +404,7 @@ async fn job_record(
     State(ctx): State<TenantCtx>,
     Path(id): Path<String>,
 ) -> Answer<axum::Json<super::record::JobRecord>> {
-    let job = ctx
-        .inner
-        .job_of(&ctx.tenant, &id)
-        .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+    let job = ctx.inner.job_of(&ctx.tenant, &id)?;
     Ok(axum::Json(job.record()))
 }
 

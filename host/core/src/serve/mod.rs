@@ -529,14 +529,16 @@ impl Inner {
             .collect()
     }
 
-    /// Job `id` if `tenant` owns it.
-    fn job_of(&self, tenant: &Tenant, id: &str) -> Option<Arc<HostedJob>> {
+    /// Job `id` if `tenant` owns it; not found (404) otherwise, another
+    /// tenant's included.
+    fn job_of(&self, tenant: &Tenant, id: &str) -> Result<Arc<HostedJob>, ops::Refusal> {
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .filter(|j| j.tenant.name == tenant.name)
             .cloned()
+            .ok_or_else(|| ops::Refusal::NotFound(format!("no job with id `{id}`")))
     }
 
     /// Shows job `id` of `tenant`, which ended as `state` before this
@@ -726,6 +728,11 @@ impl Inner {
         let mut record = job.record();
         record.ended_ms = Some(record::now_ms());
         let mut discard = false;
+        let failed_by_host = job
+            .failed_by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match &outcome {
             Ok(report) => {
                 record.state = "FINISHED".into();
@@ -749,19 +756,9 @@ impl Inner {
                     control.advance(JobState::Failed);
                 }
             }
-            Err(_)
-                if job
-                    .failed_by_host
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some() =>
-            {
+            Err(_) if failed_by_host.is_some() => {
                 record.state = "FAILED".into();
-                record.failure = job
-                    .failed_by_host
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                record.failure = failed_by_host;
                 control.advance(JobState::Failed);
             }
             Err(RunEnd::Fenced(why)) => {

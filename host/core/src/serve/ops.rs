@@ -378,9 +378,7 @@ impl Inner {
 
     /// Deletes an ended job: its record and checkpoints.
     pub(crate) async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), Refusal> {
-        let job = self
-            .job_of(tenant, id)
-            .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+        let job = self.job_of(tenant, id)?;
         if job.control().state().is_terminal() {
             // Ended: its run is recording how, a moment at most.
             let _ = tokio::time::timeout(Duration::from_secs(10), wait_ended(&job)).await;
@@ -509,9 +507,7 @@ impl Inner {
         id: &str,
         body: UpgradeBody,
     ) -> Result<UpgradeView, Refusal> {
-        let job = self
-            .job_of(tenant, id)
-            .ok_or_else(|| Refusal::NotFound(format!("no job with id `{id}`")))?;
+        let job = self.job_of(tenant, id)?;
         if body.plugins.is_empty() {
             return Err(Refusal::Bad(
                 "no plugins to upgrade: give `plugins: {uid: \"sha256:…\"}`".into(),
