@@ -36,10 +36,9 @@ pub trait Source: Send {
     /// [`Error::Io`] if reading fails.
     fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error>;
 
-    /// How long to wait before the next [`Source::next_batch`] of up to
-    /// `max` records (a paced source); the caller waits without holding a
-    /// worker.
-    fn pause(&self, _max: usize) -> Duration {
+    /// How long to wait before the next [`Source::next_batch`] (a paced
+    /// source); the caller waits without holding a worker.
+    fn pause(&self) -> Duration {
         Duration::ZERO
     }
 
@@ -286,7 +285,7 @@ impl DatagenSource {
 }
 
 impl Source for DatagenSource {
-    fn pause(&self, _max: usize) -> Duration {
+    fn pause(&self) -> Duration {
         let Some(rate) = self.rate else {
             return Duration::ZERO;
         };
@@ -856,12 +855,12 @@ mod tests {
         };
         // Resumed, as after a restore or an upgrade: no wait first.
         let mut src = DatagenSource::resume(&spec, 0, 1, 500);
-        assert_eq!(src.pause(1024), Duration::ZERO);
+        assert_eq!(src.pause(), Duration::ZERO);
         let mut w = BatchWriter::default();
         src.next_batch(&mut w, 1024).unwrap();
         // 100 ms worth went out: the next waits for them to be due.
         assert_eq!(src.offset(), 600);
-        let pause = src.pause(1024);
+        let pause = src.pause();
         assert!(
             pause > Duration::from_millis(50) && pause <= Duration::from_millis(100),
             "{pause:?}"

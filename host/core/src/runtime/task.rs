@@ -370,7 +370,7 @@ impl Task {
                     }
                 }
             }
-            let pause = source.pause(self.batch_size);
+            let pause = source.pause();
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }

@@ -544,9 +544,9 @@ mod tests {
         assert_eq!(c.workers, 0, "one per core");
         let c = parse("max_mappings = 30\nworkers = 3").unwrap();
         assert_eq!((c.max_mappings, c.workers), (30, 3));
-        // A job of one plugin instance needs its thread's and the
-        // instance's mappings.
-        assert_eq!(job_mappings(1), JOB_MAPPINGS + INSTANCE_MAPPINGS);
+        // On a stock kernel (vm.max_map_count 65,530) the default admits
+        // over 5,200 one-operator jobs, as docs/serve.md says.
+        assert!((65_530 - 8_192) / job_mappings(1) > 5_200);
     }
 
     #[test]
