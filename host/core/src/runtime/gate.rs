@@ -876,16 +876,19 @@ mod tests {
             .collect()
     }
 
-    /// Whatever order the gate reads its channels and control in, an
-    /// unaligned snapshot plus its in-flight records hold every record
-    /// before the barrier exactly once, and nothing after it.
+    /// Whatever order the gate reads its channels in, and whenever the
+    /// priority barrier comes (before any record is read, or after one,
+    /// two or three events), an unaligned snapshot plus its in-flight
+    /// records hold every record before the barrier exactly once, and
+    /// nothing after it.
     #[test]
     fn an_unaligned_barrier_overtakes_queued_records_which_become_in_flight() {
-        for _ in 0..50 {
+        for (first, priority_after) in (0..2).flat_map(|f| (0..4).map(move |p| (f, p))) {
             let (tx0, rx0) = tokio::sync::mpsc::channel(16);
             let (tx1, rx1) = tokio::sync::mpsc::channel(16);
             let (ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
             let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Unaligned, None);
+            gate.first = first;
             for e in [
                 records(&["a", "b"]),
                 Element::Barrier(barrier(1)),
@@ -900,18 +903,20 @@ mod tests {
             ] {
                 tx1.try_send(e).unwrap();
             }
-            ctl.send(Control::PriorityBarrier {
-                barrier: barrier(1),
-                channel: 1,
-            })
-            .unwrap();
             for tx in [&tx0, &tx1] {
                 tx.try_send(records(&["after"])).unwrap();
                 tx.try_send(Element::EndOfInput).unwrap();
             }
             let (mut before, mut after, mut in_flight) = (Vec::new(), Vec::new(), None);
             let mut snapshotted = false;
-            loop {
+            for events in 0.. {
+                if events == priority_after {
+                    ctl.send(Control::PriorityBarrier {
+                        barrier: barrier(1),
+                        channel: 1,
+                    })
+                    .unwrap();
+                }
                 match block_on(gate.next()).ok().unwrap() {
                     GateEvent::Records(data, _) if snapshotted => after.extend(values(&data)),
                     GateEvent::Records(data, _) => before.extend(values(&data)),

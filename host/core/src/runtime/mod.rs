@@ -229,15 +229,17 @@ impl Workers {
     }
 }
 
-/// Runs `future` to its end on a runtime of its own (unit tests of the
-/// asynchronous subtask parts).
+/// Runs `future` to its end on the test thread's own runtime (unit tests
+/// of the asynchronous subtask parts), started once per thread.
 #[cfg(test)]
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a test runtime starts")
-        .block_on(future)
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a test runtime starts");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
 }
 
 /// What a finished job did.
