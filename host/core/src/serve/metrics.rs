@@ -194,7 +194,7 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
         running_jobs
             .family
             .get_or_create(&l)
-            .set(i64::from(inner.usage(t).0));
+            .set(i64::from(inner.running(Some(t)).jobs));
     }
     let mut out = String::new();
     encode(&mut out, &registry).expect("invariant: writing to a String cannot fail");

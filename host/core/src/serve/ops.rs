@@ -18,6 +18,15 @@ use crate::error::{Error, Problem};
 use crate::runtime::{JobId, JobState, Restore, SavepointFormat, SavepointRequest, StopMode};
 use crate::savepoint::ClaimMode;
 
+/// What running jobs use, against quotas and the host's limits.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Usage {
+    pub jobs: u32,
+    pub subtasks: u32,
+    /// Memory mappings, by the host's estimate ([`config::job_mappings`]).
+    pub mappings: u64,
+}
+
 /// Why a request is refused.
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -233,29 +242,17 @@ impl Inner {
             .collect())
     }
 
-    /// The tenant's jobs not yet ended, and their subtasks.
-    pub(super) fn usage(&self, tenant: &Tenant) -> (u32, u32) {
-        self.running(Some(tenant))
-    }
-
-    /// The jobs not yet ended, and their subtasks: `tenant`'s, or the
-    /// whole host's.
-    fn running(&self, tenant: Option<&Tenant>) -> (u32, u32) {
+    /// What the jobs not yet ended use: `tenant`'s, or the whole host's.
+    pub(super) fn running(&self, tenant: Option<&Tenant>) -> Usage {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.values()
             .filter(|j| tenant.is_none_or(|t| j.tenant.name == t.name))
             .filter(|j| j.running.load(Ordering::Relaxed))
-            .fold((0, 0), |(n, s), j| (n + 1, s + j.subtasks))
-    }
-
-    /// The memory mappings the running jobs need, by the host's estimate
-    /// ([`config::job_mappings`]).
-    fn mappings(&self) -> u64 {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.values()
-            .filter(|j| j.running.load(Ordering::Relaxed))
-            .map(|j| config::job_mappings(j.instances))
-            .sum()
+            .fold(Usage::default(), |u, j| Usage {
+                jobs: u.jobs + 1,
+                subtasks: u.subtasks + j.subtasks,
+                mappings: u.mappings + config::job_mappings(j.instances),
+            })
     }
 
     /// Refuses a job of `subtasks` more (`instances` of them plugin
@@ -264,15 +261,19 @@ impl Inner {
     fn admit(&self, tenant: &Tenant, subtasks: u32, instances: u32) -> Result<(), Refusal> {
         let quota = tenant.quota();
         storage_within_quota(tenant)?;
-        let (running, used) = self.usage(tenant);
+        let Usage {
+            jobs: running,
+            subtasks: used,
+            ..
+        } = self.running(Some(tenant));
         if running >= quota.running_jobs {
             return Err(Refusal::Quota(format!(
                 "tenant `{}` runs {running} job(s), its quota `running_jobs` ({})",
                 tenant.name, quota.running_jobs
             )));
         }
-        let (_, host_used) = self.running(None);
-        let host_max = self.config().max_subtasks;
+        let host = self.running(None);
+        let (host_used, host_max) = (host.subtasks, self.config().max_subtasks);
         if host_used.saturating_add(subtasks) > host_max {
             return Err(Refusal::Full(format!(
                 "the host runs {host_used} subtasks and this job's {subtasks} would exceed its \
@@ -280,7 +281,7 @@ impl Inner {
                  another host"
             )));
         }
-        let (mapped, max_mappings) = (self.mappings(), self.config().max_mappings);
+        let (mapped, max_mappings) = (host.mappings, self.config().max_mappings);
         let needed = config::job_mappings(instances);
         if mapped + needed > max_mappings {
             return Err(Refusal::Full(format!(
@@ -466,7 +467,11 @@ impl Inner {
     /// The tenant's quota and usage.
     pub(crate) fn quota_view(&self, tenant: &Tenant) -> QuotaView {
         let q = tenant.quota();
-        let (running, subtasks) = self.usage(tenant);
+        let Usage {
+            jobs: running,
+            subtasks,
+            ..
+        } = self.running(Some(tenant));
         QuotaView {
             tenant: tenant.name.clone(),
             quota: BTreeMap::from([
