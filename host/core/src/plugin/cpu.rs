@@ -251,7 +251,7 @@ impl CpuGroup {
 
     /// How long an instance of the group waits before a call at `now`: what
     /// the latest decision left of its wait, decided afresh ([`charge`])
-    /// only once that decision is a tick ([`DECIDE_EVERY`]) old — so the
+    /// only once that decision is a tick (10 ms) old — so the
     /// scan over every group happens once a tick per group, not once a
     /// call.
     ///
