@@ -4,25 +4,19 @@
 //! one reference made of the input's first bytes) so that mutated valid
 //! files reach the ranged decoders too.
 //!
-//! Depends on `weir-host` alone, not on libFuzzer: the stable regression
-//! test `host/core/tests/snapshot_decoders.rs` includes this file by path
+//! Depends on `weir-format` alone, not on libFuzzer: the stable regression
+//! test `host/format/tests/snapshot_decoders.rs` includes this file by path
 //! and runs the checked-in corpus and mutations of it through the same
 //! functions. The only failure is a panic; decoding errors are expected.
 
-use weir_host::checkpoint::catalog::Manifest;
-use weir_host::checkpoint::format as checkpoint;
-use weir_host::savepoint::format as savepoint;
+use weir_format::checkpoint;
+use weir_format::frame::{FRAME_HEAD, FRAME_OVERHEAD, PREFIX_LEN};
+use weir_format::manifest::Manifest;
+use weir_format::savepoint;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The name the decoders see in their errors.
 const FILE: &str = "fuzz-input";
-/// Magic and version, before the first section of either state file.
-const PREFIX_LEN: usize = 10;
-/// Tag and length before a section's payload, checksum after it.
-const FRAME_HEAD: usize = 9;
-const FRAME_OVERHEAD: u64 = 17;
-/// The section tag of a checkpoint key group.
-const KEY_GROUP_TAG: u8 = 0x02;
 
 /// A section as its header claims it, unverified.
 struct ClaimedFrame {
@@ -44,7 +38,7 @@ fn claimed_frames(bytes: &[u8]) -> Vec<ClaimedFrame> {
         let tag = bytes[pos];
         let mut len = [0; 8];
         len.copy_from_slice(&bytes[pos + 1..pos + FRAME_HEAD]);
-        let len = u64::from_le_bytes(len).saturating_add(FRAME_OVERHEAD);
+        let len = u64::from_le_bytes(len).saturating_add(FRAME_OVERHEAD as u64);
         let payload = bytes[pos + FRAME_HEAD..].iter().take(5).copied().collect();
         out.push(ClaimedFrame {
             offset: pos as u64,
@@ -119,7 +113,7 @@ fn checkpoint_state_file_as_is(data: &[u8]) {
     let _ = checkpoint::decode_state_file(FILE, data);
     let mut extents: Vec<checkpoint::KeyGroupExtent> = claimed_frames(data)
         .into_iter()
-        .filter(|f| f.tag == KEY_GROUP_TAG)
+        .filter(|f| f.tag == checkpoint::KEY_GROUP_TAG)
         .map(|f| checkpoint::KeyGroupExtent {
             key_group: leading_varint(&f.payload),
             offset: f.offset,
@@ -195,7 +189,8 @@ fn metadata(data: &[u8]) {
         let _ = (
             manifest.id(),
             manifest.describe(),
-            manifest.stored_vertices(),
+            manifest.max_parallelism(),
+            manifest.files(),
         );
     }
 }

@@ -95,7 +95,7 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, StructuredErr
 /// # Errors
 /// The value does not have the type's shape (serde's message says where).
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, StructuredError> {
-    T::deserialize(value)
+    T::deserialize(Tree(value))
 }
 
 /// Why a value did not convert to or from a serde type.
@@ -392,7 +392,11 @@ impl ser::SerializeStructVariant for Collect {
 
 // ---- deserialising ----
 
-impl<'de> IntoDeserializer<'de, StructuredError> for Value {
+/// A [`Value`] as a serde deserializer (a local type: the value itself is
+/// `weir-format`'s).
+struct Tree(Value);
+
+impl<'de> IntoDeserializer<'de, StructuredError> for Tree {
     type Deserializer = Self;
     fn into_deserializer(self) -> Self {
         self
@@ -411,11 +415,11 @@ fn entries(value: Value) -> Vec<(Value, Value)> {
     }
 }
 
-impl<'de> de::Deserializer<'de> for Value {
+impl<'de> de::Deserializer<'de> for Tree {
     type Error = StructuredError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, StructuredError> {
-        match self {
+        match self.0 {
             Value::Boolean(b) => visitor.visit_bool(b),
             Value::Int(i) => visitor.visit_i64(i),
             Value::Uint(u) => visitor.visit_u64(u),
@@ -424,13 +428,14 @@ impl<'de> de::Deserializer<'de> for Value {
             Value::Bytes(b) => visitor.visit_byte_buf(b),
             Value::None => visitor.visit_unit(),
             Value::List(items) => {
-                let mut seq = SeqDeserializer::new(items.into_iter());
+                let mut seq = SeqDeserializer::new(items.into_iter().map(Tree));
                 let v = visitor.visit_seq(&mut seq)?;
                 seq.end()?;
                 Ok(v)
             }
             map @ (Value::Map(_) | Value::Record(_)) => {
-                let mut map = MapDeserializer::new(entries(map).into_iter());
+                let mut map =
+                    MapDeserializer::new(entries(map).into_iter().map(|(k, v)| (Tree(k), Tree(v))));
                 let v = visitor.visit_map(&mut map)?;
                 map.end()?;
                 Ok(v)
@@ -439,9 +444,9 @@ impl<'de> de::Deserializer<'de> for Value {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, StructuredError> {
-        match self {
+        match self.0 {
             Value::None => visitor.visit_none(),
-            v => visitor.visit_some(v),
+            v => visitor.visit_some(Tree(v)),
         }
     }
 
@@ -459,7 +464,7 @@ impl<'de> de::Deserializer<'de> for Value {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, StructuredError> {
-        match self {
+        match self.0 {
             Value::Text(variant) => visitor.visit_enum(variant.into_deserializer()),
             value @ (Value::Map(_) | Value::Record(_)) => {
                 let mut entries = entries(value);
@@ -494,19 +499,19 @@ struct Variant {
 
 impl<'de> de::EnumAccess<'de> for Variant {
     type Error = StructuredError;
-    type Variant = Value;
+    type Variant = Tree;
     fn variant_seed<S: de::DeserializeSeed<'de>>(
         self,
         seed: S,
-    ) -> Result<(S::Value, Value), StructuredError> {
-        Ok((seed.deserialize(self.variant)?, self.content))
+    ) -> Result<(S::Value, Tree), StructuredError> {
+        Ok((seed.deserialize(Tree(self.variant))?, Tree(self.content)))
     }
 }
 
-impl<'de> de::VariantAccess<'de> for Value {
+impl<'de> de::VariantAccess<'de> for Tree {
     type Error = StructuredError;
     fn unit_variant(self) -> Result<(), StructuredError> {
-        match self {
+        match self.0 {
             Value::None => Ok(()),
             other => Err(de::Error::custom(format!(
                 "a unit variant has no content, found a {} value",

@@ -6,31 +6,10 @@
 
 use crate::Error;
 
-/// An owned state value, as read from the host (mirrors WIT `value`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// A boolean.
-    Boolean(bool),
-    /// A signed 64-bit integer (smaller signed integers widen to this).
-    Int(i64),
-    /// An unsigned 64-bit integer (smaller unsigned integers widen to this).
-    Uint(u64),
-    /// An IEEE 754 double.
-    Float(f64),
-    /// A UTF-8 string.
-    Text(String),
-    /// Opaque bytes a plugin encodes itself.
-    Bytes(Vec<u8>),
-    /// No value, inside a list, map or record (Rust `None`, Python `None`,
-    /// JavaScript `null`).
-    None,
-    /// A list.
-    List(Vec<Value>),
-    /// A map with keys of any type, in the order written.
-    Map(Vec<(Value, Value)>),
-    /// A record (a struct): named fields in the order written.
-    Record(Vec<(String, Value)>),
-}
+/// An owned state value, as read from the host (mirrors WIT `value`): the
+/// one `Value` the host stores too, so what an operator writes is exactly
+/// what a savepoint holds.
+pub use weir_format::Value;
 
 /// A borrowed state value, as handed to the host (mirrors WIT `value`).
 /// Scalars borrow; a value built for the call (what a
@@ -55,26 +34,10 @@ pub enum ValueRef<'a> {
     Tree(Value),
 }
 
-impl Value {
-    /// The WIT case name of this value (`boolean`, `int`, ...), for messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Value::Boolean(_) => "boolean",
-            Value::Int(_) => "int",
-            Value::Uint(_) => "uint",
-            Value::Float(_) => "float",
-            Value::Text(_) => "text",
-            Value::Bytes(_) => "bytes",
-            Value::None => "none",
-            Value::List(_) => "list",
-            Value::Map(_) => "map",
-            Value::Record(_) => "record",
-        }
-    }
-
-    /// Borrows this value.
-    pub fn as_ref(&self) -> ValueRef<'_> {
-        match self {
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    /// Borrows a value: scalars by reference, trees by copy.
+    fn from(value: &'a Value) -> Self {
+        match value {
             Value::Boolean(b) => ValueRef::Boolean(*b),
             Value::Int(i) => ValueRef::Int(*i),
             Value::Uint(u) => ValueRef::Uint(*u),

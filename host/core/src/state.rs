@@ -8,338 +8,19 @@
 //! This module knows nothing of Wasm: the plugin layer converts WIT values
 //! to [`Value`] and calls a [`KeyedStateBackend`]. Nor does it know files:
 //! [`KeyedStateBackend::snapshot`] hands out a plain [`KeyGroupSnapshot`]
-//! copy that `checkpoint::format` encodes. The serde derives on [`Value`]
-//! and the snapshot types are that encoding (postcard), so their shape is
-//! part of the durable format (`docs/checkpoint-format.md`).
+//! copy that `weir_format::checkpoint` encodes. [`Value`] and the snapshot
+//! types are durable data and live in `weir-format`.
 
 use std::collections::HashMap as StdHashMap;
 
 use thiserror::Error;
 
+pub use weir_format::state::{KeyGroupSnapshot, NamedStateSnapshot, StateEntries, StateKind};
+use weir_format::value::bytes_codec;
+pub use weir_format::value::{MAX_DECODE_DEPTH, Value};
+
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 
-/// A typed state value; mirrors the WIT `value` variant, with `nested`
-/// values held as a tree (the WIT carries them as pre-order nodes).
-///
-/// Durable: checkpoint files store a value as its postcard encoding, whose
-/// first byte is the variant's index in this declaration. Never reorder,
-/// remove or insert variants; a new kind of value goes at the end, and
-/// only with a new state-file version. Decoding refuses values nested
-/// deeper than [`MAX_DECODE_DEPTH`] levels (guests cannot build deeper
-/// ones), so a crafted file cannot overflow the stack.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub enum Value {
-    /// A boolean.
-    Boolean(bool),
-    /// A signed integer.
-    Int(i64),
-    /// An unsigned integer.
-    Uint(u64),
-    /// A double.
-    Float(f64),
-    /// A UTF-8 string.
-    Text(String),
-    /// Opaque bytes.
-    Bytes(#[serde(with = "bytes_codec")] Vec<u8>),
-    /// No value (only meaningful inside a list, map or record).
-    None,
-    /// A list.
-    List(Vec<Value>),
-    /// A map with keys of any type, in the order written.
-    Map(Vec<(Value, Value)>),
-    /// A record: named fields, in the order written.
-    Record(Vec<(String, Value)>),
-}
-
-/// The deepest [`Value`] nesting a decoder accepts: twice what a guest may
-/// build (`plugin::value::MAX_DEPTH`), and shallow enough that decoding
-/// stays far from the end of a 2 MiB thread stack.
-pub const MAX_DECODE_DEPTH: usize = 128;
-
-/// [`Value`]'s wire shape for decoding: the same variants in the same
-/// order, so it reads exactly what the derived `Serialize` writes. Decoding
-/// goes through it so that every nested [`Value`] passes the depth guard.
-#[derive(serde::Deserialize)]
-#[serde(rename = "Value")]
-enum ValueWire {
-    Boolean(bool),
-    Int(i64),
-    Uint(u64),
-    Float(f64),
-    Text(String),
-    Bytes(#[serde(with = "bytes_codec")] Vec<u8>),
-    None,
-    List(Vec<Value>),
-    Map(Vec<(Value, Value)>),
-    Record(Vec<(String, Value)>),
-}
-
-thread_local! {
-    /// How deep the [`Value`] being decoded on this thread is nested.
-    static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    /// Whether a decode on this thread hit [`MAX_DECODE_DEPTH`] (postcard
-    /// replaces custom serde messages with a generic one).
-    static DEPTH_EXCEEDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `decode` and reports whether it refused a [`Value`] nested deeper
-/// than [`MAX_DECODE_DEPTH`], so the caller can say so in its error.
-pub(crate) fn watch_decode_depth<T>(decode: impl FnOnce() -> T) -> (T, bool) {
-    DEPTH_EXCEEDED.with(|e| e.set(false));
-    let out = decode();
-    (out, DEPTH_EXCEEDED.with(|e| e.replace(false)))
-}
-
-/// One level of [`Value`] nesting while decoding; leaving it (also by an
-/// error or unwind) gives the level back.
-struct DepthGuard;
-
-impl DepthGuard {
-    fn enter() -> Option<Self> {
-        DECODE_DEPTH.with(|d| {
-            if d.get() >= MAX_DECODE_DEPTH {
-                DEPTH_EXCEEDED.with(|e| e.set(true));
-                None
-            } else {
-                d.set(d.get() + 1);
-                Some(DepthGuard)
-            }
-        })
-    }
-}
-
-impl Drop for DepthGuard {
-    fn drop(&mut self) {
-        DECODE_DEPTH.with(|d| d.set(d.get() - 1));
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Value {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Some(_guard) = DepthGuard::enter() else {
-            return Err(serde::de::Error::custom(format_args!(
-                "value nested deeper than {MAX_DECODE_DEPTH} levels"
-            )));
-        };
-        Ok(match ValueWire::deserialize(d)? {
-            ValueWire::Boolean(b) => Value::Boolean(b),
-            ValueWire::Int(i) => Value::Int(i),
-            ValueWire::Uint(u) => Value::Uint(u),
-            ValueWire::Float(f) => Value::Float(f),
-            ValueWire::Text(s) => Value::Text(s),
-            ValueWire::Bytes(b) => Value::Bytes(b),
-            ValueWire::None => Value::None,
-            ValueWire::List(items) => Value::List(items),
-            ValueWire::Map(entries) => Value::Map(entries),
-            ValueWire::Record(fields) => Value::Record(fields),
-        })
-    }
-}
-
-impl Value {
-    /// About how many bytes the value takes in memory: its own size and
-    /// its payload's, nested values included.
-    pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Value>()
-            + match self {
-                Value::Boolean(_)
-                | Value::Int(_)
-                | Value::Uint(_)
-                | Value::Float(_)
-                | Value::None => 0,
-                Value::Text(s) => s.len(),
-                Value::Bytes(b) => b.len(),
-                Value::List(items) => list_bytes(items),
-                Value::Map(pairs) => pairs
-                    .iter()
-                    .map(|(k, v)| k.approx_bytes() + v.approx_bytes())
-                    .sum(),
-                Value::Record(fields) => fields
-                    .iter()
-                    .map(|(name, v)| name.len() + v.approx_bytes())
-                    .sum(),
-            }
-    }
-
-    /// A canonical byte form, used to compare and hash map keys (floats
-    /// compare by bit pattern, so `NaN` keys are usable and `-0.0 != 0.0`).
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_canonical(&mut out);
-        out
-    }
-
-    fn write_canonical(&self, out: &mut Vec<u8>) {
-        fn len(out: &mut Vec<u8>, n: usize) {
-            // Lengths past u32 cannot cross the WIT boundary anyway.
-            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-        }
-        match self {
-            Value::Boolean(b) => out.extend_from_slice(&[0, u8::from(*b)]),
-            Value::Int(i) => {
-                out.push(1);
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Uint(u) => {
-                out.push(2);
-                out.extend_from_slice(&u.to_le_bytes());
-            }
-            Value::Float(f) => {
-                out.push(3);
-                out.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            Value::Text(s) => {
-                out.push(4);
-                len(out, s.len());
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::Bytes(b) => {
-                out.push(5);
-                len(out, b.len());
-                out.extend_from_slice(b);
-            }
-            Value::None => out.push(6),
-            Value::List(items) => {
-                out.push(7);
-                len(out, items.len());
-                items.iter().for_each(|v| v.write_canonical(out));
-            }
-            Value::Map(entries) => {
-                out.push(8);
-                len(out, entries.len());
-                for (k, v) in entries {
-                    k.write_canonical(out);
-                    v.write_canonical(out);
-                }
-            }
-            Value::Record(fields) => {
-                out.push(9);
-                len(out, fields.len());
-                for (name, v) in fields {
-                    len(out, name.len());
-                    out.extend_from_slice(name.as_bytes());
-                    v.write_canonical(out);
-                }
-            }
-        }
-    }
-}
-
-/// One key group's state: every state name with its entries (a deep copy).
-///
-/// Durable: encoded with postcard as one section of a state file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyGroupSnapshot {
-    /// The key group.
-    pub key_group: u32,
-    /// Its states, sorted by name.
-    pub states: Vec<NamedStateSnapshot>,
-}
-
-/// One state name's entries within a key group.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NamedStateSnapshot {
-    /// The state name.
-    pub name: String,
-    /// Its entries, by kind.
-    pub entries: StateEntries,
-}
-
-/// The entries of one state, by state kind, in no particular order.
-///
-/// Durable: the variant order (value, map, list) is the postcard tag.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum StateEntries {
-    /// Value state: key → value.
-    Value(#[serde(with = "keyed_entries")] Vec<(Vec<u8>, Value)>),
-    /// Map state: key → its (map key, value) entries.
-    // Spelled out, not aliased: the shape is what a reader of the
-    // snapshot (and of the format document) needs to see.
-    #[allow(clippy::type_complexity)]
-    Map(#[serde(with = "keyed_entries")] Vec<(Vec<u8>, Vec<(Value, Value)>)>),
-    /// List state: key → its items.
-    List(#[serde(with = "keyed_entries")] Vec<(Vec<u8>, Vec<Value>)>),
-}
-
-impl StateEntries {
-    /// The kind of state these entries belong to.
-    pub fn kind(&self) -> StateKind {
-        match self {
-            StateEntries::Value(_) => StateKind::Value,
-            StateEntries::Map(_) => StateKind::Map,
-            StateEntries::List(_) => StateKind::List,
-        }
-    }
-
-    /// How many keys hold an entry.
-    pub fn len(&self) -> usize {
-        match self {
-            StateEntries::Value(e) => e.len(),
-            StateEntries::Map(e) => e.len(),
-            StateEntries::List(e) => e.len(),
-        }
-    }
-
-    /// Whether no key holds an entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Byte strings as serde bytes (postcard: a varint length, then the bytes
-/// in one copy) instead of serde's default sequence of `u8` elements.
-pub(crate) mod bytes_codec {
-    use serde::{Deserializer, Serializer};
-
-    /// Serializes `bytes` as serde bytes.
-    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    /// Deserializes serde bytes into an owned vector.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(ByteBufVisitor)
-    }
-
-    struct ByteBufVisitor;
-
-    impl serde::de::Visitor<'_> for ByteBufVisitor {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("bytes")
-        }
-
-        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-    }
-
-    /// Borrowed bytes that serialize as serde bytes.
-    pub(crate) struct BytesRef<'a>(pub(crate) &'a [u8]);
-
-    impl serde::Serialize for BytesRef<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
-
-    /// Owned bytes that deserialize from serde bytes.
-    pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
-
-    impl<'de> serde::Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            deserialize(d).map(ByteBuf)
-        }
-    }
-}
-
-/// `Vec<(key bytes, V)>` with the keys as serde bytes: a sequence of
-/// (bytes, V) pairs.
 /// A borrowed view of one key group's non-empty states (sorted by name),
 /// serialized exactly as the [`KeyGroupSnapshot`] a deep copy would give.
 pub struct KeyGroupView<'a> {
@@ -371,6 +52,45 @@ impl serde::Serialize for EntriesView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         views::Entries(self.0).serialize(s)
     }
+}
+
+/// Encodes borrowed key-group views (see
+/// [`KeyedStateBackend::snapshot_views`]) as checkpoint key-group section
+/// payloads.
+pub fn encode_key_groups(
+    views: &[KeyGroupView<'_>],
+) -> Vec<weir_format::checkpoint::EncodedKeyGroup> {
+    views
+        .iter()
+        .map(|v| weir_format::checkpoint::EncodedKeyGroup {
+            key_group: v.key_group(),
+            payload: postcard::to_allocvec(v)
+                .expect("invariant: postcard serializes state into a vector without error"),
+        })
+        .collect()
+}
+
+/// Frames, as savepoint keyed sections, every non-empty state of every key group `views` show, one
+/// keyed section each, without copying the state first.
+pub fn frame_keyed_sections(
+    views: &[KeyGroupView<'_>],
+) -> Vec<weir_format::savepoint::FramedSection> {
+    views
+        .iter()
+        .flat_map(|v| {
+            v.states()
+                .filter(|(_, _, n, _)| *n > 0)
+                .map(|(name, kind, n, entries)| {
+                    weir_format::savepoint::frame_keyed_section(
+                        name,
+                        kind,
+                        v.key_group(),
+                        n,
+                        &entries,
+                    )
+                })
+        })
+        .collect()
 }
 
 mod views {
@@ -470,54 +190,6 @@ mod views {
     }
 }
 
-mod keyed_entries {
-    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-    use serde::ser::{Serialize, SerializeSeq, Serializer};
-
-    use super::bytes_codec::{ByteBuf, BytesRef};
-
-    pub(super) fn serialize<S: Serializer, V: Serialize>(
-        entries: &[(Vec<u8>, V)],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(entries.len()))?;
-        for (key, value) in entries {
-            seq.serialize_element(&(BytesRef(key), value))?;
-        }
-        seq.end()
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
-        d: D,
-    ) -> Result<Vec<(Vec<u8>, V)>, D::Error> {
-        d.deserialize_seq(EntriesVisitor(std::marker::PhantomData))
-    }
-
-    struct EntriesVisitor<V>(std::marker::PhantomData<V>);
-
-    impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
-        type Value = Vec<(Vec<u8>, V)>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a sequence of (key bytes, entry) pairs")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            // The declared count comes from the file: trust it only up to
-            // 1 MiB of entries (as serde does), then let the vector grow.
-            let cap = seq
-                .size_hint()
-                .unwrap_or(0)
-                .min((1 << 20) / std::mem::size_of::<(Vec<u8>, V)>().max(1));
-            let mut out = Vec::with_capacity(cap);
-            while let Some((ByteBuf(key), value)) = seq.next_element::<(ByteBuf, V)>()? {
-                out.push((key, value));
-            }
-            Ok(out)
-        }
-    }
-}
-
 /// One change to a keyed state entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
@@ -535,27 +207,6 @@ pub enum Update {
     ListSet(Vec<Value>),
     /// Clear a list state.
     ListClear,
-}
-
-/// The kind a state name is bound to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateKind {
-    /// `ValueState`.
-    Value,
-    /// `MapState`.
-    Map,
-    /// `ListState`.
-    List,
-}
-
-impl std::fmt::Display for StateKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StateKind::Value => "value",
-            StateKind::Map => "map",
-            StateKind::List => "list",
-        })
-    }
 }
 
 /// Why a state access failed.
@@ -1119,6 +770,58 @@ fn map_bytes(map: &MapEntries) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encoding from borrowed views of the live state gives byte for byte
+    /// the files a deep copy would, checkpoint and savepoint alike.
+    #[test]
+    fn views_of_the_live_state_encode_exactly_as_its_copy() {
+        use weir_format::checkpoint::{
+            SubtaskSnapshot, decode_state_file, encode_state_file, encode_state_file_with,
+        };
+        use weir_format::savepoint;
+
+        use crate::keygroup::key_group_of;
+        let mut b = MemoryStateBackend::new(KeyGroupRange { start: 0, end: 16 });
+        for i in 0..500u32 {
+            let key = format!("key-{i}").into_bytes();
+            let kg = key_group_of(&key, 16);
+            b.apply(
+                kg,
+                "count",
+                &key,
+                Update::ValueSet(Value::Int(i64::from(i))),
+            )
+            .unwrap();
+            if i % 3 == 0 {
+                let entry = (Value::Text(format!("m{i}")), Value::Float(f64::from(i)));
+                b.apply(kg, "map", &key, Update::MapPut(entry.0, entry.1))
+                    .unwrap();
+            }
+            if i % 5 == 0 {
+                let items = vec![Value::None, Value::List(vec![Value::Uint(u64::from(i))])];
+                b.apply(kg, "list", &key, Update::ListSet(items)).unwrap();
+            }
+        }
+        // A state emptied again is left out of both.
+        let gone = b"key-7".to_vec();
+        b.apply(key_group_of(&gone, 16), "count", &gone, Update::ValueClear)
+            .unwrap();
+        let copied = encode_state_file(&SubtaskSnapshot {
+            keyed: b.snapshot(),
+            ..SubtaskSnapshot::default()
+        });
+        let viewed = encode_state_file_with(
+            &SubtaskSnapshot::default(),
+            encode_key_groups(&b.snapshot_views()),
+        );
+        assert_eq!(viewed, copied);
+        let decoded = decode_state_file("f", &viewed.bytes).unwrap();
+        assert_eq!(decoded.keyed, b.snapshot());
+        let from_views =
+            savepoint::assemble_state_file(frame_keyed_sections(&b.snapshot_views()), &[]);
+        let from_copy = savepoint::encode_state_file(&b.snapshot(), &[]);
+        assert_eq!(from_views, from_copy);
+    }
 
     fn backend() -> MemoryStateBackend {
         MemoryStateBackend::new(KeyGroupRange { start: 4, end: 8 })

@@ -15,8 +15,7 @@ use crate::savepoint::format::{self as savepoint_format, SavepointMetadata};
 use crate::savepoint::restore::{self, JobVertex, OperatorSnapshot, RestorePlan, StoredVertex};
 use crate::state::NamedStateSnapshot;
 
-/// The metadata file of a checkpoint directory.
-pub const METADATA_FILE: &str = "_metadata";
+pub use weir_format::manifest::{METADATA_FILE, Manifest};
 
 /// What a checkpoint directory holds.
 #[derive(Debug)]
@@ -130,7 +129,7 @@ impl RestoreRecord {
     /// newer version, missing or unknown fields, or a location that is
     /// empty or holds a control character (NUL included).
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
-        let fields = format::metadata_fields(
+        let fields = weir_format::frame::metadata_fields(
             file,
             bytes,
             RESTORE_FORMAT,
@@ -191,109 +190,32 @@ impl RestoreRecord {
     }
 }
 
-/// What a snapshot directory's `_metadata` describes.
-#[derive(Debug, Clone)]
-pub enum Manifest {
-    /// A checkpoint, or a savepoint in the checkpoint layout (`--type
-    /// native`).
-    Checkpoint(CheckpointMetadata),
-    /// A savepoint in the canonical layout.
-    Savepoint(SavepointMetadata),
-}
-
-impl Manifest {
-    /// The snapshot's id in the job's checkpoint id sequence.
-    pub fn id(&self) -> CheckpointId {
-        match self {
-            Manifest::Checkpoint(m) => m.checkpoint_id,
-            Manifest::Savepoint(m) => CheckpointId(m.savepoint_id),
-        }
-    }
-
-    /// The name of the job that took it.
-    pub fn job_name(&self) -> &str {
-        match self {
-            Manifest::Checkpoint(m) => &m.job_name,
-            Manifest::Savepoint(m) => &m.job_name,
-        }
-    }
-
-    /// Its number of key groups.
-    pub fn max_parallelism(&self) -> u32 {
-        match self {
-            Manifest::Checkpoint(m) => m.max_parallelism,
-            Manifest::Savepoint(m) => m.max_parallelism,
-        }
-    }
-
-    /// `checkpoint 7` or `savepoint 7`, for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            Manifest::Checkpoint(m) => format!("checkpoint {}", m.checkpoint_id),
-            Manifest::Savepoint(m) => format!("savepoint {}", m.savepoint_id),
-        }
-    }
-
-    /// Every vertex it stored, as the restore plan needs them.
-    pub fn stored_vertices(&self) -> Vec<StoredVertex> {
-        match self {
-            Manifest::Checkpoint(m) => m
-                .vertices
-                .iter()
-                .map(|v| StoredVertex {
-                    uid: v.uid.clone(),
-                    parallelism: v.parallelism,
-                    has_state: v.subtasks.iter().any(|s| s.file.is_some()),
-                    may_have_in_flight: m.unaligned,
-                })
-                .collect(),
-            Manifest::Savepoint(m) => m
-                .operators
-                .iter()
-                .map(|o| StoredVertex {
-                    uid: o.uid.clone(),
-                    parallelism: o.parallelism,
-                    has_state: !o.keyed_states.is_empty()
-                        || !o.operator_states.is_empty()
-                        || o.source_offsets.is_some()
-                        || o.sink.is_some(),
-                    may_have_in_flight: false,
-                })
-                .collect(),
-        }
-    }
-
-    /// Every file it references, relative to its directory, sorted, once
-    /// each (`_metadata` not included).
-    pub fn files(&self) -> Vec<&str> {
-        match self {
-            Manifest::Checkpoint(m) => {
-                let mut files: Vec<&str> = m
-                    .vertices
-                    .iter()
-                    .flat_map(|v| &v.subtasks)
-                    .filter_map(|s| s.file.as_deref())
-                    .collect();
-                files.sort_unstable();
-                files.dedup();
-                files
-            }
-            Manifest::Savepoint(m) => m.files(),
-        }
-    }
-
-    /// Decodes the `_metadata` at `file` (display path), whichever layout
-    /// its `format` field names.
-    ///
-    /// # Errors
-    /// [`format::FormatError`] naming `file`.
-    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
-        match savepoint_format::metadata_format(bytes).as_deref() {
-            Some(savepoint_format::SAVEPOINT_FORMAT) => Ok(Manifest::Savepoint(
-                savepoint_format::decode_metadata(file, bytes)?,
-            )),
-            _ => Ok(Manifest::Checkpoint(format::decode_metadata(file, bytes)?)),
-        }
+/// Every vertex a snapshot stored, as the restore plan needs them.
+pub fn stored_vertices(manifest: &Manifest) -> Vec<StoredVertex> {
+    match manifest {
+        Manifest::Checkpoint(m) => m
+            .vertices
+            .iter()
+            .map(|v| StoredVertex {
+                uid: v.uid.clone(),
+                parallelism: v.parallelism,
+                has_state: v.subtasks.iter().any(|s| s.file.is_some()),
+                may_have_in_flight: m.unaligned,
+            })
+            .collect(),
+        Manifest::Savepoint(m) => m
+            .operators
+            .iter()
+            .map(|o| StoredVertex {
+                uid: o.uid.clone(),
+                parallelism: o.parallelism,
+                has_state: !o.keyed_states.is_empty()
+                    || !o.operator_states.is_empty()
+                    || o.source_offsets.is_some()
+                    || o.sink.is_some(),
+                may_have_in_flight: false,
+            })
+            .collect(),
     }
 }
 
@@ -449,7 +371,7 @@ impl RestorePoint {
             })
             .collect();
         restore::plan(
-            &self.manifest.stored_vertices(),
+            &stored_vertices(&self.manifest),
             self.manifest.max_parallelism(),
             &job,
             graph.max_parallelism,
@@ -522,9 +444,7 @@ impl RestorePoint {
     /// # Errors
     /// [`Error::Storage`] or [`Error::Format`] for a missing or corrupt file.
     pub async fn read_all(&self) -> Result<Vec<OperatorSnapshot>, Error> {
-        let uids: Vec<String> = self
-            .manifest
-            .stored_vertices()
+        let uids: Vec<String> = stored_vertices(&self.manifest)
             .into_iter()
             .map(|v| v.uid)
             .collect();

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{FormatError, metadata_fields};
 use super::storage::{CheckpointStorage, StorageError};
 use crate::error::Error;
+use weir_format::frame::{FormatError, metadata_fields};
 
 /// The directory of a job's lease files.
 pub const LEASE_DIR: &str = "_lease";

@@ -5,15 +5,15 @@
 mod cache;
 mod cpu;
 mod declared;
-mod descriptor;
+
 mod sandbox;
 mod value;
 
 pub use self::cache::default_key_path as default_cache_key_path;
 pub use self::cpu::{CpuGroup, CpuScheduler};
 pub use self::declared::{DeclaredKind, DeclaredState, Redistribution};
-pub use self::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
 pub use self::sandbox::{JobMemory, MemoryPool};
+pub use weir_format::descriptor::{DescriptorError, MAX_DESCRIPTOR_DEPTH, TypeDescriptor};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

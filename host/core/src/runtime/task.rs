@@ -36,7 +36,7 @@ use super::{
     CheckpointBarrier, Control, ControlReceiver, ControlSender, Element, Exit, TaskResult,
 };
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot, encode_key_groups};
+use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
 use crate::connectors::{
     self, BlackholeSink, DatagenSource, FileSink, FileSource, FinishedSource, Sink, Source,
     SourcePosition,
@@ -48,6 +48,7 @@ use crate::metrics::{JobMetrics, VertexMetrics};
 use crate::native::NativeOperator;
 use crate::plugin::{InstanceConfig, OperatorInstance, Plugin};
 use crate::state::{KeyedStateBackend, MemoryStateBackend};
+use crate::state::{encode_key_groups, frame_keyed_sections};
 
 /// How long a subtask that always has work runs before it lets the other
 /// tasks on its worker have a turn.
@@ -577,10 +578,7 @@ impl Task {
                     // a canonical savepoint.
                     let encode = |views: Vec<crate::state::KeyGroupView<'_>>| {
                         if canonical {
-                            (
-                                Vec::new(),
-                                crate::savepoint::format::frame_keyed_sections(&views),
-                            )
+                            (Vec::new(), frame_keyed_sections(&views))
                         } else {
                             (encode_key_groups(&views), Vec::new())
                         }

@@ -7,7 +7,8 @@
 //! written to `<target>/savepoint-<job>-<id>/`, never subsumed or deleted
 //! by Weir, and not used for failover.
 
-pub mod format;
+/// The canonical savepoint encodings, in `weir-format`.
+pub use weir_format::savepoint as format;
 pub mod inspect;
 pub mod restore;
 
@@ -48,7 +49,7 @@ impl std::str::FromStr for ClaimMode {
 /// are written `%XX`.
 pub fn savepoint_dir_name(job: &str, run: &str, id: u64) -> String {
     let mut name = String::from("savepoint-");
-    crate::checkpoint::format::escape_segment(job, &mut name);
+    weir_format::frame::escape_segment(job, &mut name);
     name.push_str(&format!("-{run}-{id}"));
     name
 }

@@ -13,10 +13,14 @@
 //!
 //! Pure data in, bytes out: no I/O, no tokio (storage does that).
 
+use crate::frame::{
+    FRAME_OVERHEAD, PREFIX_LEN, byte_strings, check_file_name, decode_payload, escape_segment,
+    metadata_fields, read_file_prefix, read_frame, write_frame, write_frame_with,
+};
+pub use crate::frame::{FormatError, file_name_problem};
+use crate::state::KeyGroupSnapshot;
+use crate::value::Value;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
-
-use crate::state::{KeyGroupSnapshot, MAX_DECODE_DEPTH, Value, bytes_codec, watch_decode_depth};
 
 /// The first bytes of every state file.
 pub const STATE_FILE_MAGIC: [u8; 8] = *b"WEIRSTAT";
@@ -30,13 +34,28 @@ pub const METADATA_VERSION: u32 = 1;
 /// The `format` field of every `_metadata` file.
 pub const METADATA_FORMAT: &str = "weir-checkpoint";
 
-/// Bytes before the first section: magic and version.
-const PREFIX_LEN: usize = STATE_FILE_MAGIC.len() + 2;
+/// A checkpoint's id: 1, 2, 3, … within a job, continuing across restores
+/// (a job restored from checkpoint 7 takes checkpoint 8 next).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct CheckpointId(pub u64);
 
-/// A section's framing: tag (1) and length (8) before the payload,
-/// checksum (8) after it.
-const FRAME_HEAD: usize = 9;
-const FRAME_OVERHEAD: usize = FRAME_HEAD + 8;
+impl CheckpointId {
+    /// The id after this one.
+    pub fn next(self) -> Self {
+        CheckpointId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for CheckpointId {
+    /// The number, honouring the formatter's width and alignment (the
+    /// `weir checkpoints` table aligns on it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// Everything one subtask contributes to a checkpoint.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -106,26 +125,6 @@ pub struct KeyGroupExtent {
     pub len: u64,
 }
 
-/// A state or metadata file that cannot be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-#[error("{file}: {message}")]
-pub struct FormatError {
-    /// The file, as the caller displays it (e.g. `chk-7/tokenize-0.state`).
-    pub file: String,
-    /// What is wrong, with the section and byte offset where known.
-    pub message: String,
-}
-
-impl FormatError {
-    pub(crate) fn new(file: &str, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
 /// The state file name of subtask `subtask` of vertex `uid`:
 /// `<uid>-<subtask>.state`, one path segment.
 ///
@@ -141,20 +140,12 @@ pub fn state_file_name(uid: &str, subtask: u32) -> String {
     name
 }
 
-/// Appends `text` to `out` with every byte outside `[A-Za-z0-9._-]`
-/// written `%XX` (uppercase hex): part of a portable path segment.
-pub(crate) fn escape_segment(text: &str, out: &mut String) {
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // State file: sections
+
+/// The tag byte of a key-group section (what a ranged read of a key
+/// group's extent starts with).
+pub const KEY_GROUP_TAG: u8 = Tag::KeyGroup as u8;
 
 /// Section tags. Durable: values never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,44 +195,8 @@ struct FileHeader {
     in_flight_channels: u32,
 }
 
-/// Appends postcard output to an existing vector (postcard's own flavors
-/// allocate a fresh one, which would cost a copy of every section).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
 fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T) {
     write_frame_with(out, tag as u8, payload);
-}
-
-/// Appends one framed section (tag, length, postcard payload, checksum) to
-/// `out`. Shared with the savepoint file, which frames sections the same way.
-pub(crate) fn write_frame_with<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: u8, payload: &T) {
-    let start = out.len();
-    out.push(tag);
-    out.extend_from_slice(&[0; 8]);
-    postcard::serialize_with_flavor(payload, Append(out))
-        .expect("invariant: postcard serializes snapshot data into a vector without error");
-    let len = (out.len() - start - FRAME_HEAD) as u64;
-    out[start + 1..start + FRAME_HEAD].copy_from_slice(&len.to_le_bytes());
-    let checksum = xxh3_64(&out[start..]);
-    out.extend_from_slice(&checksum.to_le_bytes());
 }
 
 /// One key group's section payload (the postcard encoding of its
@@ -255,31 +210,8 @@ pub struct EncodedKeyGroup {
     pub payload: Vec<u8>,
 }
 
-/// Encodes borrowed key-group views (see
-/// [`crate::state::KeyedStateBackend::snapshot_views`]).
-pub fn encode_key_groups(views: &[crate::state::KeyGroupView<'_>]) -> Vec<EncodedKeyGroup> {
-    views
-        .iter()
-        .map(|v| EncodedKeyGroup {
-            key_group: v.key_group(),
-            payload: postcard::to_allocvec(v)
-                .expect("invariant: postcard serializes state into a vector without error"),
-        })
-        .collect()
-}
-
 fn write_raw_section(out: &mut Vec<u8>, tag: Tag, payload: &[u8]) {
     write_frame(out, tag as u8, payload);
-}
-
-/// Appends one framed section around already-encoded `payload`.
-pub(crate) fn write_frame(out: &mut Vec<u8>, tag: u8, payload: &[u8]) {
-    let start = out.len();
-    out.push(tag);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
-    let checksum = xxh3_64(&out[start..]);
-    out.extend_from_slice(&checksum.to_le_bytes());
 }
 
 /// Encodes a subtask's snapshot as a state file (current version).
@@ -426,100 +358,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// One verified framed section.
-pub(crate) struct Frame<'a> {
-    /// Its tag byte.
-    pub tag: u8,
-    /// Its payload.
-    pub payload: &'a [u8],
-    /// Where the next section starts in `bytes`.
-    pub next: usize,
-}
-
-/// Reads and verifies the framed section at `bytes[pos..]` (`base`: the
-/// file offset of `bytes[0]`, for messages): its length fits and its
-/// checksum matches.
-///
-/// # Errors
-/// [`FormatError`] naming `file`: truncated, or a checksum mismatch.
-pub(crate) fn read_frame<'a>(
-    file: &str,
-    bytes: &'a [u8],
-    pos: usize,
-    base: u64,
-) -> Result<Frame<'a>, FormatError> {
-    let at = base + pos as u64;
-    let rest = &bytes[pos.min(bytes.len())..];
-    let err = |m: String| FormatError::new(file, m);
-    if rest.is_empty() {
-        return Err(err(format!(
-            "truncated at byte {at}: the end marker is missing"
-        )));
-    }
-    if rest.len() < FRAME_OVERHEAD {
-        return Err(err(format!(
-            "truncated at byte {at}: a section needs at least {FRAME_OVERHEAD} bytes, {} remain",
-            rest.len()
-        )));
-    }
-    let tag = rest[0];
-    let len = u64::from_le_bytes(rest[1..FRAME_HEAD].try_into().expect("8 bytes"));
-    let room = (rest.len() - FRAME_OVERHEAD) as u64;
-    if len > room {
-        return Err(err(format!(
-            "truncated or corrupt: the section at byte {at} (tag 0x{tag:02x}) claims {len} payload bytes, {room} remain"
-        )));
-    }
-    let end = FRAME_HEAD + len as usize;
-    let stored = u64::from_le_bytes(rest[end..end + 8].try_into().expect("8 bytes"));
-    if xxh3_64(&rest[..end]) != stored {
-        return Err(err(format!(
-            "corrupt: checksum mismatch in the section at byte {at} (tag 0x{tag:02x}, {len} payload bytes)"
-        )));
-    }
-    Ok(Frame {
-        tag,
-        payload: &rest[FRAME_HEAD..end],
-        next: pos + end + 8,
-    })
-}
-
-/// Decodes a section payload that must be exactly one postcard `T`;
-/// `what` and `at` name the section in errors.
-///
-/// # Errors
-/// [`FormatError`] naming `file`: undecodable, nested too deep, or stray
-/// bytes after the value.
-pub(crate) fn decode_payload<'a, T: Deserialize<'a>>(
-    file: &str,
-    what: &str,
-    at: u64,
-    payload: &'a [u8],
-) -> Result<T, FormatError> {
-    let (decoded, too_deep) = watch_decode_depth(|| postcard::take_from_bytes::<T>(payload));
-    let (value, rest) = decoded.map_err(|e| {
-        let why = if too_deep {
-            format!("a value nested deeper than {MAX_DECODE_DEPTH} levels")
-        } else {
-            e.to_string()
-        };
-        FormatError::new(
-            file,
-            format!("cannot decode the {what} section at byte {at}: {why}"),
-        )
-    })?;
-    if !rest.is_empty() {
-        return Err(FormatError::new(
-            file,
-            format!(
-                "{} stray bytes at the end of the {what} section at byte {at}",
-                rest.len()
-            ),
-        ));
-    }
-    Ok(value)
-}
-
 /// Checks the magic and returns the version.
 fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
     read_file_prefix(
@@ -529,55 +367,6 @@ fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
         "state file",
         STATE_FILE_VERSION,
     )
-}
-
-/// Checks a 10-byte file prefix — `magic`, then a `u16` LE version from 1
-/// to `newest` — and returns the version. `what` names the file kind in
-/// messages. Shared by checkpoint and savepoint state files.
-///
-/// # Errors
-/// [`FormatError`] naming `file`: empty, another magic, truncated, version
-/// 0 or newer than `newest`.
-pub(crate) fn read_file_prefix(
-    file: &str,
-    bytes: &[u8],
-    magic: &[u8; 8],
-    what: &str,
-    newest: u16,
-) -> Result<u16, FormatError> {
-    if bytes.is_empty() {
-        return Err(FormatError::new(
-            file,
-            format!("empty file: not a Weir {what}"),
-        ));
-    }
-    let n = bytes.len().min(magic.len());
-    if bytes[..n] != magic[..n] {
-        return Err(FormatError::new(
-            file,
-            format!("not a Weir {what} (bad magic at byte 0)"),
-        ));
-    }
-    if bytes.len() < PREFIX_LEN {
-        return Err(FormatError::new(
-            file,
-            format!(
-                "truncated at byte {}: the file header needs {PREFIX_LEN} bytes",
-                bytes.len()
-            ),
-        ));
-    }
-    match u16::from_le_bytes([bytes[8], bytes[9]]) {
-        0 => Err(FormatError::new(
-            file,
-            format!("corrupt: {what} version 0 (at byte 8) does not exist"),
-        )),
-        v if v > newest => Err(FormatError::new(
-            file,
-            format!("written by a newer Weir: {what} version {v}, this build reads up to {newest}"),
-        )),
-        v => Ok(v),
-    }
 }
 
 /// Decodes a whole state file.
@@ -736,45 +525,6 @@ pub fn decode_key_group_section(
     Ok(group)
 }
 
-/// `Vec<Vec<u8>>` as a sequence of serde byte strings.
-mod byte_strings {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::ser::{SerializeSeq, Serializer};
-
-    use super::bytes_codec::{ByteBuf, BytesRef};
-
-    pub(super) fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(items.len()))?;
-        for item in items {
-            seq.serialize_element(&BytesRef(item))?;
-        }
-        seq.end()
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        d.deserialize_seq(ItemsVisitor)
-    }
-
-    struct ItemsVisitor;
-
-    impl<'de> Visitor<'de> for ItemsVisitor {
-        type Value = Vec<Vec<u8>>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a sequence of byte strings")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            // The count comes from the file: preallocate a bounded amount.
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(ByteBuf(item)) = seq.next_element()? {
-                out.push(item);
-            }
-            Ok(out)
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // _metadata
 
@@ -789,7 +539,7 @@ pub struct CheckpointMetadata {
     /// The job's name.
     pub job_name: String,
     /// The checkpoint's id.
-    pub checkpoint_id: super::CheckpointId,
+    pub checkpoint_id: CheckpointId,
     /// When the checkpoint was triggered, in Unix epoch milliseconds.
     pub trigger_time_ms: u64,
     /// When it completed, in Unix epoch milliseconds.
@@ -929,103 +679,6 @@ pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, F
     Ok(metadata)
 }
 
-/// The fields of a `_metadata` JSON object whose `format` is `format`
-/// (removed from the result) and whose `version` this build reads (at most
-/// `newest`). The version is checked before the other fields: a newer file
-/// may have fields this build does not know. `what` names the kind of
-/// snapshot in messages. Shared by checkpoint and savepoint metadata.
-///
-/// # Errors
-/// [`FormatError`] naming `file`: not JSON, not an object, another or no
-/// `format`, a missing, newer or impossible version.
-pub(crate) fn metadata_fields(
-    file: &str,
-    bytes: &[u8],
-    format: &str,
-    what: &str,
-    newest: u32,
-) -> Result<serde_json::Map<String, serde_json::Value>, FormatError> {
-    let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| FormatError::new(file, format!("not JSON: {e}")))?;
-    let serde_json::Value::Object(mut fields) = json else {
-        return Err(FormatError::new(
-            file,
-            format!("not a {what} _metadata file: the JSON is not an object"),
-        ));
-    };
-    match fields.remove("format") {
-        Some(serde_json::Value::String(f)) if f == format => {}
-        Some(other) => {
-            return Err(FormatError::new(
-                file,
-                format!("format is {other}, expected \"{format}\""),
-            ));
-        }
-        None => {
-            return Err(FormatError::new(
-                file,
-                format!(
-                    "no \"format\" field: not a {what} _metadata file (expected \"format\": \"{format}\")"
-                ),
-            ));
-        }
-    }
-    match fields.get("version").map(|v| (v, v.as_u64())) {
-        None => return Err(FormatError::new(file, "missing field `version`")),
-        Some((_, Some(v))) if v > u64::from(newest) => {
-            return Err(FormatError::new(
-                file,
-                format!(
-                    "written by a newer Weir: {what} metadata version {v}, this build reads up to {newest}"
-                ),
-            ));
-        }
-        Some((_, Some(v))) if (1..=u64::from(newest)).contains(&v) => {}
-        Some((v, _)) => {
-            return Err(FormatError::new(
-                file,
-                format!("version {v} does not exist"),
-            ));
-        }
-    }
-    Ok(fields)
-}
-
-/// Why `name` is not a plain file name, one path segment inside the
-/// directory it is resolved against, or `None` if it is one. Every name a
-/// snapshot references goes through here when it is decoded, so a crafted
-/// `_metadata` or state file can never name a path elsewhere (`..`, `/abs`,
-/// `a/b`) nor one a file system would read differently (NUL, `\\`, `:`).
-pub fn file_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("it is empty".into());
-    }
-    if name == "." || name == ".." {
-        return Some(format!("`{name}` names a directory"));
-    }
-    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | ':')) {
-        return Some(format!("it contains `{c}`: not a single path segment"));
-    }
-    if name.chars().any(char::is_control) {
-        return Some("it contains a NUL or another control character".into());
-    }
-    None
-}
-
-/// Checks a file name read from `_metadata` or a state file, naming the
-/// field it came from (`what`) in the message.
-///
-/// # Errors
-/// A message saying which field holds which name and why it is refused.
-pub(crate) fn check_file_name(what: &str, name: &str) -> Result<(), String> {
-    match file_name_problem(name) {
-        None => Ok(()),
-        Some(why) => Err(format!(
-            "{what}: {name:?} is not a plain file name inside the snapshot's directory ({why})"
-        )),
-    }
-}
-
 /// Why `name` is not the name of a `file` sink's pre-committed part,
 /// `.part-<subtask>-<n>.pending`, or `None` if it is one. The sink joins
 /// these names onto its directory and renames them, so nothing else may
@@ -1050,7 +703,7 @@ pub fn pending_part_problem(name: &str) -> Option<String> {
 ///
 /// # Errors
 /// A message naming the field, the name and why it is refused.
-pub(crate) fn check_sink(what: &str, sink: &SinkSnapshot) -> Result<(), String> {
+pub fn check_sink(what: &str, sink: &SinkSnapshot) -> Result<(), String> {
     for (i, name) in sink.pending.iter().enumerate() {
         if let Some(why) = pending_part_problem(name) {
             return Err(format!(
@@ -1063,7 +716,10 @@ pub(crate) fn check_sink(what: &str, sink: &SinkSnapshot) -> Result<(), String> 
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use xxhash_rust::xxh3::xxh3_64;
+
     use super::*;
+    use crate::frame::FRAME_HEAD;
     use crate::state::{NamedStateSnapshot, StateEntries};
 
     const FILE: &str = "chk-3/tokenize-0.state";
@@ -1201,6 +857,13 @@ pub(crate) mod tests {
         let shown = e.to_string();
         assert!(shown.starts_with(&format!("{FILE}: ")), "{shown}");
         shown
+    }
+
+    #[test]
+    fn a_checkpoint_id_honours_width_and_alignment() {
+        assert_eq!(format!("{:>6}|", CheckpointId(42)), "    42|");
+        assert_eq!(format!("{:<4}|", CheckpointId(7)), "7   |");
+        assert_eq!(CheckpointId(123).to_string(), "123");
     }
 
     #[test]
@@ -1568,7 +1231,7 @@ pub(crate) mod tests {
         CheckpointMetadata {
             version: METADATA_VERSION,
             job_name: "wordcount".into(),
-            checkpoint_id: super::super::CheckpointId(7),
+            checkpoint_id: CheckpointId(7),
             trigger_time_ms: 1_700_000_000_000,
             completion_time_ms: 1_700_000_000_250,
             max_parallelism: 128,
@@ -1831,49 +1494,5 @@ pub(crate) mod tests {
                 prop_assert!(decode_state_file("p.state", &with_magic).is_err());
             }
         }
-    }
-
-    /// Encoding from borrowed views of the live state gives byte for byte
-    /// the file a deep copy would.
-    #[test]
-    fn views_of_the_live_state_encode_exactly_as_its_copy() {
-        use crate::keygroup::{KeyGroupRange, key_group_of};
-        use crate::state::{KeyedStateBackend, MemoryStateBackend, Update};
-        let mut b = MemoryStateBackend::new(KeyGroupRange { start: 0, end: 16 });
-        for i in 0..500u32 {
-            let key = format!("key-{i}").into_bytes();
-            let kg = key_group_of(&key, 16);
-            b.apply(
-                kg,
-                "count",
-                &key,
-                Update::ValueSet(Value::Int(i64::from(i))),
-            )
-            .unwrap();
-            if i % 3 == 0 {
-                let entry = (Value::Text(format!("m{i}")), Value::Float(f64::from(i)));
-                b.apply(kg, "map", &key, Update::MapPut(entry.0, entry.1))
-                    .unwrap();
-            }
-            if i % 5 == 0 {
-                let items = vec![Value::None, Value::List(vec![Value::Uint(u64::from(i))])];
-                b.apply(kg, "list", &key, Update::ListSet(items)).unwrap();
-            }
-        }
-        // A state emptied again is left out of both.
-        let gone = b"key-7".to_vec();
-        b.apply(key_group_of(&gone, 16), "count", &gone, Update::ValueClear)
-            .unwrap();
-        let copied = encode_state_file(&SubtaskSnapshot {
-            keyed: b.snapshot(),
-            ..SubtaskSnapshot::default()
-        });
-        let viewed = encode_state_file_with(
-            &SubtaskSnapshot::default(),
-            encode_key_groups(&b.snapshot_views()),
-        );
-        assert_eq!(viewed, copied);
-        let decoded = decode_state_file("f", &viewed.bytes).unwrap();
-        assert_eq!(decoded.keyed, b.snapshot());
     }
 }

@@ -6,16 +6,18 @@
 //! subtask's operator list state).
 //!
 //! Nothing here depends on the parallelism a savepoint is restored at, on
-//! tokio or on wasmtime: the runtime writes these files, [`super::restore`]
-//! and the `weir savepoint` commands read them.
+//! tokio or on wasmtime: the host's runtime writes these files, its restore
+//! plan and the `weir savepoint` commands read them.
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::format::{
-    FormatError, check_file_name, check_sink, decode_payload, metadata_fields, read_file_prefix,
-    read_frame, write_frame_with,
+use crate::checkpoint::{SinkSnapshot, check_sink};
+use crate::frame::{
+    FormatError, check_file_name, decode_payload, metadata_fields, read_file_prefix, read_frame,
+    write_frame_with,
 };
-use crate::state::{StateEntries, StateKind, Value};
+use crate::state::{StateEntries, StateKind};
+use crate::value::Value;
 
 /// The first bytes of every savepoint state file.
 pub const SAVEPOINT_FILE_MAGIC: [u8; 8] = *b"WEIRSAVE";
@@ -103,7 +105,9 @@ pub struct FramedSection {
     pub frame: Vec<u8>,
 }
 
-fn framed<E: Serialize>(
+/// Frames one state's `entries` (`count` keys of kind `kind`) in
+/// `key_group` as a keyed section.
+pub fn frame_keyed_section<E: Serialize>(
     state: &str,
     kind: StateKind,
     key_group: u32,
@@ -129,26 +133,13 @@ fn framed<E: Serialize>(
     }
 }
 
-/// Frames every non-empty state of every key group `views` show, one
-/// keyed section each, without copying the state first.
-pub fn frame_keyed_sections(views: &[crate::state::KeyGroupView<'_>]) -> Vec<FramedSection> {
-    views
-        .iter()
-        .flat_map(|v| {
-            v.states()
-                .filter(|(_, _, n, _)| *n > 0)
-                .map(|(name, kind, n, entries)| framed(name, kind, v.key_group(), n, &entries))
-        })
-        .collect()
-}
-
 /// Frames the keyed sections of owned key-group snapshots.
 pub fn frame_snapshots(keyed: &[crate::state::KeyGroupSnapshot]) -> Vec<FramedSection> {
     keyed
         .iter()
         .flat_map(|g| {
             g.states.iter().filter(|s| !s.entries.is_empty()).map(|s| {
-                framed(
+                frame_keyed_section(
                     &s.name,
                     s.entries.kind(),
                     g.key_group,
@@ -402,13 +393,13 @@ pub struct OperatorMetadata {
     pub source_offsets: Option<Vec<u64>>,
     /// Transactional sinks: each subtask's pre-committed parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sink: Option<Vec<crate::checkpoint::format::SinkSnapshot>>,
+    pub sink: Option<Vec<SinkSnapshot>>,
 }
 
 /// How an operator list state is split among subtasks on restore:
 /// `"split"` (round robin, the default) or `"union"` (every subtask gets
 /// every item), as the plugin declared it.
-pub use crate::plugin::Redistribution;
+pub use crate::declared::Redistribution;
 
 /// The kinds of keyed state, as written in `_metadata`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -694,45 +685,6 @@ mod tests {
     }
 
     #[test]
-    fn sections_framed_from_live_state_assemble_the_same_file_as_a_copy() {
-        use crate::keygroup::{KeyGroup, KeyGroupRange};
-        use crate::state::{KeyedStateBackend, MemoryStateBackend, Update};
-        let mut backend = MemoryStateBackend::new(KeyGroupRange::for_subtask(0, 1, 128));
-        for g in keyed() {
-            for s in g.states {
-                match s.entries {
-                    StateEntries::Value(entries) => {
-                        for (k, v) in entries {
-                            backend
-                                .apply(KeyGroup(g.key_group), &s.name, &k, Update::ValueSet(v))
-                                .unwrap();
-                        }
-                    }
-                    StateEntries::Map(entries) => {
-                        for (k, m) in entries {
-                            for (mk, v) in m {
-                                backend
-                                    .apply(
-                                        KeyGroup(g.key_group),
-                                        &s.name,
-                                        &k,
-                                        Update::MapPut(mk, v),
-                                    )
-                                    .unwrap();
-                            }
-                        }
-                    }
-                    StateEntries::List(_) => unreachable!("the fixture has no list state"),
-                }
-            }
-        }
-        let from_views = assemble_state_file(frame_keyed_sections(&backend.snapshot_views()), &[]);
-        let from_copy = encode_state_file(&backend.snapshot(), &[]);
-        assert_eq!(from_views, from_copy);
-        assert_eq!(from_views.1.len(), 3);
-    }
-
-    #[test]
     fn every_truncation_and_flipped_byte_is_an_error_naming_the_file() {
         let (bytes, _) = encode_state_file(&keyed(), &[]);
         for n in 0..bytes.len() {
@@ -807,7 +759,7 @@ mod tests {
         assert_eq!(metadata_format(&bytes).as_deref(), Some(SAVEPOINT_FORMAT));
         assert_eq!(decode_metadata("m", &bytes).unwrap(), m);
 
-        for bad in crate::checkpoint::format::tests::BAD_NAMES {
+        for bad in crate::checkpoint::tests::BAD_NAMES {
             let mut escaping = m.clone();
             escaping.operators[0].keyed_states[0].key_groups[0].at.file = (*bad).into();
             let e = decode_metadata("sp/_metadata", &encode_metadata(&escaping)).unwrap_err();
@@ -822,8 +774,8 @@ mod tests {
 
             let mut sink = m.clone();
             sink.operators[0].sink = Some(vec![
-                crate::checkpoint::format::SinkSnapshot::default(),
-                crate::checkpoint::format::SinkSnapshot {
+                SinkSnapshot::default(),
+                SinkSnapshot {
                     pending: vec![(*bad).into()],
                     next_part: 1,
                 },

@@ -7,7 +7,7 @@
 //! fuzzing itself, which needs nightly.
 //!
 //! The seeds are rewritten with
-//! `cargo test -p weir-host --test snapshot_decoders -- --ignored`; a test
+//! `cargo test -p weir-format --test snapshot_decoders -- --ignored`; a test
 //! checks the checked-in ones are what the encoders write today.
 
 #[path = "../../../fuzz/src/lib.rs"]
@@ -18,17 +18,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
-use weir_host::checkpoint::CheckpointId;
-use weir_host::checkpoint::catalog::Manifest;
-use weir_host::checkpoint::format::{
+use weir_format::Value;
+use weir_format::checkpoint::CheckpointId;
+use weir_format::checkpoint::{
     self as checkpoint, CheckpointMetadata, InFlightChannel, SinkSnapshot, SubtaskMetadata,
     SubtaskSnapshot, VertexMetadata,
 };
-use weir_host::savepoint::format::{
+use weir_format::manifest::Manifest;
+use weir_format::savepoint::{
     self as savepoint, KeyGroupSectionRef, KeyedStateMetadata, KindName, OperatorMetadata,
     OperatorStateMetadata, SavepointMetadata, SectionRef, SubtaskSectionRef,
 };
-use weir_host::state::{KeyGroupSnapshot, NamedStateSnapshot, StateEntries, Value};
+use weir_format::state::{KeyGroupSnapshot, NamedStateSnapshot, StateEntries};
 
 /// What a fuzz target does with its input.
 type Feed = fn(&[u8]);
@@ -305,7 +306,7 @@ fn the_checked_in_seeds_are_valid_and_what_the_encoders_write() -> Result<()> {
         ensure!(
             on_disk == bytes,
             "{} is not what the encoders write today: rewrite the seeds with \
-             `cargo test -p weir-host --test snapshot_decoders -- --ignored`",
+             `cargo test -p weir-format --test snapshot_decoders -- --ignored`",
             path.display()
         );
     }
