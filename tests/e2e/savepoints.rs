@@ -449,7 +449,7 @@ fn inspect_dump_check_and_dispose_without_running_the_job() {
         shown.contains(&format!("state `count`  value int  {} keys", words.len())),
         "{shown}"
     );
-    assert!(shown.contains("source offsets"), "{shown}");
+    assert!(shown.contains("source splits  0/1 at "), "{shown}");
 
     let o = weir(&["savepoint", "inspect", &sp, "--dump", "count/count"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -641,8 +641,7 @@ input = "sensors"
     let report = String::from_utf8_lossy(&inspect.stdout).into_owned();
     let position: u64 = report
         .lines()
-        .find(|l| l.contains("source offsets"))
-        .and_then(|l| l.split_whitespace().last())
+        .find_map(|l| l.trim().strip_prefix("source splits  0/1 at "))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the source's position: {report}"));
     let v2 = job(
@@ -1064,4 +1063,104 @@ fn a_restored_run_killed_before_its_first_checkpoint_resumes_from_the_savepoint(
     );
     assert_exactly_once(&out, &expected);
     assert!(!record.exists(), "a finished job leaves no restore record");
+}
+
+/// `job` with its datagen source at `parallelism`.
+fn with_source_parallelism(dir: &Path, name: &str, rate: u32, parallelism: u32) -> PathBuf {
+    let path = job(dir, name, plugins::WORD_COUNT, 2, rate);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "type = \"datagen\"",
+        &format!("type = \"datagen\"\nparallelism = {parallelism}"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn sources_restore_at_another_parallelism_exactly_once() {
+    // Datagen: two streams (it first ran with two subtasks), dealt to
+    // three subtasks (one reads nothing), then both to one subtask.
+    let dir = tempfile::tempdir().unwrap();
+    let reference_dir = dir.path().join("reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    run_to_end(
+        &with_source_parallelism(&reference_dir, "job.toml", 1_000_000, 2),
+        &[],
+    );
+    let expected: HashMap<String, u64> = counts(&reference_dir.join("out"))
+        .into_iter()
+        .map(|(w, c)| (w, c.len() as u64))
+        .collect();
+    let savepoints = dir.path().join("savepoints");
+    let r = Running::start(
+        &with_source_parallelism(dir.path(), "p2.toml", 10_000, 2),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sp = r.stop(&savepoints);
+    let shown = weir(&["savepoint", "inspect", &sp]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("source splits  0/2 at ") && shown.contains(", 1/2 at "),
+        "{shown}"
+    );
+    let r = Running::start(
+        &with_source_parallelism(dir.path(), "p3.toml", 10_000, 3),
+        &["-s", &sp],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sp = r.stop(&savepoints);
+    run_to_end(
+        &with_source_parallelism(dir.path(), "p1.toml", 1_000_000, 1),
+        &["-s", &sp],
+    );
+    assert_exactly_once(&dir.path().join("out"), &expected);
+
+    // File: its one split moves from a subtask of one to the first of two.
+    let dir = tempfile::tempdir().unwrap();
+    let text = super::corpus(300_000, 20_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.path().join("out");
+    let job = |name: &str, parallelism: u32| {
+        let path = dir.path().join(name);
+        let text = super::wordcount_job(&input, &out, 2).replacen(
+            "parallelism = 1\n",
+            &format!("parallelism = {parallelism}\n"),
+            1,
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "{text}\n[checkpoints]\ninterval = \"100ms\"\nstorage = \"{}\"\n",
+                dir.path().join("checkpoints").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let savepoints = dir.path().join("savepoints");
+    let root = ["--savepoint-root", savepoints.to_str().unwrap()];
+    let mut r = Running::start(&job("one.toml", 1), &root);
+    r.wait_for_log("checkpoint 1 completed");
+    let sp = r.stop(&savepoints);
+    let shown = weir(&["savepoint", "inspect", &sp]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let at: usize = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("source splits  0/1 at "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the file's split: {shown}"));
+    assert!(at < text.len(), "stopped mid-file: {shown}");
+    let o = weir(&[
+        "run",
+        "--quiet",
+        job("two.toml", 2).to_str().unwrap(),
+        "-s",
+        &sp,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (got, _) = super::read_counts(&out);
+    assert_eq!(got, super::reference_counts(&text), "file: exactly once");
 }

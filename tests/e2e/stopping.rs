@@ -300,8 +300,7 @@ fn an_input_file_shorter_than_the_restored_offset_fails_naming_file_offset_and_s
     let report = String::from_utf8_lossy(&inspect.stdout).into_owned();
     let offset: u64 = report
         .lines()
-        .find(|l| l.contains("source offsets"))
-        .and_then(|l| l.split_whitespace().last())
+        .find_map(|l| l.trim().strip_prefix("source splits  0/1 at "))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a source offset mid-file: {report}"));
     assert!(offset > 0, "{report}");

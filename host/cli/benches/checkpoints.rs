@@ -684,7 +684,10 @@ fn restore(engine: &Arc<PluginEngine>, keys: u64) -> Result<()> {
                 .join(JOB)
                 .join(format!("chk-{}", latest.checkpoint_id));
             let bytes = std::fs::read(path.join(file))?;
-            Ok(decode_state_file(file, &bytes)?.source_offset)
+            let splits = decode_state_file(file, &bytes)?
+                .source_splits()
+                .map_err(anyhow::Error::msg)?;
+            Ok(splits.and_then(|s| s.first().map(|s| s.position)))
         })
         .transpose()?
         .flatten()

@@ -1,9 +1,13 @@
 //! Built-in sources and sinks.
 //!
-//! Sources report a replay position ([`Source::offset`]) so a checkpoint
-//! can record it and a restore can resume from it: the `file` source's byte
-//! offset of the next line, the `datagen` source's count of records emitted
-//! (its output is a pure function of seed, subtask and position).
+//! A source's input is divided into splits, each read by a [`Source`] that
+//! reports a replay position ([`Source::offset`]): the `file` source's one
+//! split is its file (the byte offset of the next line); the `datagen`
+//! source has one stream per subtask it first ran with (the count of
+//! records emitted; the stream is a pure function of seed, stream and
+//! position). A subtask reads the splits dealt to it ([`SourceSplits`]) and
+//! a checkpoint records each split's position, so a restore resumes them
+//! at any parallelism.
 //!
 //! Sinks take part in checkpoints by two-phase commit
 //! ([`Sink::pre_commit`], [`Sink::commit`]): the `file` sink writes each
@@ -24,8 +28,9 @@ use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::SinkSnapshot;
 use crate::error::Error;
 use crate::job::DatagenSpec;
+use weir_format::snapshot::SourceSplit;
 
-/// A source subtask: produces batches until its input ends.
+/// A reader of one split: produces batches until the split ends.
 pub trait Source: Send {
     /// Appends up to `max` records to `out`.
     ///
@@ -44,80 +49,186 @@ pub trait Source: Send {
 
     /// The position to resume from to replay everything not yet returned.
     fn offset(&self) -> u64;
+}
 
-    /// The position a checkpoint records: the offset, and whether the
-    /// input had ended.
-    fn position(&self) -> SourcePosition {
-        SourcePosition {
-            offset: self.offset(),
-            finished: false,
+/// What a source vertex reads: how its input divides into splits, and a
+/// reader for one of them.
+pub trait SplitKind: Send + Sync {
+    /// The splits of a run that starts fresh at `parallelism`, in order;
+    /// subtask `i` reads those at `i`, `i + parallelism`, ...
+    fn initial(&self, parallelism: u32) -> Vec<SourceSplit>;
+
+    /// A reader of `split` from its recorded position.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] for a split this source does not have (a
+    /// snapshot of another job); [`Error::Io`] if the input cannot be
+    /// opened there.
+    fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error>;
+}
+
+/// The `file` source: one split, `0/1`, the whole file.
+pub struct FileSplits {
+    /// The vertex's uid, for messages.
+    pub uid: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl SplitKind for FileSplits {
+    fn initial(&self, _: u32) -> Vec<SourceSplit> {
+        vec![SourceSplit::numbered(0, 1, 0, false)]
+    }
+
+    fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
+        if split.number() != Some((0, 1)) {
+            return Err(foreign_split(&self.uid, split, "its one split `0/1`"));
         }
+        Ok(Box::new(FileSource::open(
+            &self.uid,
+            &self.path,
+            split.position,
+        )?))
     }
 }
 
-/// A source's position as checkpoints and savepoints record it (their
-/// `source_offset`): the offset, with the top bit set once the source's
-/// input ended — so a restore keeps it ended (Flink's "finished on
-/// restore", FLIP-147) instead of reading on, and what ended with it
-/// downstream is not closed a second time.
-///
-/// Snapshots written before finished sources were recorded never set the
-/// bit (no file or count reaches 2^63), so they read as unfinished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourcePosition {
-    /// Where to resume reading.
-    pub offset: u64,
-    /// The input had ended: nothing is read after a restore.
-    pub finished: bool,
+/// The `datagen` source: as many streams as subtasks it first ran with,
+/// `i/n`, each with its share of the records and the rate.
+pub struct DatagenSplits {
+    /// The vertex's uid, for messages.
+    pub uid: String,
+    /// What to generate.
+    pub spec: DatagenSpec,
 }
 
-impl SourcePosition {
-    const FINISHED: u64 = 1 << 63;
+impl SplitKind for DatagenSplits {
+    fn initial(&self, parallelism: u32) -> Vec<SourceSplit> {
+        (0..parallelism)
+            .map(|i| SourceSplit::numbered(i, parallelism, 0, false))
+            .collect()
+    }
 
-    /// The recorded form.
-    pub fn encode(self) -> u64 {
-        if self.finished {
-            self.offset | Self::FINISHED
-        } else {
-            self.offset
+    fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
+        let Some((index, count)) = split.number() else {
+            return Err(foreign_split(&self.uid, split, "streams `<i>/<n>`"));
+        };
+        Ok(Box::new(DatagenSource::resume(
+            &self.spec,
+            index,
+            count,
+            split.position,
+        )))
+    }
+}
+
+fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error {
+    Error::Restore {
+        message: format!(
+            "source `{uid}`: the snapshot holds split `{}`, which this source does not have (it has {has}); was it taken of another job?",
+            split.split
+        ),
+    }
+}
+
+/// One split of a subtask's source: its reader while unfinished.
+struct OpenSplit {
+    split: SourceSplit,
+    reader: Option<Box<dyn Source>>,
+}
+
+/// A source subtask: the splits dealt to it, read in turn, and their
+/// positions for a checkpoint.
+pub struct SourceSplits {
+    splits: Vec<OpenSplit>,
+    /// Where the next batch is looked for first (round robin).
+    next: usize,
+    /// Every split had ended before the snapshot the subtask was restored
+    /// from (or it has none).
+    ended_at_start: bool,
+}
+
+impl SourceSplits {
+    /// Opens `splits` (finished ones stay closed).
+    ///
+    /// # Errors
+    /// As [`SplitKind::open`].
+    pub fn open(kind: &dyn SplitKind, splits: Vec<SourceSplit>) -> Result<Self, Error> {
+        let splits = splits
+            .into_iter()
+            .map(|split| {
+                let reader = if split.finished {
+                    None
+                } else {
+                    Some(kind.open(&split)?)
+                };
+                Ok(OpenSplit { split, reader })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let ended_at_start = splits.iter().all(|s| s.reader.is_none());
+        Ok(Self {
+            splits,
+            next: 0,
+            ended_at_start,
+        })
+    }
+
+    /// Whether every split had ended before the run started (a subtask
+    /// restored as ended, or dealt no split).
+    pub fn ended_at_start(&self) -> bool {
+        self.ended_at_start
+    }
+
+    /// How long until some unfinished split has a batch due.
+    pub fn pause(&self) -> Duration {
+        self.splits
+            .iter()
+            .filter_map(|s| s.reader.as_ref())
+            .map(|r| r.pause())
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Appends up to `max` records of the next split with a batch due
+    /// (round robin among those due). Returns `false` once every split
+    /// ended.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails.
+    pub fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+        let n = self.splits.len();
+        let due = (0..n).map(|k| (self.next + k) % n).find(|&i| {
+            self.splits[i]
+                .reader
+                .as_ref()
+                .is_some_and(|r| r.pause().is_zero())
+        });
+        let pick = due.or_else(|| (0..n).find(|&i| self.splits[i].reader.is_some()));
+        let Some(i) = pick else {
+            return Ok(false);
+        };
+        self.next = (i + 1) % n;
+        let split = &mut self.splits[i];
+        let reader = split.reader.as_mut().expect("picked an open split");
+        let more = reader.next_batch(out, max)?;
+        split.split.position = reader.offset();
+        if !more {
+            split.split.finished = true;
+            split.reader = None;
         }
+        Ok(self.splits.iter().any(|s| s.reader.is_some()))
     }
 
-    /// Reads a recorded position.
-    pub fn decode(recorded: u64) -> Self {
-        SourcePosition {
-            offset: recorded & !Self::FINISHED,
-            finished: recorded & Self::FINISHED != 0,
-        }
-    }
-}
-
-/// A source whose input ended (in this run or before the snapshot it was
-/// restored from): it reads nothing and reports its final position.
-pub struct FinishedSource {
-    offset: u64,
-}
-
-impl FinishedSource {
-    /// A source that ended at `offset`.
-    pub fn new(offset: u64) -> Self {
-        Self { offset }
-    }
-}
-
-impl Source for FinishedSource {
-    fn next_batch(&mut self, _: &mut BatchWriter, _: usize) -> Result<bool, Error> {
-        Ok(false)
+    /// Every split with its position, for a checkpoint.
+    pub fn positions(&self) -> Vec<SourceSplit> {
+        self.splits.iter().map(|s| s.split.clone()).collect()
     }
 
-    fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    fn position(&self) -> SourcePosition {
-        SourcePosition {
-            offset: self.offset,
-            finished: true,
+    /// Marks every split ended and closes its reader (the subtask ended
+    /// its input early, for a drain).
+    pub fn finish(&mut self) {
+        for s in &mut self.splits {
+            s.split.finished = true;
+            s.reader = None;
         }
     }
 }
@@ -739,34 +850,96 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_finished_position_round_trips_and_old_offsets_read_as_unfinished() {
-        for p in [
-            SourcePosition {
-                offset: 0,
-                finished: true,
-            },
-            SourcePosition {
-                offset: 1234,
-                finished: true,
-            },
-            SourcePosition {
-                offset: 1234,
-                finished: false,
-            },
-        ] {
-            assert_eq!(SourcePosition::decode(p.encode()), p);
-        }
-        assert_eq!(
-            SourcePosition::decode(77),
-            SourcePosition {
-                offset: 77,
-                finished: false
+    /// Every record of a split source subtask, batch by batch.
+    fn drain_splits(src: &mut SourceSplits, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let mut w = BatchWriter::default();
+            let more = src.next_batch(&mut w, max).unwrap();
+            out.extend(
+                BatchReader::new(w.as_bytes())
+                    .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap()),
+            );
+            if !more {
+                return out;
             }
+        }
+    }
+
+    #[test]
+    fn datagen_splits_restore_at_another_parallelism_with_the_same_records() {
+        let kind = DatagenSplits {
+            uid: "gen".into(),
+            spec: DatagenSpec {
+                seed: 9,
+                records: Some(60),
+                rate: None,
+                vocabulary: 50,
+                words_per_record: 2,
+            },
+        };
+        let all = |kind: &DatagenSplits, splits: Vec<SourceSplit>| {
+            let mut src = SourceSplits::open(kind, splits).unwrap();
+            let mut out = drain_splits(&mut src, 4);
+            out.sort();
+            out
+        };
+        let whole = all(&kind, kind.initial(3));
+        assert_eq!(whole.len(), 60);
+        // Three subtasks read a little, then one subtask resumes all three
+        // splits where they were: together, every record once.
+        let mut first = Vec::new();
+        let mut resumed = Vec::new();
+        for split in kind.initial(3) {
+            let mut src = SourceSplits::open(&kind, vec![split]).unwrap();
+            let mut w = BatchWriter::default();
+            src.next_batch(&mut w, 3).unwrap();
+            first.extend(
+                BatchReader::new(w.as_bytes())
+                    .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap()),
+            );
+            resumed.extend(src.positions());
+        }
+        assert!(resumed.iter().all(|s| s.position == 3 && !s.finished));
+        let mut together = first;
+        together.extend(all(&kind, resumed));
+        together.sort();
+        assert_eq!(together, whole);
+    }
+
+    #[test]
+    fn finished_splits_stay_closed_and_no_split_means_ended() {
+        let kind = DatagenSplits {
+            uid: "gen".into(),
+            spec: DatagenSpec {
+                seed: 1,
+                records: Some(4),
+                rate: None,
+                vocabulary: 5,
+                words_per_record: 1,
+            },
+        };
+        let mut src = SourceSplits::open(&kind, kind.initial(1)).unwrap();
+        assert!(!src.ended_at_start());
+        assert_eq!(drain_splits(&mut src, 10).len(), 4);
+        let ended = src.positions();
+        assert_eq!(ended, [SourceSplit::numbered(0, 1, 4, true)]);
+        let again = SourceSplits::open(&kind, ended).unwrap();
+        assert!(again.ended_at_start());
+        assert!(
+            SourceSplits::open(&kind, Vec::new())
+                .unwrap()
+                .ended_at_start()
         );
-        let done = FinishedSource::new(9);
-        assert_eq!(SourcePosition::decode(done.position().encode()).offset, 9);
-        assert!(drain(&mut FinishedSource::new(9), 10).is_empty());
+        // A split of another source is refused, naming it.
+        let file = FileSplits {
+            uid: "lines".into(),
+            path: "/nonexistent".into(),
+        };
+        let Err(e) = SourceSplits::open(&file, kind.initial(2)) else {
+            panic!("a datagen split opened as a file split");
+        };
+        assert!(e.to_string().contains("split `0/2`"), "{e}");
     }
 
     #[test]

@@ -707,12 +707,6 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                         );
                     }
                 }
-                if parallelism != 1 {
-                    problems.add(
-                        format!("{field}.parallelism"),
-                        "a `file` source reads one file and runs with parallelism 1",
-                    );
-                }
                 match &s.path {
                     None => {
                         problems.add(format!("{field}.path"), "a `file` source needs `path`");

@@ -318,7 +318,7 @@ fn inspect_dump_and_check_read_a_savepoint_without_running_it() {
     let words = output(&out).len() as u64;
     assert_eq!(state.count, words);
     let source = shown.operators.iter().find(|o| o.uid == "words").unwrap();
-    assert!(source.source_offsets.as_ref().unwrap()[0].unwrap() > 0);
+    assert!(source.source_splits.as_ref().unwrap()[0].position > 0);
     let text = shown.to_string();
     assert!(text.contains("state `count`  value int"), "{text}");
 
@@ -455,12 +455,10 @@ fn stop_with_drain_closes_operators_and_commits_everything_before_the_savepoint(
         .block_on(weir_host::savepoint::inspect::inspect(&point))
         .unwrap();
     let source = shown.operators.iter().find(|o| o.uid == "words").unwrap();
-    let position = weir_host::connectors::SourcePosition::decode(
-        source.source_offsets.as_ref().unwrap()[0].unwrap(),
-    );
+    let position = &source.source_splits.as_ref().unwrap()[0];
     // A drain ends the input: the source's position is recorded as ended.
     assert!(position.finished, "{position:?}");
-    let emitted = position.offset;
+    let emitted = position.position;
     let committed: usize = output(&out).values().map(Vec::len).sum();
     assert!(emitted > 0);
     assert_eq!(committed as u64, emitted);

@@ -18,6 +18,7 @@ use crate::frame::{
     metadata_fields, read_file_prefix, read_frame, write_frame, write_frame_with,
 };
 pub use crate::frame::{FormatError, file_name_problem};
+use crate::snapshot::{ListSection, Namespace, Redistribution, SOURCE_SPLITS, SourceSplit};
 use crate::state::KeyGroupSnapshot;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,13 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE_MAGIC: [u8; 8] = *b"WEIRSTAT";
 
 /// The state-file version this build writes (and the newest it reads).
-pub const STATE_FILE_VERSION: u16 = 1;
+/// Version 1 (fixed operator-state and source sections) is read too.
+pub const STATE_FILE_VERSION: u16 = 2;
 
 /// The `_metadata` version this build writes (and the newest it reads).
-pub const METADATA_VERSION: u32 = 1;
+/// Version 2 has the fields of version 1 and references version-2 state
+/// files; version 1 references version-1 files.
+pub const METADATA_VERSION: u32 = 2;
 
 /// The `format` field of every `_metadata` file.
 pub const METADATA_FORMAT: &str = "weir-checkpoint";
@@ -62,24 +66,55 @@ impl std::fmt::Display for CheckpointId {
 pub struct SubtaskSnapshot {
     /// Keyed state, in ascending key-group order.
     pub keyed: Vec<KeyGroupSnapshot>,
-    /// Non-keyed list state, by name.
-    pub operator_state: Vec<(String, Vec<Value>)>,
-    /// Sources: where to resume reading.
-    pub source_offset: Option<u64>,
+    /// Operator list states, one section each: the operator's own and the
+    /// host's (a source's splits), sorted by namespace and name.
+    pub lists: Vec<ListSection>,
     /// Transactional sinks: what awaits commit.
     pub sink: Option<SinkSnapshot>,
     /// Unaligned checkpoints: the records in flight, per input channel.
     pub in_flight: Vec<InFlightChannel>,
+    /// Read from a version-1 file only: a source's bare offset, which the
+    /// reader turns into its split once it knows the subtask
+    /// ([`SubtaskSnapshot::adopt_v1_source_offset`]). Never written.
+    pub v1_source_offset: Option<u64>,
 }
 
 impl SubtaskSnapshot {
     /// Whether there is nothing to store (no file needs to be written).
     pub fn is_empty(&self) -> bool {
         self.keyed.is_empty()
-            && self.operator_state.is_empty()
-            && self.source_offset.is_none()
+            && self.lists.is_empty()
+            && self.v1_source_offset.is_none()
             && self.sink.is_none()
             && self.in_flight.is_empty()
+    }
+
+    /// The list `name` in `namespace`, if stored.
+    pub fn list(&self, namespace: Namespace, name: &str) -> Option<&ListSection> {
+        self.lists
+            .iter()
+            .find(|l| l.namespace == namespace && l.name == name)
+    }
+
+    /// A source's splits, if it stored any.
+    ///
+    /// # Errors
+    /// What is wrong with an item that is not a [`SourceSplit`].
+    pub fn source_splits(&self) -> Result<Option<Vec<SourceSplit>>, String> {
+        self.list(Namespace::Source, SOURCE_SPLITS)
+            .map(|l| l.items.iter().map(SourceSplit::from_value).collect())
+            .transpose()
+    }
+
+    /// Turns a version-1 source offset, if any, into the split of subtask
+    /// `subtask` of `parallelism` ([`SourceSplit::from_v1_offset`]).
+    pub fn adopt_v1_source_offset(&mut self, subtask: u32, parallelism: u32) {
+        if let Some(offset) = self.v1_source_offset.take() {
+            let split = SourceSplit::from_v1_offset(subtask, parallelism, offset);
+            self.lists.push(ListSection::source_splits(&[split]));
+            self.lists
+                .sort_by(|a, b| (a.namespace, &a.name).cmp(&(b.namespace, &b.name)));
+        }
     }
 }
 
@@ -153,10 +188,14 @@ pub const KEY_GROUP_TAG: u8 = Tag::KeyGroup as u8;
 enum Tag {
     Header = 0x01,
     KeyGroup = 0x02,
+    /// Version 1 only.
     OperatorState = 0x03,
+    /// Version 1 only.
     Source = 0x04,
     Sink = 0x05,
     InFlight = 0x06,
+    /// Version 2: one operator list state.
+    List = 0x07,
     End = 0xFF,
 }
 
@@ -169,6 +208,7 @@ impl Tag {
             0x04 => Tag::Source,
             0x05 => Tag::Sink,
             0x06 => Tag::InFlight,
+            0x07 => Tag::List,
             0xFF => Tag::End,
             _ => return None,
         })
@@ -182,6 +222,7 @@ impl Tag {
             Tag::Source => "source",
             Tag::Sink => "sink",
             Tag::InFlight => "in-flight",
+            Tag::List => "list",
             Tag::End => "end",
         }
     }
@@ -192,6 +233,14 @@ impl Tag {
 #[derive(Debug, Serialize, Deserialize)]
 struct FileHeader {
     key_groups: u32,
+    in_flight_channels: u32,
+}
+
+/// The header section of a version-2 file.
+#[derive(Debug, Serialize, Deserialize)]
+struct FileHeaderV2 {
+    key_groups: u32,
+    lists: u32,
     in_flight_channels: u32,
 }
 
@@ -255,8 +304,20 @@ pub fn encode_state_file_with(
     let mut out = Vec::new();
     out.extend_from_slice(&STATE_FILE_MAGIC);
     out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
-    let header = FileHeader {
+    let mut lists: Vec<&ListSection> = snapshot.lists.iter().collect();
+    lists.sort_by(|a, b| (a.namespace, &a.name).cmp(&(b.namespace, &b.name)));
+    if let Some(w) = lists
+        .windows(2)
+        .find(|w| (w[0].namespace, &w[0].name) == (w[1].namespace, &w[1].name))
+    {
+        panic!(
+            "invariant: a subtask snapshot holds list `{}` of namespace {} once, found it twice",
+            w[0].name, w[0].namespace
+        );
+    }
+    let header = FileHeaderV2 {
         key_groups: u32::try_from(keyed.len()).expect("invariant: key groups fit in u32"),
+        lists: u32::try_from(lists.len()).expect("invariant: list states fit in u32"),
         in_flight_channels: u32::try_from(snapshot.in_flight.len())
             .expect("invariant: input channels fit in u32"),
     };
@@ -271,8 +332,9 @@ pub fn encode_state_file_with(
             len: (out.len() - offset) as u64,
         });
     }
-    write_section(&mut out, Tag::OperatorState, &snapshot.operator_state);
-    write_section(&mut out, Tag::Source, &snapshot.source_offset);
+    for list in lists {
+        write_section(&mut out, Tag::List, list);
+    }
     write_section(&mut out, Tag::Sink, &snapshot.sink);
     for channel in &snapshot.in_flight {
         write_section(&mut out, Tag::InFlight, channel);
@@ -376,7 +438,7 @@ fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
 /// a state file, a newer version, truncated, a checksum mismatch, a
 /// section missing, out of order or undecodable, bytes after the end.
 pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, FormatError> {
-    read_prefix(file, bytes)?;
+    let version = read_prefix(file, bytes)?;
     let mut r = Reader {
         file,
         bytes,
@@ -384,7 +446,16 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
         base: 0,
     };
     let header_section = r.expect(Tag::Header)?;
-    let header: FileHeader = r.decode(&header_section)?;
+    let header = if version == 1 {
+        let v1: FileHeader = r.decode(&header_section)?;
+        FileHeaderV2 {
+            key_groups: v1.key_groups,
+            lists: 0,
+            in_flight_channels: v1.in_flight_channels,
+        }
+    } else {
+        r.decode(&header_section)?
+    };
     // The counts come from the file: a section takes at least
     // FRAME_OVERHEAD bytes, which bounds any honest count.
     let most = bytes.len() / FRAME_OVERHEAD;
@@ -402,10 +473,35 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
         }
         keyed.push(group);
     }
-    let section = r.expect(Tag::OperatorState)?;
-    let operator_state = r.decode(&section)?;
-    let section = r.expect(Tag::Source)?;
-    let source_offset = r.decode(&section)?;
+    let mut lists: Vec<ListSection> = Vec::with_capacity((header.lists as usize).min(most));
+    let mut v1_source_offset = None;
+    if version == 1 {
+        let section = r.expect(Tag::OperatorState)?;
+        let operator_state: Vec<(String, Vec<Value>)> = r.decode(&section)?;
+        // Version 1 did not record how a list is redistributed: split,
+        // the default, as version-1 restores dealt every list.
+        lists.extend(
+            operator_state
+                .into_iter()
+                .map(|(name, items)| ListSection::user(name, Redistribution::Split, items)),
+        );
+        let section = r.expect(Tag::Source)?;
+        v1_source_offset = r.decode(&section)?;
+    } else {
+        for _ in 0..header.lists {
+            let section = r.expect(Tag::List)?;
+            let list: ListSection = r.decode(&section)?;
+            if let Some(prev) = lists.last()
+                && (prev.namespace, &prev.name) >= (list.namespace, &list.name)
+            {
+                return Err(r.err(format!(
+                    "list `{}` ({} namespace) in the section at byte {} follows list `{}` ({} namespace): not ascending",
+                    list.name, list.namespace, section.offset, prev.name, prev.namespace
+                )));
+            }
+            lists.push(list);
+        }
+    }
     let section = r.expect(Tag::Sink)?;
     let sink: Option<SinkSnapshot> = r.decode(&section)?;
     if let Some(sink) = &sink {
@@ -431,8 +527,8 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
     }
     Ok(SubtaskSnapshot {
         keyed,
-        operator_state,
-        source_offset,
+        lists,
+        v1_source_offset,
         sink,
         in_flight,
     })
@@ -801,8 +897,14 @@ pub(crate) mod tests {
                     }],
                 },
             ],
-            operator_state: vec![("buffer".into(), values), ("none".into(), vec![])],
-            source_offset: Some(1 << 40),
+            lists: vec![
+                ListSection::user("buffer", Redistribution::Split, values),
+                ListSection::user("none", Redistribution::Union, vec![]),
+                ListSection::source_splits(&[
+                    SourceSplit::numbered(0, 3, 1 << 40, false),
+                    SourceSplit::numbered(2, 3, 7, true),
+                ]),
+            ],
             sink: Some(SinkSnapshot {
                 pending: vec![".part-0-3.pending".into(), ".part-0-4.pending".into()],
                 next_part: 5,
@@ -817,6 +919,7 @@ pub(crate) mod tests {
                     batches: vec![],
                 },
             ],
+            v1_source_offset: None,
         }
     }
 
@@ -838,8 +941,11 @@ pub(crate) mod tests {
                     }],
                 },
             ],
-            operator_state: vec![("o".into(), vec![Value::Text("t".into())])],
-            source_offset: Some(12),
+            lists: vec![ListSection::user(
+                "o",
+                Redistribution::Split,
+                vec![Value::Text("t".into())],
+            )],
             sink: Some(SinkSnapshot {
                 pending: vec![".part-1-0.pending".into()],
                 next_part: 1,
@@ -848,6 +954,7 @@ pub(crate) mod tests {
                 channel: 1,
                 batches: vec![vec![9]],
             }],
+            v1_source_offset: None,
         }
     }
 
@@ -871,7 +978,7 @@ pub(crate) mod tests {
         let s = rich();
         let encoded = encode_state_file(&s);
         assert_eq!(&encoded.bytes[..8], b"WEIRSTAT");
-        assert_eq!(&encoded.bytes[8..10], &[1, 0]);
+        assert_eq!(&encoded.bytes[8..10], &[2, 0]);
         assert_eq!(decode_state_file(FILE, &encoded.bytes).unwrap(), s);
         let groups: Vec<u32> = encoded.key_groups.iter().map(|e| e.key_group).collect();
         assert_eq!(groups, vec![3, 9, 70]);
@@ -1029,6 +1136,87 @@ pub(crate) mod tests {
         );
     }
 
+    /// A version-1 file, laid out as version 1 wrote it: fixed operator
+    /// state and source sections after the key groups.
+    fn v1_file(
+        keyed: &[KeyGroupSnapshot],
+        ops: &[(String, Vec<Value>)],
+        offset: Option<u64>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_FILE_MAGIC);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        let header = FileHeader {
+            key_groups: keyed.len() as u32,
+            in_flight_channels: 0,
+        };
+        write_section(&mut out, Tag::Header, &header);
+        for g in keyed {
+            write_section(&mut out, Tag::KeyGroup, g);
+        }
+        write_section(&mut out, Tag::OperatorState, ops);
+        write_section(&mut out, Tag::Source, &offset);
+        write_section(&mut out, Tag::Sink, &None::<SinkSnapshot>);
+        write_section(&mut out, Tag::End, &());
+        out
+    }
+
+    #[test]
+    fn a_version_1_file_reads_into_sections_and_its_offset_into_a_split() {
+        let keyed = small().keyed;
+        let ops = vec![("o".to_owned(), vec![Value::Int(3)])];
+        let bytes = v1_file(&keyed, &ops, Some(40 | 1 << 63));
+        let mut read = decode_state_file(FILE, &bytes).unwrap();
+        assert_eq!(read.keyed, keyed);
+        // Version 1 recorded no redistribution: split, as it was restored.
+        assert_eq!(
+            read.lists,
+            [ListSection::user(
+                "o",
+                Redistribution::Split,
+                vec![Value::Int(3)]
+            )]
+        );
+        assert_eq!(read.v1_source_offset, Some(40 | 1 << 63));
+        read.adopt_v1_source_offset(1, 2);
+        assert_eq!(read.v1_source_offset, None);
+        assert_eq!(
+            read.source_splits().unwrap(),
+            Some(vec![SourceSplit::numbered(1, 2, 40, true)])
+        );
+        // Its key groups read by extent as well: the section is unchanged.
+        let at = bytes.len() - 1;
+        assert!(decode_state_file(FILE, &bytes[..at]).is_err());
+    }
+
+    #[test]
+    fn lists_out_of_order_are_refused() {
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_FILE_MAGIC);
+        out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+        let header = FileHeaderV2 {
+            key_groups: 0,
+            lists: 2,
+            in_flight_channels: 0,
+        };
+        write_section(&mut out, Tag::Header, &header);
+        write_section(
+            &mut out,
+            Tag::List,
+            &ListSection::user("b", Redistribution::Split, vec![]),
+        );
+        write_section(
+            &mut out,
+            Tag::List,
+            &ListSection::user("a", Redistribution::Split, vec![]),
+        );
+        write_section(&mut out, Tag::Sink, &None::<SinkSnapshot>);
+        write_section(&mut out, Tag::End, &());
+        let shown = message(decode_state_file(FILE, &out));
+        assert!(shown.contains("list `a` (user namespace)"), "{shown}");
+        assert!(shown.contains("not ascending"), "{shown}");
+    }
+
     #[test]
     fn trailing_bytes_and_missing_sections_are_errors() {
         let mut bytes = encode_state_file(&small()).bytes;
@@ -1040,16 +1228,13 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&STATE_FILE_MAGIC);
         out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
-        let header = FileHeader {
+        let header = FileHeaderV2 {
             key_groups: 1,
+            lists: 0,
             in_flight_channels: 0,
         };
         write_section(&mut out, Tag::Header, &header);
-        write_section(
-            &mut out,
-            Tag::OperatorState,
-            &Vec::<(String, Vec<Value>)>::new(),
-        );
+        write_section(&mut out, Tag::Sink, &None::<SinkSnapshot>);
         let shown = message(decode_state_file(FILE, &out));
         assert!(
             shown.contains("expected the key-group section at byte"),
@@ -1075,12 +1260,12 @@ pub(crate) mod tests {
     #[test]
     fn a_newer_version_is_refused_clearly() {
         let mut bytes = encode_state_file(&small()).bytes;
-        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
         let shown = message(decode_state_file(FILE, &bytes));
         assert_eq!(
             shown,
             format!(
-                "{FILE}: written by a newer Weir: state file version 2, this build reads up to 1"
+                "{FILE}: written by a newer Weir: state file version 3, this build reads up to 2"
             )
         );
         let shown = message(decode_key_groups(FILE, &bytes, &[]));
@@ -1114,8 +1299,9 @@ pub(crate) mod tests {
         write_section(
             &mut out,
             Tag::Header,
-            &FileHeader {
+            &FileHeaderV2 {
                 key_groups: u32::MAX,
+                lists: u32::MAX,
                 in_flight_channels: u32::MAX,
             },
         );
@@ -1137,13 +1323,21 @@ pub(crate) mod tests {
         // overflow; the guest limit is far below it.
         let deep = |n: usize| (0..n).fold(Value::Int(0), |v, _| Value::List(vec![v]));
         let ok = SubtaskSnapshot {
-            operator_state: vec![("d".into(), vec![deep(100)])],
+            lists: vec![ListSection::user(
+                "d",
+                Redistribution::Split,
+                vec![deep(100)],
+            )],
             ..Default::default()
         };
         let bytes = encode_state_file(&ok).bytes;
         assert_eq!(decode_state_file(FILE, &bytes).unwrap(), ok);
         let too_deep = SubtaskSnapshot {
-            operator_state: vec![("d".into(), vec![deep(1000)])],
+            lists: vec![ListSection::user(
+                "d",
+                Redistribution::Split,
+                vec![deep(1000)],
+            )],
             ..Default::default()
         };
         let bytes = encode_state_file(&too_deep).bytes;
@@ -1288,7 +1482,7 @@ pub(crate) mod tests {
         assert_eq!(decode_metadata(META, &bytes).unwrap(), m);
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.starts_with("{\n  \"format\": \"weir-checkpoint\",\n  \"version\": 1,\n"),
+            text.starts_with("{\n  \"format\": \"weir-checkpoint\",\n  \"version\": 2,\n"),
             "{text}"
         );
         assert!(text.contains("\"checkpoint_id\": 7,"), "{text}");
@@ -1335,9 +1529,9 @@ pub(crate) mod tests {
             ),
             (
                 with(&|m| {
-                    m.insert("version".into(), 2.into());
+                    m.insert("version".into(), 3.into());
                 }),
-                "written by a newer Weir: checkpoint metadata version 2, this build reads up to 1",
+                "written by a newer Weir: checkpoint metadata version 3, this build reads up to 2",
             ),
             (
                 with(&|m| {
@@ -1449,8 +1643,8 @@ pub(crate) mod tests {
                     0..3,
                 ),
             )
-                .prop_map(
-                    |(groups, operator_state, source_offset, sink, in_flight)| SubtaskSnapshot {
+                .prop_map(|(groups, lists, source_offset, sink, in_flight)| {
+                    SubtaskSnapshot {
                         keyed: groups
                             .into_iter()
                             .map(|(kg, states)| KeyGroupSnapshot {
@@ -1458,15 +1652,28 @@ pub(crate) mod tests {
                                 states,
                             })
                             .collect(),
-                        operator_state,
-                        source_offset,
+                        // Encoded sorted by (namespace, name), each once.
+                        lists: lists
+                            .into_iter()
+                            .collect::<std::collections::BTreeMap<String, Vec<Value>>>()
+                            .into_iter()
+                            .map(|(name, items)| {
+                                ListSection::user(name, Redistribution::Union, items)
+                            })
+                            .chain(source_offset.map(|at| {
+                                ListSection::source_splits(&[SourceSplit::numbered(
+                                    0, 1, at, false,
+                                )])
+                            }))
+                            .collect(),
+                        v1_source_offset: None,
                         sink: sink.map(|(pending, next_part)| SinkSnapshot { pending, next_part }),
                         in_flight: in_flight
                             .into_iter()
                             .map(|(channel, batches)| InFlightChannel { channel, batches })
                             .collect(),
-                    },
-                )
+                    }
+                })
         }
 
         proptest! {

@@ -16,6 +16,7 @@ pub mod descriptor;
 pub mod frame;
 pub mod manifest;
 pub mod savepoint;
+pub mod snapshot;
 pub mod state;
 pub mod value;
 

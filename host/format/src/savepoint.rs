@@ -16,6 +16,7 @@ use crate::frame::{
     FormatError, check_file_name, decode_payload, metadata_fields, read_file_prefix, read_frame,
     write_frame_with,
 };
+use crate::snapshot::{ListSection, Namespace};
 use crate::state::{StateEntries, StateKind};
 use crate::value::Value;
 
@@ -26,7 +27,10 @@ pub const SAVEPOINT_FILE_VERSION: u16 = 1;
 /// The `format` field of a savepoint's `_metadata`.
 pub const SAVEPOINT_FORMAT: &str = "weir-savepoint";
 /// The `_metadata` version this build writes (and the newest it reads).
-pub const SAVEPOINT_METADATA_VERSION: u32 = 1;
+/// Version 2 stores a source's positions as its operator list state
+/// `splits` in the `source` namespace; version 1 stored them as
+/// `source_offsets`, which this build still reads.
+pub const SAVEPOINT_METADATA_VERSION: u32 = 2;
 
 const PREFIX_LEN: usize = SAVEPOINT_FILE_MAGIC.len() + 2;
 
@@ -74,6 +78,10 @@ pub struct SectionRef {
 /// A section as written, before it is indexed in `_metadata`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenSection {
+    /// Whose state it is.
+    pub namespace: Namespace,
+    /// An operator list state's redistribution (`None` for keyed state).
+    pub redistribution: Option<Redistribution>,
     /// The state name.
     pub state: String,
     /// `Some(kind)` for keyed state, `None` for operator list state.
@@ -156,16 +164,16 @@ pub fn frame_snapshots(keyed: &[crate::state::KeyGroupSnapshot]) -> Vec<FramedSe
 /// state sections by name, then the end marker. Empty states are skipped.
 pub fn encode_state_file(
     keyed: &[crate::state::KeyGroupSnapshot],
-    operator_state: &[(String, Vec<Value>)],
+    lists: &[ListSection],
 ) -> (Vec<u8>, Vec<WrittenSection>) {
-    assemble_state_file(frame_snapshots(keyed), operator_state)
+    assemble_state_file(frame_snapshots(keyed), lists)
 }
 
 /// Assembles a savepoint state file from framed keyed sections (in any
 /// order) and operator state, as [`encode_state_file`] lays it out.
 pub fn assemble_state_file(
     mut keyed: Vec<FramedSection>,
-    operator_state: &[(String, Vec<Value>)],
+    lists: &[ListSection],
 ) -> (Vec<u8>, Vec<WrittenSection>) {
     keyed.sort_by(|a, b| (&a.state, a.key_group).cmp(&(&b.state, b.key_group)));
     let size: usize = keyed.iter().map(|s| s.frame.len()).sum();
@@ -177,6 +185,8 @@ pub fn assemble_state_file(
         let offset = out.len();
         out.extend_from_slice(&s.frame);
         sections.push(WrittenSection {
+            namespace: Namespace::User,
+            redistribution: None,
             state: s.state,
             kind: Some(s.kind),
             key_group: Some(s.key_group),
@@ -185,9 +195,10 @@ pub fn assemble_state_file(
             count: s.count,
         });
     }
-    let mut ops: Vec<&(String, Vec<Value>)> = operator_state.iter().collect();
-    ops.sort_by(|a, b| a.0.cmp(&b.0));
-    for (state, items) in ops {
+    let mut ops: Vec<&ListSection> = lists.iter().collect();
+    ops.sort_by(|a, b| (a.namespace, &a.name).cmp(&(b.namespace, &b.name)));
+    for list in ops {
+        let (state, items) = (&list.name, &list.items);
         let offset = out.len();
         write_frame_with(
             &mut out,
@@ -198,6 +209,8 @@ pub fn assemble_state_file(
             },
         );
         sections.push(WrittenSection {
+            namespace: list.namespace,
+            redistribution: Some(list.redistribution),
             state: state.clone(),
             kind: None,
             key_group: None,
@@ -387,8 +400,11 @@ pub struct OperatorMetadata {
     /// Its operator list states, by name.
     #[serde(default)]
     pub operator_states: Vec<OperatorStateMetadata>,
-    /// Sources: each subtask's position (file: byte offset; datagen:
-    /// records emitted).
+    /// Version 1 only: each source subtask's position (file: byte offset;
+    /// datagen: records emitted), top bit set once finished. Version 2
+    /// stores positions as the operator state `splits` in the `source`
+    /// namespace; readers turn these into that
+    /// ([`SourceSplit::from_v1_offset`](crate::snapshot::SourceSplit::from_v1_offset)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_offsets: Option<Vec<u64>>,
     /// Transactional sinks: each subtask's pre-committed parts.
@@ -467,6 +483,9 @@ pub struct KeyGroupSectionRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorStateMetadata {
+    /// Whose state it is (`user` when absent: the operator's own).
+    #[serde(default, skip_serializing_if = "Namespace::is_user")]
+    pub namespace: Namespace,
     /// The state name.
     pub name: String,
     /// How its items are redistributed at another parallelism.
@@ -578,6 +597,17 @@ pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<SavepointMetadata, Fo
     let m: SavepointMetadata = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| FormatError::new(file, format!("invalid savepoint metadata: {e}")))?;
     check_names(&m).map_err(|message| FormatError::new(file, message))?;
+    if m.version >= 2
+        && let Some(o) = m.operators.iter().find(|o| o.source_offsets.is_some())
+    {
+        return Err(FormatError::new(
+            file,
+            format!(
+                "operator `{}`: field `source_offsets` belongs to version 1; version {} stores a source's positions as its `source` operator state",
+                o.uid, m.version
+            ),
+        ));
+    }
     Ok(m)
 }
 
@@ -652,7 +682,11 @@ mod tests {
 
     #[test]
     fn a_state_file_round_trips_section_by_section_and_whole() {
-        let ops = vec![("offsets".to_owned(), vec![Value::Uint(7), Value::Uint(9)])];
+        let ops = vec![ListSection::user(
+            "offsets",
+            Redistribution::Split,
+            vec![Value::Uint(7), Value::Uint(9)],
+        )];
         let (bytes, sections) = encode_state_file(&keyed(), &ops);
         let order: Vec<(String, Option<u32>, u64)> = sections
             .iter()
@@ -789,6 +823,7 @@ mod tests {
         }
         let mut op_state = m.clone();
         op_state.operators[0].operator_states = vec![OperatorStateMetadata {
+            namespace: Namespace::User,
             name: "offsets".into(),
             redistribution: Redistribution::Split,
             type_name: None,
@@ -902,7 +937,7 @@ mod tests {
                 at in any::<prop::sample::Index>(),
                 byte in any::<u8>(),
             ) {
-                let ops = vec![("offsets".to_owned(), vec![Value::Uint(7)])];
+                let ops = vec![ListSection::user("offsets", Redistribution::Split, vec![Value::Uint(7)])];
                 let (mut bytes, sections) = encode_state_file(&keyed(), &ops);
                 let i = at.index(bytes.len());
                 prop_assume!(bytes[i] != byte);

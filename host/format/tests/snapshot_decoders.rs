@@ -29,6 +29,7 @@ use weir_format::savepoint::{
     self as savepoint, KeyGroupSectionRef, KeyedStateMetadata, KindName, OperatorMetadata,
     OperatorStateMetadata, SavepointMetadata, SectionRef, SubtaskSectionRef,
 };
+use weir_format::snapshot::{ListSection, Namespace, Redistribution, SOURCE_SPLITS, SourceSplit};
 use weir_format::state::{KeyGroupSnapshot, NamedStateSnapshot, StateEntries};
 
 /// What a fuzz target does with its input.
@@ -97,8 +98,19 @@ fn key_groups() -> Vec<KeyGroupSnapshot> {
     ]
 }
 
-fn operator_state() -> Vec<(String, Vec<Value>)> {
-    vec![("offsets".into(), vec![Value::Uint(7), Value::Uint(9)])]
+fn operator_state() -> Vec<ListSection> {
+    vec![ListSection::user(
+        "offsets",
+        Redistribution::Union,
+        vec![Value::Uint(7), Value::Uint(9)],
+    )]
+}
+
+fn source_splits() -> Vec<ListSection> {
+    vec![ListSection::source_splits(&[
+        SourceSplit::numbered(0, 2, 1234, false),
+        SourceSplit::numbered(1, 2, 99, true),
+    ])]
 }
 
 fn checkpoint_metadata(file_len: u64, extents: Vec<checkpoint::KeyGroupExtent>) -> Vec<u8> {
@@ -167,6 +179,10 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
         .iter()
         .find(|s| s.state == "offsets")
         .expect("operator section");
+    let splits = sections
+        .iter()
+        .find(|s| s.state == SOURCE_SPLITS)
+        .expect("source section");
     savepoint::encode_metadata(&SavepointMetadata {
         version: savepoint::SAVEPOINT_METADATA_VERSION,
         job_name: "wordcount".into(),
@@ -179,8 +195,19 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
                 uid: "words".into(),
                 parallelism: 1,
                 keyed_states: vec![],
-                operator_states: vec![],
-                source_offsets: Some(vec![1234]),
+                operator_states: vec![OperatorStateMetadata {
+                    namespace: Namespace::Source,
+                    name: SOURCE_SPLITS.into(),
+                    redistribution: Redistribution::Split,
+                    type_name: None,
+                    items: splits.count,
+                    bytes: splits.len,
+                    subtasks: vec![SubtaskSectionRef {
+                        subtask: 0,
+                        at: at(splits),
+                    }],
+                }],
+                source_offsets: None,
                 sink: None,
             },
             OperatorMetadata {
@@ -192,8 +219,9 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
                     keyed("seen", KindName::Map),
                 ],
                 operator_states: vec![OperatorStateMetadata {
+                    namespace: Namespace::User,
                     name: "offsets".into(),
-                    redistribution: Default::default(),
+                    redistribution: Redistribution::Union,
                     type_name: None,
                     items: offsets.count,
                     bytes: offsets.len,
@@ -224,8 +252,7 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let rich = checkpoint::encode_state_file(&SubtaskSnapshot {
         keyed: key_groups(),
-        operator_state: operator_state(),
-        source_offset: Some(42),
+        lists: operator_state(),
         sink: Some(SinkSnapshot {
             pending: vec![".part-0-1.pending".into()],
             next_part: 2,
@@ -234,14 +261,16 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             channel: 0,
             batches: vec![vec![1, 2, 3]],
         }],
+        v1_source_offset: None,
     });
     let empty = checkpoint::encode_state_file(&SubtaskSnapshot::default());
     let source = checkpoint::encode_state_file(&SubtaskSnapshot {
-        source_offset: Some(1 << 40),
+        lists: source_splits(),
         ..SubtaskSnapshot::default()
     });
     let checkpoint_meta = checkpoint_metadata(rich.bytes.len() as u64, rich.key_groups.clone());
-    let (savepoint_file, sections) = savepoint::encode_state_file(&key_groups(), &operator_state());
+    let (savepoint_file, sections) =
+        savepoint::encode_state_file(&key_groups(), &[operator_state(), source_splits()].concat());
     let (savepoint_empty, _) = savepoint::encode_state_file(&[], &[]);
     vec![
         ("checkpoint_state_file", "seed-rich", rich.bytes),

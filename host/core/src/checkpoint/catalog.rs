@@ -14,6 +14,7 @@ use crate::job::JobGraph;
 use crate::savepoint::format::{self as savepoint_format, SavepointMetadata};
 use crate::savepoint::restore::{self, JobVertex, OperatorSnapshot, RestorePlan, StoredVertex};
 use crate::state::NamedStateSnapshot;
+use weir_format::snapshot::{ListSection, SourceSplit};
 
 pub use weir_format::manifest::{METADATA_FILE, Manifest};
 
@@ -367,7 +368,6 @@ impl RestorePoint {
             .map(|v| JobVertex {
                 uid: v.uid.clone(),
                 parallelism: v.parallelism,
-                is_source: !v.kind.has_inputs(),
             })
             .collect();
         restore::plan(
@@ -423,7 +423,12 @@ impl RestorePoint {
                         .keyed_states
                         .iter()
                         .map(|s| (&s.name, &s.type_name))
-                        .chain(o.operator_states.iter().map(|s| (&s.name, &s.type_name)))
+                        .chain(
+                            o.operator_states
+                                .iter()
+                                .filter(|s| s.namespace.is_user())
+                                .map(|s| (&s.name, &s.type_name)),
+                        )
                         .filter_map(|(n, t)| Some((n.clone(), t.clone()?)))
                         .collect();
                     (o.uid.clone(), states)
@@ -509,18 +514,16 @@ impl RestorePoint {
                 parallelism: v.parallelism,
                 ..OperatorSnapshot::default()
             };
-            let mut offsets = Vec::new();
             let mut sinks = Vec::new();
-            for s in subtasks {
+            for (i, mut s) in subtasks.into_iter().enumerate() {
+                s.adopt_v1_source_offset(i as u32, v.parallelism);
                 for g in s.keyed {
                     op.keyed.insert(g.key_group, g.states);
                 }
-                op.operator_state.push(s.operator_state);
-                offsets.push(s.source_offset);
+                op.lists.push(s.lists);
                 sinks.push(s.sink);
                 op.in_flight.push(s.in_flight);
             }
-            op.source_offsets = offsets.iter().any(Option::is_some).then_some(offsets);
             op.sinks = sinks.iter().any(Option::is_some).then_some(sinks);
             out.push(op);
         }
@@ -557,7 +560,7 @@ impl RestorePoint {
             let mut op = OperatorSnapshot {
                 uid: o.uid.clone(),
                 parallelism: o.parallelism,
-                operator_state: vec![Vec::new(); o.parallelism as usize],
+                lists: vec![Vec::new(); o.parallelism as usize],
                 ..OperatorSnapshot::default()
             };
             for state in &o.keyed_states {
@@ -582,23 +585,31 @@ impl RestorePoint {
                 states.sort_by(|a, b| a.name.cmp(&b.name));
             }
             for state in &o.operator_states {
-                if state.redistribution == savepoint_format::Redistribution::Union {
-                    op.union.insert(state.name.clone());
-                }
                 for t in &state.subtasks {
                     let savepoint_format::Section::Operator(s) = section(&t.at)? else {
                         return Err(self.mismatch(&t.at, "a keyed-state section"));
                     };
-                    let Some(slot) = op.operator_state.get_mut(t.subtask as usize) else {
+                    let Some(slot) = op.lists.get_mut(t.subtask as usize) else {
                         return Err(self.mismatch(&t.at, &format!("subtask {}", t.subtask)));
                     };
-                    slot.push((s.state, s.items));
+                    if s.state != state.name {
+                        return Err(self.mismatch(&t.at, &format!("state `{}`", s.state)));
+                    }
+                    slot.push(ListSection {
+                        namespace: state.namespace,
+                        name: s.state,
+                        redistribution: state.redistribution,
+                        items: s.items,
+                    });
                 }
             }
-            op.source_offsets = o
-                .source_offsets
-                .as_ref()
-                .map(|v| v.iter().copied().map(Some).collect());
+            // Version 1 kept a source's positions apart.
+            for (i, offset) in o.source_offsets.iter().flatten().enumerate() {
+                if let Some(slot) = op.lists.get_mut(i) {
+                    let split = SourceSplit::from_v1_offset(i as u32, o.parallelism, *offset);
+                    slot.push(ListSection::source_splits(&[split]));
+                }
+            }
             op.sinks = o
                 .sink
                 .as_ref()

@@ -1012,6 +1012,28 @@ impl OperatorInstance {
         all
     }
 
+    /// The operator (non-keyed) states as snapshot sections, sorted by
+    /// name, each with the redistribution the plugin declared for it
+    /// (split when undeclared).
+    pub fn operator_lists(&self) -> Vec<weir_format::snapshot::ListSection> {
+        let declared = self.store.data().declared.all();
+        self.operator_state()
+            .into_iter()
+            .map(|(name, items)| {
+                let redistribution = declared
+                    .iter()
+                    .find_map(|d| match d.kind {
+                        DeclaredKind::OperatorList { redistribution } if d.name == name => {
+                            Some(redistribution)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                weir_format::snapshot::ListSection::user(name, redistribution, items)
+            })
+            .collect()
+    }
+
     /// Ends the instance and hands back its keyed state, to give to the
     /// next instance of the same operator uid (which may run another
     /// plugin). Call after [`OperatorInstance::close`] or

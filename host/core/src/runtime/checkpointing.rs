@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weir_format::snapshot::Namespace;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -69,8 +70,6 @@ pub(crate) struct SavepointPart {
     pub file: Option<String>,
     /// The sections of that file.
     pub sections: Vec<sp::WrittenSection>,
-    /// A source's position.
-    pub source_offset: Option<u64>,
     /// A sink's pre-committed parts.
     pub sink: Option<format::SinkSnapshot>,
     /// The states the plugin declared.
@@ -206,7 +205,6 @@ impl Uploader {
         };
         if canonical {
             self.handle.spawn(async move {
-                let source_offset = taken.snapshot.source_offset;
                 let sink = taken.snapshot.sink.clone();
                 let declared = taken.declared.clone();
                 let (bytes, sections) =
@@ -236,7 +234,6 @@ impl Uploader {
                     part: Some(SavepointPart {
                         file: stored,
                         sections,
-                        source_offset,
                         sink,
                         declared,
                     }),
@@ -286,7 +283,7 @@ fn encode_canonical(taken: Taken) -> (Vec<u8>, Vec<sp::WrittenSection>) {
         taken.keyed.is_empty() && taken.snapshot.keyed.is_empty(),
         "invariant: a canonical savepoint's keyed state is framed in the synchronous phase"
     );
-    sp::assemble_state_file(taken.framed, &taken.snapshot.operator_state)
+    sp::assemble_state_file(taken.framed, &taken.snapshot.lists)
 }
 
 /// Which subtask a task index is: `(vertex index, subtask)`.
@@ -884,7 +881,7 @@ fn canonical_metadata(
             .collect();
         let mut keyed: std::collections::BTreeMap<String, sp::KeyedStateMetadata> =
             std::collections::BTreeMap::new();
-        let mut ops: std::collections::BTreeMap<String, sp::OperatorStateMetadata> =
+        let mut ops: std::collections::BTreeMap<(Namespace, String), sp::OperatorStateMetadata> =
             std::collections::BTreeMap::new();
         for (subtask, part) in mine.iter().enumerate() {
             let Some(file) = &part.file else { continue };
@@ -912,16 +909,17 @@ fn canonical_metadata(
                         m.key_groups.push(sp::KeyGroupSectionRef { key_group, at });
                     }
                     _ => {
-                        let m = ops.entry(s.state.clone()).or_insert_with(|| {
-                            sp::OperatorStateMetadata {
+                        let m = ops
+                            .entry((s.namespace, s.state.clone()))
+                            .or_insert_with(|| sp::OperatorStateMetadata {
+                                namespace: s.namespace,
                                 name: s.state.clone(),
-                                redistribution: sp::Redistribution::Split,
+                                redistribution: s.redistribution.unwrap_or_default(),
                                 type_name: None,
                                 items: 0,
                                 bytes: 0,
                                 subtasks: Vec::new(),
-                            }
-                        });
+                            });
                         m.items += s.count;
                         m.bytes += s.len;
                         m.subtasks.push(sp::SubtaskSectionRef {
@@ -938,16 +936,17 @@ fn canonical_metadata(
         for d in declared {
             match d.kind {
                 DeclaredKind::OperatorList { redistribution } => {
-                    let m =
-                        ops.entry(d.name.clone())
-                            .or_insert_with(|| sp::OperatorStateMetadata {
-                                name: d.name.clone(),
-                                redistribution,
-                                type_name: None,
-                                items: 0,
-                                bytes: 0,
-                                subtasks: Vec::new(),
-                            });
+                    let m = ops
+                        .entry((Namespace::User, d.name.clone()))
+                        .or_insert_with(|| sp::OperatorStateMetadata {
+                            namespace: Namespace::User,
+                            name: d.name.clone(),
+                            redistribution,
+                            type_name: None,
+                            items: 0,
+                            bytes: 0,
+                            subtasks: Vec::new(),
+                        });
                     m.redistribution = redistribution;
                     m.type_name.clone_from(&d.type_name);
                 }
@@ -970,10 +969,6 @@ fn canonical_metadata(
         for m in keyed.values_mut() {
             m.key_groups.sort_by_key(|g| g.key_group);
         }
-        let source_offsets = mine
-            .iter()
-            .any(|p| p.source_offset.is_some())
-            .then(|| mine.iter().map(|p| p.source_offset.unwrap_or(0)).collect());
         let sink = mine.iter().any(|p| p.sink.is_some()).then(|| {
             mine.iter()
                 .map(|p| p.sink.clone().unwrap_or_default())
@@ -984,7 +979,7 @@ fn canonical_metadata(
             parallelism: v.parallelism,
             keyed_states: keyed.into_values().collect(),
             operator_states: ops.into_values().collect(),
-            source_offsets,
+            source_offsets: None,
             sink,
         });
     }

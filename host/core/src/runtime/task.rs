@@ -36,10 +36,11 @@ use super::{
     CheckpointBarrier, Control, ControlReceiver, ControlSender, Element, Exit, TaskResult,
 };
 use crate::checkpoint::CheckpointId;
+use weir_format::snapshot::{ListSection, Namespace};
+
 use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
 use crate::connectors::{
-    self, BlackholeSink, DatagenSource, FileSink, FileSource, FinishedSource, Sink, Source,
-    SourcePosition,
+    self, BlackholeSink, DatagenSplits, FileSink, FileSplits, Sink, SourceSplits, SplitKind,
 };
 use crate::error::Error;
 use crate::job::{Vertex, VertexKind};
@@ -163,7 +164,7 @@ pub(crate) struct Task {
 
 /// What a subtask runs, opened.
 enum Part {
-    Source(Box<dyn Source>),
+    Source(SourceSplits),
     Sink(Box<dyn Sink>),
     Operator(Logic),
 }
@@ -201,25 +202,13 @@ impl Task {
         let mut restored = self.restored.take().unwrap_or_default();
         self.gate.preload(std::mem::take(&mut restored.in_flight))?;
         Ok(match self.vertex.kind.clone() {
-            _ if !self.vertex.kind.has_inputs()
-                && let Some(p) = restored
-                    .source_offset
-                    .map(SourcePosition::decode)
-                    .filter(|p| p.finished) =>
-            {
-                // It had ended before the snapshot: it stays ended.
-                Part::Source(Box::new(FinishedSource::new(p.offset)))
-            }
             VertexKind::FileSource { path } => {
-                let offset = restored.source_offset.unwrap_or(0);
-                Part::Source(Box::new(FileSource::open(&self.vertex.uid, &path, offset)?))
+                let uid = self.vertex.uid.clone();
+                self.open_source(&FileSplits { uid, path }, &restored)?
             }
             VertexKind::Datagen(spec) => {
-                let p = self.vertex.parallelism;
-                Part::Source(Box::new(match restored.source_offset {
-                    Some(at) => DatagenSource::resume(&spec, self.subtask, p, at),
-                    None => DatagenSource::new(&spec, self.subtask, p),
-                }))
+                let uid = self.vertex.uid.clone();
+                self.open_source(&DatagenSplits { uid, spec }, &restored)?
             }
             VertexKind::StdoutSink => {
                 Part::Sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
@@ -245,7 +234,12 @@ impl Task {
                         max_parallelism: self.max_parallelism,
                         limits,
                         state: self.state_backend(restored.keyed)?,
-                        operator_state: restored.operator_state,
+                        operator_state: restored
+                            .lists
+                            .into_iter()
+                            .filter(|l| l.namespace == Namespace::User)
+                            .map(|l| (l.name, l.items))
+                            .collect(),
                         attempt_number: self.attempt_number,
                         restored_types: std::mem::take(&mut self.restored_types),
                     })
@@ -351,11 +345,36 @@ impl Task {
 
     // ---- sources ----
 
-    async fn run_source(&mut self, mut source: Box<dyn Source>) -> TaskResult {
+    /// Opens the splits a restored snapshot dealt this subtask, or, in a
+    /// fresh run, its share of the source's initial splits. A restored
+    /// subtask that was dealt none reads nothing: it must not start the
+    /// splits of a fresh run.
+    fn open_source(&self, kind: &dyn SplitKind, restored: &SubtaskSnapshot) -> Result<Part, Exit> {
+        let stored = restored.source_splits().map_err(|e| Error::Restore {
+            message: format!(
+                "source `{}` subtask {}: a stored split is malformed: {e}",
+                self.vertex.uid, self.subtask
+            ),
+        })?;
+        let splits = match stored {
+            Some(splits) => splits,
+            None => {
+                let p = self.vertex.parallelism as usize;
+                let all = kind.initial(self.vertex.parallelism);
+                all.into_iter()
+                    .skip(self.subtask as usize)
+                    .step_by(p)
+                    .collect()
+            }
+        };
+        Ok(Part::Source(SourceSplits::open(kind, splits)?))
+    }
+
+    async fn run_source(&mut self, mut source: SourceSplits) -> TaskResult {
         let mut batch = BatchWriter::default();
-        // Restored as ended: it ended before the snapshot, and so did
-        // whatever ended with it downstream.
-        let restored = source.position().finished;
+        // Restored as ended: it ended before the snapshot (or was dealt no
+        // split), and so did whatever ended with it downstream.
+        let restored = source.ended_at_start();
         let mut turn = Turn::new();
         'produce: loop {
             if restored {
@@ -363,7 +382,7 @@ impl Task {
             }
             turn.yield_if_due().await;
             while let Ok(c) = self.gate.control().try_recv() {
-                match self.source_control(c, source.as_mut()).await? {
+                match self.source_control(c, &mut source).await? {
                     SourceStep::Go => {}
                     SourceStep::Drain => break 'produce,
                     SourceStep::Stopped => {
@@ -384,7 +403,8 @@ impl Task {
                 break;
             }
         }
-        let mut source: Box<dyn Source> = Box::new(FinishedSource::new(source.offset()));
+        // Drained or ended: every split keeps its final position.
+        source.finish();
         self.router
             .broadcast(|| Element::EndOfData { restored })
             .await?;
@@ -406,11 +426,10 @@ impl Task {
                 Control::EndInput => return self.router.broadcast(|| Element::EndOfInput).await,
                 Control::Trigger(b) if b.is_final => {
                     final_id = Some(b.id);
-                    self.source_control(msg, source.as_mut()).await?;
+                    self.source_control(msg, &mut source).await?;
                 }
                 other => {
-                    if let SourceStep::Stopped = self.source_control(other, source.as_mut()).await?
-                    {
+                    if let SourceStep::Stopped = self.source_control(other, &mut source).await? {
                         return self.router.broadcast(|| Element::EndOfInput).await;
                     }
                 }
@@ -421,13 +440,13 @@ impl Task {
     async fn source_control(
         &mut self,
         c: Control,
-        source: &mut dyn Source,
+        source: &mut SourceSplits,
     ) -> Result<SourceStep, Exit> {
         match c {
             Control::Trigger(barrier) => {
                 let started = Instant::now();
                 let snapshot = Taken::from(SubtaskSnapshot {
-                    source_offset: Some(source.position().encode()),
+                    lists: vec![ListSection::source_splits(&source.positions())],
                     ..SubtaskSnapshot::default()
                 });
                 let sync = started.elapsed();
@@ -453,7 +472,7 @@ impl Task {
     async fn suspended(
         &mut self,
         id: CheckpointId,
-        source: &mut dyn Source,
+        source: &mut SourceSplits,
     ) -> Result<SourceStep, Exit> {
         loop {
             match self.gate.control().recv().await.ok_or(Exit::Cancelled)? {
@@ -589,7 +608,7 @@ impl Task {
                             let (keyed, framed) = encode(instance.state().snapshot_views());
                             Taken {
                                 snapshot: SubtaskSnapshot {
-                                    operator_state: instance.operator_state(),
+                                    lists: instance.operator_lists(),
                                     ..SubtaskSnapshot::default()
                                 },
                                 keyed,

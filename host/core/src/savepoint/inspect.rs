@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use weir_format::snapshot::{Namespace, SOURCE_SPLITS, SourceSplit};
 
 use crate::checkpoint::catalog::{Manifest, RestorePoint, human_bytes};
 use crate::error::Error;
@@ -40,8 +41,8 @@ pub struct OperatorSummary {
     pub parallelism: u32,
     /// Its states.
     pub states: Vec<StateSummary>,
-    /// A source's position per subtask.
-    pub source_offsets: Option<Vec<Option<u64>>>,
+    /// A source's splits and how far each was read, over all subtasks.
+    pub source_splits: Option<Vec<SourceSplit>>,
     /// A sink's pre-committed parts, over all subtasks.
     pub pending_parts: Option<usize>,
     /// Bytes of its state files.
@@ -100,21 +101,15 @@ impl std::fmt::Display for Inspection {
                 }
                 writeln!(f, "{line}")?;
             }
-            if let Some(offsets) = &o.source_offsets {
-                let shown: Vec<String> = offsets
+            if let Some(splits) = &o.source_splits {
+                let shown: Vec<String> = splits
                     .iter()
-                    .map(|o| {
-                        o.map_or("-".to_owned(), |o| {
-                            let p = crate::connectors::SourcePosition::decode(o);
-                            if p.finished {
-                                format!("{} (ended)", p.offset)
-                            } else {
-                                p.offset.to_string()
-                            }
-                        })
+                    .map(|s| {
+                        let ended = if s.finished { " (ended)" } else { "" };
+                        format!("{} at {}{ended}", s.split, s.position)
                     })
                     .collect();
-                writeln!(f, "  source offsets  {}", shown.join(", "))?;
+                writeln!(f, "  source splits  {}", shown.join(", "))?;
             }
             if let Some(n) = o.pending_parts {
                 writeln!(f, "  sink parts pre-committed  {n}")?;
@@ -158,7 +153,11 @@ fn state_summaries(m: &Manifest, uid: &str, op: Option<&OperatorSnapshot>) -> Ve
                         redistribution: None,
                     });
                 }
-                for s in &meta.operator_states {
+                for s in meta
+                    .operator_states
+                    .iter()
+                    .filter(|s| s.namespace.is_user())
+                {
                     states.push(StateSummary {
                         name: s.name.clone(),
                         kind: "operator-list".into(),
@@ -187,18 +186,19 @@ fn state_summaries(m: &Manifest, uid: &str, op: Option<&OperatorSnapshot>) -> Ve
                     redistribution: None,
                 });
             }
-            let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
-            for (name, items) in op.operator_state.iter().flatten() {
-                *ops.entry(name).or_default() += items.len() as u64;
+            let mut ops: BTreeMap<&str, (u64, Redistribution)> = BTreeMap::new();
+            for l in op.lists.iter().flatten().filter(|l| l.namespace.is_user()) {
+                let e = ops.entry(&l.name).or_insert((0, l.redistribution));
+                e.0 += l.items.len() as u64;
             }
-            for (name, count) in ops {
+            for (name, (count, redistribution)) in ops {
                 states.push(StateSummary {
                     name: name.to_owned(),
                     kind: "operator-list".into(),
                     type_name: None,
                     count,
                     bytes: None,
-                    redistribution: None,
+                    redistribution: Some(redistribution),
                 });
             }
         }
@@ -217,12 +217,27 @@ pub async fn inspect(point: &RestorePoint) -> Result<Inspection, Error> {
     let mut out = Vec::new();
     for op in operators {
         let states = state_summaries(m, &op.uid, Some(&op));
+        let mut source_splits = None;
+        for list in op.lists.iter().flatten() {
+            if (list.namespace, list.name.as_str()) == (Namespace::Source, SOURCE_SPLITS) {
+                let splits: &mut Vec<SourceSplit> = source_splits.get_or_insert_default();
+                for item in &list.items {
+                    splits.push(SourceSplit::from_value(item).map_err(|e| Error::Savepoint {
+                        message: format!(
+                            "operator `{}` in {}: a stored source split is malformed: {e}",
+                            op.uid,
+                            m.describe()
+                        ),
+                    })?);
+                }
+            }
+        }
         out.push(OperatorSummary {
             bytes: vertex_bytes(m, &op.uid),
             uid: op.uid,
             parallelism: op.parallelism,
             states,
-            source_offsets: op.source_offsets,
+            source_splits,
             pending_parts: op
                 .sinks
                 .map(|s| s.iter().flatten().map(|s| s.pending.len()).sum()),
@@ -378,11 +393,13 @@ pub async fn dump(point: &RestorePoint, uid: &str, state: &str) -> Result<Vec<St
             }
         }
     }
-    for (subtask, states) in op.operator_state.iter().enumerate() {
-        for (name, items) in states.iter().filter(|(n, _)| n == state) {
-            let _ = name;
+    for (subtask, lists) in op.lists.iter().enumerate() {
+        for list in lists
+            .iter()
+            .filter(|l| l.namespace.is_user() && l.name == state)
+        {
             found = true;
-            for v in items {
+            for v in &list.items {
                 lines.push(
                     serde_json::json!({ "subtask": subtask, "value": value_to_json(v) })
                         .to_string(),
@@ -396,7 +413,13 @@ pub async fn dump(point: &RestorePoint, uid: &str, state: &str) -> Result<Vec<St
             .values()
             .flatten()
             .map(|s| s.name.clone())
-            .chain(op.operator_state.iter().flatten().map(|(n, _)| n.clone()))
+            .chain(
+                op.lists
+                    .iter()
+                    .flatten()
+                    .filter(|l| l.namespace.is_user())
+                    .map(|l| l.name.clone()),
+            )
             .collect();
         names.sort();
         names.dedup();
@@ -421,7 +444,9 @@ fn state_listed(m: &Manifest, uid: &str, state: &str) -> bool {
         Manifest::Savepoint(sp) => sp.operators.iter().any(|o| {
             o.uid == uid
                 && (o.keyed_states.iter().any(|s| s.name == state)
-                    || o.operator_states.iter().any(|s| s.name == state))
+                    || o.operator_states
+                        .iter()
+                        .any(|s| s.namespace.is_user() && s.name == state))
         }),
         Manifest::Checkpoint(_) => false,
     }

@@ -4,7 +4,9 @@
 //! no I/O, no threads; checkpoints and savepoints of either layout are
 //! first read into [`OperatorSnapshot`]s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
+use weir_format::snapshot::{ListSection, Namespace, Redistribution, SOURCE_SPLITS};
 
 use crate::checkpoint::format::{InFlightChannel, SinkSnapshot, SubtaskSnapshot};
 use crate::keygroup::KeyGroupRange;
@@ -19,13 +21,9 @@ pub struct OperatorSnapshot {
     pub parallelism: u32,
     /// Keyed state by key group; each group's states sorted by name.
     pub keyed: BTreeMap<u32, Vec<NamedStateSnapshot>>,
-    /// Operator list state of each subtask then, by subtask.
-    pub operator_state: Vec<Vec<(String, Vec<Value>)>>,
-    /// Operator list states every subtask gets whole (union); the others
-    /// are dealt round robin (split).
-    pub union: BTreeSet<String>,
-    /// Sources: each subtask's position.
-    pub source_offsets: Option<Vec<Option<u64>>>,
+    /// Operator list states of each subtask then, by subtask: the
+    /// operator's own and a source's splits, each with its redistribution.
+    pub lists: Vec<Vec<ListSection>>,
     /// Transactional sinks: each subtask's pre-committed parts.
     pub sinks: Option<Vec<Option<SinkSnapshot>>>,
     /// Unaligned checkpoints: each subtask's in-flight records.
@@ -53,8 +51,6 @@ pub struct JobVertex {
     pub uid: String,
     /// Its parallelism in the job.
     pub parallelism: u32,
-    /// Whether it is a source (its state is a read position).
-    pub is_source: bool,
 }
 
 /// How a snapshot maps onto a job.
@@ -87,15 +83,6 @@ pub enum PlanError {
     },
     /// State of uids the job does not have, and `-n` was not given.
     Dropped(Vec<String>),
-    /// A source whose parallelism changed: its positions cannot be split.
-    SourceRescaled {
-        /// The source's uid.
-        uid: String,
-        /// Its parallelism then.
-        from: u32,
-        /// Now.
-        to: u32,
-    },
     /// An unaligned checkpoint's in-flight records cannot be rescaled.
     InFlightRescaled {
         /// The vertex's uid.
@@ -115,10 +102,6 @@ impl std::fmt::Display for PlanError {
                 "it holds state of uids the job does not have: {}; restore anyway, dropping that state, with --allow-non-restored-state (-n)",
                 uids.join(", ")
             ),
-            PlanError::SourceRescaled { uid, from, to } => write!(
-                f,
-                "source `{uid}` ran with parallelism {from} there and has {to} now; a source's positions restore only at the same parallelism"
-            ),
             PlanError::InFlightRescaled { uid } => write!(
                 f,
                 "`{uid}` has in-flight records of an unaligned checkpoint, which restore only at the same parallelism; rescale from a savepoint or an aligned checkpoint"
@@ -131,8 +114,7 @@ impl std::fmt::Display for PlanError {
 ///
 /// # Errors
 /// A [`PlanError`]: another max parallelism; state of uids the job lacks
-/// unless `allow_non_restored`; a source or in-flight records at another
-/// parallelism.
+/// unless `allow_non_restored`; in-flight records at another parallelism.
 pub fn plan(
     stored: &[StoredVertex],
     stored_max_parallelism: u32,
@@ -150,17 +132,8 @@ pub fn plan(
     for s in stored.iter().filter(|s| s.has_state) {
         match job.iter().find(|v| v.uid == s.uid) {
             Some(v) => {
-                if v.parallelism != s.parallelism {
-                    if v.is_source {
-                        return Err(PlanError::SourceRescaled {
-                            uid: s.uid.clone(),
-                            from: s.parallelism,
-                            to: v.parallelism,
-                        });
-                    }
-                    if s.may_have_in_flight {
-                        return Err(PlanError::InFlightRescaled { uid: s.uid.clone() });
-                    }
+                if v.parallelism != s.parallelism && s.may_have_in_flight {
+                    return Err(PlanError::InFlightRescaled { uid: s.uid.clone() });
                 }
                 out.matched
                     .push((s.uid.clone(), s.parallelism, v.parallelism));
@@ -180,10 +153,11 @@ pub fn plan(
 }
 
 /// Deals `op`'s state to `to` subtasks: each gets the key groups of its
-/// range; split operator list states are dealt round robin in subtask
-/// order (kept where they were at the same parallelism), union ones go to
-/// every subtask whole; sources and in-flight records keep their subtask
-/// (the plan refused them at another parallelism); sinks' pre-committed
+/// range; split operator list states (a source's splits among them) are
+/// dealt round robin in subtask order (kept where they were at the same
+/// parallelism), union ones go to every subtask whole; in-flight records
+/// keep their subtask (the plan refused them at another parallelism);
+/// sinks' pre-committed
 /// parts go to subtask `j % to`, every subtask continuing its part
 /// numbers past the highest any subtask reached.
 ///
@@ -206,20 +180,34 @@ pub fn redistribute(op: OperatorSnapshot, to: u32, max_parallelism: u32) -> Vec<
         }
     }
     if same {
-        for (s, state) in out.iter_mut().zip(op.operator_state) {
-            s.operator_state = state;
+        for (s, lists) in out.iter_mut().zip(op.lists) {
+            s.lists = lists;
         }
     } else {
-        let mut by_name: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for subtask in op.operator_state {
-            for (name, items) in subtask {
-                by_name.entry(name).or_default().extend(items);
+        // A list is union if any subtask stored it so (they all did).
+        let mut by_name: BTreeMap<(Namespace, String), (Redistribution, Vec<Value>)> =
+            BTreeMap::new();
+        for subtask in op.lists {
+            for list in subtask {
+                let (how, items) = by_name
+                    .entry((list.namespace, list.name))
+                    .or_insert((list.redistribution, Vec::new()));
+                if list.redistribution == Redistribution::Union {
+                    *how = Redistribution::Union;
+                }
+                items.extend(list.items);
             }
         }
-        for (name, items) in by_name {
-            if op.union.contains(&name) {
+        for ((namespace, name), (redistribution, items)) in by_name {
+            let section = |items| ListSection {
+                namespace,
+                name: name.clone(),
+                redistribution,
+                items,
+            };
+            if redistribution == Redistribution::Union {
                 for s in &mut out {
-                    s.operator_state.push((name.clone(), items.clone()));
+                    s.lists.push(section(items.clone()));
                 }
             } else {
                 let mut dealt: Vec<Vec<Value>> = vec![Vec::new(); to as usize];
@@ -227,14 +215,9 @@ pub fn redistribute(op: OperatorSnapshot, to: u32, max_parallelism: u32) -> Vec<
                     dealt[j % to as usize].push(item);
                 }
                 for (s, items) in out.iter_mut().zip(dealt) {
-                    s.operator_state.push((name.clone(), items));
+                    s.lists.push(section(items));
                 }
             }
-        }
-    }
-    if let Some(offsets) = op.source_offsets {
-        for (s, o) in out.iter_mut().zip(offsets) {
-            s.source_offset = o;
         }
     }
     for (s, channels) in out.iter_mut().zip(op.in_flight) {
@@ -263,6 +246,18 @@ pub fn redistribute(op: OperatorSnapshot, to: u32, max_parallelism: u32) -> Vec<
                         to_sink.pending.extend(sink.pending);
                     }
                 }
+            }
+        }
+    }
+    // A restored source learns it was restored even where it got no split
+    // (it must not start the splits of a fresh run).
+    if out
+        .iter()
+        .any(|s| s.list(Namespace::Source, SOURCE_SPLITS).is_some())
+    {
+        for s in &mut out {
+            if s.list(Namespace::Source, SOURCE_SPLITS).is_none() {
+                s.lists.push(ListSection::source_splits(&[]));
             }
         }
     }
@@ -300,7 +295,6 @@ mod tests {
         JobVertex {
             uid: uid.into(),
             parallelism,
-            is_source: false,
         }
     }
 
@@ -336,18 +330,19 @@ mod tests {
     }
 
     #[test]
-    fn another_max_parallelism_and_rescaled_sources_are_refused() {
+    fn another_max_parallelism_and_rescaled_in_flight_records_are_refused() {
         let e = plan(&[], 128, &[], 256, false).unwrap_err();
         assert!(e.to_string().contains("max_parallelism 128"), "{e}");
-        let source = JobVertex {
-            is_source: true,
-            ..vertex("src", 2)
-        };
-        let e = plan(&[stored("src", 1, true)], 128, &[source], 128, false).unwrap_err();
-        assert!(matches!(
-            e,
-            PlanError::SourceRescaled { from: 1, to: 2, .. }
-        ));
+        // A source rescales: its positions are a split list.
+        let p = plan(
+            &[stored("src", 1, true)],
+            128,
+            &[vertex("src", 2)],
+            128,
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.rescaled().count(), 1);
         let unaligned = StoredVertex {
             may_have_in_flight: true,
             ..stored("count", 1, true)
@@ -359,32 +354,66 @@ mod tests {
     #[test]
     fn split_state_is_dealt_round_robin_and_union_state_goes_everywhere() {
         let mut o = op("x", 2, &[]);
-        o.operator_state = vec![
+        let split = |items| ListSection::user("split", Redistribution::Split, items);
+        let all = |items| ListSection::user("all", Redistribution::Union, items);
+        o.lists = vec![
             vec![
-                ("split".into(), vec![Value::Int(0), Value::Int(1)]),
-                ("all".into(), vec![Value::Int(10)]),
+                all(vec![Value::Int(10)]),
+                split(vec![Value::Int(0), Value::Int(1)]),
             ],
-            vec![
-                ("split".into(), vec![Value::Int(2)]),
-                ("all".into(), vec![Value::Int(11)]),
-            ],
+            vec![all(vec![Value::Int(11)]), split(vec![Value::Int(2)])],
         ];
-        o.union.insert("all".into());
         let out = redistribute(o.clone(), 3, 128);
-        let get = |s: &SubtaskSnapshot, name: &str| {
-            s.operator_state
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap()
-        };
+        let get =
+            |s: &SubtaskSnapshot, name: &str| s.list(Namespace::User, name).unwrap().items.clone();
         for (i, s) in out.iter().enumerate() {
             assert_eq!(get(s, "split"), [Value::Int(i as i64)]);
             assert_eq!(get(s, "all"), [Value::Int(10), Value::Int(11)]);
         }
         // At the same parallelism nothing moves.
         let same = redistribute(o.clone(), 2, 128);
-        assert_eq!(same[0].operator_state, o.operator_state[0]);
+        assert_eq!(same[0].lists, o.lists[0]);
+    }
+
+    #[test]
+    fn a_sources_splits_are_dealt_out_and_every_subtask_learns_it_was_restored() {
+        use weir_format::snapshot::{SOURCE_SPLITS, SourceSplit};
+        let splits = |s: &SubtaskSnapshot| s.source_splits().unwrap();
+        let mut o = op("src", 3, &[]);
+        o.lists = (0..3)
+            .map(|i| {
+                vec![ListSection::source_splits(&[SourceSplit::numbered(
+                    i, 3, 7, false,
+                )])]
+            })
+            .collect();
+        // Down to 2: subtask 0 gets splits 0 and 2, subtask 1 split 1.
+        let out = redistribute(o.clone(), 2, 128);
+        let names = |s: &SubtaskSnapshot| -> Vec<String> {
+            splits(s).unwrap().into_iter().map(|x| x.split).collect()
+        };
+        assert_eq!(names(&out[0]), ["0/3", "2/3"]);
+        assert_eq!(names(&out[1]), ["1/3"]);
+        // Up to 4: the fourth subtask gets an empty list, not none, so it
+        // does not start a split of its own.
+        let out = redistribute(o, 4, 128);
+        assert_eq!(names(&out[3]), Vec::<String>::new());
+        // A subtask that stored no list at the same parallelism gets an
+        // empty one too.
+        let mut o = op("src", 2, &[]);
+        o.lists = vec![
+            vec![ListSection::source_splits(&[SourceSplit::numbered(
+                0, 1, 3, false,
+            )])],
+            Vec::new(),
+        ];
+        let out = redistribute(o, 2, 128);
+        assert_eq!(
+            out[1]
+                .list(Namespace::Source, SOURCE_SPLITS)
+                .map(|l| l.items.len()),
+            Some(0)
+        );
     }
 
     #[test]
