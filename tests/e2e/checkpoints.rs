@@ -126,9 +126,23 @@ fn kill_and_resume(extra: &str) {
     };
     let mut kills = 0;
     let mut refused = false;
+    // An upload a kill interrupted, as a local store leaves it (a staging
+    // file its listing hides), and a checkpoint that never completed: the
+    // next run's garbage collection finds and removes both.
+    let mut planted: Vec<std::path::PathBuf> = Vec::new();
     let finished = loop {
         let log = dir.path().join(format!("run-{kills}.log"));
         let before = newest_completed(&storage);
+        if kills == 1 && before > 0 {
+            let job_dir = storage.join("wordcount");
+            let staging = job_dir.join(format!("chk-{before}/count-0.state#41"));
+            let incomplete = job_dir.join(format!("chk-{}", before + 1));
+            std::fs::create_dir_all(&incomplete).unwrap();
+            std::fs::write(&staging, b"half an upload").unwrap();
+            std::fs::write(incomplete.join("count-1.state#7"), b"").unwrap();
+            std::fs::write(incomplete.join("tokenize-0.state"), b"").unwrap();
+            planted = vec![staging, incomplete];
+        }
         let mut child = spawn_weir(&["run", "--quiet", job, "--from-latest"], &log);
         let limit = if kills < 5 {
             // Each life makes progress — a new checkpoint completes — then
@@ -141,6 +155,14 @@ fn kill_and_resume(extra: &str) {
                     "no checkpoint completes"
                 );
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            if planted.iter().any(|p| p.exists()) {
+                // The run swept them before it restored: nothing of them
+                // is left by the time a new checkpoint completed.
+                assert!(
+                    child.try_wait().unwrap().is_some() || planted.iter().all(|p| !p.exists()),
+                    "left behind: {planted:?}"
+                );
             }
             Duration::from_millis(next() % 250)
         } else {
@@ -192,6 +214,12 @@ fn kill_and_resume(extra: &str) {
         "the job finished after only {finished} kills"
     );
     assert!(refused, "no checkpoint completed between kills");
+    assert!(!planted.is_empty(), "the leftovers of a crash were planted");
+    let second = std::fs::read_to_string(dir.path().join("run-1.log")).unwrap();
+    assert!(
+        second.contains("file(s) no completed checkpoint of job `wordcount` references"),
+        "{second}"
+    );
     assert_exactly_once(&out, &text);
     // A finished job's checkpoints are discarded, as in Flink.
     assert!(completed_checkpoints(&storage).is_empty());

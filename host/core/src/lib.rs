@@ -19,6 +19,7 @@ pub mod restart;
 pub mod runtime;
 pub mod savepoint;
 pub mod serve;
+pub mod snapshot;
 pub mod state;
 
 pub use error::{Error, ErrorKind};

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::job::JobGraph;
 use crate::savepoint::format::{self as savepoint_format, SavepointMetadata};
 use crate::savepoint::restore::{self, JobVertex, OperatorSnapshot, RestorePlan, StoredVertex};
+use crate::snapshot::protocol::gc::{self, Sweep};
 use crate::state::NamedStateSnapshot;
 use weir_format::snapshot::{ListSection, SourceSplit};
 
@@ -68,6 +69,69 @@ pub async fn scan(storage: &CheckpointStorage, job: &str) -> Result<Vec<Listed>,
     }
     out.sort_by_key(|l| l.id);
     Ok(out)
+}
+
+/// The checkpoints of a [`scan`] that must stay (completed, and corrupt
+/// ones too: starting past them would silently lose their state), and the
+/// files each completed one references.
+pub fn retained(
+    listed: &[Listed],
+) -> (
+    std::collections::BTreeSet<CheckpointId>,
+    std::collections::BTreeMap<CheckpointId, Vec<String>>,
+) {
+    let kept = listed
+        .iter()
+        .filter(|l| !matches!(l.status, Status::Incomplete))
+        .map(|l| l.id)
+        .collect();
+    let referenced = listed
+        .iter()
+        .filter_map(|l| match &l.status {
+            Status::Completed(m) => Some((l.id, gc::references(m))),
+            _ => None,
+        })
+        .collect();
+    (kept, referenced)
+}
+
+/// Everything in `job`'s checkpoint directory, relative to it, staging
+/// files included (what [`crate::snapshot::protocol::gc`] decides over).
+///
+/// # Errors
+/// [`Error::Storage`] if listing fails.
+pub async fn job_files(storage: &CheckpointStorage, job: &str) -> Result<Vec<String>, Error> {
+    let prefix = format!("{job}/");
+    Ok(storage
+        .list_everything(job)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+        .collect())
+}
+
+/// Carries out a garbage-collection [`Sweep`] in `job`'s checkpoint
+/// directory: its files in order (`_metadata` first), then its emptied
+/// checkpoint directories. Returns how many files were deleted.
+///
+/// # Errors
+/// [`Error::Storage`] for the first deletion that fails (the files after
+/// it stay, for the next sweep).
+pub async fn sweep(storage: &CheckpointStorage, job: &str, sweep: &Sweep) -> Result<usize, Error> {
+    let mut deleted = 0;
+    for file in &sweep.files {
+        let path = format!("{job}/{file}");
+        let gone = if gc::is_staging(file) {
+            storage.delete_staging(&path).await?
+        } else {
+            storage.delete(&path).await?
+        };
+        deleted += usize::from(gone);
+    }
+    for dir in &sweep.dirs {
+        storage.remove_empty_dir(&format!("{job}/{dir}")).await?;
+    }
+    Ok(deleted)
 }
 
 /// The file in a job's checkpoint directory that remembers the snapshot a

@@ -5,14 +5,16 @@
 //!   directory, `memory://`, `s3://`).
 //! - [`format`](mod@format): the versioned state-file and `_metadata` encodings
 //!   (`docs/checkpoint-format.md`), kept in `weir-format`.
-//! - [`coordinator`]: when to trigger, complete, abort and subsume
-//!   checkpoints (pure decisions; the runtime carries them out).
+//! - [`coordinator`](mod@coordinator): when to trigger, complete, abort and subsume
+//!   checkpoints (pure decisions in [`crate::snapshot::protocol`]; the
+//!   runtime carries them out).
 //! - [`catalog`]: the checkpoints a job has in storage; loading one; the
 //!   record of a restore not yet superseded by a checkpoint.
 //! - [`lease`]: which run owns a job's checkpoints.
 
 pub mod catalog;
-pub mod coordinator;
+/// The checkpoint coordinator, kept in [`crate::snapshot::protocol`].
+pub use crate::snapshot::protocol::coordinator;
 /// The state-file and `_metadata` encodings, in `weir-format`.
 pub use weir_format::checkpoint as format;
 pub mod lease;

@@ -499,6 +499,43 @@ impl CheckpointStorage {
         Ok(objects)
     }
 
+    /// The paths of every file under `prefix/`, relative to the root,
+    /// sorted: what [`CheckpointStorage::list`] shows and, on a local root,
+    /// also the staging files (`<name>#<digits>`) its listing hides — the
+    /// uploads a `kill -9` interrupted, which garbage collection must find.
+    /// Symbolic links are listed as files, never followed.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidPath`] for a bad prefix,
+    /// [`StorageError::Backend`] if listing fails.
+    pub async fn list_everything(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.prefix_path(prefix)?;
+        let Some(dir) = self.local_dir(prefix) else {
+            return Ok(self
+                .list(prefix)
+                .await?
+                .into_iter()
+                .map(|o| o.path)
+                .collect());
+        };
+        let base = prefix.trim_matches('/').to_owned();
+        let walked = tokio::task::spawn_blocking(move || walk(&dir, &base))
+            .await
+            .expect("invariant: walking a directory does not panic");
+        let mut paths = walked.map_err(|e| {
+            self.error(
+                prefix,
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            )
+        })?;
+        paths.sort();
+        Ok(paths)
+    }
+
     /// The names of the immediate child "directories" of `prefix/` (e.g.
     /// `["chk-1", "chk-2"]` for a job's checkpoint directory), sorted; the
     /// empty prefix lists those of the root.
@@ -538,6 +575,43 @@ impl CheckpointStorage {
             Ok(()) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    /// Deletes a local root's staging file `path` (`<dir>/<name>#<digits>`,
+    /// which [`CheckpointStorage::delete`] refuses as a path); `false` if
+    /// there was none, or the store has no staging files.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidPath`] for a path that is not a staging
+    /// file's in a valid directory; [`StorageError::Backend`] if deleting
+    /// fails.
+    pub async fn delete_staging(&self, path: &str) -> Result<bool, StorageError> {
+        let invalid = |message: &str| StorageError::InvalidPath {
+            path: path.to_string(),
+            message: message.to_string(),
+        };
+        let (dir, name) = path
+            .rsplit_once('/')
+            .ok_or_else(|| invalid("a staging file lies in a directory"))?;
+        if !is_staging_name(name) || name.contains(['/', '\\']) {
+            return Err(invalid("not a staging file name, `<name>#<digits>`"));
+        }
+        self.object_path(dir)?;
+        let Some(dir) = self.local_dir(dir) else {
+            return Ok(false);
+        };
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.error(
+                path,
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            )),
         }
     }
 
@@ -774,6 +848,38 @@ fn percent_decode(path: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Every file under `dir` (`base` its path from the root), recursively,
+/// without following symbolic links; a directory that is not there holds
+/// nothing.
+fn walk(dir: &std::path::Path, base: &str) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), base.to_owned())];
+    while let Some((dir, at)) = todo.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let path = if at.is_empty() {
+                name
+            } else {
+                format!("{at}/{name}")
+            };
+            if entry.file_type()?.is_dir() {
+                todo.push((entry.path(), path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1357,6 +1463,61 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.kind(), ErrorKind::User);
+    }
+
+    #[tokio::test]
+    async fn a_local_listing_of_everything_shows_the_staging_files_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storages::from_env(dir.path())
+            .open(dir.path().to_str().unwrap())
+            .unwrap();
+        s.put("job/chk-1/a.state", Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        s.put("job/_lease/1", Bytes::from_static(b"l"))
+            .await
+            .unwrap();
+        // What object_store's local upload leaves when killed mid-write.
+        std::fs::write(dir.path().join("job/chk-1/b.state#3"), b"half").unwrap();
+        std::fs::create_dir_all(dir.path().join("job/chk-2")).unwrap();
+        std::fs::write(dir.path().join("job/chk-2/c.state#12"), b"").unwrap();
+        assert_eq!(
+            s.list("job").await.unwrap().len(),
+            2,
+            "the store's own listing hides staging files"
+        );
+        assert_eq!(
+            s.list_everything("job").await.unwrap(),
+            [
+                "job/_lease/1",
+                "job/chk-1/a.state",
+                "job/chk-1/b.state#3",
+                "job/chk-2/c.state#12"
+            ]
+        );
+        assert!(s.delete_staging("job/chk-2/c.state#12").await.unwrap());
+        assert!(!s.delete_staging("job/chk-2/c.state#12").await.unwrap());
+        for bad in [
+            "job/chk-1/a.state",
+            "c.state#1",
+            "job/../x#1",
+            "job/chk-1/x#",
+        ] {
+            assert!(s.delete_staging(bad).await.is_err(), "{bad}");
+        }
+        assert!(s.list_everything("nothing").await.unwrap().is_empty());
+        // Other stores have no staging files: their listing is everything.
+        let m = Storages::from_env(dir.path())
+            .open(&format!("memory://{}", unique("everything")))
+            .unwrap();
+        m.put("job/chk-1/a.state", Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            m.list_everything("job").await.unwrap(),
+            ["job/chk-1/a.state"]
+        );
+        assert!(!m.delete_staging("job/chk-1/a.state#1").await.unwrap());
     }
 
     #[tokio::test]

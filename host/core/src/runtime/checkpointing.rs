@@ -14,10 +14,9 @@
 //! The coordinator also serves the job's [`JobControl`]: savepoint
 //! requests, stop with savepoint (suspend or drain).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use weir_format::snapshot::Namespace;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -28,16 +27,16 @@ use super::{CheckpointBarrier, Control, ControlSender, SavepointFormat, Savepoin
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::catalog::{METADATA_FILE, human_bytes};
 use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator, Decision};
-use crate::checkpoint::format::{
-    self, CheckpointMetadata, METADATA_VERSION, SubtaskMetadata, SubtaskSnapshot, VertexMetadata,
-};
+use crate::checkpoint::format::{self, CheckpointMetadata, SubtaskMetadata, SubtaskSnapshot};
 use crate::checkpoint::storage::{CheckpointStorage, StorageError, Storages};
 use crate::error::Error;
 use crate::job::JobGraph;
 use crate::keygroup::KeyGroupRange;
 use crate::metrics::JobMetrics;
-use crate::plugin::{DeclaredKind, DeclaredState};
+use crate::plugin::DeclaredState;
 use crate::savepoint::format as sp;
+use crate::snapshot::protocol::gc;
+use crate::snapshot::protocol::metadata::{self, SavepointPart};
 
 /// What subtasks tell the coordinator.
 #[derive(Debug)]
@@ -61,19 +60,6 @@ pub(crate) enum CoordinatorMsg {
     SourceFinished { task: usize },
     /// Every subtask has stopped.
     Shutdown,
-}
-
-/// One subtask's part of a canonical savepoint.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SavepointPart {
-    /// Its state file, if it had keyed or operator state.
-    pub file: Option<String>,
-    /// The sections of that file.
-    pub sections: Vec<sp::WrittenSection>,
-    /// A sink's pre-committed parts.
-    pub sink: Option<format::SinkSnapshot>,
-    /// The states the plugin declared.
-    pub declared: Vec<DeclaredState>,
 }
 
 /// Where a savepoint's files go.
@@ -304,6 +290,9 @@ pub(crate) struct CoordinatorSetup {
     pub inbox: Receiver<CoordinatorMsg>,
     pub first_id: CheckpointId,
     pub completed: Vec<CheckpointId>,
+    /// The files every completed checkpoint in storage references (those
+    /// of a protected one too): garbage collection keeps them.
+    pub referenced: std::collections::BTreeMap<CheckpointId, Vec<String>>,
     pub failure: Arc<Mutex<Option<Error>>>,
     pub metrics: Arc<JobMetrics>,
     /// Savepoint requests come through it.
@@ -477,6 +466,34 @@ impl Coordinator {
         self.setup.handle.spawn(async move {
             if let Err(e) = storage.delete_prefix(&dir).await {
                 tracing::warn!("could not delete {dir}: {e}");
+            }
+        });
+    }
+
+    /// Deletes, in the background, the files of checkpoints `gone`
+    /// (subsumed or aborted) that no retained checkpoint references
+    /// ([`gc::release`]).
+    fn release_later(&self, gone: Vec<CheckpointId>) {
+        let storage = self.checkpoint_storage();
+        let job = self.setup.graph.name.clone();
+        let referenced: BTreeSet<String> =
+            self.setup.referenced.values().flatten().cloned().collect();
+        self.setup.handle.spawn(async move {
+            let mut listing = Vec::new();
+            for id in &gone {
+                let dir = format!("{job}/{}", gc::checkpoint_dir(*id));
+                match storage.list_everything(&dir).await {
+                    Ok(paths) => listing.extend(
+                        paths
+                            .into_iter()
+                            .filter_map(|p| p.strip_prefix(&format!("{job}/")).map(str::to_owned)),
+                    ),
+                    Err(e) => tracing::warn!("could not list {dir}: {e}"),
+                }
+            }
+            let sweep = gc::release(&gone, &listing, &referenced);
+            if let Err(e) = crate::checkpoint::catalog::sweep(&storage, &job, &sweep).await {
+                tracing::warn!("could not delete checkpoint files of job `{job}`: {e}");
             }
         });
     }
@@ -669,8 +686,7 @@ impl Coordinator {
                                     state_size: 0,
                                     failure: Some(reason.clone()),
                                 });
-                            let dir = checkpoint_dir(&self.setup.graph.name, id);
-                            self.delete_later(self.checkpoint_storage(), dir);
+                            self.release_later(vec![id]);
                         }
                     }
                 }
@@ -697,11 +713,11 @@ impl Coordinator {
                 }
                 Decision::SavepointCompleted(id) => self.savepoint_completed(id),
                 Decision::Subsume(ids) => {
-                    for id in ids {
+                    for id in &ids {
                         tracing::debug!("checkpoint {id} subsumed");
-                        let dir = checkpoint_dir(&self.setup.graph.name, id);
-                        self.delete_later(self.checkpoint_storage(), dir);
+                        self.setup.referenced.remove(id);
                     }
+                    self.release_later(ids);
                 }
                 Decision::FailJob { reason } => {
                     self.setup
@@ -780,32 +796,29 @@ impl Coordinator {
         let (trigger_time_ms, is_final, triggered_at) =
             (f.trigger_time_ms, f.is_final, f.triggered_at);
         let graph = self.setup.graph.clone();
-        let vertices = vertices_of(&graph, acks);
-        let checkpoint = CheckpointMetadata {
-            version: METADATA_VERSION,
-            job_name: graph.name.clone(),
-            checkpoint_id: id,
+        let taken = metadata::Taken {
+            id,
             trigger_time_ms,
             completion_time_ms: unix_ms(SystemTime::now()),
-            max_parallelism: graph.max_parallelism,
             exactly_once: self.setup.config.mode
                 == crate::checkpoint::coordinator::CheckpointingMode::ExactlyOnce,
             unaligned: self.setup.config.unaligned,
             is_final,
-            vertices,
         };
+        let checkpoint = metadata::checkpoint_metadata(&graph, taken, acks);
         let (storage, path, bytes) = match &mut f.savepoint {
             Some(sp) => {
                 let bytes = match sp.target.format {
-                    SavepointFormat::Native => format::encode_metadata(&CheckpointMetadata {
-                        unaligned: false,
-                        ..checkpoint.clone()
-                    }),
-                    SavepointFormat::Canonical => sp::encode_metadata(&canonical_metadata(
-                        &graph,
-                        &checkpoint,
-                        std::mem::take(&mut sp.parts),
-                    )),
+                    SavepointFormat::Native => {
+                        format::encode_metadata(&metadata::native_savepoint_metadata(&checkpoint))
+                    }
+                    SavepointFormat::Canonical => {
+                        sp::encode_metadata(&metadata::canonical_metadata(
+                            &graph,
+                            &checkpoint,
+                            std::mem::take(&mut sp.parts),
+                        ))
+                    }
                 };
                 (
                     sp.target.storage.clone(),
@@ -828,6 +841,9 @@ impl Coordinator {
             .block_on(async move { storage.put_if_absent(&path, bytes).await })?;
         if self.in_flight[&id].savepoint.is_none() {
             self.in_flight.remove(&id);
+            self.setup
+                .referenced
+                .insert(id, gc::references(&checkpoint));
             self.setup.metrics.checkpoint_completed(id.0);
             self.setup
                 .metrics
@@ -843,154 +859,6 @@ impl Coordinator {
             log_completed(&checkpoint, triggered_at.elapsed());
         }
         Ok(())
-    }
-}
-
-/// Every vertex's acknowledgements, in graph order.
-fn vertices_of(graph: &JobGraph, acks: Vec<Option<SubtaskMetadata>>) -> Vec<VertexMetadata> {
-    let mut acks = acks.into_iter();
-    graph
-        .vertices
-        .iter()
-        .map(|v| VertexMetadata {
-            uid: v.uid.clone(),
-            parallelism: v.parallelism,
-            subtasks: (0..v.parallelism)
-                .map(|_| {
-                    acks.next()
-                        .flatten()
-                        .expect("invariant: every task acknowledged")
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// A canonical savepoint's `_metadata` from its subtasks' parts (in task
-/// order, which is graph order).
-fn canonical_metadata(
-    graph: &JobGraph,
-    checkpoint: &CheckpointMetadata,
-    parts: Vec<Option<SavepointPart>>,
-) -> sp::SavepointMetadata {
-    let mut parts = parts.into_iter();
-    let mut operators = Vec::new();
-    for v in &graph.vertices {
-        let mine: Vec<SavepointPart> = (0..v.parallelism)
-            .map(|_| parts.next().flatten().unwrap_or_default())
-            .collect();
-        let mut keyed: std::collections::BTreeMap<String, sp::KeyedStateMetadata> =
-            std::collections::BTreeMap::new();
-        let mut ops: std::collections::BTreeMap<(Namespace, String), sp::OperatorStateMetadata> =
-            std::collections::BTreeMap::new();
-        for (subtask, part) in mine.iter().enumerate() {
-            let Some(file) = &part.file else { continue };
-            for s in &part.sections {
-                let at = sp::SectionRef {
-                    file: file.clone(),
-                    offset: s.offset,
-                    len: s.len,
-                    count: s.count,
-                };
-                match (s.kind, s.key_group) {
-                    (Some(kind), Some(key_group)) => {
-                        let m = keyed.entry(s.state.clone()).or_insert_with(|| {
-                            sp::KeyedStateMetadata {
-                                name: s.state.clone(),
-                                kind: kind.into(),
-                                type_name: None,
-                                keys: 0,
-                                bytes: 0,
-                                key_groups: Vec::new(),
-                            }
-                        });
-                        m.keys += s.count;
-                        m.bytes += s.len;
-                        m.key_groups.push(sp::KeyGroupSectionRef { key_group, at });
-                    }
-                    _ => {
-                        let m = ops
-                            .entry((s.namespace, s.state.clone()))
-                            .or_insert_with(|| sp::OperatorStateMetadata {
-                                namespace: s.namespace,
-                                name: s.state.clone(),
-                                redistribution: s.redistribution.unwrap_or_default(),
-                                type_name: None,
-                                items: 0,
-                                bytes: 0,
-                                subtasks: Vec::new(),
-                            });
-                        m.items += s.count;
-                        m.bytes += s.len;
-                        m.subtasks.push(sp::SubtaskSectionRef {
-                            subtask: subtask as u32,
-                            at,
-                        });
-                    }
-                }
-            }
-        }
-        // Declarations: types and redistribution, and declared states that
-        // hold nothing yet (so `weir savepoint check` sees them).
-        let declared = mine.iter().flat_map(|p| &p.declared);
-        for d in declared {
-            match d.kind {
-                DeclaredKind::OperatorList { redistribution } => {
-                    let m = ops
-                        .entry((Namespace::User, d.name.clone()))
-                        .or_insert_with(|| sp::OperatorStateMetadata {
-                            namespace: Namespace::User,
-                            name: d.name.clone(),
-                            redistribution,
-                            type_name: None,
-                            items: 0,
-                            bytes: 0,
-                            subtasks: Vec::new(),
-                        });
-                    m.redistribution = redistribution;
-                    m.type_name.clone_from(&d.type_name);
-                }
-                kind => {
-                    let Some(k) = kind.keyed() else { continue };
-                    let m = keyed
-                        .entry(d.name.clone())
-                        .or_insert_with(|| sp::KeyedStateMetadata {
-                            name: d.name.clone(),
-                            kind: k.into(),
-                            type_name: None,
-                            keys: 0,
-                            bytes: 0,
-                            key_groups: Vec::new(),
-                        });
-                    m.type_name.clone_from(&d.type_name);
-                }
-            }
-        }
-        for m in keyed.values_mut() {
-            m.key_groups.sort_by_key(|g| g.key_group);
-        }
-        let sink = mine.iter().any(|p| p.sink.is_some()).then(|| {
-            mine.iter()
-                .map(|p| p.sink.clone().unwrap_or_default())
-                .collect()
-        });
-        operators.push(sp::OperatorMetadata {
-            uid: v.uid.clone(),
-            parallelism: v.parallelism,
-            keyed_states: keyed.into_values().collect(),
-            operator_states: ops.into_values().collect(),
-            source_offsets: None,
-            sink,
-        });
-    }
-    sp::SavepointMetadata {
-        version: sp::SAVEPOINT_METADATA_VERSION,
-        job_name: graph.name.clone(),
-        savepoint_id: checkpoint.checkpoint_id.0,
-        trigger_time_ms: checkpoint.trigger_time_ms,
-        completion_time_ms: checkpoint.completion_time_ms,
-        max_parallelism: graph.max_parallelism,
-        operators,
     }
 }
 

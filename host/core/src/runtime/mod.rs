@@ -47,6 +47,7 @@ use crate::metrics::JobMetrics;
 use crate::plugin::{Plugin, PluginEngine};
 use crate::restart::RestartTracker;
 use crate::savepoint::ClaimMode;
+use crate::snapshot::protocol::gc;
 use checkpointing::{CoordinatorMsg, CoordinatorOutcome, CoordinatorSetup, Uploader};
 use gate::{GateMode, InputGate};
 use router::{Router, wire};
@@ -688,11 +689,20 @@ async fn starting_point(
         },
         (Restore::From(location), _) => Some(RestorePoint::open(location, storages).await?),
     };
-    for l in &listed {
-        if matches!(l.status, Status::Incomplete) {
-            tracing::debug!("removing incomplete checkpoint directory {}", l.dir);
-            storage.delete_prefix(&l.dir).await?;
-        }
+    // What a crash left: incomplete checkpoints, interrupted uploads.
+    let (done, referenced) = catalog::retained(&listed);
+    let sweep = gc::orphans(
+        &catalog::job_files(storage, &graph.name).await?,
+        &done,
+        &referenced.values().flatten().cloned().collect(),
+    );
+    if !sweep.is_empty() {
+        tracing::info!(
+            "removing {} file(s) no completed checkpoint of job `{}` references (incomplete checkpoints, interrupted uploads)",
+            sweep.files.len(),
+            graph.name
+        );
+        catalog::sweep(storage, &graph.name, &sweep).await?;
     }
     match &point {
         Some(p) => {
@@ -905,20 +915,22 @@ impl Attempt<'_> {
         let shutdown = coordinator_tx;
         // Completed checkpoints already in storage are subsumed in turn by
         // the new ones.
-        let completed: Vec<CheckpointId> = match &uploader.storage {
-            Some(storage) => self
-                .io
-                .block_on(catalog::scan(storage, &graph.name))?
-                .into_iter()
-                .filter(|l| matches!(l.status, Status::Completed(_)))
-                .filter(|l| {
-                    self.protected
-                        .as_ref()
-                        .is_none_or(|p| *p != storage.location(&l.dir))
-                })
-                .map(|l| l.id)
-                .collect(),
-            None => Vec::new(),
+        let (completed, referenced) = match &uploader.storage {
+            Some(storage) => {
+                let listed = self.io.block_on(catalog::scan(storage, &graph.name))?;
+                let completed: Vec<CheckpointId> = listed
+                    .iter()
+                    .filter(|l| matches!(l.status, Status::Completed(_)))
+                    .filter(|l| {
+                        self.protected
+                            .as_ref()
+                            .is_none_or(|p| *p != storage.location(&l.dir))
+                    })
+                    .map(|l| l.id)
+                    .collect();
+                (completed, catalog::retained(&listed).1)
+            }
+            None => (Vec::new(), Default::default()),
         };
         let setup = CoordinatorSetup {
             config: config.clone(),
@@ -932,6 +944,7 @@ impl Attempt<'_> {
             inbox,
             first_id,
             completed,
+            referenced,
             failure: failure.clone(),
             metrics: self.metrics.clone(),
             control: self.control.clone(),

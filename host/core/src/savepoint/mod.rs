@@ -10,7 +10,8 @@
 /// The canonical savepoint encodings, in `weir-format`.
 pub use weir_format::savepoint as format;
 pub mod inspect;
-pub mod restore;
+/// The restore plan and redistribution, kept in [`crate::snapshot::protocol`].
+pub use crate::snapshot::protocol::restore;
 
 use crate::checkpoint::storage::{CheckpointStorage, Storages};
 use crate::error::Error;

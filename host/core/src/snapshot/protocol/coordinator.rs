@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::CheckpointId;
+use crate::checkpoint::CheckpointId;
 
 /// The consistency a checkpoint guarantees (Flink's `CheckpointingMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
