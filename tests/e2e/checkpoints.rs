@@ -398,7 +398,9 @@ fn a_plugin_that_traps_once_restarts_in_process_from_the_latest_checkpoint() {
             &out,
             &storage,
             "trap-once:600000",
-            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"50ms\"",
+            // It traps only on its first attempt: not deterministic, so it
+            // opts in to restarts.
+            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"50ms\"\noperator_errors = \"restart\"",
         );
         let o = run_job(dir.path(), &job);
         let e = stderr(&o);
@@ -426,7 +428,7 @@ fn a_plugin_that_keeps_trapping_fails_the_job_once_restarts_are_used_up() {
         &out,
         &storage,
         "trap",
-        "strategy = \"fixed-delay\"\nattempts = 2\ndelay = \"10ms\"",
+        "strategy = \"fixed-delay\"\nattempts = 2\ndelay = \"10ms\"\noperator_errors = \"restart\"",
     );
     let o = run_job(dir.path(), &job);
     let e = stderr(&o);
@@ -437,6 +439,21 @@ fn a_plugin_that_keeps_trapping_fails_the_job_once_restarts_are_used_up() {
         "two restarts, then the failure:\n{e}"
     );
     assert_operator_failure(&o, "faulty", plugins::FAULTY, "faulty plugin asked to trap");
+
+    // By default an operator's own failure is not retried: a sandboxed
+    // plugin would fail the same way again.
+    let job = faulty_wordcount_job(
+        &input,
+        &dir.path().join("out-default"),
+        &dir.path().join("checkpoints-default"),
+        "trap",
+        "strategy = \"fixed-delay\"\nattempts = 2\ndelay = \"10ms\"",
+    );
+    let o = run_job(dir.path(), &job);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.matches("restart ").count(), 0, "no restart:\n{e}");
+    assert_operator_failure(&o, "faulty", plugins::FAULTY, "faulty plugin asked to trap");
 }
 
 #[test]
@@ -445,7 +462,8 @@ fn unaligned_and_at_least_once_in_process_restarts() {
     let text = corpus(100_000, 5_000);
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).unwrap();
-    let restart = "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"";
+    let restart =
+        "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"\noperator_errors = \"restart\"";
     for (mode, settings) in [
         ("unaligned", "unaligned = true"),
         (
@@ -614,7 +632,7 @@ fn python_and_javascript_operators_take_part_in_checkpoints_the_same_way() {
             &out,
             &storage,
             "trap-once:45000",
-            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"",
+            "strategy = \"fixed-delay\"\nattempts = 1\ndelay = \"10ms\"\noperator_errors = \"restart\"",
         )
         .replace(plugins::WORD_COUNT, plugin)
         // Unaligned: behind the slow interpreter an aligned barrier would

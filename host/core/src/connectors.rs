@@ -976,7 +976,7 @@ mod tests {
             }
         };
         assert!(e.to_string().contains("2 bytes"), "{e}");
-        assert!(!e.restartable());
+        assert!(!e.restartable(crate::job::OperatorErrors::Restart));
     }
 
     #[test]

@@ -196,10 +196,30 @@ pub enum Error {
         /// What became of its checkpoints (`retention_on_cancel`).
         checkpoints: String,
     },
-    /// A savepoint could not be taken, or a savepoint request is invalid.
+    /// A savepoint request is invalid or cannot be served now (no target,
+    /// the job is finishing, a bad location): the requester's to fix.
     #[error("savepoint: {message}")]
     Savepoint {
         /// What went wrong, naming the job or the location.
+        message: String,
+    },
+    /// A savepoint was triggered and failed while it was taken: a subtask
+    /// or the storage failed, or it expired. The job goes on; asking again
+    /// may succeed.
+    #[error("savepoint: {message}")]
+    SavepointFailed {
+        /// What failed, naming the savepoint.
+        message: String,
+    },
+    /// The state backend failed under an operator's call (the host's
+    /// failure, not the plugin's; see `StateError::Backend`).
+    #[error("operator `{uid}` subtask {subtask}: {message}")]
+    StateBackend {
+        /// The operator's uid.
+        uid: String,
+        /// The subtask.
+        subtask: u32,
+        /// What failed.
         message: String,
     },
     /// The REST API could not listen on its address.
@@ -281,7 +301,10 @@ impl Error {
             {
                 ErrorKind::User
             }
-            Error::JobRead { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::JobRead { .. }
+            | Error::Io { .. }
+            | Error::SavepointFailed { .. }
+            | Error::StateBackend { .. } => ErrorKind::External,
             Error::Storage(e) => e.kind(),
             Error::Format(_) | Error::CheckpointFailed { .. } => ErrorKind::External,
             Error::Restore { .. } | Error::CheckpointsExist { .. } | Error::Savepoint { .. } => {
@@ -299,15 +322,19 @@ impl Error {
     }
 
     /// Whether restarting the job from its latest checkpoint could get past
-    /// this failure: a trap, a bad record, an I/O or storage error may not
-    /// recur; a plugin that does not load or a checkpoint that does not fit
-    /// the job will.
-    pub fn restartable(&self) -> bool {
+    /// this failure, so the restart strategy may retry it: an I/O, storage
+    /// or state-backend error, or a checkpoint failure may not recur; a
+    /// plugin that does not load, a limit hit or a checkpoint that does not
+    /// fit the job will. An operator's own failure (a trap, an error it
+    /// returned, a record the dataflow refuses) recurs given the same input
+    /// and state — a plugin has no I/O — so it is retried only when the job
+    /// says so (`operator_errors`, `[restart] operator_errors = "restart"`).
+    pub fn restartable(&self, operator_errors: crate::job::OperatorErrors) -> bool {
         match self {
-            Error::OperatorFailed { .. }
-            | Error::BadRecord { .. }
-            | Error::Io { .. }
-            | Error::CheckpointFailed { .. } => true,
+            Error::OperatorFailed { .. } | Error::BadRecord { .. } => {
+                operator_errors == crate::job::OperatorErrors::Restart
+            }
+            Error::Io { .. } | Error::StateBackend { .. } | Error::CheckpointFailed { .. } => true,
             Error::Storage(e) => e.kind() == ErrorKind::External,
             Error::JobRead { .. }
             | Error::JobParse { .. }
@@ -320,6 +347,7 @@ impl Error {
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
             | Error::Savepoint { .. }
+            | Error::SavepointFailed { .. }
             | Error::ApiBind { .. }
             | Error::ApiUnreachable { .. }
             | Error::ApiRequest { .. }
@@ -328,5 +356,43 @@ impl Error {
             | Error::Cancelled { .. }
             | Error::Internal(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::OperatorErrors;
+
+    #[test]
+    fn operator_failures_restart_only_when_the_job_says_so() {
+        let trap = Error::OperatorFailed {
+            uid: "count".into(),
+            plugin: "count.wasm".into(),
+            subtask: 0,
+            hook: "process",
+            message: "trapped: unreachable".into(),
+        };
+        assert_eq!(trap.kind(), ErrorKind::User);
+        assert!(!trap.restartable(OperatorErrors::Fail));
+        assert!(trap.restartable(OperatorErrors::Restart));
+        // A savepoint that failed while taken is not the requester's fault;
+        // one refused is.
+        let failed = Error::SavepointFailed {
+            message: "savepoint 3 failed: storage failure".into(),
+        };
+        assert_eq!(failed.kind(), ErrorKind::External);
+        let refused = Error::Savepoint {
+            message: "no savepoint directory".into(),
+        };
+        assert_eq!(refused.kind(), ErrorKind::User);
+        // The host's own state backend failing is retried like storage.
+        let backend = Error::StateBackend {
+            uid: "count".into(),
+            subtask: 1,
+            message: "the state backend failed: i/o".into(),
+        };
+        assert_eq!(backend.kind(), ErrorKind::External);
+        assert!(backend.restartable(OperatorErrors::Fail));
     }
 }

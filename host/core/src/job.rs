@@ -195,6 +195,27 @@ pub struct RestartSpec {
     pub max_failures: Option<u32>,
     /// `failure-rate`: the window failures are counted in.
     pub interval: Option<String>,
+    /// Whether an operator's own failures (a trap, an error it returned, a
+    /// record it emitted that the dataflow refuses) restart the job too;
+    /// any strategy.
+    pub operator_errors: Option<OperatorErrors>,
+}
+
+/// What a restart strategy does with an operator's own failures.
+///
+/// A plugin runs sandboxed, without I/O: given the same input and state it
+/// fails the same way again, so by default its failures fail the job
+/// instead of restarting it into the same failure. A plugin whose failures
+/// are not deterministic (it uses the clock, randomness or the attempt
+/// number) opts in with `operator_errors = "restart"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperatorErrors {
+    /// They fail the job (the default).
+    #[default]
+    Fail,
+    /// They restart it like any other failure.
+    Restart,
 }
 
 /// Resource limits of plugin instances, as written.
@@ -498,6 +519,9 @@ pub struct JobGraph {
     pub checkpoints: CheckpointConfig,
     /// What happens after a failure.
     pub restart: RestartStrategy,
+    /// Whether operators' own failures restart the job (`[restart]
+    /// operator_errors`).
+    pub operator_errors: OperatorErrors,
     /// The default savepoint directory (`[savepoints] dir`), as written.
     pub savepoint_dir: Option<String>,
     /// The job file's directory: a relative checkpoint `storage` path
@@ -672,6 +696,11 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
     {
         problems.add("savepoints.dir", "must not be empty");
     }
+    let operator_errors = file
+        .restart
+        .as_ref()
+        .and_then(|r| r.operator_errors)
+        .unwrap_or_default();
     let restart = restart_strategy(file.restart, checkpoints.enabled(), &mut problems);
     let check_parallelism = |problems: &mut Problems, field: String, p: Option<u32>| {
         let p = p.unwrap_or(default_parallelism);
@@ -894,6 +923,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             vertices: graph,
             checkpoints,
             restart,
+            operator_errors,
             savepoint_dir,
             job_dir: if base.as_os_str().is_empty() {
                 PathBuf::from(".")

@@ -155,7 +155,8 @@ impl JobMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
     }
 
-    /// The latest failure the job restarted after.
+    /// The latest failure: the one the job restarted after, or the one
+    /// it failed with.
     pub fn last_failure(&self) -> Option<String> {
         self.last_failure
             .lock()

@@ -235,6 +235,23 @@ pub enum StateError {
         /// The kind of the failing access.
         used: StateKind,
     },
+    /// The backend itself failed (a disk, a store): the host's failure,
+    /// not the operator's. The plugin never sees it: the call traps and
+    /// the job fails as an external error, which a restart may get past.
+    #[error("the state backend failed: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl StateError {
+    /// Whether the operator caused it (a foreign key, a kind mismatch),
+    /// so it goes back to the operator as an error it may handle; a
+    /// backend failure does not.
+    pub fn is_operators(&self) -> bool {
+        !matches!(self, StateError::Backend { .. })
+    }
 }
 
 /// Keyed state of one subtask, over the key groups it owns.

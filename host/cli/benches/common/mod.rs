@@ -52,6 +52,7 @@ pub fn pipeline(lines: u64, tokenize: VertexKind, count: VertexKind) -> JobGraph
         channel_capacity: 8,
         checkpoints: Default::default(),
         restart: weir_host::restart::RestartStrategy::None,
+        operator_errors: Default::default(),
         savepoint_dir: None,
         job_dir: ".".into(),
         vertices: vec![

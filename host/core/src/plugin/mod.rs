@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::job::Limits;
 use crate::keygroup::KeyGroupRange;
 use crate::keygroup::key_group_of;
-use crate::state::{KeyedStateBackend, MemoryStateBackend, Update, Value};
+use crate::state::{KeyedStateBackend, MemoryStateBackend, StateError, Update, Value};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -48,6 +48,13 @@ mod bindings {
             "weir:operator/output.emit": trappable,
             "weir:operator/logging.log": trappable,
             "weir:operator/keyed-state.write": trappable,
+            // These trap when the state backend itself fails: the
+            // host's failure must fail the call, not reach the guest as
+            // an error it could swallow.
+            "weir:operator/keyed-state.value-get": trappable,
+            "weir:operator/keyed-state.map-get": trappable,
+            "weir:operator/keyed-state.map-entries": trappable,
+            "weir:operator/keyed-state.list-get": trappable,
         },
         // Calls into the guest are futures: a long one gives its worker
         // back at an epoch tick (`on_tick`). The host's imports stay
@@ -832,6 +839,15 @@ fn failure(
         }
         msg
     };
+    if let Some(BackendFailure(message)) =
+        e.chain().find_map(|c| c.downcast_ref::<BackendFailure>())
+    {
+        return Error::StateBackend {
+            uid: uid.to_owned(),
+            subtask,
+            message: message.clone(),
+        };
+    }
     match hit {
         Some(hit) => Error::LimitExceeded {
             uid: uid.to_owned(),
@@ -1199,12 +1215,17 @@ impl keyed_state::Host for InstanceState {
         })
     }
 
-    fn value_get(&mut self, state: String, key: Vec<u8>) -> Result<Option<types::Value>, String> {
+    fn value_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
         let kg = key_group_of(&key, self.max_parallelism);
-        self.keyed
-            .value_get(kg, &state, &key)
-            .map(|v| v.map(value::lower))
-            .map_err(|e| e.to_string())
+        to_guest(
+            self.keyed
+                .value_get(kg, &state, &key)
+                .map(|v| v.map(value::lower)),
+        )
     }
 
     fn map_get(
@@ -1212,43 +1233,46 @@ impl keyed_state::Host for InstanceState {
         state: String,
         key: Vec<u8>,
         map_key: types::Value,
-    ) -> Result<Option<types::Value>, String> {
+    ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
         let kg = key_group_of(&key, self.max_parallelism);
-        self.keyed
-            .map_get(kg, &state, &key, &value::lift(map_key)?)
-            .map(|v| v.map(value::lower))
-            .map_err(|e| e.to_string())
+        let map_key = match value::lift(map_key) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        to_guest(
+            self.keyed
+                .map_get(kg, &state, &key, &map_key)
+                .map(|v| v.map(value::lower)),
+        )
     }
 
     fn map_entries(
         &mut self,
         state: String,
         key: Vec<u8>,
-    ) -> Result<Vec<(types::Value, types::Value)>, String> {
+    ) -> wasmtime::Result<Result<Vec<(types::Value, types::Value)>, String>> {
         let kg = key_group_of(&key, self.max_parallelism);
-        self.keyed
-            .map_entries(kg, &state, &key)
-            .map(|es| {
-                es.into_iter()
-                    .map(|(k, v)| (value::lower(k), value::lower(v)))
-                    .collect()
-            })
-            .map_err(|e| e.to_string())
+        to_guest(self.keyed.map_entries(kg, &state, &key).map(|es| {
+            es.into_iter()
+                .map(|(k, v)| (value::lower(k), value::lower(v)))
+                .collect()
+        }))
     }
 
-    fn list_get(&mut self, state: String, key: Vec<u8>) -> Result<Vec<types::Value>, String> {
+    fn list_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<types::Value>, String>> {
         let kg = key_group_of(&key, self.max_parallelism);
-        self.keyed
-            .list_get(kg, &state, &key)
-            .map(value::lower_all)
-            .map_err(|e| e.to_string())
+        to_guest(self.keyed.list_get(kg, &state, &key).map(value::lower_all))
     }
 
     fn write(
         &mut self,
         writes: Vec<keyed_state::StateWrite>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let result = self.apply_writes(writes);
+        let result = self.apply_writes(writes)?;
         let bytes = self.keyed.approx_bytes();
         if let Err(hit) = check_state_bytes(bytes, self.limits) {
             return Err(self.refuse(hit));
@@ -1261,27 +1285,62 @@ impl keyed_state::Host for InstanceState {
 }
 
 impl InstanceState {
-    fn apply_writes(&mut self, writes: Vec<keyed_state::StateWrite>) -> Result<(), String> {
+    /// Applies the guest's writes: `Ok(Err(..))` for its own mistake
+    /// (returned to it), `Err` for a backend failure (the call traps).
+    fn apply_writes(
+        &mut self,
+        writes: Vec<keyed_state::StateWrite>,
+    ) -> wasmtime::Result<Result<(), String>> {
         for w in writes {
             let kg = key_group_of(&w.key, self.max_parallelism);
-            let update = match w.update {
-                keyed_state::Update::ValueSet(v) => Update::ValueSet(value::lift(v)?),
-                keyed_state::Update::ValueClear => Update::ValueClear,
-                keyed_state::Update::MapPut((k, v)) => {
-                    Update::MapPut(value::lift(k)?, value::lift(v)?)
-                }
-                keyed_state::Update::MapRemove(k) => Update::MapRemove(value::lift(k)?),
-                keyed_state::Update::MapClear => Update::MapClear,
-                keyed_state::Update::ListSet(vs) => Update::ListSet(value::lift_all(vs)?),
-                keyed_state::Update::ListClear => Update::ListClear,
+            let lifted = (|| {
+                Ok::<_, String>(match w.update {
+                    keyed_state::Update::ValueSet(v) => Update::ValueSet(value::lift(v)?),
+                    keyed_state::Update::ValueClear => Update::ValueClear,
+                    keyed_state::Update::MapPut((k, v)) => {
+                        Update::MapPut(value::lift(k)?, value::lift(v)?)
+                    }
+                    keyed_state::Update::MapRemove(k) => Update::MapRemove(value::lift(k)?),
+                    keyed_state::Update::MapClear => Update::MapClear,
+                    keyed_state::Update::ListSet(vs) => Update::ListSet(value::lift_all(vs)?),
+                    keyed_state::Update::ListClear => Update::ListClear,
+                })
+            })();
+            let update = match lifted {
+                Ok(u) => u,
+                Err(e) => return Ok(Err(e)),
             };
-            self.keyed
-                .apply(kg, &w.state, &w.key, update)
-                .map_err(|e| format!("state `{}`: {e}", w.state))?;
+            if let Err(e) = to_guest(self.keyed.apply(kg, &w.state, &w.key, update))? {
+                return Ok(Err(format!("state `{}`: {e}", w.state)));
+            }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
+
+/// A state backend's answer for the guest: the operator's own mistakes
+/// (a foreign key, a kind mismatch) as its error; a failure of the backend
+/// itself as a trap carrying [`BackendFailure`], so the job fails as the
+/// host's error instead of the guest swallowing it.
+fn to_guest<T>(result: Result<T, StateError>) -> wasmtime::Result<Result<T, String>> {
+    match result {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if e.is_operators() => Ok(Err(e.to_string())),
+        Err(e) => Err(wasmtime::Error::new(BackendFailure(e.to_string()))),
+    }
+}
+
+/// The payload of a trap raised because the state backend failed.
+#[derive(Debug, Clone)]
+struct BackendFailure(String);
+
+impl std::fmt::Display for BackendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BackendFailure {}
 
 impl operator_state::Host for InstanceState {
     fn declare(
@@ -1425,6 +1484,103 @@ mod tests {
         assert!(engine.load("count", count).unwrap().stats.from_cache);
     }
 
+    /// A backend whose reads fail as a disk would: the host's failure.
+    struct FailingReads(MemoryStateBackend);
+
+    use crate::keygroup::KeyGroup;
+
+    impl KeyedStateBackend for FailingReads {
+        fn key_groups(&self) -> KeyGroupRange {
+            self.0.key_groups()
+        }
+        fn value_get(&self, _: KeyGroup, _: &str, _: &[u8]) -> Result<Option<Value>, StateError> {
+            Err(StateError::Backend {
+                message: "reading block 7: input/output error".into(),
+            })
+        }
+        fn map_get(
+            &self,
+            kg: KeyGroup,
+            name: &str,
+            key: &[u8],
+            map_key: &Value,
+        ) -> Result<Option<Value>, StateError> {
+            self.0.map_get(kg, name, key, map_key)
+        }
+        fn map_entries(
+            &self,
+            kg: KeyGroup,
+            name: &str,
+            key: &[u8],
+        ) -> Result<Vec<(Value, Value)>, StateError> {
+            self.0.map_entries(kg, name, key)
+        }
+        fn list_get(&self, kg: KeyGroup, name: &str, key: &[u8]) -> Result<Vec<Value>, StateError> {
+            self.0.list_get(kg, name, key)
+        }
+        fn apply(
+            &mut self,
+            kg: KeyGroup,
+            name: &str,
+            key: &[u8],
+            update: Update,
+        ) -> Result<(), StateError> {
+            self.0.apply(kg, name, key, update)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn approx_bytes(&self) -> u64 {
+            self.0.approx_bytes()
+        }
+        fn bound_kind(&self, name: &str) -> Option<crate::state::StateKind> {
+            self.0.bound_kind(name)
+        }
+        fn snapshot(&self) -> Vec<crate::state::KeyGroupSnapshot> {
+            self.0.snapshot()
+        }
+        fn snapshot_views(&self) -> Vec<crate::state::KeyGroupView<'_>> {
+            self.0.snapshot_views()
+        }
+        fn restore(
+            &mut self,
+            groups: Vec<crate::state::KeyGroupSnapshot>,
+        ) -> Result<(), StateError> {
+            self.0.restore(groups)
+        }
+    }
+
+    #[test]
+    fn a_state_backend_failure_traps_the_call_as_the_hosts_error_not_the_guests() {
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = engine
+            .load("count", Path::new(weir_test_plugins::WORD_COUNT))
+            .unwrap();
+        let mut instance = block_on(plugin.instantiate(InstanceConfig {
+            state: Box::new(FailingReads(MemoryStateBackend::new(
+                KeyGroupRange::for_subtask(0, 1, 128),
+            ))),
+            ..config_over(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                0, 1, 128,
+            )))
+        }))
+        .unwrap();
+        let mut batch = weir_format::BatchWriter::default();
+        batch.push(Some(b"word"), b"word", None);
+        let e = block_on(instance.process(&batch.take().0)).unwrap_err();
+        assert!(matches!(e, Error::StateBackend { .. }), "{e:?}");
+        assert_eq!(e.kind(), crate::ErrorKind::External);
+        assert!(e.restartable(crate::job::OperatorErrors::Fail));
+        assert!(e.to_string().contains("input/output error"), "{e}");
+        // The operator's own mistakes still reach it as errors (to_guest).
+        let foreign = to_guest::<()>(Err(StateError::KindMismatch {
+            name: "count".into(),
+            bound: crate::state::StateKind::Value,
+            used: crate::state::StateKind::Map,
+        }));
+        assert!(matches!(foreign, Ok(Err(m)) if m.contains("is a value state")));
+    }
+
     fn config_over(state: MemoryStateBackend) -> InstanceConfig {
         InstanceConfig {
             uid: "count".into(),
@@ -1478,7 +1634,7 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(!e.restartable());
+        assert!(!e.restartable(crate::job::OperatorErrors::Restart));
     }
 
     fn limits() -> Limits {
@@ -1614,7 +1770,7 @@ mod tests {
         );
         // Retrying cannot help: a restore error, not a restartable failure.
         assert!(matches!(e, Error::Restore { .. }), "{e:?}");
-        assert!(!e.restartable());
+        assert!(!e.restartable(crate::job::OperatorErrors::Restart));
     }
 
     #[test]

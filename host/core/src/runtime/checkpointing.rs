@@ -37,6 +37,7 @@ use crate::plugin::DeclaredState;
 use crate::savepoint::format as sp;
 use crate::snapshot::protocol::gc;
 use crate::snapshot::protocol::metadata::{self, SavepointPart};
+use crate::snapshot::protocol::savepoints::{Effect, Savepoints};
 
 /// What subtasks tell the coordinator.
 #[derive(Debug)]
@@ -303,18 +304,9 @@ pub(crate) struct CoordinatorSetup {
     pub claimed: Option<String>,
 }
 
-/// A savepoint asked for, its target resolved.
-struct Requested {
-    pending: PendingSavepoint,
-    storage: CheckpointStorage,
-}
-
 /// A savepoint between trigger and completion.
 struct SavepointInFlight {
     target: SavepointTarget,
-    /// Who asked (a retried drain savepoint was already answered).
-    reply: Option<PendingSavepoint>,
-    stop: Option<StopMode>,
     parts: Vec<Option<SavepointPart>>,
 }
 
@@ -356,8 +348,7 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
         ),
         in_flight: HashMap::new(),
         last_triggered: None,
-        queued: VecDeque::new(),
-        drain: None,
+        book: Savepoints::default(),
         stopped_with: None,
         sources_finished: std::collections::HashSet::new(),
         completed_here: 0,
@@ -443,10 +434,9 @@ struct Coordinator {
     coordinator: CheckpointCoordinator,
     in_flight: HashMap<CheckpointId, InFlight>,
     last_triggered: Option<CheckpointId>,
-    /// Savepoints asked for, not yet triggered, oldest first.
-    queued: VecDeque<Requested>,
-    /// A stop with drain: its target, and who asked until answered.
-    drain: Option<(SavepointTarget, Option<PendingSavepoint>)>,
+    /// Savepoint requests, from request to answer (the targets without
+    /// their directory, which the id names).
+    book: Savepoints<PendingSavepoint, SavepointTarget>,
     stopped_with: Option<SavepointInfo>,
     sources_finished: std::collections::HashSet<usize>,
     /// Checkpoints completed by this attempt.
@@ -505,110 +495,127 @@ impl Coordinator {
             .expect("invariant: checkpoints are triggered only with checkpoint storage")
     }
 
-    /// Answers a request at once with `message`, undoing a stop.
-    fn refuse(&self, pending: PendingSavepoint, message: String) {
-        if pending.request.stop.is_some()
-            && let Some(ctl) = &self.setup.control
-        {
-            ctl.stop_failed();
-        }
-        let _ = pending.reply.send(Err(Error::Savepoint { message }));
-    }
-
     /// A savepoint request from the job's control handle.
     fn requested(&mut self, pending: PendingSavepoint) -> Vec<Decision> {
         let graph = &self.setup.graph;
         // Some sources ended: they take part with their final positions.
         // All of them: the job is finishing.
-        if self.sources_finished.len() == self.setup.sources.len() {
-            let message = format!(
-                "job `{}` is finishing (all its input ended): no savepoint can be taken now",
-                graph.name
-            );
-            self.refuse(pending, message);
-            return Vec::new();
-        }
-        let Some(target) = pending
+        let finishing = (self.sources_finished.len() == self.setup.sources.len())
+            .then_some(graph.name.as_str());
+        let target = match pending
             .request
             .target
             .clone()
             .or_else(|| graph.savepoint_dir.clone())
-        else {
-            let message = format!(
+        {
+            None => Err(format!(
                 "no savepoint directory: give one (`weir savepoint JOB_ID DIR`, `weir stop --savepoint-path DIR`) or set `[savepoints] dir` in the job file of `{}`",
                 graph.name
-            );
-            self.refuse(pending, message);
-            return Vec::new();
+            )),
+            Some(target) => self
+                .setup
+                .storages
+                .open(&target)
+                .map(|storage| SavepointTarget {
+                    storage,
+                    dir: String::new(),
+                    format: pending.request.format,
+                })
+                .map_err(|e| format!("target directory {target}: {e}")),
         };
-        let storage = match self.setup.storages.open(&target) {
-            Ok(s) => s,
-            Err(e) => {
-                self.refuse(pending, format!("target directory {target}: {e}"));
-                return Vec::new();
-            }
-        };
-        if pending.request.stop.is_some()
-            && let Some(ctl) = &self.setup.control
-        {
-            ctl.advance(JobState::Stopping);
-        }
-        let now = Instant::now();
-        if pending.request.stop == Some(StopMode::Drain) {
-            let target = SavepointTarget {
-                storage,
-                dir: String::new(),
-                format: pending.request.format,
-            };
-            self.drain = Some((target, Some(pending)));
-            self.coordinator.request_drain();
-            self.broadcast(self.setup.sources.clone().into_iter(), || Control::Drain);
-            return Vec::new();
-        }
-        self.queued.push_back(Requested { pending, storage });
-        self.coordinator.request_savepoint(now)
+        let stop = pending.request.stop;
+        let effects = self.book.request(pending, target, stop, finishing);
+        self.carry_out(effects)
     }
 
-    /// The target and requester of savepoint `id`, just triggered.
-    fn savepoint_for(&mut self, id: CheckpointId, is_final: bool) -> SavepointInFlight {
+    /// Savepoint `id`'s target: `base` in its directory
+    /// `savepoint-<job>-<run>-<id>`.
+    fn target_of(&self, base: SavepointTarget, id: CheckpointId) -> SavepointTarget {
         let run = self
             .setup
             .control
             .as_ref()
             .map_or("000000", |c| &c.id().as_str()[..6]);
-        let dir = crate::savepoint::savepoint_dir_name(&self.setup.graph.name, run, id.0);
-        let (target, reply) = if is_final {
-            let (target, reply) = self
-                .drain
-                .as_mut()
-                .expect("invariant: a final savepoint follows a drain request");
-            let target = SavepointTarget {
-                dir: dir.clone(),
-                ..target.clone()
-            };
-            (target, reply.take())
-        } else {
-            let r = self
-                .queued
-                .pop_front()
-                .expect("invariant: a savepoint is triggered for a queued request");
-            let target = SavepointTarget {
-                storage: r.storage,
-                dir,
-                format: r.pending.request.format,
-            };
-            (target, Some(r.pending))
-        };
-        let stop = if is_final {
-            Some(StopMode::Drain)
-        } else {
-            reply.as_ref().and_then(|r| r.request.stop)
-        };
-        SavepointInFlight {
-            target,
-            reply,
-            stop,
-            parts: vec![None; self.setup.tasks.len()],
+        SavepointTarget {
+            dir: crate::savepoint::savepoint_dir_name(&self.setup.graph.name, run, id.0),
+            ..base
+        }
+    }
+
+    /// Carries out the savepoint protocol's effects; returns the
+    /// coordinator decisions they led to.
+    fn carry_out(
+        &mut self,
+        effects: Vec<Effect<PendingSavepoint, SavepointTarget>>,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Refuse {
+                    requester,
+                    message,
+                    stop,
+                } => {
+                    if stop && let Some(ctl) = &self.setup.control {
+                        ctl.stop_failed();
+                    }
+                    let _ = requester.reply.send(Err(Error::Savepoint { message }));
+                }
+                Effect::Stopping => {
+                    if let Some(ctl) = &self.setup.control {
+                        ctl.advance(JobState::Stopping);
+                    }
+                }
+                Effect::RequestSavepoint => {
+                    decisions.extend(self.coordinator.request_savepoint(Instant::now()));
+                }
+                Effect::Drain => {
+                    self.coordinator.request_drain();
+                    self.broadcast(self.setup.sources.clone().into_iter(), || Control::Drain);
+                }
+                Effect::Discard { id, target } => {
+                    let target = self.target_of(target, id);
+                    self.delete_later(target.storage, target.dir);
+                }
+                Effect::Resume => {
+                    if let Some(ctl) = &self.setup.control {
+                        // The sources resume (they got the abort).
+                        ctl.stop_failed();
+                        ctl.advance(JobState::Running);
+                    }
+                }
+                Effect::Fail {
+                    requester,
+                    id,
+                    reason,
+                } => {
+                    let _ = requester.reply.send(Err(Error::SavepointFailed {
+                        message: format!("savepoint {id} failed: {reason}"),
+                    }));
+                }
+                Effect::Answer {
+                    requester,
+                    id,
+                    target,
+                } => {
+                    let _ = requester.reply.send(Ok(self.info(id, target)));
+                }
+                Effect::Stopped { id, target } => {
+                    // Sinks commit, suspended sources end.
+                    self.stopped_with = Some(self.info(id, target));
+                    self.broadcast(0..self.setup.tasks.len(), || Control::Complete(id));
+                }
+            }
+        }
+        decisions
+    }
+
+    /// Where savepoint `id` is, as answered.
+    fn info(&self, id: CheckpointId, base: SavepointTarget) -> SavepointInfo {
+        let target = self.target_of(base, id);
+        SavepointInfo {
+            location: target.storage.location(&target.dir),
+            id: id.0,
         }
     }
 
@@ -627,10 +634,15 @@ impl Coordinator {
                         if is_final { " (final)" } else { "" }
                     );
                     self.last_triggered = self.last_triggered.max(Some(id));
-                    let savepoint = savepoint.then(|| self.savepoint_for(id, is_final));
-                    let stop = savepoint
-                        .as_ref()
-                        .is_some_and(|s| s.stop == Some(StopMode::Suspend));
+                    let mut stop = false;
+                    let savepoint = savepoint.then(|| {
+                        let (base, mode) = self.book.triggered(id, is_final);
+                        stop = mode == Some(StopMode::Suspend);
+                        SavepointInFlight {
+                            target: self.target_of(base, id),
+                            parts: vec![None; self.setup.tasks.len()],
+                        }
+                    });
                     if let Some(s) = &savepoint {
                         self.setup
                             .savepoints
@@ -670,7 +682,7 @@ impl Coordinator {
                     let mut f = self.in_flight.remove(&id);
                     self.broadcast(0..self.setup.tasks.len(), || Control::Abort(id));
                     match f.as_mut().and_then(|f| f.savepoint.take()) {
-                        Some(sp) => self.savepoint_failed(id, sp, &reason),
+                        Some(_) => self.savepoint_failed(id, &reason),
                         None => {
                             tracing::warn!("checkpoint {id} aborted: {reason}");
                             self.setup
@@ -739,50 +751,29 @@ impl Coordinator {
             .remove(&id)
     }
 
-    fn savepoint_failed(&mut self, id: CheckpointId, sp: SavepointInFlight, reason: &str) {
+    fn savepoint_failed(&mut self, id: CheckpointId, reason: &str) {
         tracing::warn!("savepoint {id} failed: {reason}");
         self.forget_target(id);
-        self.delete_later(sp.target.storage.clone(), sp.target.dir.clone());
-        if sp.stop == Some(StopMode::Suspend)
-            && let Some(ctl) = &self.setup.control
-        {
-            // The sources resume (they got the abort): the job goes on.
-            ctl.stop_failed();
-            ctl.advance(JobState::Running);
-        }
-        if let Some(r) = sp.reply {
-            let _ = r.reply.send(Err(Error::Savepoint {
-                message: format!("savepoint {id} failed: {reason}"),
-            }));
-        }
+        let effects = self.book.failed(id, reason);
+        let more = self.carry_out(effects);
+        debug_assert!(more.is_empty(), "a failed savepoint requests nothing");
     }
 
     fn savepoint_completed(&mut self, id: CheckpointId) {
-        let target = self.forget_target(id);
+        self.forget_target(id);
         let Some(f) = self.in_flight.remove(&id) else {
             return;
-        };
-        let sp = f
-            .savepoint
-            .expect("invariant: a completed savepoint was triggered as one");
-        let target = target.unwrap_or(sp.target);
-        let info = SavepointInfo {
-            location: target.storage.location(&target.dir),
-            id: id.0,
         };
         tracing::info!(
             "savepoint {id} completed in {:.0?}: {}",
             f.triggered_at.elapsed(),
-            info.location
+            f.savepoint
+                .as_ref()
+                .map_or_else(String::new, |sp| sp.target.storage.location(&sp.target.dir))
         );
-        if sp.stop.is_some() {
-            // Sinks commit, suspended sources end.
-            self.stopped_with = Some(info.clone());
-            self.broadcast(0..self.setup.tasks.len(), || Control::Complete(id));
-        }
-        if let Some(r) = sp.reply {
-            let _ = r.reply.send(Ok(info));
-        }
+        let effects = self.book.completed(id);
+        let more = self.carry_out(effects);
+        debug_assert!(more.is_empty(), "a completed savepoint requests nothing");
     }
 
     /// Writes checkpoint `id`'s `_metadata` if absent: the atomic step that

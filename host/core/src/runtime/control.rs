@@ -212,7 +212,7 @@ impl SavepointTicket {
 }
 
 fn ended_without_answer() -> Error {
-    Error::Savepoint {
+    Error::SavepointFailed {
         message: "the job ended before the savepoint completed".into(),
     }
 }

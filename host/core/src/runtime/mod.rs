@@ -479,10 +479,14 @@ fn run_controlled(
                 });
             }
             Err(e) => {
-                if !e.restartable() {
+                // Before the state says so: whoever sees it failed or
+                // restarting finds why.
+                if !e.restartable(graph.operator_errors) {
+                    metrics.failed(e.to_string());
                     return Err(e);
                 }
                 let Some(delay) = tracker.on_failure(Instant::now(), rand::random::<f64>()) else {
+                    metrics.failed(e.to_string());
                     return Err(e);
                 };
                 if let (Some(id), Some(storage)) = (latest, &storage)

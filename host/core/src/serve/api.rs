@@ -247,6 +247,7 @@ impl IntoResponse for Refusal {
             Refusal::Bad(m) => (StatusCode::BAD_REQUEST, m),
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Refusal::Conflict(m) => (StatusCode::CONFLICT, m),
+            Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             Refusal::Quota(m) => (StatusCode::FORBIDDEN, m),
             Refusal::Full(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             Refusal::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),

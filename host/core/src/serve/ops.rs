@@ -40,6 +40,9 @@ pub(crate) enum Refusal {
     Quota(String),
     /// The host is full (503).
     Full(String),
+    /// Something the host depends on failed (storage): asking again may
+    /// succeed (503).
+    Unavailable(String),
     /// The host failed (500).
     Internal(String),
 }
@@ -48,6 +51,7 @@ impl From<Error> for Refusal {
     fn from(e: Error) -> Self {
         match e.kind() {
             crate::ErrorKind::User => Refusal::Bad(e.to_string()),
+            crate::ErrorKind::External => Refusal::Unavailable(e.to_string()),
             _ => Refusal::Internal(e.to_string()),
         }
     }
@@ -546,9 +550,12 @@ impl Inner {
             })
             .map_err(|e| Refusal::Conflict(e.to_string()))?;
         let savepoint = ticket.wait_async().await.map_err(|e| {
-            Refusal::Conflict(format!(
-                "the stop with savepoint failed, the job goes on: {e}"
-            ))
+            let message = format!("the stop with savepoint failed, the job goes on: {e}");
+            match e.kind() {
+                // Storage or a subtask failed while it was taken.
+                crate::ErrorKind::External => Refusal::Unavailable(message),
+                _ => Refusal::Conflict(message),
+            }
         })?;
         wait_ended(&job).await;
         let stopped = Instant::now();

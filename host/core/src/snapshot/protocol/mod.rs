@@ -7,6 +7,9 @@
 //!
 //! - [`coordinator`]: when to trigger, complete, abort and subsume
 //!   checkpoints and savepoints, and when failures fail the job.
+//! - [`savepoints`]: the savepoint and stop-with-savepoint state machine:
+//!   which request a triggered savepoint answers, what a failure undoes,
+//!   what a completion tells the job.
 //! - [`metadata`]: the `_metadata` of a checkpoint, a native savepoint and
 //!   a canonical savepoint, from the subtasks' acknowledgements.
 //! - [`restore`]: how a snapshot maps onto a job, and how each vertex's
@@ -19,3 +22,4 @@ pub mod coordinator;
 pub mod gc;
 pub mod metadata;
 pub mod restore;
+pub mod savepoints;
