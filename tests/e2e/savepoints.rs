@@ -545,7 +545,39 @@ input = "count"
     let path = dir.path().join("job.toml");
     std::fs::write(&path, job(&dir.path().join("out"))).unwrap();
     let sp = dir.path().join("savepoint");
-    run_to_end(&path, &["-s", sp.to_str().unwrap()]);
+    // Inspect, dump and check read version 1 as they read version 2: its
+    // source offset shows as the source's one split.
+    let sp_arg = sp.to_str().unwrap();
+    let o = weir(&["savepoint", "inspect", sp_arg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(shown.contains("source splits  0/1 at "), "{shown}");
+    let o = weir(&["savepoint", "inspect", sp_arg, "--dump", "count/count"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!o.stdout.is_empty());
+    let o = weir(&["savepoint", "check", sp_arg, path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A copy restores at parallelism 2: a version-1 source rescales too.
+    let rescaled = dir.path().join("rescaled");
+    std::fs::create_dir_all(rescaled.join("savepoint")).unwrap();
+    for sub in ["savepoint", "out"] {
+        std::fs::create_dir_all(rescaled.join(sub)).unwrap();
+        for e in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), rescaled.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let rescaled_job = rescaled.join("job.toml");
+    std::fs::write(
+        &rescaled_job,
+        job(&rescaled.join("out")).replace("parallelism = 1", "parallelism = 2"),
+    )
+    .unwrap();
+    run_to_end(
+        &rescaled_job,
+        &["-s", rescaled.join("savepoint").to_str().unwrap()],
+    );
+    run_to_end(&path, &["-s", sp_arg]);
 
     let straight = dir.path().join("straight");
     std::fs::create_dir_all(&straight).unwrap();
@@ -557,6 +589,7 @@ input = "count"
         .map(|(w, c)| (w, c.len() as u64))
         .collect();
     assert_exactly_once(&dir.path().join("out"), &expected);
+    assert_exactly_once(&rescaled.join("out"), &expected);
 }
 
 #[test]

@@ -1912,6 +1912,25 @@ storage = " "
     }
 
     #[test]
+    fn operator_errors_fail_the_job_unless_the_restart_section_says_restart() {
+        let g = parse(&with("[restart]\nstrategy = \"fixed-delay\"")).unwrap();
+        assert_eq!(g.operator_errors, OperatorErrors::Fail);
+        let g = parse(&with("")).unwrap();
+        assert_eq!(g.operator_errors, OperatorErrors::Fail);
+        let g = parse(&with(
+            "[restart]\nstrategy = \"none\"\noperator_errors = \"restart\"",
+        ))
+        .unwrap();
+        assert_eq!(g.operator_errors, OperatorErrors::Restart);
+        let msg = parse(&with(
+            "[restart]\nstrategy = \"none\"\noperator_errors = \"sometimes\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("unknown variant `sometimes`"), "{msg}");
+    }
+
+    #[test]
     fn restart_fixed_delay() {
         let g = parse(&with(
             "[restart]\nstrategy = \"fixed-delay\"\nattempts = 3\ndelay = \"2s\"",
