@@ -110,7 +110,12 @@ pub fn checkpoint_state_file(data: &[u8]) {
 }
 
 fn checkpoint_state_file_as_is(data: &[u8]) {
-    let _ = checkpoint::decode_state_file(FILE, data);
+    if let Ok(mut snapshot) = checkpoint::decode_state_file(FILE, data) {
+        // What a restore does next with a decoded file: a version-1 offset
+        // becomes a split, and the splits are read back from their values.
+        snapshot.adopt_v1_source_offset(0, 1);
+        let _ = snapshot.source_splits();
+    }
     let mut extents: Vec<checkpoint::KeyGroupExtent> = claimed_frames(data)
         .into_iter()
         .filter(|f| f.tag == checkpoint::KEY_GROUP_TAG)
