@@ -171,11 +171,15 @@ fn savepoint_state_file_as_is(data: &[u8]) {
 }
 
 /// `_metadata` bytes through every reader of it: the checkpoint and the
-/// savepoint decoders, the format sniffer and [`Manifest::decode`]. What
+/// savepoint decoders, the format sniffer and [`Manifest::decode`] (and the
+/// restore record's and the lease's, which share its JSON envelope). What
 /// decodes must encode to a document that decodes again (savepoint
 /// metadata, which has no floats, to the same value).
 fn metadata(data: &[u8]) {
     let _ = savepoint::metadata_format(data);
+    // The other JSON files of a job's directory share the envelope.
+    let _ = weir_format::jobdir::RestoreRecord::decode(FILE, data);
+    let _ = weir_format::jobdir::LeaseFile::decode(FILE, data);
     if let Ok(m) = checkpoint::decode_metadata(FILE, data) {
         // Timings are floats, which a JSON round trip need not keep to
         // the bit: only require the re-encoding to decode.

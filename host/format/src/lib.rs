@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod declared;
 pub mod descriptor;
 pub mod frame;
+pub mod jobdir;
 pub mod manifest;
 pub mod savepoint;
 pub mod snapshot;

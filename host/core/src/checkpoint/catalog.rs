@@ -134,125 +134,50 @@ pub async fn sweep(storage: &CheckpointStorage, job: &str, sweep: &Sweep) -> Res
     Ok(deleted)
 }
 
-/// The file in a job's checkpoint directory that remembers the snapshot a
-/// run was restored from (`-s`) until a checkpoint of that run completes
-/// (`docs/checkpoint-format.md`, "The restore record").
-pub const RESTORE_FILE: &str = "_restore";
+pub use weir_format::jobdir::{RESTORE_FILE, RESTORE_FORMAT, RESTORE_VERSION, RestoreRecord};
 
-/// The `format` field of a restore record.
-pub const RESTORE_FORMAT: &str = "weir-restore";
-
-/// The restore record version this build writes (and the newest it reads).
-pub const RESTORE_VERSION: u32 = 1;
-
-/// A run restored from a snapshot, remembered durably so that a process
-/// killed before the run's first checkpoint resumes from the snapshot
-/// (`--from-latest`), not from scratch.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreRecord {
-    /// The record version.
-    pub version: u32,
-    /// The snapshot's directory: an absolute local path or a storage URL.
-    pub location: String,
-    /// The snapshot's id.
-    pub snapshot_id: u64,
-    /// Whether the run owns the snapshot.
-    pub claim_mode: crate::savepoint::ClaimMode,
-    /// Whether the run dropped state of uids the job does not have (`-n`).
-    pub allow_non_restored: bool,
-    /// The first checkpoint id the restored run takes: a completed
-    /// checkpoint with this id or a higher one supersedes the record.
-    pub first_checkpoint: CheckpointId,
-    /// When the record was written, Unix epoch milliseconds.
-    pub written_ms: u64,
+/// Reads `job`'s restore record, if it has one.
+///
+/// # Errors
+/// [`Error::Storage`] if reading fails, [`Error::Format`] if the record
+/// does not decode.
+pub async fn read_restore_record(
+    storage: &CheckpointStorage,
+    job: &str,
+) -> Result<Option<RestoreRecord>, Error> {
+    let path = format!("{job}/{RESTORE_FILE}");
+    match storage.get(&path).await {
+        Ok(bytes) => Ok(Some(RestoreRecord::decode(
+            &storage.location(&path),
+            &bytes,
+        )?)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-#[derive(serde::Serialize)]
-struct RestoreFile<'a> {
-    format: &'static str,
-    #[serde(flatten)]
-    record: &'a RestoreRecord,
+/// Writes `record` as `job`'s, replacing any earlier one (a new restore
+/// starts a new run).
+///
+/// # Errors
+/// [`Error::Storage`] if writing fails.
+pub async fn write_restore_record(
+    record: &RestoreRecord,
+    storage: &CheckpointStorage,
+    job: &str,
+) -> Result<(), Error> {
+    let path = format!("{job}/{RESTORE_FILE}");
+    storage.put(&path, record.encode().into()).await?;
+    Ok(())
 }
 
-impl RestoreRecord {
-    /// Encodes the record as pretty-printed JSON.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(&RestoreFile {
-            format: RESTORE_FORMAT,
-            record: self,
-        })
-        .expect("invariant: a restore record has only string keys and integers");
-        out.push(b'\n');
-        out
-    }
-
-    /// Decodes a restore record read from `file` (display path).
-    ///
-    /// # Errors
-    /// [`format::FormatError`] naming `file`: not JSON, another format, a
-    /// newer version, missing or unknown fields, or a location that is
-    /// empty or holds a control character (NUL included).
-    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, format::FormatError> {
-        let fields = weir_format::frame::metadata_fields(
-            file,
-            bytes,
-            RESTORE_FORMAT,
-            "restore record",
-            RESTORE_VERSION,
-        )?;
-        let record: RestoreRecord = serde_json::from_value(serde_json::Value::Object(fields))
-            .map_err(|e| format::FormatError::new(file, format!("invalid restore record: {e}")))?;
-        if record.location.trim().is_empty() || record.location.chars().any(char::is_control) {
-            return Err(format::FormatError::new(
-                file,
-                format!(
-                    "field `location`: {:?} is not a snapshot location (empty, or a control character)",
-                    record.location
-                ),
-            ));
-        }
-        Ok(record)
-    }
-
-    /// Reads `job`'s restore record, if it has one.
-    ///
-    /// # Errors
-    /// [`Error::Storage`] if reading fails, [`Error::Format`] if the
-    /// record does not decode.
-    pub async fn read(storage: &CheckpointStorage, job: &str) -> Result<Option<Self>, Error> {
-        let path = format!("{job}/{RESTORE_FILE}");
-        match storage.get(&path).await {
-            Ok(bytes) => Ok(Some(Self::decode(&storage.location(&path), &bytes)?)),
-            Err(StorageError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Writes the record as `job`'s, replacing any earlier one (a new
-    /// restore starts a new run).
-    ///
-    /// # Errors
-    /// [`Error::Storage`] if writing fails.
-    pub async fn write(&self, storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
-        let path = format!("{job}/{RESTORE_FILE}");
-        storage.put(&path, self.encode().into()).await?;
-        Ok(())
-    }
-
-    /// Deletes `job`'s restore record (a checkpoint superseded it).
-    ///
-    /// # Errors
-    /// [`Error::Storage`] if deleting fails.
-    pub async fn remove(storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
-        storage.delete(&format!("{job}/{RESTORE_FILE}")).await?;
-        Ok(())
-    }
-
-    /// Whether a completed checkpoint among `completed` supersedes it.
-    pub fn superseded_by(&self, completed: &[CheckpointId]) -> bool {
-        completed.iter().any(|&id| id >= self.first_checkpoint)
-    }
+/// Deletes `job`'s restore record, if any.
+///
+/// # Errors
+/// [`Error::Storage`] if deleting fails.
+pub async fn remove_restore_record(storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
+    storage.delete(&format!("{job}/{RESTORE_FILE}")).await?;
+    Ok(())
 }
 
 /// Every vertex a snapshot stored, as the restore plan needs them.

@@ -18,110 +18,42 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use super::storage::{CheckpointStorage, StorageError};
 use crate::error::Error;
-use weir_format::frame::{FormatError, metadata_fields};
 
-/// The directory of a job's lease files.
-pub const LEASE_DIR: &str = "_lease";
-/// The `format` field of a lease file.
-pub const LEASE_FORMAT: &str = "weir-lease";
-/// The lease file version this build writes (and the newest it reads).
-pub const LEASE_VERSION: u32 = 1;
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often a running job renews its lease.
 pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
 
-/// Who holds a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Holder {
-    /// The host name.
-    pub host: String,
-    /// The process id on that host.
-    pub pid: u32,
-    /// The run's job id (`weir list`).
-    pub run_id: String,
-}
+pub use weir_format::jobdir::{Holder, LEASE_DIR, LEASE_FORMAT, LEASE_VERSION, LeaseFile};
 
-impl Holder {
-    /// This process, running the job as `run_id`.
-    pub fn this_process(run_id: &str) -> Self {
-        Holder {
-            host: host_name(),
-            pid: std::process::id(),
-            run_id: run_id.to_owned(),
-        }
+/// A holder for this process, running the job as `run_id`.
+pub fn this_process(run_id: &str) -> Holder {
+    Holder {
+        host: host_name(),
+        pid: std::process::id(),
+        run_id: run_id.to_owned(),
     }
 }
 
-/// One generation of a lease, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseFile {
-    /// The file version.
-    pub version: u32,
-    /// The job.
-    pub job: String,
-    /// Its generation (also its file name).
-    pub generation: u64,
-    /// Who holds it.
-    pub holder: Holder,
-    /// When it expires unless renewed, Unix epoch milliseconds.
-    pub expires_ms: u64,
+/// Whether `lease` still binds at `now_ms`: not expired, and not held by a
+/// process of this host that is gone (a `kill -9` leaves its lease
+/// behind; the host can tell its holder is dead).
+pub fn is_live(lease: &LeaseFile, now_ms: u64) -> bool {
+    let holder_gone = lease.holder.host == host_name()
+        && !std::path::Path::new(&format!("/proc/{}", lease.holder.pid)).exists();
+    lease.expires_ms > now_ms && !holder_gone
 }
 
-#[derive(Serialize)]
-struct Encoded<'a> {
-    format: &'static str,
-    #[serde(flatten)]
-    lease: &'a LeaseFile,
-}
-
-impl LeaseFile {
-    /// Encodes the lease as JSON.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(&Encoded {
-            format: LEASE_FORMAT,
-            lease: self,
-        })
-        .expect("invariant: a lease has only string keys and integers");
-        out.push(b'\n');
-        out
-    }
-
-    /// Decodes a lease file read from `file` (display path).
-    ///
-    /// # Errors
-    /// [`FormatError`] naming `file`: not a lease, a newer version, or
-    /// missing or unknown fields.
-    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, FormatError> {
-        let fields = metadata_fields(file, bytes, LEASE_FORMAT, "lease", LEASE_VERSION)?;
-        serde_json::from_value(serde_json::Value::Object(fields))
-            .map_err(|e| FormatError::new(file, format!("invalid lease: {e}")))
-    }
-
-    /// Whether it still binds at `now_ms`: not expired, and not held by a
-    /// process of this host that is gone (a `kill -9` leaves its lease
-    /// behind; the host can tell its holder is dead).
-    pub fn is_live(&self, now_ms: u64) -> bool {
-        let holder_gone = self.holder.host == host_name()
-            && !std::path::Path::new(&format!("/proc/{}", self.holder.pid)).exists();
-        self.expires_ms > now_ms && !holder_gone
-    }
-
-    /// `host H, pid P, run R, until T`, for messages.
-    pub fn describe(&self) -> String {
-        let until =
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(self.expires_ms));
-        format!(
-            "host {}, pid {}, run {}, lease expires {until}",
-            self.holder.host, self.holder.pid, self.holder.run_id
-        )
-    }
+/// `host H, pid P, run R, until T`: who holds `lease`, for messages.
+pub fn describe(lease: &LeaseFile) -> String {
+    let until =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(lease.expires_ms));
+    format!(
+        "host {}, pid {}, run {}, lease expires {until}",
+        lease.holder.host, lease.holder.pid, lease.holder.run_id
+    )
 }
 
 /// This host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else
@@ -187,7 +119,7 @@ pub async fn current(storage: &CheckpointStorage, job: &str) -> Result<Option<Le
 /// errors reading the lease.
 pub async fn ensure_free(storage: &CheckpointStorage, job: &str) -> Result<(), Error> {
     match current(storage, job).await? {
-        Some(l) if l.is_live(now_ms()) => Err(held(storage, job, &l)),
+        Some(l) if is_live(&l, now_ms()) => Err(held(storage, job, &l)),
         _ => Ok(()),
     }
 }
@@ -196,7 +128,7 @@ fn held(storage: &CheckpointStorage, job: &str, l: &LeaseFile) -> Error {
     Error::Storage(StorageError::LeaseHeld {
         job: job.to_owned(),
         location: storage.location(job),
-        holder: l.describe(),
+        holder: describe(l),
     })
 }
 
@@ -227,7 +159,7 @@ impl Lease {
         for _ in 0..3 {
             let current = current(storage, job).await?;
             if let Some(l) = &current
-                && l.is_live(now_ms())
+                && is_live(l, now_ms())
                 && l.holder != holder
             {
                 return Err(held(storage, job, l));
@@ -298,7 +230,7 @@ impl Lease {
                     .await
                     .ok()
                     .flatten()
-                    .map_or("another run".to_owned(), |l| l.describe());
+                    .map_or("another run".to_owned(), |l| describe(&l));
                 Err(Error::Storage(StorageError::LeaseLost {
                     job: self.job.clone(),
                     location: self.storage.location(&self.job),
@@ -358,7 +290,7 @@ impl LeaseKeeper {
         let mut lease = rt.block_on(Lease::acquire(
             storage,
             job,
-            Holder::this_process(run_id),
+            this_process(run_id),
             LEASE_TTL,
         ))?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -423,12 +355,11 @@ mod tests {
             expires_ms: 1_000,
         };
         assert_eq!(LeaseFile::decode("f", &l.encode()).unwrap(), l);
-        assert!(!l.is_live(1_000), "expired");
+        assert!(!is_live(&l, 1_000), "expired");
         assert!(
-            l.describe()
-                .starts_with("host h, pid 42, run abc, lease expires 1970-"),
+            describe(&l).starts_with("host h, pid 42, run abc, lease expires 1970-"),
             "{}",
-            l.describe()
+            describe(&l)
         );
         let mut json: serde_json::Value = serde_json::from_slice(&l.encode()).unwrap();
         json["holder"]["uid"] = 0.into();
@@ -443,11 +374,11 @@ mod tests {
             expires_ms: u64::MAX,
             ..l.clone()
         };
-        assert!(!gone.is_live(0));
+        assert!(!is_live(&gone, 0));
         let me = LeaseFile {
-            holder: Holder::this_process("x"),
+            holder: this_process("x"),
             ..gone
         };
-        assert!(me.is_live(0));
+        assert!(is_live(&me, 0));
     }
 }

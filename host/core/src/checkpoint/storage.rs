@@ -1267,10 +1267,10 @@ mod tests {
         /// an expired lease is taken over, and its old holder learns it
         /// lost it when it renews; a release leaves nothing.
         pub async fn job_lease(s: CheckpointStorage) {
-            use crate::checkpoint::lease::{self, Holder, Lease};
+            use crate::checkpoint::lease::{self, Lease};
             use std::time::Duration;
-            let a = Holder::this_process("run-a");
-            let b = Holder::this_process("run-b");
+            let a = lease::this_process("run-a");
+            let b = lease::this_process("run-b");
             let ttl = Duration::from_secs(60);
             assert!(lease::current(&s, "job").await.unwrap().is_none());
             let mut held = Lease::acquire(&s, "job", a.clone(), ttl).await.unwrap();

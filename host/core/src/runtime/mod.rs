@@ -625,7 +625,7 @@ async fn starting_point(
         .collect();
     // A run restored with `-s` that has not completed a checkpoint yet:
     // its snapshot is where the job is (see `RestoreRecord`).
-    let record = catalog::RestoreRecord::read(storage, &graph.name)
+    let record = catalog::read_restore_record(storage, &graph.name)
         .await?
         .filter(|r| !r.superseded_by(&completed.iter().map(|l| l.id).collect::<Vec<_>>()));
     let mut user_claim = matches!(options.restore, Restore::From(_)).then_some(options.claim_mode);
@@ -757,11 +757,11 @@ async fn starting_point(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
             };
-            record.write(storage, &graph.name).await?;
+            catalog::write_restore_record(&record, storage, &graph.name).await?;
         }
         // No restore record applies (superseded, or none): drop a stale
         // one.
-        _ => catalog::RestoreRecord::remove(storage, &graph.name).await?,
+        _ => catalog::remove_restore_record(storage, &graph.name).await?,
     }
     Ok(Start {
         point,

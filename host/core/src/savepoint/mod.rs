@@ -16,33 +16,7 @@ pub use crate::snapshot::protocol::restore;
 use crate::checkpoint::storage::{CheckpointStorage, Storages};
 use crate::error::Error;
 
-/// What a run restored from a snapshot may do with it (Flink's
-/// `RecoveryClaimMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClaimMode {
-    /// The snapshot is never modified or deleted; the run's first
-    /// checkpoint is a full one of its own.
-    #[default]
-    NoClaim,
-    /// The run owns the snapshot: once a newer checkpoint of the run
-    /// subsumes it, it is deleted like any checkpoint of the run.
-    Claim,
-}
-
-impl std::str::FromStr for ClaimMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "no-claim" => Ok(ClaimMode::NoClaim),
-            "claim" => Ok(ClaimMode::Claim),
-            other => Err(format!(
-                "unknown claim mode `{other}`: expected `no-claim` or `claim`"
-            )),
-        }
-    }
-}
+pub use weir_format::jobdir::ClaimMode;
 
 /// `savepoint-<job>-<run>-<id>`, one path segment: `run` tells apart runs
 /// of the same job (ids restart at 1 in a fresh run), e.g. the first six

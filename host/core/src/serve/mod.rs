@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::Jobs;
 use crate::api::targets::SavepointRoots;
-use crate::checkpoint::lease::{Holder, LEASE_RENEW_EVERY, LEASE_TTL, Lease};
+use crate::checkpoint::lease::{self, LEASE_RENEW_EVERY, LEASE_TTL, Lease};
 use crate::checkpoint::storage::{CheckpointStorage, S3Config, StorageError, Storages};
 use crate::error::{Error, Problem};
 use crate::job::JobGraph;
@@ -800,7 +800,7 @@ impl Inner {
             .block_on(Lease::acquire(
                 &storage,
                 &graph.name,
-                Holder::this_process(&self.run_id),
+                lease::this_process(&self.run_id),
                 LEASE_TTL,
             ))
             .map_err(RunEnd::Failed)?;
