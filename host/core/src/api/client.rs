@@ -237,10 +237,15 @@ impl ApiClient {
                     };
                 }
                 RequestStatus::Failed => {
-                    return Err(Error::Savepoint {
-                        message: status
-                            .failure
-                            .unwrap_or_else(|| format!("request `{request_id}` failed")),
+                    let message = status
+                        .failure
+                        .unwrap_or_else(|| format!("request `{request_id}` failed"));
+                    // The job's answer keeps its meaning: failed while
+                    // taken (external), or refused (the user's to fix).
+                    return Err(if status.retryable {
+                        Error::SavepointFailed { message }
+                    } else {
+                        Error::Savepoint { message }
                     });
                 }
             }

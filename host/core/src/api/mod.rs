@@ -187,6 +187,11 @@ pub struct SavepointStatus {
     /// Failed: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Failed: whether it failed while it was taken (storage, a subtask, a
+    /// timeout), so asking again may succeed, rather than being refused
+    /// (no target, the job finishing), which asking again cannot change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 /// The body of every error answer.
@@ -243,7 +248,8 @@ struct JobEntry {
 struct Request {
     id: String,
     stop: bool,
-    outcome: Option<Result<SavepointInfo, String>>,
+    /// The answer: the savepoint, or why not and whether retrying may help.
+    outcome: Option<Result<SavepointInfo, (String, bool)>>,
     /// A client has seen the outcome.
     fetched: bool,
 }
@@ -387,7 +393,8 @@ impl Jobs {
             .get_mut(job)
             .and_then(|e| e.requests.iter_mut().find(|r| r.id == id))
         {
-            request.outcome = Some(outcome.map_err(|e| e.to_string()));
+            request.outcome =
+                Some(outcome.map_err(|e| (e.to_string(), e.kind() == crate::ErrorKind::External)));
         }
     }
 
@@ -409,18 +416,21 @@ impl Jobs {
                 location: None,
                 savepoint_id: None,
                 failure: None,
+                retryable: false,
             },
             Some(Ok(info)) => SavepointStatus {
                 status: RequestStatus::Completed,
                 location: Some(shown(&info.location)),
                 savepoint_id: Some(info.id),
                 failure: None,
+                retryable: false,
             },
-            Some(Err(why)) => SavepointStatus {
+            Some(Err((why, retryable))) => SavepointStatus {
                 status: RequestStatus::Failed,
                 location: None,
                 savepoint_id: None,
                 failure: Some(why.clone()),
+                retryable: *retryable,
             },
         })
     }
@@ -1165,10 +1175,31 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(failed, Error::Savepoint { .. }), "{failed:?}");
+        assert!(!status.retryable, "a refusal is not retried");
         assert!(
             failed.to_string().contains("no [savepoints] dir"),
             "{failed}"
         );
+
+        // One that failed while it was taken keeps that meaning through
+        // the API: external, worth asking again.
+        let request_id = client
+            .trigger_savepoint(&job, None, SavepointFormat::Canonical)
+            .await
+            .unwrap();
+        let (_, reply) = next_request(&control).await;
+        reply
+            .send(Err(Error::SavepointFailed {
+                message: "savepoint 4 failed: storage failure".into(),
+            }))
+            .unwrap();
+        let status = settled(&client, &job, &request_id).await;
+        assert!(status.retryable);
+        let failed = client
+            .wait_savepoint(&job, &request_id, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert_eq!(failed.kind(), crate::ErrorKind::External, "{failed:?}");
 
         // The job ends without answering: the request fails, not hangs.
         let request_id = client
