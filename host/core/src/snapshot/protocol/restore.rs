@@ -438,6 +438,54 @@ mod tests {
     }
 
     proptest! {
+        /// Any chain of rescales keeps every source split exactly once, with
+        /// its position, and tells every subtask it was restored.
+        #[test]
+        fn rescaling_keeps_every_split_once(
+            splits in 1u32..12,
+            first in 1u32..6,
+            chain in proptest::collection::vec(1u32..8, 1..4),
+        ) {
+            use weir_format::snapshot::{SOURCE_SPLITS, SourceSplit};
+            let all: Vec<SourceSplit> = (0..splits)
+                .map(|i| SourceSplit::numbered(i, splits, u64::from(i) * 10, i % 3 == 0))
+                .collect();
+            let mut current = OperatorSnapshot {
+                uid: "src".into(),
+                parallelism: first,
+                lists: (0..first)
+                    .map(|s| {
+                        let mine: Vec<SourceSplit> = all
+                            .iter()
+                            .skip(s as usize)
+                            .step_by(first as usize)
+                            .cloned()
+                            .collect();
+                        vec![ListSection::source_splits(&mine)]
+                    })
+                    .collect(),
+                ..OperatorSnapshot::default()
+            };
+            for to in chain {
+                let out = redistribute(current.clone(), to, 128);
+                let mut seen: Vec<SourceSplit> = Vec::new();
+                for s in &out {
+                    prop_assert!(s.list(Namespace::Source, SOURCE_SPLITS).is_some());
+                    seen.extend(s.source_splits().unwrap().unwrap());
+                }
+                seen.sort_by(|a, b| a.split.cmp(&b.split));
+                let mut want = all.clone();
+                want.sort_by(|a, b| a.split.cmp(&b.split));
+                prop_assert_eq!(seen, want);
+                current = OperatorSnapshot {
+                    uid: "src".into(),
+                    parallelism: to,
+                    lists: out.into_iter().map(|s| s.lists).collect(),
+                    ..OperatorSnapshot::default()
+                };
+            }
+        }
+
         /// Any chain of rescales keeps every key group exactly once, in
         /// the subtask whose range holds it.
         #[test]
