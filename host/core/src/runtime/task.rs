@@ -39,9 +39,7 @@ use crate::checkpoint::CheckpointId;
 use weir_format::snapshot::{ListSection, Namespace};
 
 use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
-use crate::connectors::{
-    self, BlackholeSink, DatagenSplits, FileSink, FileSplits, Sink, SourceSplits, SplitKind,
-};
+use crate::connectors::{self, Sink, SourceSplits, SplitKind};
 use crate::error::Error;
 use crate::job::{Vertex, VertexKind};
 use crate::keygroup::KeyGroupRange;
@@ -201,25 +199,14 @@ impl Task {
     async fn open(&mut self) -> Result<Part, Exit> {
         let mut restored = self.restored.take().unwrap_or_default();
         self.gate.preload(std::mem::take(&mut restored.in_flight))?;
+        let uid = &self.vertex.uid;
+        if let Some(source) = connectors::source_of(uid, &self.vertex.kind) {
+            return self.open_source(source.as_ref(), &restored);
+        }
+        if let Some(sink) = connectors::sink_of(uid, &self.vertex.kind) {
+            return Ok(Part::Sink(sink.open(self.subtask, restored.sink.as_ref())?));
+        }
         Ok(match self.vertex.kind.clone() {
-            VertexKind::FileSource { path } => {
-                let uid = self.vertex.uid.clone();
-                self.open_source(&FileSplits { uid, path }, &restored)?
-            }
-            VertexKind::Datagen(spec) => {
-                let uid = self.vertex.uid.clone();
-                self.open_source(&DatagenSplits { uid, spec }, &restored)?
-            }
-            VertexKind::StdoutSink => {
-                Part::Sink(Box::new(connectors::stdout_sink(&self.vertex.uid)))
-            }
-            VertexKind::FileSink { dir } => Part::Sink(Box::new(FileSink::open(
-                &self.vertex.uid,
-                &dir,
-                self.subtask,
-                restored.sink.as_ref(),
-            )?)),
-            VertexKind::BlackholeSink => Part::Sink(Box::new(BlackholeSink)),
             VertexKind::Operator { config, limits, .. } => {
                 let plugin = self
                     .plugin
@@ -251,6 +238,13 @@ impl Task {
                 state: self.state_backend(restored.keyed)?,
                 out: BatchWriter::default(),
             }),
+            kind => {
+                return Err(Error::Internal(format!(
+                    "vertex `{}` is {kind:?}: no connector reads or writes it",
+                    self.vertex.uid
+                ))
+                .into());
+            }
         })
     }
 

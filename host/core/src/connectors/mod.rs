@@ -1,0 +1,362 @@
+//! Built-in sources and sinks, one module per connector behind two small
+//! traits, so the next connector is a new file.
+//!
+//! A source's input is divided into splits ([`SplitKind`]), each read by
+//! a [`Source`] that reports a replay position ([`Source::offset`]): the
+//! `file` source's one split is its file (the byte offset of the next
+//! line); the `datagen` source has one stream per subtask it first ran with
+//! (the count of records emitted; the stream is a pure function of seed,
+//! stream and position). A subtask reads the splits dealt to it
+//! ([`SourceSplits`]) and a checkpoint records each split's position, so a
+//! restore resumes them at any parallelism.
+//!
+//! Sinks ([`SinkKind`] opens one per subtask) take part in checkpoints by
+//! two-phase commit ([`Sink::pre_commit`], [`Sink::commit`]): the `file`
+//! sink writes each checkpoint interval to a hidden part file, renames it
+//! to a pending name on the snapshot and to its visible name once the
+//! checkpoint completed, so its visible output is exactly-once.
+//!
+//! [`source_of`] and [`sink_of`] are the factory: what a vertex of the job
+//! graph reads or writes.
+
+use std::time::Duration;
+
+use weir_format::BatchWriter;
+use weir_format::snapshot::SourceSplit;
+
+use crate::checkpoint::CheckpointId;
+use crate::checkpoint::format::SinkSnapshot;
+use crate::error::Error;
+use crate::job::VertexKind;
+
+mod blackhole;
+mod datagen;
+mod file;
+mod stdout;
+
+pub use blackhole::BlackholeSink;
+pub use datagen::{DatagenSource, DatagenSplits};
+pub use file::{FileSink, FileSource, FileSplits, clear_file_sink};
+pub use stdout::{LineSink, stdout_sink};
+
+/// A reader of one split: produces batches until the split ends.
+pub trait Source: Send {
+    /// Appends up to `max` records to `out`.
+    ///
+    /// Returns `false` once the input is exhausted (`out` may still hold the
+    /// last records).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails.
+    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error>;
+
+    /// How long to wait before the next [`Source::next_batch`] (a paced
+    /// source); the caller waits without holding a worker.
+    fn pause(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// The position to resume from to replay everything not yet returned.
+    fn offset(&self) -> u64;
+}
+
+/// What a source vertex reads: how its input divides into splits, and a
+/// reader for one of them.
+pub trait SplitKind: Send + Sync {
+    /// The splits of a run that starts fresh at `parallelism`, in order;
+    /// subtask `i` reads those at `i`, `i + parallelism`, ...
+    fn initial(&self, parallelism: u32) -> Vec<SourceSplit>;
+
+    /// A reader of `split` from its recorded position.
+    ///
+    /// # Errors
+    /// [`Error::Restore`] for a split this source does not have (a
+    /// snapshot of another job); [`Error::Io`] if the input cannot be
+    /// opened there.
+    fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error>;
+}
+
+/// What a sink vertex writes to: opens the sink of one subtask.
+pub trait SinkKind: Send + Sync {
+    /// Subtask `subtask`'s sink, resuming what `restored` pre-committed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be opened; [`Error::Restore`] if the
+    /// restored state is not this sink's.
+    fn open(&self, subtask: u32, restored: Option<&SinkSnapshot>) -> Result<Box<dyn Sink>, Error>;
+}
+
+/// What source vertex `uid` of kind `kind` reads; `None` for a vertex that
+/// is not a source.
+pub fn source_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SplitKind>> {
+    match kind {
+        VertexKind::FileSource { path } => Some(Box::new(FileSplits {
+            uid: uid.to_owned(),
+            path: path.clone(),
+        })),
+        VertexKind::Datagen(spec) => Some(Box::new(DatagenSplits {
+            uid: uid.to_owned(),
+            spec: spec.clone(),
+        })),
+        _ => None,
+    }
+}
+
+/// What sink vertex `uid` of kind `kind` writes to; `None` for a vertex
+/// that is not a sink.
+pub fn sink_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SinkKind>> {
+    match kind {
+        VertexKind::StdoutSink => Some(Box::new(stdout::Stdout {
+            uid: uid.to_owned(),
+        })),
+        VertexKind::FileSink { dir } => Some(Box::new(file::FileSinkKind {
+            uid: uid.to_owned(),
+            dir: dir.clone(),
+        })),
+        VertexKind::BlackholeSink => Some(Box::new(blackhole::Blackhole)),
+        _ => None,
+    }
+}
+
+pub(crate) fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error {
+    Error::Restore {
+        message: format!(
+            "source `{uid}`: the snapshot holds split `{}`, which this source does not have (it has {has}); was it taken of another job?",
+            split.split
+        ),
+    }
+}
+
+/// One split of a subtask's source: its reader while unfinished.
+struct OpenSplit {
+    split: SourceSplit,
+    reader: Option<Box<dyn Source>>,
+}
+
+/// A source subtask: the splits dealt to it, read in turn, and their
+/// positions for a checkpoint.
+pub struct SourceSplits {
+    splits: Vec<OpenSplit>,
+    /// Where the next batch is looked for first (round robin).
+    next: usize,
+    /// Every split had ended before the snapshot the subtask was restored
+    /// from (or it has none).
+    ended_at_start: bool,
+}
+
+impl SourceSplits {
+    /// Opens `splits` (finished ones stay closed).
+    ///
+    /// # Errors
+    /// As [`SplitKind::open`].
+    pub fn open(kind: &dyn SplitKind, splits: Vec<SourceSplit>) -> Result<Self, Error> {
+        let splits = splits
+            .into_iter()
+            .map(|split| {
+                let reader = if split.finished {
+                    None
+                } else {
+                    Some(kind.open(&split)?)
+                };
+                Ok(OpenSplit { split, reader })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let ended_at_start = splits.iter().all(|s| s.reader.is_none());
+        Ok(Self {
+            splits,
+            next: 0,
+            ended_at_start,
+        })
+    }
+
+    /// Whether every split had ended before the run started (a subtask
+    /// restored as ended, or dealt no split).
+    pub fn ended_at_start(&self) -> bool {
+        self.ended_at_start
+    }
+
+    /// How long until some unfinished split has a batch due.
+    pub fn pause(&self) -> Duration {
+        self.splits
+            .iter()
+            .filter_map(|s| s.reader.as_ref())
+            .map(|r| r.pause())
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Appends up to `max` records of the next split with a batch due
+    /// (round robin among those due). Returns `false` once every split
+    /// ended.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails.
+    pub fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+        let n = self.splits.len();
+        let due = (0..n).map(|k| (self.next + k) % n).find(|&i| {
+            self.splits[i]
+                .reader
+                .as_ref()
+                .is_some_and(|r| r.pause().is_zero())
+        });
+        let pick = due.or_else(|| (0..n).find(|&i| self.splits[i].reader.is_some()));
+        let Some(i) = pick else {
+            return Ok(false);
+        };
+        self.next = (i + 1) % n;
+        let split = &mut self.splits[i];
+        let reader = split.reader.as_mut().expect("picked an open split");
+        let more = reader.next_batch(out, max)?;
+        split.split.position = reader.offset();
+        if !more {
+            split.split.finished = true;
+            split.reader = None;
+        }
+        Ok(self.splits.iter().any(|s| s.reader.is_some()))
+    }
+
+    /// Every split with its position, for a checkpoint.
+    pub fn positions(&self) -> Vec<SourceSplit> {
+        self.splits.iter().map(|s| s.split.clone()).collect()
+    }
+
+    /// Marks every split ended and closes its reader (the subtask ended
+    /// its input early, for a drain).
+    pub fn finish(&mut self) {
+        for s in &mut self.splits {
+            s.split.finished = true;
+            s.reader = None;
+        }
+    }
+}
+
+/// A sink subtask.
+pub trait Sink: Send {
+    /// Writes every record of a packed batch.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if writing fails; [`Error::BadRecord`] for a malformed
+    /// batch.
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error>;
+
+    /// The first phase of a checkpoint's commit: makes everything written
+    /// so far durable (not yet visible) and returns what a restore needs to
+    /// finish or discard it; `None` for a sink without transactions.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing or renaming fails.
+    fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {
+        let _ = id;
+        self.flush().map(|()| None)
+    }
+
+    /// The second phase: checkpoint `id` completed, so everything
+    /// pre-committed up to it becomes visible. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if renaming fails.
+    fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Flushes buffered output (without committing it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing fails.
+    fn flush(&mut self) -> Result<(), Error>;
+
+    /// End of input: flushes and commits everything written (with
+    /// checkpoints, the final checkpoint already committed it all).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing fails.
+    fn finish(&mut self) -> Result<(), Error>;
+
+    /// End of input after a stop with savepoint (suspend): discards what
+    /// was written since the last pre-commit, commits nothing more. What
+    /// the savepoint pre-committed was committed by its completion.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if discarding fails.
+    fn abandon(&mut self) -> Result<(), Error> {
+        self.flush()
+    }
+}
+
+pub(crate) fn bad_batch(uid: &str, e: weir_format::DecodeError) -> Error {
+    Error::BadRecord {
+        uid: uid.to_owned(),
+        message: format!("malformed batch: {e}"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use weir_format::BatchReader;
+
+    use super::*;
+    use crate::job::DatagenSpec;
+
+    /// Every record `next` produces, batch by batch, until it says the
+    /// input ended.
+    fn drain_with(mut next: impl FnMut(&mut BatchWriter) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let mut w = BatchWriter::default();
+            let more = next(&mut w);
+            out.extend(
+                BatchReader::new(w.as_bytes())
+                    .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap()),
+            );
+            if !more {
+                return out;
+            }
+        }
+    }
+
+    /// Every record of one split's reader.
+    pub(crate) fn drain(src: &mut dyn Source, max: usize) -> Vec<String> {
+        drain_with(|w| src.next_batch(w, max).unwrap())
+    }
+
+    /// Every record of a split source subtask.
+    pub(crate) fn drain_splits(src: &mut SourceSplits, max: usize) -> Vec<String> {
+        drain_with(|w| src.next_batch(w, max).unwrap())
+    }
+
+    #[test]
+    fn finished_splits_stay_closed_and_no_split_means_ended() {
+        let kind = DatagenSplits {
+            uid: "gen".into(),
+            spec: DatagenSpec {
+                seed: 1,
+                records: Some(4),
+                rate: None,
+                vocabulary: 5,
+                words_per_record: 1,
+            },
+        };
+        let mut src = SourceSplits::open(&kind, kind.initial(1)).unwrap();
+        assert!(!src.ended_at_start());
+        assert_eq!(drain_splits(&mut src, 10).len(), 4);
+        let ended = src.positions();
+        assert_eq!(ended, [SourceSplit::numbered(0, 1, 4, true)]);
+        let again = SourceSplits::open(&kind, ended).unwrap();
+        assert!(again.ended_at_start());
+        assert!(
+            SourceSplits::open(&kind, Vec::new())
+                .unwrap()
+                .ended_at_start()
+        );
+        // A split of another source is refused, naming it.
+        let file = FileSplits {
+            uid: "lines".into(),
+            path: "/nonexistent".into(),
+        };
+        let Err(e) = SourceSplits::open(&file, kind.initial(2)) else {
+            panic!("a datagen split opened as a file split");
+        };
+        assert!(e.to_string().contains("split `0/2`"), "{e}");
+    }
+}
