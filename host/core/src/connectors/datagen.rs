@@ -8,6 +8,8 @@ use rand_pcg::Pcg64Mcg;
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
+use futures::future::BoxFuture;
+
 use super::{Source, SplitKind, foreign_split};
 use crate::error::Error;
 use crate::job::DatagenSpec;
@@ -110,19 +112,10 @@ impl DatagenSource {
     }
 }
 
-impl Source for DatagenSource {
-    fn pause(&self) -> Duration {
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        // Pace: a batch goes once the records before it were due at `rate`
-        // records per second, so the first goes at once (a job restored
-        // or upgraded resumes without waiting a batch's worth of time).
-        let due = Duration::from_secs_f64((self.emitted - self.paced_from) as f64 / rate);
-        due.saturating_sub(self.started.elapsed())
-    }
-
-    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+impl DatagenSource {
+    /// Appends up to `max` records to `out`; `false` once the quota is
+    /// reached.
+    fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
         use std::fmt::Write as _;
         let n = self.batch_len(max);
         for _ in 0..n {
@@ -139,6 +132,28 @@ impl Source for DatagenSource {
         self.emitted += n;
         Ok(self.quota.is_none_or(|q| self.emitted < q))
     }
+}
+
+impl Source for DatagenSource {
+    fn pause(&self) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        // Pace: a batch goes once the records before it were due at `rate`
+        // records per second, so the first goes at once (a job restored
+        // or upgraded resumes without waiting a batch's worth of time).
+        let due = Duration::from_secs_f64((self.emitted - self.paced_from) as f64 / rate);
+        due.saturating_sub(self.started.elapsed())
+    }
+
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut BatchWriter,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        // Generated here: ready at once.
+        Box::pin(std::future::ready(self.read_batch(out, max)))
+    }
 
     fn offset(&self) -> u64 {
         self.emitted
@@ -151,7 +166,7 @@ mod tests {
 
     use super::*;
     use crate::connectors::SourceSplits;
-    use crate::connectors::tests::{drain, drain_splits};
+    use crate::connectors::tests::{block_on, drain, drain_splits};
 
     #[test]
     fn datagen_splits_restore_at_another_parallelism_with_the_same_records() {
@@ -180,7 +195,7 @@ mod tests {
         for split in kind.initial(3) {
             let mut src = SourceSplits::open(&kind, vec![split]).unwrap();
             let mut w = BatchWriter::default();
-            src.next_batch(&mut w, 3).unwrap();
+            block_on(src.next_batch(&mut w, 3)).unwrap();
             first.extend(
                 BatchReader::new(w.as_bytes())
                     .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap()),
@@ -227,7 +242,7 @@ mod tests {
         let all = drain(&mut DatagenSource::new(&spec, 1, 2), 7);
         let mut head = DatagenSource::new(&spec, 1, 2);
         let mut w = BatchWriter::default();
-        head.next_batch(&mut w, 10).unwrap();
+        block_on(head.next_batch(&mut w, 10)).unwrap();
         let rest = drain(&mut DatagenSource::resume(&spec, 1, 2, head.offset()), 4);
         assert_eq!(rest, all[10..]);
     }
@@ -245,7 +260,7 @@ mod tests {
         let mut src = DatagenSource::resume(&spec, 0, 1, 500);
         assert_eq!(src.pause(), Duration::ZERO);
         let mut w = BatchWriter::default();
-        src.next_batch(&mut w, 1024).unwrap();
+        block_on(src.next_batch(&mut w, 1024)).unwrap();
         // 100 ms worth went out: the next waits for them to be due.
         assert_eq!(src.offset(), 600);
         let pause = src.pause();

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use weir_format::snapshot::SourceSplit;
 use weir_format::{BatchReader, BatchWriter};
 
+use futures::future::BoxFuture;
+
 use super::stdout::write_line;
 use super::{Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
 use crate::checkpoint::CheckpointId;
@@ -99,8 +101,9 @@ impl FileSource {
     }
 }
 
-impl Source for FileSource {
-    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+impl FileSource {
+    /// Appends up to `max` records to `out`; `false` once the input ended.
+    fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
         for _ in 0..max {
             self.line.clear();
             let n = self
@@ -125,6 +128,17 @@ impl Source for FileSource {
             out.push(None, line, None);
         }
         Ok(true)
+    }
+}
+
+impl Source for FileSource {
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut BatchWriter,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        // Local reads: done at once, nothing to wait for.
+        Box::pin(std::future::ready(self.read_batch(out, max)))
     }
 
     fn offset(&self) -> u64 {
@@ -401,7 +415,7 @@ pub fn clear_file_sink(uid: &str, dir: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connectors::tests::drain;
+    use crate::connectors::tests::{block_on, drain};
 
     #[test]
     fn file_source_reads_lines_and_resumes_from_its_offset() {
@@ -410,7 +424,7 @@ mod tests {
         std::fs::write(&path, "one\r\ntwo\n\nthree").unwrap();
         let mut src = FileSource::open("s", &path, 0).unwrap();
         let mut w = BatchWriter::default();
-        assert!(src.next_batch(&mut w, 1).unwrap());
+        assert!(block_on(src.next_batch(&mut w, 1)).unwrap());
         let resume = src.offset();
         assert_eq!(resume, 5);
         let mut rest = FileSource::open("s", &path, resume).unwrap();
@@ -440,7 +454,7 @@ mod tests {
         // Truncated under a running source.
         let mut src = FileSource::open("lines", &path, 0).unwrap();
         let mut w = BatchWriter::default();
-        assert!(src.next_batch(&mut w, 1).unwrap());
+        assert!(block_on(src.next_batch(&mut w, 1)).unwrap());
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -448,7 +462,7 @@ mod tests {
             .set_len(2)
             .unwrap();
         let e = loop {
-            match src.next_batch(&mut w, 1) {
+            match block_on(src.next_batch(&mut w, 1)) {
                 Ok(true) => {}
                 Ok(false) => panic!("a truncated input ended silently"),
                 Err(e) => break e,

@@ -21,6 +21,8 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
@@ -41,14 +43,21 @@ pub use stdout::{LineSink, stdout_sink};
 
 /// A reader of one split: produces batches until the split ends.
 pub trait Source: Send {
-    /// Appends up to `max` records to `out`.
+    /// Appends up to `max` records to `out`, resolving to `false` once the
+    /// input is exhausted (`out` may still hold the last records).
     ///
-    /// Returns `false` once the input is exhausted (`out` may still hold the
-    /// last records).
+    /// A future, so a source that waits on the network (a broker) gives its
+    /// worker up meanwhile. It must resolve within a bounded time even when
+    /// nothing arrives (with what it has, possibly nothing): the subtask
+    /// takes checkpoint barriers and cancels between batches.
     ///
     /// # Errors
     /// [`Error::Io`] if reading fails.
-    fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error>;
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut BatchWriter,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
 
     /// How long to wait before the next [`Source::next_batch`] (a paced
     /// source); the caller waits without holding a worker.
@@ -191,7 +200,7 @@ impl SourceSplits {
     ///
     /// # Errors
     /// [`Error::Io`] if reading fails.
-    pub fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+    pub async fn next_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
         let n = self.splits.len();
         let due = (0..n).map(|k| (self.next + k) % n).find(|&i| {
             self.splits[i]
@@ -206,7 +215,7 @@ impl SourceSplits {
         self.next = (i + 1) % n;
         let split = &mut self.splits[i];
         let reader = split.reader.as_mut().expect("picked an open split");
-        let more = reader.next_batch(out, max)?;
+        let more = reader.next_batch(out, max).await?;
         split.split.position = reader.offset();
         if !more {
             split.split.finished = true;
@@ -293,6 +302,7 @@ pub(crate) fn bad_batch(uid: &str, e: weir_format::DecodeError) -> Error {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    pub(crate) use futures::executor::block_on;
     use weir_format::BatchReader;
 
     use super::*;
@@ -317,12 +327,12 @@ pub(crate) mod tests {
 
     /// Every record of one split's reader.
     pub(crate) fn drain(src: &mut dyn Source, max: usize) -> Vec<String> {
-        drain_with(|w| src.next_batch(w, max).unwrap())
+        drain_with(|w| block_on(src.next_batch(w, max)).unwrap())
     }
 
     /// Every record of a split source subtask.
     pub(crate) fn drain_splits(src: &mut SourceSplits, max: usize) -> Vec<String> {
-        drain_with(|w| src.next_batch(w, max).unwrap())
+        drain_with(|w| block_on(src.next_batch(w, max)).unwrap())
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl Task {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            let more = source.next_batch(&mut batch, self.batch_size)?;
+            let more = source.next_batch(&mut batch, self.batch_size).await?;
             let n = self.router.route(batch.as_bytes()).await?;
             batch.clear();
             self.counters().records_out.fetch_add(n, Ordering::Relaxed);
