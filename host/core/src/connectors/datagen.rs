@@ -8,9 +8,7 @@ use rand_pcg::Pcg64Mcg;
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
-use futures::future::BoxFuture;
-
-use super::{Source, SplitKind, foreign_split};
+use super::{LocalSource, Source, SplitKind, foreign_split};
 use crate::error::Error;
 use crate::job::DatagenSpec;
 
@@ -112,7 +110,7 @@ impl DatagenSource {
     }
 }
 
-impl DatagenSource {
+impl LocalSource for DatagenSource {
     /// Appends up to `max` records to `out`; `false` once the quota is
     /// reached.
     fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
@@ -132,9 +130,7 @@ impl DatagenSource {
         self.emitted += n;
         Ok(self.quota.is_none_or(|q| self.emitted < q))
     }
-}
 
-impl Source for DatagenSource {
     fn pause(&self) -> Duration {
         let Some(rate) = self.rate else {
             return Duration::ZERO;
@@ -144,15 +140,6 @@ impl Source for DatagenSource {
         // or upgraded resumes without waiting a batch's worth of time).
         let due = Duration::from_secs_f64((self.emitted - self.paced_from) as f64 / rate);
         due.saturating_sub(self.started.elapsed())
-    }
-
-    fn next_batch<'a>(
-        &'a mut self,
-        out: &'a mut BatchWriter,
-        max: usize,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        // Generated here: ready at once.
-        Box::pin(std::future::ready(self.read_batch(out, max)))
     }
 
     fn offset(&self) -> u64 {
@@ -243,7 +230,10 @@ mod tests {
         let mut head = DatagenSource::new(&spec, 1, 2);
         let mut w = BatchWriter::default();
         block_on(head.next_batch(&mut w, 10)).unwrap();
-        let rest = drain(&mut DatagenSource::resume(&spec, 1, 2, head.offset()), 4);
+        let rest = drain(
+            &mut DatagenSource::resume(&spec, 1, 2, LocalSource::offset(&head)),
+            4,
+        );
         assert_eq!(rest, all[10..]);
     }
 
@@ -258,12 +248,12 @@ mod tests {
         };
         // Resumed, as after a restore or an upgrade: no wait first.
         let mut src = DatagenSource::resume(&spec, 0, 1, 500);
-        assert_eq!(src.pause(), Duration::ZERO);
+        assert_eq!(LocalSource::pause(&src), Duration::ZERO);
         let mut w = BatchWriter::default();
         block_on(src.next_batch(&mut w, 1024)).unwrap();
         // 100 ms worth went out: the next waits for them to be due.
-        assert_eq!(src.offset(), 600);
-        let pause = src.pause();
+        assert_eq!(LocalSource::offset(&src), 600);
+        let pause = LocalSource::pause(&src);
         assert!(
             pause > Duration::from_millis(50) && pause <= Duration::from_millis(100),
             "{pause:?}"

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use weir_format::snapshot::SourceSplit;
 use weir_format::{BatchReader, BatchWriter};
 
-use futures::future::BoxFuture;
-
 use super::stdout::write_line;
-use super::{Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
+use super::{LocalSource, Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::SinkSnapshot;
 use crate::error::Error;
@@ -101,7 +99,7 @@ impl FileSource {
     }
 }
 
-impl FileSource {
+impl LocalSource for FileSource {
     /// Appends up to `max` records to `out`; `false` once the input ended.
     fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
         for _ in 0..max {
@@ -128,17 +126,6 @@ impl FileSource {
             out.push(None, line, None);
         }
         Ok(true)
-    }
-}
-
-impl Source for FileSource {
-    fn next_batch<'a>(
-        &'a mut self,
-        out: &'a mut BatchWriter,
-        max: usize,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        // Local reads: done at once, nothing to wait for.
-        Box::pin(std::future::ready(self.read_batch(out, max)))
     }
 
     fn offset(&self) -> u64 {
@@ -425,7 +412,7 @@ mod tests {
         let mut src = FileSource::open("s", &path, 0).unwrap();
         let mut w = BatchWriter::default();
         assert!(block_on(src.next_batch(&mut w, 1)).unwrap());
-        let resume = src.offset();
+        let resume = LocalSource::offset(&src);
         assert_eq!(resume, 5);
         let mut rest = FileSource::open("s", &path, resume).unwrap();
         assert_eq!(drain(&mut rest, 2), ["two", "", "three"]);

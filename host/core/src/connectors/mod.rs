@@ -69,6 +69,42 @@ pub trait Source: Send {
     fn offset(&self) -> u64;
 }
 
+/// A reader whose batches are at hand (a local file, a generator): it never
+/// waits, so it is a [`Source`] whose future is ready at once.
+pub trait LocalSource: Send {
+    /// Appends up to `max` records to `out`; `false` once the input ended.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if reading fails.
+    fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error>;
+
+    /// As [`Source::pause`].
+    fn pause(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// As [`Source::offset`].
+    fn offset(&self) -> u64;
+}
+
+impl<T: LocalSource> Source for T {
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut BatchWriter,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(std::future::ready(self.read_batch(out, max)))
+    }
+
+    fn pause(&self) -> Duration {
+        LocalSource::pause(self)
+    }
+
+    fn offset(&self) -> u64 {
+        LocalSource::offset(self)
+    }
+}
+
 /// What a source vertex reads: how its input divides into splits, and a
 /// reader for one of them.
 pub trait SplitKind: Send + Sync {
