@@ -18,7 +18,7 @@ use crate::frame::{
     metadata_fields, read_file_prefix, read_frame, write_frame, write_frame_with,
 };
 pub use crate::frame::{FormatError, file_name_problem};
-use crate::snapshot::{ListSection, Namespace, Redistribution, SOURCE_SPLITS, SourceSplit};
+use crate::snapshot::{ListSection, Namespace, Redistribution, SourceSplit};
 use crate::state::KeyGroupSnapshot;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
@@ -101,9 +101,7 @@ impl SubtaskSnapshot {
     /// # Errors
     /// What is wrong with an item that is not a [`SourceSplit`].
     pub fn source_splits(&self) -> Result<Option<Vec<SourceSplit>>, String> {
-        self.list(Namespace::Source, SOURCE_SPLITS)
-            .map(|l| l.items.iter().map(SourceSplit::from_value).collect())
-            .transpose()
+        SourceSplit::in_lists(&self.lists)
     }
 
     /// Turns a version-1 source offset, if any, into the split of subtask

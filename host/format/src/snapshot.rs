@@ -182,6 +182,19 @@ impl SourceSplit {
         })
     }
 
+    /// The splits `lists` (one subtask's list sections) hold: those of the
+    /// list [`SOURCE_SPLITS`] in [`Namespace::Source`], if there is one.
+    ///
+    /// # Errors
+    /// What is wrong with an item that is not a split.
+    pub fn in_lists(lists: &[ListSection]) -> Result<Option<Vec<Self>>, String> {
+        lists
+            .iter()
+            .find(|l| l.namespace == Namespace::Source && l.name == SOURCE_SPLITS)
+            .map(|l| l.items.iter().map(Self::from_value).collect())
+            .transpose()
+    }
+
     /// The split a version-1 snapshot stored as subtask `subtask` (of
     /// `parallelism`)'s bare `source_offset`: split `<subtask>/<parallelism>`,
     /// the top bit of the offset saying whether it had finished.

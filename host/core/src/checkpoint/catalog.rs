@@ -101,12 +101,38 @@ pub fn retained(
 /// # Errors
 /// [`Error::Storage`] if listing fails.
 pub async fn job_files(storage: &CheckpointStorage, job: &str) -> Result<Vec<String>, Error> {
-    let prefix = format!("{job}/");
+    files_under(storage, job, job).await
+}
+
+/// As [`job_files`], only the files of checkpoints `ids`.
+///
+/// # Errors
+/// [`Error::Storage`] if listing fails.
+pub async fn checkpoint_files(
+    storage: &CheckpointStorage,
+    job: &str,
+    ids: &[CheckpointId],
+) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for id in ids {
+        let dir = format!("{job}/{}", gc::checkpoint_dir(*id));
+        out.extend(files_under(storage, job, &dir).await?);
+    }
+    Ok(out)
+}
+
+/// Every file under `prefix`, relative to `job`'s checkpoint directory.
+async fn files_under(
+    storage: &CheckpointStorage,
+    job: &str,
+    prefix: &str,
+) -> Result<Vec<String>, Error> {
+    let job_dir = format!("{job}/");
     Ok(storage
-        .list_everything(job)
+        .list_everything(prefix)
         .await?
         .into_iter()
-        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+        .filter_map(|p| p.strip_prefix(&job_dir).map(str::to_owned))
         .collect())
 }
 

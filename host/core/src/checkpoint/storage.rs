@@ -807,8 +807,9 @@ pub fn describe_file_type(t: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Whether `segment` has the form `NAME#<digits>` of a local staged write.
-fn is_staging_name(segment: &str) -> bool {
+/// Whether `segment` has the form `NAME#<digits>` of a local staged write
+/// (an upload that never finished if it is still there).
+pub fn is_staging_name(segment: &str) -> bool {
     segment
         .rsplit_once('#')
         .is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))

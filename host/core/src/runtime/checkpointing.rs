@@ -25,7 +25,7 @@ use tokio::runtime::Handle;
 use super::control::{JobControl, JobState, PendingSavepoint};
 use super::{CheckpointBarrier, Control, ControlSender, SavepointFormat, SavepointInfo, StopMode};
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::catalog::{METADATA_FILE, human_bytes};
+use crate::checkpoint::catalog::{self, METADATA_FILE, human_bytes};
 use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator, Decision};
 use crate::checkpoint::format::{self, CheckpointMetadata, SubtaskMetadata, SubtaskSnapshot};
 use crate::checkpoint::storage::{CheckpointStorage, StorageError, Storages};
@@ -123,7 +123,7 @@ fn millis(d: Duration) -> f64 {
 
 /// `<job>/chk-<id>`.
 pub(crate) fn checkpoint_dir(job: &str, id: CheckpointId) -> String {
-    format!("{job}/chk-{id}")
+    format!("{job}/{}", gc::checkpoint_dir(id))
 }
 
 impl Uploader {
@@ -469,20 +469,12 @@ impl Coordinator {
         let referenced: BTreeSet<String> =
             self.setup.referenced.values().flatten().cloned().collect();
         self.setup.handle.spawn(async move {
-            let mut listing = Vec::new();
-            for id in &gone {
-                let dir = format!("{job}/{}", gc::checkpoint_dir(*id));
-                match storage.list_everything(&dir).await {
-                    Ok(paths) => listing.extend(
-                        paths
-                            .into_iter()
-                            .filter_map(|p| p.strip_prefix(&format!("{job}/")).map(str::to_owned)),
-                    ),
-                    Err(e) => tracing::warn!("could not list {dir}: {e}"),
-                }
-            }
-            let sweep = gc::release(&gone, &listing, &referenced);
-            if let Err(e) = crate::checkpoint::catalog::sweep(&storage, &job, &sweep).await {
+            let released = async {
+                let listing = catalog::checkpoint_files(&storage, &job, &gone).await?;
+                let sweep = gc::release(&gone, &listing, &referenced);
+                catalog::sweep(&storage, &job, &sweep).await
+            };
+            if let Err(e) = released.await {
                 tracing::warn!("could not delete checkpoint files of job `{job}`: {e}");
             }
         });

@@ -481,12 +481,11 @@ fn run_controlled(
             Err(e) => {
                 // Before the state says so: whoever sees it failed or
                 // restarting finds why.
+                metrics.failed(e.to_string());
                 if !e.restartable(graph.operator_errors) {
-                    metrics.failed(e.to_string());
                     return Err(e);
                 }
                 let Some(delay) = tracker.on_failure(Instant::now(), rand::random::<f64>()) else {
-                    metrics.failed(e.to_string());
                     return Err(e);
                 };
                 if let (Some(id), Some(storage)) = (latest, &storage)
@@ -495,9 +494,6 @@ fn run_controlled(
                     let dir = checkpointing::checkpoint_dir(&graph.name, id);
                     restore = Some(io.block_on(open_stored(storage, &dir))?);
                 }
-                // Before the state says so: whoever sees it restarting
-                // finds why.
-                metrics.failed(e.to_string());
                 if let Some(c) = &options.control {
                     // A stop in progress died with the attempt (its caller
                     // was told): another may be asked for.

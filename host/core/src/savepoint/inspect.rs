@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use weir_format::snapshot::{Namespace, SOURCE_SPLITS, SourceSplit};
+use weir_format::snapshot::SourceSplit;
 
 use crate::checkpoint::catalog::{Manifest, RestorePoint, human_bytes};
 use crate::error::Error;
@@ -217,19 +217,17 @@ pub async fn inspect(point: &RestorePoint) -> Result<Inspection, Error> {
     let mut out = Vec::new();
     for op in operators {
         let states = state_summaries(m, &op.uid, Some(&op));
-        let mut source_splits = None;
-        for list in op.lists.iter().flatten() {
-            if (list.namespace, list.name.as_str()) == (Namespace::Source, SOURCE_SPLITS) {
-                let splits: &mut Vec<SourceSplit> = source_splits.get_or_insert_default();
-                for item in &list.items {
-                    splits.push(SourceSplit::from_value(item).map_err(|e| Error::Savepoint {
-                        message: format!(
-                            "operator `{}` in {}: a stored source split is malformed: {e}",
-                            op.uid,
-                            m.describe()
-                        ),
-                    })?);
-                }
+        let mut source_splits: Option<Vec<SourceSplit>> = None;
+        for lists in &op.lists {
+            let stored = SourceSplit::in_lists(lists).map_err(|e| Error::Savepoint {
+                message: format!(
+                    "operator `{}` in {}: a stored source split is malformed: {e}",
+                    op.uid,
+                    m.describe()
+                ),
+            })?;
+            if let Some(splits) = stored {
+                source_splits.get_or_insert_default().extend(splits);
             }
         }
         out.push(OperatorSummary {

@@ -57,6 +57,17 @@ impl From<Error> for Refusal {
     }
 }
 
+/// Why an upgrade's stop with savepoint failed, as the API answers it:
+/// 503 when it failed while it was taken (storage, a subtask; asking again
+/// may succeed), 409 when the job refused it.
+fn stop_refusal(e: Error) -> Refusal {
+    let message = format!("the stop with savepoint failed, the job goes on: {e}");
+    match e.kind() {
+        crate::ErrorKind::External => Refusal::Unavailable(message),
+        _ => Refusal::Conflict(message),
+    }
+}
+
 fn problems(ps: Vec<Problem>) -> Refusal {
     Refusal::Bad(format!(
         "invalid job: {}",
@@ -549,14 +560,7 @@ impl Inner {
                 stop: Some(StopMode::Suspend),
             })
             .map_err(|e| Refusal::Conflict(e.to_string()))?;
-        let savepoint = ticket.wait_async().await.map_err(|e| {
-            let message = format!("the stop with savepoint failed, the job goes on: {e}");
-            match e.kind() {
-                // Storage or a subtask failed while it was taken.
-                crate::ErrorKind::External => Refusal::Unavailable(message),
-                _ => Refusal::Conflict(message),
-            }
-        })?;
+        let savepoint = ticket.wait_async().await.map_err(stop_refusal)?;
         wait_ended(&job).await;
         let stopped = Instant::now();
         let name = tenant.jobs.show(&savepoint.location);
@@ -743,6 +747,30 @@ fn replace_plugins(text: &str, plugins: &BTreeMap<String, String>) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_storage_failure_is_answered_503_and_a_refusal_409() {
+        let failed = stop_refusal(Error::SavepointFailed {
+            message: "savepoint 3 failed: storage failure".into(),
+        });
+        assert!(
+            matches!(&failed, Refusal::Unavailable(m) if m.contains("storage failure")),
+            "{failed:?}"
+        );
+        let refused = stop_refusal(Error::Savepoint {
+            message: "job `wc` is finishing".into(),
+        });
+        assert!(matches!(refused, Refusal::Conflict(_)), "{refused:?}");
+        // Any other external error (storage) is 503 too, a user error 400.
+        let storage = Refusal::from(Error::SavepointFailed {
+            message: "x".into(),
+        });
+        assert!(matches!(storage, Refusal::Unavailable(_)), "{storage:?}");
+        let bad = Refusal::from(Error::Savepoint {
+            message: "x".into(),
+        });
+        assert!(matches!(bad, Refusal::Bad(_)), "{bad:?}");
+    }
 
     #[test]
     fn an_upgrade_replaces_only_the_plugins_it_names() {

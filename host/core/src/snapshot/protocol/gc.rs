@@ -36,9 +36,7 @@ pub fn checkpoint_of(path: &str) -> Option<CheckpointId> {
 /// Whether `path` is a store's staging file, `<name>#<digits>`: an upload
 /// that never finished. No snapshot ever references one.
 pub fn is_staging(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.split_once('#')
-        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    crate::checkpoint::storage::is_staging_name(path.rsplit('/').next().unwrap_or(path))
 }
 
 /// Every file completed checkpoint `m` references, relative to the job's
@@ -71,8 +69,8 @@ impl Sweep {
         // `_metadata` first: a checkpoint is incomplete before it loses a
         // file. Then by path, for a stable order.
         files.sort_by(|a, b| {
-            let meta = |p: &str| !p.ends_with(&format!("/{METADATA_FILE}"));
-            (meta(a), a).cmp(&(meta(b), b))
+            let later = |p: &str| p.rsplit('/').next() != Some(METADATA_FILE);
+            (later(a), a).cmp(&(later(b), b))
         });
         files.dedup();
         let mut dirs: Vec<String> = files
