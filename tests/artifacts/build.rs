@@ -1,8 +1,15 @@
 //! Builds the example plugins to `wasm32-wasip2` components and generates
 //! one path constant per plugin, following wasmtime's `test-programs`
-//! artifacts crate: a nested `cargo build` with its own target directory
-//! under `OUT_DIR`, so plain `cargo test` works on a fresh checkout and
-//! never contends for the outer build's target directory lock.
+//! artifacts crate: a nested `cargo build` with its own target directory,
+//! so plain `cargo test` works on a fresh checkout and never contends for
+//! the outer build's target directory lock.
+//!
+//! The nested build, the Python venv and the JavaScript toolchain live in
+//! one work directory per profile (`target/debug/weir-test-plugins`), not
+//! under `OUT_DIR`: `cargo clippy` and `cargo test` run this script with
+//! different hashes, and a second copy of that work (about 850 MB) is what
+//! filled the disk of a CI machine. A file lock keeps two outer builds from
+//! writing it at once.
 
 use std::collections::BTreeSet;
 use std::env;
@@ -128,7 +135,10 @@ fn main() -> Result<()> {
     }
 
     ensure_wasm_target();
-    let target_dir = out_dir.join("wasm-target");
+    let work = work_dir(&out_dir)?;
+    let lock = fs::File::create(work.join(".lock")).context("creating the work directory lock")?;
+    lock.lock().context("locking the work directory")?;
+    let target_dir = work.join("wasm-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
@@ -165,7 +175,7 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-changed={dep}");
     }
     for (constant, dir) in PYTHON_PLUGINS {
-        let wasm = build_python(&workspace, &out_dir, dir)?;
+        let wasm = build_python(&workspace, &work, dir)?;
         generated.plugin(
             constant,
             dir.trim_start_matches("plugins/"),
@@ -174,9 +184,9 @@ fn main() -> Result<()> {
         )?;
     }
     if !JS_PLUGINS.is_empty() {
-        let tool = install_componentize_js(&workspace, &out_dir)?;
+        let tool = install_componentize_js(&workspace, &work)?;
         for (constant, dir) in JS_PLUGINS {
-            let wasm = build_js(&workspace, &out_dir, &tool, dir)?;
+            let wasm = build_js(&workspace, &work, &tool, dir)?;
             generated.plugin(
                 constant,
                 dir.trim_start_matches("plugins/"),
@@ -189,13 +199,31 @@ fn main() -> Result<()> {
     }
     let code = generated.finish()?;
     fs::write(out_dir.join("plugins.rs"), code).context("writing plugins.rs")?;
+    drop(lock);
     Ok(())
 }
 
-/// Installs componentize-py into a virtual environment under `OUT_DIR`
+/// The work directory shared by every run of this script in one profile:
+/// `OUT_DIR` is `<profile dir>/build/<package>-<hash>/out`, so the profile
+/// directory is three levels up. Falls back to `OUT_DIR` itself where the
+/// layout differs.
+fn work_dir(out_dir: &Path) -> Result<PathBuf> {
+    let build = out_dir.parent().and_then(Path::parent);
+    let work = match build
+        .filter(|dir| dir.ends_with("build"))
+        .and_then(Path::parent)
+    {
+        Some(profile) => profile.join("weir-test-plugins"),
+        None => out_dir.to_path_buf(),
+    };
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
+}
+
+/// Installs componentize-py into a virtual environment under the work directory
 /// (once), then builds the Python plugin in `dir` into a component.
-fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> {
-    let venv = out_dir.join("componentize-py");
+fn build_python(workspace: &Path, work: &Path, dir: &str) -> Result<PathBuf> {
+    let venv = work.join("componentize-py");
     let tool = venv.join("bin").join("componentize-py");
     if !tool.is_file() {
         let python = env::var_os("WEIR_PYTHON").unwrap_or_else(|| "python3".into());
@@ -208,7 +236,7 @@ fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> 
         ]))?;
     }
     let name = dir.rsplit('/').next().unwrap_or(dir);
-    let wasm = out_dir.join("python").join(format!("{name}.wasm"));
+    let wasm = work.join("python").join(format!("{name}.wasm"));
     fs::create_dir_all(wasm.parent().expect("has a parent"))?;
     run(Command::new(&tool)
         .current_dir(workspace.join(dir))
@@ -226,7 +254,7 @@ fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> 
 }
 
 /// Installs the toolchain pinned by `guest-sdk/js/package-lock.json` into
-/// `OUT_DIR/componentize-js` (once per change of the lock) and returns the
+/// `componentize-js` in the work directory (once per change of the lock) and returns the
 /// componentize-js command-line script.
 ///
 /// `npm install` from the lock, not `npm ci`: the lock cannot list the
@@ -234,14 +262,14 @@ fn build_python(workspace: &Path, out_dir: &Path, dir: &str) -> Result<PathBuf> 
 /// platforms), and `npm ci` then rejects the lock it just wrote
 /// (npm/cli#9846); `npm install` still takes every locked version and
 /// checks every locked integrity hash.
-fn install_componentize_js(workspace: &Path, out_dir: &Path) -> Result<PathBuf> {
+fn install_componentize_js(workspace: &Path, work: &Path) -> Result<PathBuf> {
     println!("cargo:rerun-if-env-changed=WEIR_NODE");
     println!("cargo:rerun-if-env-changed=WEIR_NPM");
     for dir in [JS_SDK, "plugins/js"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     let sdk = workspace.join(JS_SDK);
-    let dir = out_dir.join("componentize-js");
+    let dir = work.join("componentize-js");
     let tool = dir.join("node_modules/@bytecodealliance/componentize-js/src/cli.js");
     let stamp = dir.join("installed-from.json");
     let mut wanted = Vec::new();
@@ -273,13 +301,13 @@ fn install_componentize_js(workspace: &Path, out_dir: &Path) -> Result<PathBuf> 
 }
 
 /// Builds the JavaScript plugin in `dir` into a component: its files and
-/// `weir.js` are staged in a folder under `OUT_DIR` (componentize-js
+/// `weir.js` are staged in a folder under the work directory (componentize-js
 /// resolves relative imports inside the source file's folder), so the
 /// build writes nothing into the source tree.
-fn build_js(workspace: &Path, out_dir: &Path, tool: &Path, dir: &str) -> Result<PathBuf> {
+fn build_js(workspace: &Path, work: &Path, tool: &Path, dir: &str) -> Result<PathBuf> {
     let name = dir.rsplit('/').next().unwrap_or(dir);
     let src = workspace.join(dir);
-    let stage = out_dir.join("js").join(name);
+    let stage = work.join("js").join(name);
     if stage.exists() {
         fs::remove_dir_all(&stage)?;
     }
@@ -291,7 +319,7 @@ fn build_js(workspace: &Path, out_dir: &Path, tool: &Path, dir: &str) -> Result<
         workspace.join(JS_SDK).join("weir.js"),
         stage.join("weir.js"),
     )?;
-    let wasm = out_dir.join("js").join(format!("{name}.wasm"));
+    let wasm = work.join("js").join(format!("{name}.wasm"));
     let node = env::var_os("WEIR_NODE").unwrap_or_else(|| "node".into());
     run(Command::new(node)
         .current_dir(&stage)
