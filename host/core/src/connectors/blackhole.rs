@@ -1,14 +1,14 @@
 //! The `blackhole` sink: counts records, writes nothing (for benchmarks).
 
-use super::{Sink, SinkKind};
-use crate::checkpoint::format::SinkSnapshot;
+use super::{LocalSink, Sink, SinkKind};
+use crate::checkpoint::format::SubtaskSnapshot;
 use crate::error::Error;
 
 /// The `blackhole` sink of a vertex.
 pub(crate) struct Blackhole;
 
 impl SinkKind for Blackhole {
-    fn open(&self, _: u32, _: Option<&SinkSnapshot>) -> Result<Box<dyn Sink>, Error> {
+    fn open(&self, _: u32, _: &SubtaskSnapshot) -> Result<Box<dyn Sink>, Error> {
         Ok(Box::new(BlackholeSink))
     }
 }
@@ -16,7 +16,7 @@ impl SinkKind for Blackhole {
 /// Discards records (the runtime counts them).
 pub struct BlackholeSink;
 
-impl Sink for BlackholeSink {
+impl LocalSink for BlackholeSink {
     fn write_batch(&mut self, _: &[u8]) -> Result<(), Error> {
         Ok(())
     }

@@ -9,9 +9,9 @@ use weir_format::snapshot::SourceSplit;
 use weir_format::{BatchReader, BatchWriter};
 
 use super::stdout::write_line;
-use super::{LocalSource, Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
+use super::{LocalSink, LocalSource, Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::format::SinkSnapshot;
+use crate::checkpoint::format::{SinkSnapshot, SubtaskSnapshot};
 use crate::error::Error;
 
 /// The `file` source: one split, `0/1`, the whole file.
@@ -140,9 +140,12 @@ pub(crate) struct FileSinkKind {
 }
 
 impl SinkKind for FileSinkKind {
-    fn open(&self, subtask: u32, restored: Option<&SinkSnapshot>) -> Result<Box<dyn Sink>, Error> {
+    fn open(&self, subtask: u32, restored: &SubtaskSnapshot) -> Result<Box<dyn Sink>, Error> {
         Ok(Box::new(FileSink::open(
-            &self.uid, &self.dir, subtask, restored,
+            &self.uid,
+            &self.dir,
+            subtask,
+            restored.sink.as_ref(),
         )?))
     }
 }
@@ -300,7 +303,7 @@ impl FileSink {
     }
 }
 
-impl Sink for FileSink {
+impl LocalSink for FileSink {
     fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error> {
         self.writer()?;
         // Disjoint fields: the uid for errors, the open part to write.
@@ -318,14 +321,19 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {
+    fn pre_commit(
+        &mut self,
+        id: CheckpointId,
+        snapshot: &mut SubtaskSnapshot,
+    ) -> Result<(), Error> {
         if let Some(name) = self.close_part()? {
             self.pending.push((id, name));
         }
-        Ok(Some(SinkSnapshot {
+        snapshot.sink = Some(SinkSnapshot {
             pending: self.pending.iter().map(|(_, n)| n.clone()).collect(),
             next_part: self.next_part,
-        }))
+        });
+        Ok(())
     }
 
     fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
@@ -404,6 +412,13 @@ mod tests {
     use super::*;
     use crate::connectors::tests::{block_on, drain};
 
+    /// Pre-commits checkpoint `id` and returns the sink's section.
+    fn pre_commit(sink: &mut FileSink, id: u64) -> SinkSnapshot {
+        let mut snapshot = SubtaskSnapshot::default();
+        LocalSink::pre_commit(sink, CheckpointId(id), &mut snapshot).unwrap();
+        snapshot.sink.expect("the file sink records its parts")
+    }
+
     #[test]
     fn file_source_reads_lines_and_resumes_from_its_offset() {
         let dir = tempfile::tempdir().unwrap();
@@ -481,14 +496,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let mut sink = FileSink::open("s", &out, 0, None).unwrap();
-        sink.write_batch(&batch(&["a", "b"])).unwrap();
-        let snap1 = sink.pre_commit(CheckpointId(1)).unwrap().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["a", "b"])).unwrap();
+        let snap1 = pre_commit(&mut sink, 1);
         assert_eq!(snap1.pending, [".part-0-0.pending"]);
-        sink.write_batch(&batch(&["c"])).unwrap();
-        let snap2 = sink.pre_commit(CheckpointId(2)).unwrap().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["c"])).unwrap();
+        let snap2 = pre_commit(&mut sink, 2);
         assert_eq!(snap2.pending.len(), 2, "checkpoint 1 not yet complete");
-        sink.write_batch(&batch(&["d"])).unwrap();
-        sink.flush().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["d"])).unwrap();
+        LocalSink::flush(&mut sink).unwrap();
         assert_eq!(
             listing(&out),
             [
@@ -497,7 +512,7 @@ mod tests {
                 ".part-0-2.inprogress"
             ]
         );
-        sink.commit(CheckpointId(1)).unwrap();
+        LocalSink::commit(&mut sink, CheckpointId(1)).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("part-0-0")).unwrap(),
             "a\nb\n"
@@ -508,8 +523,8 @@ mod tests {
         drop(sink);
         let mut sink = FileSink::open("s", &out, 0, Some(&snap2)).unwrap();
         assert_eq!(listing(&out), ["part-0-0", "part-0-1"]);
-        sink.write_batch(&batch(&["e"])).unwrap();
-        sink.finish().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["e"])).unwrap();
+        LocalSink::finish(&mut sink).unwrap();
         assert_eq!(listing(&out), ["part-0-0", "part-0-1", "part-0-2"]);
         assert_eq!(
             std::fs::read_to_string(out.join("part-0-2")).unwrap(),
@@ -532,8 +547,8 @@ mod tests {
         for (name, bytes) in &committed {
             assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
         }
-        sink.write_batch(&batch(&["f"])).unwrap();
-        sink.finish().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["f"])).unwrap();
+        LocalSink::finish(&mut sink).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("part-0-3")).unwrap(),
             "f\n"
@@ -548,12 +563,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let mut sink = FileSink::open("s", &out, 0, None).unwrap();
-        sink.write_batch(&batch(&["a"])).unwrap();
-        let snap = sink.pre_commit(CheckpointId(4)).unwrap().unwrap();
-        sink.commit(CheckpointId(4)).unwrap();
-        sink.write_batch(&batch(&["after the stop's barrier"]))
-            .unwrap();
-        sink.abandon().unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["a"])).unwrap();
+        let snap = pre_commit(&mut sink, 4);
+        LocalSink::commit(&mut sink, CheckpointId(4)).unwrap();
+        LocalSink::write_batch(&mut sink, &batch(&["after the stop's barrier"])).unwrap();
+        LocalSink::abandon(&mut sink).unwrap();
         assert_eq!(listing(&out), ["part-0-0"]);
         // Resuming the stop's savepoint keeps the committed part.
         FileSink::open("s", &out, 0, Some(&snap)).unwrap();

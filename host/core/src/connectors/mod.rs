@@ -27,7 +27,7 @@ use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
 use crate::checkpoint::CheckpointId;
-use crate::checkpoint::format::SinkSnapshot;
+use crate::checkpoint::format::SubtaskSnapshot;
 use crate::error::Error;
 use crate::job::VertexKind;
 
@@ -123,12 +123,13 @@ pub trait SplitKind: Send + Sync {
 
 /// What a sink vertex writes to: opens the sink of one subtask.
 pub trait SinkKind: Send + Sync {
-    /// Subtask `subtask`'s sink, resuming what `restored` pre-committed.
+    /// Subtask `subtask`'s sink, resuming what `restored` (the subtask's
+    /// restored snapshot, empty for a fresh run) pre-committed.
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be opened; [`Error::Restore`] if the
     /// restored state is not this sink's.
-    fn open(&self, subtask: u32, restored: Option<&SinkSnapshot>) -> Result<Box<dyn Sink>, Error>;
+    fn open(&self, subtask: u32, restored: &SubtaskSnapshot) -> Result<Box<dyn Sink>, Error>;
 }
 
 /// What source vertex `uid` of kind `kind` reads; `None` for a vertex that
@@ -276,47 +277,50 @@ impl SourceSplits {
 }
 
 /// A sink subtask.
+///
+/// Its methods are futures, so a sink that waits on the network (a broker's
+/// acknowledgement) gives its worker up meanwhile; each must resolve within
+/// a bounded time. A sink whose writes are local implements [`LocalSink`].
 pub trait Sink: Send {
     /// Writes every record of a packed batch.
     ///
     /// # Errors
     /// [`Error::Io`] if writing fails; [`Error::BadRecord`] for a malformed
     /// batch.
-    fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error>;
+    fn write_batch<'a>(&'a mut self, batch: &'a [u8]) -> BoxFuture<'a, Result<(), Error>>;
 
     /// The first phase of a checkpoint's commit: makes everything written
-    /// so far durable (not yet visible) and returns what a restore needs to
-    /// finish or discard it; `None` for a sink without transactions.
+    /// so far durable (not yet visible) and records in `snapshot` what a
+    /// restore needs to finish or discard it (the sink's section, or its
+    /// own lists in [`Namespace::Sink`](weir_format::snapshot::Namespace)).
     ///
     /// # Errors
     /// [`Error::Io`] if flushing or renaming fails.
-    fn pre_commit(&mut self, id: CheckpointId) -> Result<Option<SinkSnapshot>, Error> {
-        let _ = id;
-        self.flush().map(|()| None)
-    }
+    fn pre_commit<'a>(
+        &'a mut self,
+        id: CheckpointId,
+        snapshot: &'a mut SubtaskSnapshot,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// The second phase: checkpoint `id` completed, so everything
     /// pre-committed up to it becomes visible. Idempotent.
     ///
     /// # Errors
-    /// [`Error::Io`] if renaming fails.
-    fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
-        let _ = id;
-        Ok(())
-    }
+    /// [`Error::Io`] if renaming or publishing fails.
+    fn commit(&mut self, id: CheckpointId) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Flushes buffered output (without committing it).
     ///
     /// # Errors
     /// [`Error::Io`] if flushing fails.
-    fn flush(&mut self) -> Result<(), Error>;
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), Error>>;
 
     /// End of input: flushes and commits everything written (with
     /// checkpoints, the final checkpoint already committed it all).
     ///
     /// # Errors
     /// [`Error::Io`] if flushing fails.
-    fn finish(&mut self) -> Result<(), Error>;
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), Error>>;
 
     /// End of input after a stop with savepoint (suspend): discards what
     /// was written since the last pre-commit, commits nothing more. What
@@ -324,8 +328,70 @@ pub trait Sink: Send {
     ///
     /// # Errors
     /// [`Error::Io`] if discarding fails.
+    fn abandon(&mut self) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// A sink whose writes are local (a file, standard output): it never waits
+/// on the network, so it is a [`Sink`] whose futures are ready at once.
+/// The methods are [`Sink`]'s.
+#[allow(missing_docs)]
+pub trait LocalSink: Send {
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error>;
+
+    /// As [`Sink::pre_commit`]; by default flushes and records nothing (a
+    /// sink without transactions).
+    fn pre_commit(
+        &mut self,
+        id: CheckpointId,
+        snapshot: &mut SubtaskSnapshot,
+    ) -> Result<(), Error> {
+        let _ = (id, snapshot);
+        self.flush()
+    }
+
+    fn commit(&mut self, id: CheckpointId) -> Result<(), Error> {
+        let _ = id;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error>;
+
+    fn finish(&mut self) -> Result<(), Error>;
+
     fn abandon(&mut self) -> Result<(), Error> {
         self.flush()
+    }
+}
+
+impl<T: LocalSink> Sink for T {
+    fn write_batch<'a>(&'a mut self, batch: &'a [u8]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::write_batch(self, batch)))
+    }
+
+    fn pre_commit<'a>(
+        &'a mut self,
+        id: CheckpointId,
+        snapshot: &'a mut SubtaskSnapshot,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::pre_commit(
+            self, id, snapshot,
+        )))
+    }
+
+    fn commit(&mut self, id: CheckpointId) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::commit(self, id)))
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::flush(self)))
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::finish(self)))
+    }
+
+    fn abandon(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(LocalSink::abandon(self)))
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use weir_format::{BatchReader, RecordRef};
 
-use super::{Sink, SinkKind, bad_batch};
-use crate::checkpoint::format::SinkSnapshot;
+use super::{LocalSink, Sink, SinkKind, bad_batch};
+use crate::checkpoint::format::SubtaskSnapshot;
 use crate::error::Error;
 
 /// The `stdout` sink of a vertex.
@@ -15,7 +15,7 @@ pub(crate) struct Stdout {
 }
 
 impl SinkKind for Stdout {
-    fn open(&self, _: u32, _: Option<&SinkSnapshot>) -> Result<Box<dyn Sink>, Error> {
+    fn open(&self, _: u32, _: &SubtaskSnapshot) -> Result<Box<dyn Sink>, Error> {
         Ok(Box::new(stdout_sink(&self.uid)))
     }
 }
@@ -38,7 +38,7 @@ pub struct LineSink<W: Write + Send> {
     out: W,
 }
 
-impl<W: Write + Send> Sink for LineSink<W> {
+impl<W: Write + Send> LocalSink for LineSink<W> {
     fn write_batch(&mut self, batch: &[u8]) -> Result<(), Error> {
         for r in BatchReader::new(batch) {
             let r = r.map_err(|e| bad_batch(&self.uid, e))?;
@@ -62,7 +62,7 @@ impl<W: Write + Send> Sink for LineSink<W> {
     }
 
     fn finish(&mut self) -> Result<(), Error> {
-        self.flush()
+        LocalSink::flush(self)
     }
 }
 

@@ -204,7 +204,7 @@ impl Task {
             return self.open_source(source.as_ref(), &restored);
         }
         if let Some(sink) = connectors::sink_of(uid, &self.vertex.kind) {
-            return Ok(Part::Sink(sink.open(self.subtask, restored.sink.as_ref())?));
+            return Ok(Part::Sink(sink.open(self.subtask, &restored)?));
         }
         Ok(match self.vertex.kind.clone() {
             VertexKind::Operator { config, limits, .. } => {
@@ -492,7 +492,7 @@ impl Task {
                     self.counters()
                         .records_in
                         .fetch_add(len as u64, Ordering::Relaxed);
-                    sink.write_batch(&data)?;
+                    sink.write_batch(&data).await?;
                     self.counters()
                         .records_out
                         .fetch_add(len as u64, Ordering::Relaxed);
@@ -503,10 +503,9 @@ impl Task {
                     unaligned,
                 } => {
                     let started = Instant::now();
-                    let snapshot = Taken::from(SubtaskSnapshot {
-                        sink: sink.pre_commit(barrier.id)?,
-                        ..SubtaskSnapshot::default()
-                    });
+                    let mut snapshot = SubtaskSnapshot::default();
+                    sink.pre_commit(barrier.id, &mut snapshot).await?;
+                    let snapshot = Taken::from(snapshot);
                     let sync = started.elapsed();
                     ending.barrier(barrier);
                     self.snapshot_taken(barrier, snapshot, sync, alignment, unaligned)
@@ -516,27 +515,27 @@ impl Task {
                 GateEvent::Abandoned(id) => {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
-                GateEvent::EndOfData { .. } => sink.flush()?,
-                GateEvent::Control(c) => ending.control(c, sink.as_mut())?,
+                GateEvent::EndOfData { .. } => sink.flush().await?,
+                GateEvent::Control(c) => ending.control(c, sink.as_mut()).await?,
                 GateEvent::End => {
                     // The completion of a stop's savepoint or of the final
                     // checkpoint went to every subtask before the sources
                     // ended their channels, but may still be on its way
                     // here: commit it first.
                     while let Ok(c) = self.gate.control().try_recv() {
-                        ending.control(c, sink.as_mut())?;
+                        ending.control(c, sink.as_mut()).await?;
                     }
                     while !ending.committed() {
                         let c = self.gate.control().recv().await.ok_or(Exit::Cancelled)?;
-                        ending.control(c, sink.as_mut())?;
+                        ending.control(c, sink.as_mut()).await?;
                     }
                     if ending.stopped.is_some() {
                         // Suspended: whatever came after the savepoint's
                         // barrier (`on-checkpoint-complete` output) belongs
                         // to no snapshot and is never committed.
-                        sink.abandon()?;
+                        sink.abandon().await?;
                     } else {
-                        sink.finish()?;
+                        sink.finish().await?;
                     }
                     return Ok(());
                 }
@@ -730,10 +729,10 @@ impl SinkEnding {
             .is_none_or(|id| self.committed.is_some_and(|c| c >= id))
     }
 
-    fn control(&mut self, c: Control, sink: &mut dyn Sink) -> TaskResult {
+    async fn control(&mut self, c: Control, sink: &mut dyn Sink) -> TaskResult {
         match c {
             Control::Complete(id) => {
-                sink.commit(id)?;
+                sink.commit(id).await?;
                 self.committed = self.committed.max(Some(id));
                 Ok(())
             }
