@@ -22,7 +22,7 @@ storage = "{storage}"
     )
 }
 
-fn spawn_weir(args: &[&str], log: &Path) -> Child {
+pub(super) fn spawn_weir(args: &[&str], log: &Path) -> Child {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache");
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
@@ -36,7 +36,7 @@ fn spawn_weir(args: &[&str], log: &Path) -> Child {
 }
 
 /// Waits up to `limit` for `child`; `Some(success)` if it exited.
-fn wait_for(child: &mut Child, limit: Duration) -> Option<bool> {
+pub(super) fn wait_for(child: &mut Child, limit: Duration) -> Option<bool> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(status) = child.try_wait().unwrap() {

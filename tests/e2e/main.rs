@@ -12,6 +12,7 @@ mod examples;
 mod hostile;
 mod javascript;
 mod languages;
+mod nats;
 mod savepoints;
 mod serve;
 mod stopping;

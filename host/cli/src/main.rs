@@ -385,10 +385,16 @@ const POLL: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The NATS client logs each connection event at `info`; a job's log is
+    // about the job, so it speaks from `warn` unless WEIR_LOG names it.
+    let mut filter = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".into());
+    if !filter.contains("async_nats") {
+        filter.push_str(",async_nats=warn");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, not in files or pipes.

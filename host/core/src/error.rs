@@ -134,6 +134,30 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A broker connector could not reach or use its broker: a connection
+    /// refused or lost, a timeout, an error the broker returned. The broker
+    /// may be back on retry, so the restart strategy applies.
+    #[error("{role} `{uid}`: {message}")]
+    Broker {
+        /// `source` or `sink`.
+        role: &'static str,
+        /// The vertex's uid.
+        uid: String,
+        /// What failed, naming the broker and what was asked of it.
+        message: String,
+    },
+    /// A connector refused what it was given, which a retry would give it
+    /// again: a record larger than the sink allows, more pending output
+    /// than its limit, a stream or credentials file that does not exist.
+    #[error("{role} `{uid}`: {message}")]
+    Connector {
+        /// `source` or `sink`.
+        role: &'static str,
+        /// The vertex's uid.
+        uid: String,
+        /// What was refused and how to fix it.
+        message: String,
+    },
     /// A `file` source's input is shorter than the offset it was read to
     /// (restored, or reached while running): it shrank or was truncated,
     /// so what follows the offset is not the input the job was reading.
@@ -290,6 +314,7 @@ impl Error {
             | Error::LimitExceeded { .. }
             | Error::PluginCache { .. }
             | Error::BadRecord { .. }
+            | Error::Connector { .. }
             | Error::SourceShrank { .. } => ErrorKind::User,
             // A job file that does not exist, or is not a regular file or
             // too big, is the user's mistake.
@@ -303,6 +328,7 @@ impl Error {
             }
             Error::JobRead { .. }
             | Error::Io { .. }
+            | Error::Broker { .. }
             | Error::SavepointFailed { .. }
             | Error::StateBackend { .. } => ErrorKind::External,
             Error::Storage(e) => e.kind(),
@@ -334,7 +360,10 @@ impl Error {
             Error::OperatorFailed { .. } | Error::BadRecord { .. } => {
                 operator_errors == crate::job::OperatorErrors::Restart
             }
-            Error::Io { .. } | Error::StateBackend { .. } | Error::CheckpointFailed { .. } => true,
+            Error::Io { .. }
+            | Error::Broker { .. }
+            | Error::StateBackend { .. }
+            | Error::CheckpointFailed { .. } => true,
             Error::Storage(e) => e.kind() == ErrorKind::External,
             Error::JobRead { .. }
             | Error::JobParse { .. }
@@ -344,6 +373,7 @@ impl Error {
             | Error::PluginCache { .. }
             | Error::Format(_)
             | Error::SourceShrank { .. }
+            | Error::Connector { .. }
             | Error::Restore { .. }
             | Error::CheckpointsExist { .. }
             | Error::Savepoint { .. }

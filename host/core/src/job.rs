@@ -281,6 +281,8 @@ pub enum SourceType {
     File,
     /// A deterministic generator of words.
     Datagen,
+    /// A NATS JetStream stream (the `[sources.nats]` table).
+    Nats,
 }
 
 /// A `[[sources]]` entry, as written.
@@ -306,6 +308,8 @@ pub struct SourceSpec {
     pub vocabulary: Option<u64>,
     /// `datagen`: words per record (a line of words).
     pub words_per_record: Option<u32>,
+    /// `nats`: the connector's table.
+    pub nats: Option<crate::connectors::nats::NatsSourceSpec>,
 }
 
 /// An `[[operators]]` entry, as written.
@@ -339,6 +343,8 @@ pub enum SinkType {
     File,
     /// Counts records, writes nothing.
     Blackhole,
+    /// Publishes to NATS JetStream (the `[sinks.nats]` table).
+    Nats,
 }
 
 /// A `[[sinks]]` entry, as written.
@@ -358,6 +364,8 @@ pub struct SinkSpec {
     pub partition: Option<Partition>,
     /// `file`: the output directory.
     pub path: Option<PathBuf>,
+    /// `nats`: the connector's table.
+    pub nats: Option<crate::connectors::nats::NatsSinkSpec>,
 }
 
 /// Resolved limits of a plugin instance. `docs/job-file.md` lists them
@@ -433,6 +441,10 @@ pub enum VertexKind {
     },
     /// Discards records.
     BlackholeSink,
+    /// A NATS JetStream stream.
+    NatsSource(crate::connectors::nats::NatsSource),
+    /// Publishes to NATS JetStream.
+    NatsSink(crate::connectors::nats::NatsSink),
 }
 
 impl std::fmt::Debug for VertexKind {
@@ -445,22 +457,47 @@ impl std::fmt::Debug for VertexKind {
             VertexKind::StdoutSink => f.write_str("StdoutSink"),
             VertexKind::FileSink { dir } => write!(f, "FileSink({})", dir.display()),
             VertexKind::BlackholeSink => f.write_str("BlackholeSink"),
+            VertexKind::NatsSource(n) => write!(
+                f,
+                "NatsSource({} stream {} subject {})",
+                n.spec.url, n.spec.stream, n.spec.subject
+            ),
+            VertexKind::NatsSink(n) => {
+                write!(f, "NatsSink({} subject {})", n.spec.url, n.spec.subject)
+            }
         }
     }
 }
 
 impl VertexKind {
-    /// Whether the vertex reads from upstream.
+    /// Whether the vertex reads from upstream (is not a source).
     pub fn has_inputs(&self) -> bool {
-        !matches!(self, VertexKind::FileSource { .. } | VertexKind::Datagen(_))
+        match self {
+            VertexKind::FileSource { .. } | VertexKind::Datagen(_) | VertexKind::NatsSource(_) => {
+                false
+            }
+            VertexKind::Operator { .. }
+            | VertexKind::Native(_)
+            | VertexKind::StdoutSink
+            | VertexKind::FileSink { .. }
+            | VertexKind::BlackholeSink
+            | VertexKind::NatsSink(_) => true,
+        }
     }
 
-    /// Whether the vertex sends downstream.
+    /// Whether the vertex sends downstream (is not a sink).
     pub fn has_outputs(&self) -> bool {
-        !matches!(
-            self,
-            VertexKind::StdoutSink | VertexKind::FileSink { .. } | VertexKind::BlackholeSink
-        )
+        match self {
+            VertexKind::StdoutSink
+            | VertexKind::FileSink { .. }
+            | VertexKind::BlackholeSink
+            | VertexKind::NatsSink(_) => false,
+            VertexKind::FileSource { .. }
+            | VertexKind::Datagen(_)
+            | VertexKind::NatsSource(_)
+            | VertexKind::Operator { .. }
+            | VertexKind::Native(_) => true,
+        }
     }
 }
 
@@ -716,7 +753,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
     };
 
     let mut drafts = Vec::new();
-    for (i, s) in file.sources.into_iter().enumerate() {
+    for (i, mut s) in file.sources.into_iter().enumerate() {
         let field = format!("sources[{i}]");
         let parallelism =
             check_parallelism(&mut problems, format!("{field}.parallelism"), s.parallelism);
@@ -791,7 +828,49 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     words_per_record,
                 })
             }
+            SourceType::Nats => {
+                for (name, set) in [
+                    ("path", s.path.is_some()),
+                    ("seed", s.seed.is_some()),
+                    ("records", s.records.is_some()),
+                    ("rate", s.rate.is_some()),
+                    ("vocabulary", s.vocabulary.is_some()),
+                    ("words_per_record", s.words_per_record.is_some()),
+                ] {
+                    if set {
+                        problems.add(
+                            format!("{field}.{name}"),
+                            "does not apply to a `nats` source (its options are in `[sources.nats]`)",
+                        );
+                    }
+                }
+                match s.nats.take() {
+                    None => {
+                        problems.add(
+                            format!("{field}.nats"),
+                            "a `nats` source needs a `[sources.nats]` table (url, stream, subject)",
+                        );
+                        VertexKind::FileSource {
+                            path: PathBuf::new(),
+                        }
+                    }
+                    Some(spec) => match crate::connectors::nats::NatsSource::new(spec, base) {
+                        Ok(source) => VertexKind::NatsSource(source),
+                        Err(found) => {
+                            for (knob, message) in found {
+                                problems.add(format!("{field}.nats.{knob}"), message);
+                            }
+                            VertexKind::FileSource {
+                                path: PathBuf::new(),
+                            }
+                        }
+                    },
+                }
+            }
         };
+        if s.nats.is_some() {
+            problems.add(format!("{field}.nats"), "applies to a `nats` source only");
+        }
         drafts.push(Draft {
             uid: s.uid,
             field,
@@ -848,7 +927,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 .collect(),
         });
     }
-    for (i, s) in file.sinks.into_iter().enumerate() {
+    for (i, mut s) in file.sinks.into_iter().enumerate() {
         let field = format!("sinks[{i}]");
         let parallelism =
             check_parallelism(&mut problems, format!("{field}.parallelism"), s.parallelism);
@@ -889,7 +968,35 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     }
                 }
             },
+            SinkType::Nats => {
+                if s.path.is_some() {
+                    problems.add(format!("{field}.path"), "only a `file` sink takes `path`");
+                }
+                match s.nats.take() {
+                    None => {
+                        problems.add(
+                            format!("{field}.nats"),
+                            "a `nats` sink needs a `[sinks.nats]` table (url, subject)",
+                        );
+                        VertexKind::BlackholeSink
+                    }
+                    Some(spec) => {
+                        match crate::connectors::nats::NatsSink::new(spec, &file.name, base) {
+                            Ok(sink) => VertexKind::NatsSink(sink),
+                            Err(found) => {
+                                for (knob, message) in found {
+                                    problems.add(format!("{field}.nats.{knob}"), message);
+                                }
+                                VertexKind::BlackholeSink
+                            }
+                        }
+                    }
+                }
+            }
         };
+        if s.nats.is_some() {
+            problems.add(format!("{field}.nats"), "applies to a `nats` sink only");
+        }
         drafts.push(Draft {
             uid: s.uid,
             field,

@@ -7,8 +7,10 @@
 //! an operator's list states are in [`Namespace::User`], a source's read
 //! positions are the list [`SOURCE_SPLITS`] in [`Namespace::Source`], one
 //! [`SourceSplit`] item per split, dealt out like any split list, which is
-//! what lets a source restore at another parallelism. Timers and
-//! watermarks will take namespaces of their own.
+//! what lets a source restore at another parallelism. A transactional
+//! sink that keeps its pre-committed output in the snapshot (a broker
+//! sink) stores it as lists in [`Namespace::Sink`]. Timers and watermarks
+//! will take namespaces of their own.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,8 @@ pub enum Namespace {
     User,
     /// A source's read positions ([`SOURCE_SPLITS`]).
     Source,
+    /// A sink's pre-committed transactions, by names the sink chooses.
+    Sink,
 }
 
 impl Namespace {
@@ -42,6 +46,7 @@ impl std::fmt::Display for Namespace {
         f.write_str(match self {
             Namespace::User => "user",
             Namespace::Source => "source",
+            Namespace::Sink => "sink",
         })
     }
 }
@@ -73,6 +78,16 @@ impl ListSection {
             namespace: Namespace::User,
             name: name.into(),
             redistribution,
+            items,
+        }
+    }
+
+    /// A sink's list `name`, dealt out round robin.
+    pub fn sink(name: impl Into<String>, items: Vec<Value>) -> Self {
+        Self {
+            namespace: Namespace::Sink,
+            name: name.into(),
+            redistribution: Redistribution::Split,
             items,
         }
     }

@@ -34,6 +34,7 @@ use crate::job::VertexKind;
 mod blackhole;
 mod datagen;
 mod file;
+pub mod nats;
 mod stdout;
 
 pub use blackhole::BlackholeSink;
@@ -144,6 +145,7 @@ pub fn source_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SplitKind>> {
             uid: uid.to_owned(),
             spec: spec.clone(),
         })),
+        VertexKind::NatsSource(source) => Some(Box::new(nats::NatsSplits::new(uid, source))),
         _ => None,
     }
 }
@@ -160,6 +162,10 @@ pub fn sink_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SinkKind>> {
             dir: dir.clone(),
         })),
         VertexKind::BlackholeSink => Some(Box::new(blackhole::Blackhole)),
+        VertexKind::NatsSink(sink) => Some(Box::new(nats::NatsSinkKind {
+            uid: uid.to_owned(),
+            sink: sink.clone(),
+        })),
         _ => None,
     }
 }

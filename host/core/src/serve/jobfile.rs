@@ -107,6 +107,9 @@ pub fn confine(
         }
     }
     for (i, s) in file.sources.iter_mut().enumerate() {
+        if s.kind == SourceType::Nats {
+            problems.push(problem(format!("sources[{i}].type"), BROKERS_REFUSED));
+        }
         if s.kind == SourceType::File
             && let Some(p) = &mut s.path
         {
@@ -131,6 +134,7 @@ pub fn confine(
                 }
             }
             SinkType::Blackhole => {}
+            SinkType::Nats => problems.push(problem(format!("sinks[{i}].type"), BROKERS_REFUSED)),
         }
     }
     let job_limits = file.limits.get_or_insert_with(LimitsSpec::default);
@@ -168,6 +172,10 @@ pub fn confine(
         instances,
     })
 }
+
+/// Why a tenant's job may not name a broker: the host would connect to
+/// any address a tenant wrote, from inside its own network.
+const BROKERS_REFUSED: &str = "broker connectors are not offered to tenants: a job would make the host connect to any address it names; run broker jobs with `weir run`";
 
 fn parse(text: &str) -> Result<JobFile, Vec<Problem>> {
     if text.len() as u64 > job::MAX_JOB_FILE_BYTES {
