@@ -8,7 +8,11 @@ use std::process::Command;
 #[test]
 fn the_example_scripts_add_the_wasm_target_before_building() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for script in ["examples/wordcount/run.sh", "examples/hot-swap/run.sh"] {
+    for script in [
+        "examples/wordcount/run.sh",
+        "examples/hot-swap/run.sh",
+        "examples/nats/run.sh",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls");
         for tool in ["rustup", "cargo"] {
