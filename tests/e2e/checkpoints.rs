@@ -47,10 +47,88 @@ pub(super) fn wait_for(child: &mut Child, limit: Duration) -> Option<bool> {
     None
 }
 
+/// Random numbers for a kill schedule: xorshift, seeded per run; the seed
+/// is printed to replay a failure.
+fn kill_schedule() -> impl FnMut() -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill schedule seed: {seed}");
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// The newest completed checkpoint in `job_dir` (a job's directory of its
+/// checkpoint storage), 0 if none.
+pub(super) fn newest_in(job_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(job_dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("_metadata").is_file())
+        .filter_map(|p| p.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `weir run --quiet JOB --from-latest` in `dir` life after life:
+/// each of the first `kills` lives makes progress (a checkpoint in
+/// `job_dir` completes) and is `kill -9`ed up to `max_delay` later; the
+/// last runs to its end, which must be a success. The kill schedule's
+/// seed is printed to replay a failure.
+pub(super) fn run_through_kills(
+    dir: &Path,
+    job: &str,
+    job_dir: &Path,
+    kills: u32,
+    max_delay: Duration,
+) {
+    let mut next = kill_schedule();
+    let mut killed = 0;
+    loop {
+        let log = dir.join(format!("run-{killed}.log"));
+        let before = newest_in(job_dir);
+        let mut child = spawn_weir(&["run", "--quiet", job, "--from-latest"], &log);
+        let limit = if killed < kills {
+            let start = Instant::now();
+            while newest_in(job_dir) <= before && child.try_wait().unwrap().is_none() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "no checkpoint completes:\n{}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Duration::from_millis(next() % max_delay.as_millis().max(1) as u64)
+        } else {
+            Duration::from_secs(600)
+        };
+        if let Some(ok) = wait_for(&mut child, limit) {
+            let log = std::fs::read_to_string(&log).unwrap();
+            assert!(ok, "run {killed} failed:\n{log}");
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed += 1;
+    }
+    assert!(
+        killed >= kills,
+        "the job finished after only {killed} kills"
+    );
+}
+
 /// Checks the committed output of the word count is exactly that of a run
 /// without failures: every word's counts 1, 2, …, n once each, in order,
 /// and n the word's frequency in the input.
-fn assert_exactly_once(out: &Path, text: &str) {
+pub(super) fn assert_exactly_once(out: &Path, text: &str) {
     let expected = reference_counts(text);
     let total: u64 = expected.values().sum();
     let (counts, lines) = read_counts(out);
@@ -111,19 +189,7 @@ fn kill_and_resume(extra: &str) {
     std::fs::write(&job, checkpointed_job(&input, &out, &storage, extra)).unwrap();
     let job = job.to_str().unwrap();
 
-    // xorshift, seeded per run; the seed is printed to replay a failure.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("kill schedule seed: {seed}");
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = kill_schedule();
     let mut kills = 0;
     let mut refused = false;
     // An upload a kill interrupted, as a local store leaves it (a staging

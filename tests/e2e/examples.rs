@@ -12,6 +12,7 @@ fn the_example_scripts_add_the_wasm_target_before_building() {
         "examples/wordcount/run.sh",
         "examples/hot-swap/run.sh",
         "examples/nats/run.sh",
+        "examples/kafka/run.sh",
     ] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls");

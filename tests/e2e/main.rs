@@ -11,6 +11,7 @@ mod control;
 mod examples;
 mod hostile;
 mod javascript;
+mod kafka;
 mod languages;
 mod nats;
 mod savepoints;
@@ -69,6 +70,45 @@ fn weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         status,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Whether the broker `binary` (a test's `test`) runs; where it does not,
+/// a skip, unless `.ci/run` asked for brokers (`WEIR_TEST_REQUIRE_BROKERS`),
+/// which makes it a failure saying how it is installed (`how`).
+fn broker_installed(binary: &str, test: &str, how: &str) -> bool {
+    let installed = Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("WEIR_TEST_REQUIRE_BROKERS").is_none(),
+            "{test}: {binary} is not installed ({how})"
+        );
+        eprintln!("skipping {test}: {binary} is not installed");
+    }
+    installed
+}
+
+/// A loopback port nothing listens on (now).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something takes connections on loopback `port` (`what`).
+fn wait_listening(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

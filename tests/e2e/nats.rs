@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 
-use super::checkpoints::{spawn_weir, wait_for};
+use super::checkpoints::{run_through_kills, spawn_weir, wait_for};
 use super::savepoints::Running;
-use super::{plugins, stderr, weir};
+use super::{broker_installed, free_port, plugins, stderr, wait_listening, weir};
 
 /// A `nats-server -js` of one test, on a port of its own, with its store in
 /// a temporary directory; killed on drop.
@@ -34,23 +34,10 @@ impl NatsServer {
     /// Starts a server, or `None` (the test is skipped) where `nats-server`
     /// is not installed and `.ci/run` did not ask for it.
     fn start(test: &str) -> Option<Self> {
-        let installed = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("WEIR_TEST_REQUIRE_BROKERS").is_none(),
-                "{test}: nats-server is not installed (.ci/run installs the Debian package)"
-            );
-            eprintln!("skipping {test}: nats-server is not installed");
+        if !broker_installed("nats-server", test, ".ci/run installs the Debian package") {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = NatsServer {
             child: None,
             port,
@@ -82,15 +69,7 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nats-server did not listen on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(self.port, "nats-server");
     }
 
     fn stop(&mut self) {
@@ -294,18 +273,6 @@ delay = "200ms"
 }
 
 /// The newest completed checkpoint of the job, 0 if none.
-fn newest_completed(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir.join("checkpoints/nats-wordcount")) else {
-        return 0;
-    };
-    entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("_metadata").is_file())
-        .filter_map(|p| p.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_jetstream_word_count_survives_kill_9_exactly_once() {
     let Some(server) = NatsServer::start("a_jetstream_word_count_survives_kill_9_exactly_once")
@@ -319,47 +286,13 @@ fn a_jetstream_word_count_survives_kill_9_exactly_once() {
     let job = job(dir.path(), "job.toml", &server.url(), 2, true);
     let job = job.to_str().unwrap();
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("kill schedule seed: {seed}");
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let mut kills = 0;
-    loop {
-        let log = dir.path().join(format!("run-{kills}.log"));
-        let before = newest_completed(dir.path());
-        let mut child = spawn_weir(&["run", "--quiet", job, "--from-latest"], &log);
-        let limit = if kills < 5 {
-            let start = Instant::now();
-            while newest_completed(dir.path()) <= before && child.try_wait().unwrap().is_none() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(120),
-                    "no checkpoint completes:\n{}",
-                    std::fs::read_to_string(&log).unwrap()
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Duration::from_millis(next() % 300)
-        } else {
-            Duration::from_secs(600)
-        };
-        if let Some(ok) = wait_for(&mut child, limit) {
-            let log = std::fs::read_to_string(&log).unwrap();
-            assert!(ok, "run {kills} failed:\n{log}");
-            break;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-    }
-    assert!(kills >= 5, "the job finished after only {kills} kills");
+    run_through_kills(
+        dir.path(),
+        job,
+        &dir.path().join("checkpoints/nats-wordcount"),
+        5,
+        Duration::from_millis(300),
+    );
     assert_sink_exactly_once(&server.url(), &words, true);
 }
 

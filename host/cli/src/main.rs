@@ -385,16 +385,21 @@ const POLL: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The NATS client logs each connection event at `info`; a job's log is
-    // about the job, so it speaks from `warn` unless WEIR_LOG names it.
+    // The broker clients log each connection event (the NATS client at
+    // `info`, the Kafka client each retry at `warn`); a job's log is about
+    // the job, and a broker that stays away ends in an error naming it. So
+    // they speak from `warn` and `error` unless WEIR_LOG names them.
     let mut filter = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".into());
-    if !filter.contains("async_nats") {
-        filter.push_str(",async_nats=warn");
+    for (client, level) in [("async_nats", "warn"), ("rskafka", "error")] {
+        if !filter.contains(client) {
+            filter.push_str(&format!(",{client}={level}"));
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,async_nats=warn,rskafka=error")
+            }),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, not in files or pipes.

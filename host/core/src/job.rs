@@ -283,6 +283,20 @@ pub enum SourceType {
     Datagen,
     /// A NATS JetStream stream (the `[sources.nats]` table).
     Nats,
+    /// A Kafka topic (the `[sources.kafka]` table).
+    Kafka,
+}
+
+impl SourceType {
+    /// As written in a job file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceType::File => "file",
+            SourceType::Datagen => "datagen",
+            SourceType::Nats => "nats",
+            SourceType::Kafka => "kafka",
+        }
+    }
 }
 
 /// A `[[sources]]` entry, as written.
@@ -310,6 +324,8 @@ pub struct SourceSpec {
     pub words_per_record: Option<u32>,
     /// `nats`: the connector's table.
     pub nats: Option<crate::connectors::nats::NatsSourceSpec>,
+    /// `kafka`: the connector's table.
+    pub kafka: Option<crate::connectors::kafka::KafkaSourceSpec>,
 }
 
 /// An `[[operators]]` entry, as written.
@@ -345,6 +361,8 @@ pub enum SinkType {
     Blackhole,
     /// Publishes to NATS JetStream (the `[sinks.nats]` table).
     Nats,
+    /// Produces to a Kafka topic (the `[sinks.kafka]` table).
+    Kafka,
 }
 
 /// A `[[sinks]]` entry, as written.
@@ -366,6 +384,8 @@ pub struct SinkSpec {
     pub path: Option<PathBuf>,
     /// `nats`: the connector's table.
     pub nats: Option<crate::connectors::nats::NatsSinkSpec>,
+    /// `kafka`: the connector's table.
+    pub kafka: Option<crate::connectors::kafka::KafkaSinkSpec>,
 }
 
 /// Resolved limits of a plugin instance. `docs/job-file.md` lists them
@@ -445,6 +465,10 @@ pub enum VertexKind {
     NatsSource(crate::connectors::nats::NatsSource),
     /// Publishes to NATS JetStream.
     NatsSink(crate::connectors::nats::NatsSink),
+    /// A Kafka topic.
+    KafkaSource(crate::connectors::kafka::KafkaSource),
+    /// Produces to a Kafka topic.
+    KafkaSink(crate::connectors::kafka::KafkaSink),
 }
 
 impl std::fmt::Debug for VertexKind {
@@ -465,6 +489,12 @@ impl std::fmt::Debug for VertexKind {
             VertexKind::NatsSink(n) => {
                 write!(f, "NatsSink({} subject {})", n.spec.url, n.spec.subject)
             }
+            VertexKind::KafkaSource(k) => {
+                write!(f, "KafkaSource({} topic {})", k.spec.brokers, k.spec.topic)
+            }
+            VertexKind::KafkaSink(k) => {
+                write!(f, "KafkaSink({} topic {})", k.spec.brokers, k.spec.topic)
+            }
         }
     }
 }
@@ -473,15 +503,17 @@ impl VertexKind {
     /// Whether the vertex reads from upstream (is not a source).
     pub fn has_inputs(&self) -> bool {
         match self {
-            VertexKind::FileSource { .. } | VertexKind::Datagen(_) | VertexKind::NatsSource(_) => {
-                false
-            }
+            VertexKind::FileSource { .. }
+            | VertexKind::Datagen(_)
+            | VertexKind::NatsSource(_)
+            | VertexKind::KafkaSource(_) => false,
             VertexKind::Operator { .. }
             | VertexKind::Native(_)
             | VertexKind::StdoutSink
             | VertexKind::FileSink { .. }
             | VertexKind::BlackholeSink
-            | VertexKind::NatsSink(_) => true,
+            | VertexKind::NatsSink(_)
+            | VertexKind::KafkaSink(_) => true,
         }
     }
 
@@ -491,10 +523,12 @@ impl VertexKind {
             VertexKind::StdoutSink
             | VertexKind::FileSink { .. }
             | VertexKind::BlackholeSink
-            | VertexKind::NatsSink(_) => false,
+            | VertexKind::NatsSink(_)
+            | VertexKind::KafkaSink(_) => false,
             VertexKind::FileSource { .. }
             | VertexKind::Datagen(_)
             | VertexKind::NatsSource(_)
+            | VertexKind::KafkaSource(_)
             | VertexKind::Operator { .. }
             | VertexKind::Native(_) => true,
         }
@@ -828,7 +862,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     words_per_record,
                 })
             }
-            SourceType::Nats => {
+            SourceType::Nats | SourceType::Kafka => {
                 for (name, set) in [
                     ("path", s.path.is_some()),
                     ("seed", s.seed.is_some()),
@@ -840,36 +874,52 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     if set {
                         problems.add(
                             format!("{field}.{name}"),
-                            "does not apply to a `nats` source (its options are in `[sources.nats]`)",
+                            format!(
+                                "does not apply to a `{0}` source (its options are in `[sources.{0}]`)",
+                                s.kind.name()
+                            ),
                         );
                     }
                 }
-                match s.nats.take() {
-                    None => {
-                        problems.add(
-                            format!("{field}.nats"),
-                            "a `nats` source needs a `[sources.nats]` table (url, stream, subject)",
-                        );
-                        VertexKind::FileSource {
-                            path: PathBuf::new(),
-                        }
-                    }
-                    Some(spec) => match crate::connectors::nats::NatsSource::new(spec, base) {
-                        Ok(source) => VertexKind::NatsSource(source),
-                        Err(found) => {
-                            for (knob, message) in found {
-                                problems.add(format!("{field}.nats.{knob}"), message);
-                            }
-                            VertexKind::FileSource {
-                                path: PathBuf::new(),
-                            }
-                        }
-                    },
+                let placeholder = || VertexKind::FileSource {
+                    path: PathBuf::new(),
+                };
+                if s.kind == SourceType::Nats {
+                    connector_table(
+                        &mut problems,
+                        &field,
+                        "source",
+                        "nats",
+                        s.nats.take(),
+                        |spec| {
+                            crate::connectors::nats::NatsSource::new(spec, base)
+                                .map(VertexKind::NatsSource)
+                        },
+                    )
+                    .unwrap_or_else(placeholder)
+                } else {
+                    connector_table(
+                        &mut problems,
+                        &field,
+                        "source",
+                        "kafka",
+                        s.kafka.take(),
+                        |spec| {
+                            crate::connectors::kafka::KafkaSource::new(spec, base)
+                                .map(VertexKind::KafkaSource)
+                        },
+                    )
+                    .unwrap_or_else(placeholder)
                 }
             }
         };
-        if s.nats.is_some() {
-            problems.add(format!("{field}.nats"), "applies to a `nats` source only");
+        for (table, set) in [("nats", s.nats.is_some()), ("kafka", s.kafka.is_some())] {
+            if set {
+                problems.add(
+                    format!("{field}.{table}"),
+                    format!("applies to a `{table}` source only"),
+                );
+            }
         }
         drafts.push(Draft {
             uid: s.uid,
@@ -968,34 +1018,46 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     }
                 }
             },
-            SinkType::Nats => {
+            SinkType::Nats | SinkType::Kafka => {
                 if s.path.is_some() {
                     problems.add(format!("{field}.path"), "only a `file` sink takes `path`");
                 }
-                match s.nats.take() {
-                    None => {
-                        problems.add(
-                            format!("{field}.nats"),
-                            "a `nats` sink needs a `[sinks.nats]` table (url, subject)",
-                        );
-                        VertexKind::BlackholeSink
-                    }
-                    Some(spec) => {
-                        match crate::connectors::nats::NatsSink::new(spec, &file.name, base) {
-                            Ok(sink) => VertexKind::NatsSink(sink),
-                            Err(found) => {
-                                for (knob, message) in found {
-                                    problems.add(format!("{field}.nats.{knob}"), message);
-                                }
-                                VertexKind::BlackholeSink
-                            }
-                        }
-                    }
+                if s.kind == SinkType::Nats {
+                    connector_table(
+                        &mut problems,
+                        &field,
+                        "sink",
+                        "nats",
+                        s.nats.take(),
+                        |spec| {
+                            crate::connectors::nats::NatsSink::new(spec, &file.name, base)
+                                .map(VertexKind::NatsSink)
+                        },
+                    )
+                    .unwrap_or(VertexKind::BlackholeSink)
+                } else {
+                    connector_table(
+                        &mut problems,
+                        &field,
+                        "sink",
+                        "kafka",
+                        s.kafka.take(),
+                        |spec| {
+                            crate::connectors::kafka::KafkaSink::new(spec, base)
+                                .map(VertexKind::KafkaSink)
+                        },
+                    )
+                    .unwrap_or(VertexKind::BlackholeSink)
                 }
             }
         };
-        if s.nats.is_some() {
-            problems.add(format!("{field}.nats"), "applies to a `nats` sink only");
+        for (table, set) in [("nats", s.nats.is_some()), ("kafka", s.kafka.is_some())] {
+            if set {
+                problems.add(
+                    format!("{field}.{table}"),
+                    format!("applies to a `{table}` sink only"),
+                );
+            }
         }
         drafts.push(Draft {
             uid: s.uid,
@@ -1040,6 +1102,35 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         })
     } else {
         Err(problems.0)
+    }
+}
+
+/// A broker connector's own table (`[sources.nats]`, `[sinks.kafka]`, …)
+/// checked by `check`, which names problems by their field within it;
+/// `None` after adding the problems found, a missing table among them.
+fn connector_table<S>(
+    problems: &mut Problems,
+    field: &str,
+    role: &str,
+    table: &str,
+    spec: Option<S>,
+    check: impl FnOnce(S) -> Result<VertexKind, Vec<(&'static str, String)>>,
+) -> Option<VertexKind> {
+    let Some(spec) = spec else {
+        problems.add(
+            format!("{field}.{table}"),
+            format!("a `{table}` {role} needs its options in a `[{role}s.{table}]` table"),
+        );
+        return None;
+    };
+    match check(spec) {
+        Ok(kind) => Some(kind),
+        Err(found) => {
+            for (knob, message) in found {
+                problems.add(format!("{field}.{table}.{knob}"), message);
+            }
+            None
+        }
     }
 }
 

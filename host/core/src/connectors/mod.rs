@@ -34,6 +34,7 @@ use crate::job::VertexKind;
 mod blackhole;
 mod datagen;
 mod file;
+pub mod kafka;
 pub mod nats;
 mod stdout;
 
@@ -146,6 +147,7 @@ pub fn source_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SplitKind>> {
             spec: spec.clone(),
         })),
         VertexKind::NatsSource(source) => Some(Box::new(nats::NatsSplits::new(uid, source))),
+        VertexKind::KafkaSource(source) => Some(Box::new(kafka::KafkaSplits::new(uid, source))),
         _ => None,
     }
 }
@@ -166,8 +168,73 @@ pub fn sink_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SinkKind>> {
             uid: uid.to_owned(),
             sink: sink.clone(),
         })),
+        VertexKind::KafkaSink(sink) => Some(Box::new(kafka::KafkaSinkKind {
+            uid: uid.to_owned(),
+            sink: sink.clone(),
+        })),
         _ => None,
     }
+}
+
+/// How long a broker connector's connecting, or a request to the broker
+/// (a fetch, a publish's acknowledgement), may take before it is an
+/// error, unless its `timeout_ms` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A problem with a broker connector's `timeout_ms`, if any.
+pub(crate) fn timeout_problem(timeout_ms: Option<u64>) -> Option<(&'static str, String)> {
+    timeout_ms.filter(|t| *t == 0 || *t > 600_000).map(|t| {
+        (
+            "timeout_ms",
+            format!("must be between 1 and 600000, got {t}"),
+        )
+    })
+}
+
+/// Reads the secret file `path` that field `field` names (trailing line
+/// breaks dropped); on failure a message naming the field and the file,
+/// never its content.
+pub(crate) fn read_secret(field: &str, path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| format!("`{field}` {}: {e}", path.display()))
+}
+
+/// The fresh splits of a partitioned input `name` (a topic, a stream):
+/// `<name>/0` … `<name>/<partitions - 1>`, none read yet.
+pub(crate) fn partition_splits(name: &str, partitions: u32) -> Vec<SourceSplit> {
+    (0..partitions)
+        .map(|p| SourceSplit {
+            split: format!("{name}/{p}"),
+            position: 0,
+            finished: false,
+        })
+        .collect()
+}
+
+/// The partition of `split`, one of [`partition_splits`]`(name,
+/// partitions)`.
+///
+/// # Errors
+/// [`Error::Restore`] naming the split if it is not one of them.
+pub(crate) fn split_partition(
+    uid: &str,
+    split: &SourceSplit,
+    name: &str,
+    partitions: u32,
+) -> Result<u32, Error> {
+    split
+        .split
+        .strip_prefix(&format!("{name}/"))
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| *p < partitions)
+        .ok_or_else(|| {
+            foreign_split(
+                uid,
+                split,
+                &format!("`{name}/0` to `{name}/{}`", partitions - 1),
+            )
+        })
 }
 
 pub(crate) fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error {

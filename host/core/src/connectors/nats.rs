@@ -37,7 +37,10 @@ use tokio::sync::OnceCell;
 use weir_format::snapshot::{Namespace, SourceSplit};
 use weir_format::{BatchReader, BatchWriter, Value};
 
-use super::{Sink, SinkKind, Source, SplitKind, bad_batch, foreign_split};
+use super::{
+    DEFAULT_TIMEOUT, Sink, SinkKind, Source, SplitKind, bad_batch, partition_splits, read_secret,
+    split_partition, timeout_problem,
+};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::SubtaskSnapshot;
 use crate::error::Error;
@@ -50,10 +53,6 @@ pub const DEFAULT_MAX_PENDING_BYTES: u64 = 64 << 20;
 
 /// The most `max_pending_bytes` may be: 1 GiB.
 pub const MAX_PENDING_BYTES: u64 = 1 << 30;
-
-/// How long connecting, or a request to the server (creating a consumer,
-/// a publish's acknowledgement), may take before it is an error.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a source's fetch waits for a first message before it returns
 /// an empty batch (so barriers and cancels are never held up longer).
@@ -286,15 +285,6 @@ fn url_problem(url: &str) -> Option<&'static str> {
     (url.trim().is_empty()).then_some("must name a server, such as nats://127.0.0.1:4222")
 }
 
-fn timeout_problem(timeout_ms: Option<u64>) -> Option<(&'static str, String)> {
-    timeout_ms.filter(|t| *t == 0 || *t > 600_000).map(|t| {
-        (
-            "timeout_ms",
-            format!("must be between 1 and 600000, got {t}"),
-        )
-    })
-}
-
 impl NatsSource {
     /// Validates `spec`; problems as `(field within the table, message)`.
     ///
@@ -434,11 +424,8 @@ impl Connection {
         }
     }
 
-    /// Reads a secret file, naming it (never its content) on failure.
     fn secret(&self, field: &str, path: &std::path::Path) -> Result<String, Error> {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| self.refused(format!("`{field}` {}: {e}", path.display())))
+        read_secret(field, path).map_err(|message| self.refused(message))
     }
 
     async fn get(&self) -> Result<&(async_nats::Client, jetstream::Context), Error> {
@@ -507,34 +494,12 @@ impl NatsSplits {
 
 impl SplitKind for NatsSplits {
     fn initial(&self, _: u32) -> Vec<SourceSplit> {
-        (0..self.source.spec.partitions)
-            .map(|p| SourceSplit {
-                split: format!("{}/{p}", self.source.spec.stream),
-                position: 0,
-                finished: false,
-            })
-            .collect()
+        partition_splits(&self.source.spec.stream, self.source.spec.partitions)
     }
 
     fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
         let spec = &self.source.spec;
-        let partition = split
-            .split
-            .strip_prefix(&format!("{}/", spec.stream))
-            .and_then(|p| p.parse::<u32>().ok())
-            .filter(|p| *p < spec.partitions)
-            .ok_or_else(|| {
-                foreign_split(
-                    &self.uid,
-                    split,
-                    &format!(
-                        "`{}/0` to `{}/{}`",
-                        spec.stream,
-                        spec.stream,
-                        spec.partitions - 1
-                    ),
-                )
-            })?;
+        let partition = split_partition(&self.uid, split, &spec.stream, spec.partitions)?;
         Ok(Box::new(NatsReader {
             connection: self.connection.clone(),
             stream: spec.stream.clone(),

@@ -107,7 +107,7 @@ pub fn confine(
         }
     }
     for (i, s) in file.sources.iter_mut().enumerate() {
-        if s.kind == SourceType::Nats {
+        if matches!(s.kind, SourceType::Nats | SourceType::Kafka) {
             problems.push(problem(format!("sources[{i}].type"), BROKERS_REFUSED));
         }
         if s.kind == SourceType::File
@@ -134,7 +134,9 @@ pub fn confine(
                 }
             }
             SinkType::Blackhole => {}
-            SinkType::Nats => problems.push(problem(format!("sinks[{i}].type"), BROKERS_REFUSED)),
+            SinkType::Nats | SinkType::Kafka => {
+                problems.push(problem(format!("sinks[{i}].type"), BROKERS_REFUSED));
+            }
         }
     }
     let job_limits = file.limits.get_or_insert_with(LimitsSpec::default);
