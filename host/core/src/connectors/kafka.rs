@@ -513,19 +513,40 @@ impl Source for KafkaReader {
                 return Ok(false);
             }
             let client = self.client.as_ref().expect("opened above");
-            let fetched = self
-                .connection
-                .bounded(
-                    format!("cannot fetch {} from offset {next}", self.name()),
-                    client.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS),
-                )
-                .await;
+            let c = &self.connection;
+            let fetched = tokio::time::timeout(
+                c.timeout,
+                client.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS),
+            )
+            .await;
             let (records, _high_watermark) = match fetched {
-                Ok(r) => r,
-                Err(e) => {
+                Ok(Ok(r)) => r,
+                // Retention deleted what the snapshot says to read next: a
+                // retry meets the same hole, so the job ends, naming it.
+                Ok(Err(rskafka::client::error::Error::ServerError {
+                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                    ..
+                })) => {
+                    return Err(c.refused(format!(
+                        "offset {next} of {} is no longer in the topic (did retention delete it?); the records from there on are lost to this job",
+                        self.name()
+                    )));
+                }
+                Ok(Err(e)) => {
                     // Reconnect on the next call.
                     self.client = None;
-                    return Err(e);
+                    return Err(c.broker(format!(
+                        "cannot fetch {} from offset {next}: {e}",
+                        self.name()
+                    )));
+                }
+                Err(_) => {
+                    self.client = None;
+                    return Err(c.broker(format!(
+                        "cannot fetch {} from offset {next}: no answer within {:?}",
+                        self.name(),
+                        c.timeout
+                    )));
                 }
             };
             for r in records.into_iter().filter(|r| r.offset >= next).take(max) {
