@@ -319,16 +319,38 @@ impl Connection {
         }
     }
 
-    /// Runs a request to the broker, bounded by the timeout.
-    async fn bounded<T, E: fmt::Display>(
+    /// Runs a request to the broker, bounded by the timeout. An answer a
+    /// retry would get again (an offset retention deleted, a record the
+    /// broker finds too large, refused authorization) ends the job;
+    /// anything else may pass, so the restart strategy applies.
+    async fn bounded<T>(
         &self,
         what: impl fmt::Display,
-        request: impl Future<Output = Result<T, E>>,
+        request: impl Future<Output = Result<T, rskafka::client::error::Error>>,
     ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, request)
-            .await
-            .map_err(|_| self.broker(format!("{what}: no answer within {:?}", self.timeout)))?
-            .map_err(|e| self.broker(format!("{what}: {e}")))
+        use rskafka::client::error::{Error as KafkaError, ProtocolError as P};
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(
+                e @ KafkaError::ServerError {
+                    protocol_error:
+                        P::OffsetOutOfRange
+                        | P::MessageTooLarge
+                        | P::RecordListTooLarge
+                        | P::InvalidTopicException
+                        | P::TopicAuthorizationFailed
+                        | P::ClusterAuthorizationFailed
+                        | P::UnsupportedSaslMechanism
+                        | P::SaslAuthenticationFailed,
+                    ..
+                },
+            )) => Err(self.refused(format!(
+                "Kafka at {}: {what}: {e} (a retry would meet it again)",
+                self.brokers
+            ))),
+            Ok(Err(e)) => Err(self.broker(format!("{what}: {e}"))),
+            Err(_) => Err(self.broker(format!("{what}: no answer within {:?}", self.timeout))),
+        }
     }
 
     async fn client(&self) -> Result<&Client, Error> {
@@ -513,42 +535,13 @@ impl Source for KafkaReader {
                 return Ok(false);
             }
             let client = self.client.as_ref().expect("opened above");
-            let c = &self.connection;
-            let fetched = tokio::time::timeout(
-                c.timeout,
-                client.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS),
-            )
-            .await;
-            let (records, _high_watermark) = match fetched {
-                Ok(Ok(r)) => r,
-                // Retention deleted what the snapshot says to read next: a
-                // retry meets the same hole, so the job ends, naming it.
-                Ok(Err(rskafka::client::error::Error::ServerError {
-                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                    ..
-                })) => {
-                    return Err(c.refused(format!(
-                        "offset {next} of {} is no longer in the topic (did retention delete it?); the records from there on are lost to this job",
-                        self.name()
-                    )));
-                }
-                Ok(Err(e)) => {
-                    // Reconnect on the next call.
-                    self.client = None;
-                    return Err(c.broker(format!(
-                        "cannot fetch {} from offset {next}: {e}",
-                        self.name()
-                    )));
-                }
-                Err(_) => {
-                    self.client = None;
-                    return Err(c.broker(format!(
-                        "cannot fetch {} from offset {next}: no answer within {:?}",
-                        self.name(),
-                        c.timeout
-                    )));
-                }
-            };
+            let (records, _high_watermark) = self
+                .connection
+                .bounded(
+                    format!("cannot fetch {} from offset {next}", self.name()),
+                    client.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS),
+                )
+                .await?;
             for r in records.into_iter().filter(|r| r.offset >= next).take(max) {
                 if self.end.is_some_and(|end| r.offset >= end) {
                     break;
@@ -689,6 +682,8 @@ impl Sink for KafkaProducer {
         Box::pin(async move {
             self.connect().await?;
             let n = self.partitions.len() as u32;
+            // Records without a timestamp take the batch's arrival time.
+            let now = chrono::Utc::now();
             for r in BatchReader::new(batch) {
                 let r = r.map_err(|e| bad_batch(&self.uid, e))?;
                 let size = r.value.len() + r.key.map_or(0, <[u8]>::len);
@@ -708,7 +703,7 @@ impl Sink for KafkaProducer {
                 let timestamp = r
                     .timestamp
                     .and_then(chrono::DateTime::from_timestamp_millis)
-                    .unwrap_or_else(chrono::Utc::now);
+                    .unwrap_or(now);
                 self.buffered.entry(p).or_default().push(Record {
                     key: r.key.map(<[u8]>::to_vec),
                     value: Some(r.value.to_vec()),

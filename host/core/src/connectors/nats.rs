@@ -631,15 +631,12 @@ impl Source for NatsReader {
                 let msg = match next {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => {
-                        // The consumer is gone; read on from the position.
-                        self.messages = None;
                         return Err(self.connection.broker(format!(
                             "reading stream `{}` ({}) after sequence {}: {e}",
                             self.stream, self.filter, self.position
                         )));
                     }
                     None => {
-                        self.messages = None;
                         return Err(self.connection.broker(format!(
                             "the consumer of stream `{}` ({}) ended",
                             self.stream, self.filter
@@ -696,7 +693,8 @@ impl SinkKind for NatsSinkKind {
             uid: self.uid.clone(),
             prefix: format!("{}/{}/{run:x}", self.sink.job, self.uid),
             subtask,
-            subject: spec.subject.clone(),
+            subject: async_nats::Subject::from(spec.subject.as_str()),
+            max_payload: None,
             delivery: spec.delivery,
             max_pending_bytes: spec.max_pending_bytes.unwrap_or(DEFAULT_MAX_PENDING_BYTES),
             connection,
@@ -752,7 +750,10 @@ struct JetStreamSink {
     /// `<job>/<uid>/<run>`: the start of this run's transaction names.
     prefix: String,
     subtask: u32,
-    subject: String,
+    /// Shared by every message (a cheap clone).
+    subject: async_nats::Subject,
+    /// The server's `max_payload`, learnt on first use.
+    max_payload: Option<usize>,
     delivery: Delivery,
     max_pending_bytes: u64,
     connection: Connection,
@@ -760,19 +761,23 @@ struct JetStreamSink {
     open: BatchWriter,
     /// Exactly once: pre-committed transactions, oldest first.
     pending: Vec<Transaction>,
-    /// At least once: publishes not yet acknowledged.
+    /// Publishes not yet acknowledged.
     in_flight: std::collections::VecDeque<PublishAckFuture>,
 }
 
 impl JetStreamSink {
-    /// The largest message the server takes.
-    async fn max_payload(&self) -> Result<usize, Error> {
-        Ok(self.connection.get().await?.0.server_info().max_payload)
+    /// The largest message the server takes (asked once: the server info
+    /// is a copy of a whole struct).
+    async fn max_payload(&mut self) -> Result<usize, Error> {
+        if self.max_payload.is_none() {
+            self.max_payload = Some(self.connection.get().await?.0.server_info().max_payload);
+        }
+        Ok(self.max_payload.expect("set above"))
     }
 
     fn too_large(&self, len: usize, max: usize) -> Error {
         self.connection.refused(format!(
-            "a record of {len} bytes is larger than the {max} bytes the NATS server at {} takes in a message (its max_payload)",
+            "a record of {len} bytes (key and value) is larger than the {max} bytes the NATS server at {} takes in a message (its max_payload)",
             self.connection.url
         ))
     }
@@ -796,7 +801,7 @@ impl JetStreamSink {
     async fn send(
         &mut self,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Bytes,
         id: Option<&str>,
     ) -> Result<(), Error> {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
@@ -805,15 +810,18 @@ impl JetStreamSink {
         }
         let (_, context) = self.connection.get().await?;
         let ack = context
-            .publish_with_headers(
-                self.subject.clone(),
-                Self::headers(key, id),
-                Bytes::copy_from_slice(value),
-            )
+            .publish_with_headers(self.subject.clone(), Self::headers(key, id), value)
             .await
             .map_err(|e| {
-                self.connection
-                    .broker(format!("cannot publish to `{}`: {e}", self.subject))
+                let what = format!("cannot publish to `{}`: {e}", self.subject);
+                // The client's own size check (key header included): a
+                // retry would send the same message.
+                if e.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                {
+                    self.connection.refused(what)
+                } else {
+                    self.connection.broker(what)
+                }
             })?;
         self.in_flight.push_back(ack);
         Ok(())
@@ -847,17 +855,19 @@ impl JetStreamSink {
         if due == 0 {
             return Ok(());
         }
-        let transactions: Vec<Transaction> = self.pending[..due].to_vec();
-        for t in &transactions {
-            for (n, r) in BatchReader::new(&t.records).enumerate() {
+        // Taken out, not copied: if a publish fails, the job restarts from
+        // the checkpoint, which still holds them.
+        let transactions: Vec<Transaction> = self.pending.drain(..due).collect();
+        for t in transactions {
+            let records = Bytes::from(t.records);
+            for (n, r) in BatchReader::new(&records).enumerate() {
                 let r = r.map_err(|e| bad_batch(&self.uid, e))?;
                 let id = format!("{}/{n}", t.name);
-                self.send(r.key, r.value, Some(&id)).await?;
+                self.send(r.key, records.slice_ref(r.value), Some(&id))
+                    .await?;
             }
         }
-        self.drain().await?;
-        self.pending.drain(..due);
-        Ok(())
+        self.drain().await
     }
 }
 
@@ -865,37 +875,31 @@ impl Sink for JetStreamSink {
     fn write_batch<'a>(&'a mut self, batch: &'a [u8]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let max = self.max_payload().await?;
-            match self.delivery {
-                Delivery::AtLeastOnce => {
-                    for r in BatchReader::new(batch) {
-                        let r = r.map_err(|e| bad_batch(&self.uid, e))?;
-                        if r.value.len() > max {
-                            return Err(self.too_large(r.value.len(), max));
-                        }
-                        self.send(r.key, r.value, None).await?;
-                    }
+            for r in BatchReader::new(batch) {
+                let r = r.map_err(|e| bad_batch(&self.uid, e))?;
+                let len = r.value.len() + r.key.map_or(0, <[u8]>::len);
+                if len > max {
+                    return Err(self.too_large(len, max));
                 }
-                Delivery::ExactlyOnce => {
-                    for r in BatchReader::new(batch) {
-                        let r = r.map_err(|e| bad_batch(&self.uid, e))?;
-                        if r.value.len() > max {
-                            return Err(self.too_large(r.value.len(), max));
-                        }
-                        self.open.push_record(&r);
+                match self.delivery {
+                    Delivery::AtLeastOnce => {
+                        self.send(r.key, Bytes::copy_from_slice(r.value), None)
+                            .await?;
                     }
-                    let held = self.open.byte_len() as u64
-                        + self
-                            .pending
-                            .iter()
-                            .map(|t| t.records.len() as u64)
-                            .sum::<u64>();
-                    if held > self.max_pending_bytes {
-                        return Err(self.connection.refused(format!(
-                            "holds {held} bytes of records not yet committed, over its max_pending_bytes ({}); checkpoint more often or raise the limit",
-                            self.max_pending_bytes
-                        )));
-                    }
+                    Delivery::ExactlyOnce => self.open.push_record(&r),
                 }
+            }
+            let held = self.open.byte_len() as u64
+                + self
+                    .pending
+                    .iter()
+                    .map(|t| t.records.len() as u64)
+                    .sum::<u64>();
+            if held > self.max_pending_bytes {
+                return Err(self.connection.refused(format!(
+                    "holds {held} bytes of records not yet committed, over its max_pending_bytes ({}); checkpoint more often or raise the limit",
+                    self.max_pending_bytes
+                )));
             }
             Ok(())
         })
