@@ -791,48 +791,54 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         let field = format!("sources[{i}]");
         let parallelism =
             check_parallelism(&mut problems, format!("{field}.parallelism"), s.parallelism);
+        // The top-level fields each type takes; a broker's options are in
+        // a table of its own.
+        let takes: &[&str] = match s.kind {
+            SourceType::File => &["path"],
+            SourceType::Datagen => &["seed", "records", "rate", "vocabulary", "words_per_record"],
+            SourceType::Nats | SourceType::Kafka => &[],
+        };
+        for (name, set) in [
+            ("path", s.path.is_some()),
+            ("seed", s.seed.is_some()),
+            ("records", s.records.is_some()),
+            ("rate", s.rate.is_some()),
+            ("vocabulary", s.vocabulary.is_some()),
+            ("words_per_record", s.words_per_record.is_some()),
+        ] {
+            if set && !takes.contains(&name) {
+                let table = match s.kind {
+                    SourceType::Nats | SourceType::Kafka => {
+                        format!(" (its options are in `[sources.{}]`)", s.kind.name())
+                    }
+                    SourceType::File | SourceType::Datagen => String::new(),
+                };
+                problems.add(
+                    format!("{field}.{name}"),
+                    format!("does not apply to a `{}` source{table}", s.kind.name()),
+                );
+            }
+        }
         let kind = match s.kind {
-            SourceType::File => {
-                for (name, set) in [
-                    ("seed", s.seed.is_some()),
-                    ("records", s.records.is_some()),
-                    ("rate", s.rate.is_some()),
-                    ("vocabulary", s.vocabulary.is_some()),
-                    ("words_per_record", s.words_per_record.is_some()),
-                ] {
-                    if set {
+            SourceType::File => match &s.path {
+                None => {
+                    problems.add(format!("{field}.path"), "a `file` source needs `path`");
+                    VertexKind::FileSource {
+                        path: PathBuf::new(),
+                    }
+                }
+                Some(p) => {
+                    let path = resolve(base, p);
+                    if let Err(what) = regular_file(&path) {
                         problems.add(
-                            format!("{field}.{name}"),
-                            "does not apply to a `file` source",
+                            format!("{field}.path"),
+                            format!("input file {} {what}", path.display()),
                         );
                     }
+                    VertexKind::FileSource { path }
                 }
-                match &s.path {
-                    None => {
-                        problems.add(format!("{field}.path"), "a `file` source needs `path`");
-                        VertexKind::FileSource {
-                            path: PathBuf::new(),
-                        }
-                    }
-                    Some(p) => {
-                        let path = resolve(base, p);
-                        if let Err(what) = regular_file(&path) {
-                            problems.add(
-                                format!("{field}.path"),
-                                format!("input file {} {what}", path.display()),
-                            );
-                        }
-                        VertexKind::FileSource { path }
-                    }
-                }
-            }
+            },
             SourceType::Datagen => {
-                if s.path.is_some() {
-                    problems.add(
-                        format!("{field}.path"),
-                        "does not apply to a `datagen` source",
-                    );
-                }
                 let vocabulary = s.vocabulary.unwrap_or(1000);
                 if vocabulary == 0 {
                     problems.add(format!("{field}.vocabulary"), "must be at least 1");
@@ -863,24 +869,6 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 })
             }
             SourceType::Nats | SourceType::Kafka => {
-                for (name, set) in [
-                    ("path", s.path.is_some()),
-                    ("seed", s.seed.is_some()),
-                    ("records", s.records.is_some()),
-                    ("rate", s.rate.is_some()),
-                    ("vocabulary", s.vocabulary.is_some()),
-                    ("words_per_record", s.words_per_record.is_some()),
-                ] {
-                    if set {
-                        problems.add(
-                            format!("{field}.{name}"),
-                            format!(
-                                "does not apply to a `{0}` source (its options are in `[sources.{0}]`)",
-                                s.kind.name()
-                            ),
-                        );
-                    }
-                }
                 let placeholder = || VertexKind::FileSource {
                     path: PathBuf::new(),
                 };
