@@ -19,12 +19,23 @@
  * `value` variant, so a number, bigint, string, Uint8Array or boolean, and
  * arrays, Maps and plain objects of them, read back as the same values in
  * Rust and Python.
+ *
+ * Event time (`weir:operator@0.2.0`, docs/sdk.md "Event time"): records
+ * carry `timestamp`; timers per key ({@link registerEventTimeTimer},
+ * {@link registerProcessingTimeTimer}, ...) call back
+ * {@link Operator#onTimer}, and {@link Operator#onWatermark} follows every
+ * watermark. {@link WindowOperator} implements tumbling, sliding and session
+ * windows ({@link tumbling}, {@link sliding}, {@link session}) with the
+ * state layout every SDK shares. Timestamps are bigints, as s64 is at the
+ * WIT boundary; where the SDK takes one, a safe-integer number also works.
  */
 
-import { emit as emitBatch } from 'weir:operator/output@0.1.0';
-import * as keyedState from 'weir:operator/keyed-state@0.1.0';
-import * as operatorState from 'weir:operator/operator-state@0.1.0';
-import { log as hostLog } from 'weir:operator/logging@0.1.0';
+import { emit as emitBatch } from 'weir:operator/output@0.2.0';
+import * as keyedState from 'weir:operator/keyed-state@0.2.0';
+import * as operatorState from 'weir:operator/operator-state@0.2.0';
+import * as timers from 'weir:operator/timers@0.2.0';
+import { counterAdd as hostCounterAdd } from 'weir:operator/metrics@0.2.0';
+import { log as hostLog } from 'weir:operator/logging@0.2.0';
 
 const HAS_KEY = 1;
 const HAS_TIMESTAMP = 2;
@@ -547,10 +558,15 @@ function latin1(bytes) {
   return s;
 }
 
-/** The key of the record being processed, shared by every state handle. */
+/**
+ * What every handle shares in one hook call: the key of the record being
+ * processed or of the timer firing (and its cache id), and the watermark
+ * once read (null: not read in this call).
+ */
 const current = {
   key: null,
   id: null,
+  watermark: null,
 };
 
 /** Every keyed state handle by name, flushed together. */
@@ -627,8 +643,8 @@ function copyDefault(v) {
  *
  * Options: `type`, a type descriptor (docs/wit.md, "Type descriptors") of a
  * value (for a value state), list item or map value, declared to the host;
- * `defaults`, a plain object whose fields fill those a stored object value
- * lacks.
+ * `keyType`, for a map state, the descriptor of its map keys; `defaults`, a
+ * plain object whose fields fill those a stored object value lacks.
  */
 class KeyedState {
   constructor(name, kind, options = {}) {
@@ -638,10 +654,17 @@ class KeyedState {
         `state \`${name}\` is already a ${existing.kind} state, not a ${kind} state`,
       );
     }
-    const { type, defaults } = options;
+    const { type, keyType, defaults } = options;
     this._defaults = checkDefaults(name, defaults);
-    const typeName =
-      type === undefined ? undefined : kind === 'list' ? `list<${type}>` : kind === 'map' ? `map<any, ${type}>` : type;
+    if (keyType !== undefined && (kind !== 'map' || typeof keyType !== 'string')) {
+      throw new TypeError(`state \`${name}\`: \`keyType\` is a type descriptor string, for a map state`);
+    }
+    let typeName = type;
+    if (kind === 'list' && type !== undefined) {
+      typeName = `list<${type}>`;
+    } else if (kind === 'map' && (type !== undefined || keyType !== undefined)) {
+      typeName = `map<${keyType ?? 'any'}, ${type ?? 'any'}>`;
+    }
     declareState(name, keyedState.declare, kind, typeName);
     this.name = name;
     this.kind = kind;
@@ -803,7 +826,9 @@ export class ListState extends KeyedState {
 /**
  * A map per key. Map keys are compared by value (two equal Uint8Arrays are
  * one key; `5` and `5n` are one key). Changes are written back entry by
- * entry.
+ * entry. Options as for {@link ValueState} (`type` for each value), and
+ * `keyType`, the descriptor of the map keys: `{ keyType: 'int' }` declares
+ * `map<int, any>`.
  */
 export class MapState extends KeyedState {
   constructor(name, options) {
@@ -924,9 +949,178 @@ export function log(level, message) {
   hostLog(level, String(message));
 }
 
+// Event time: timers, watermarks and metrics (docs/sdk.md, "Event time").
+
+/** The domain of a timer that fires when the watermark reaches its timestamp. */
+export const EVENT_TIME = 'event-time';
+/** The domain of a timer that fires when the host's clock reaches its timestamp. */
+export const PROCESSING_TIME = 'processing-time';
+
+/**
+ * A timer that fired: `key` (Uint8Array), `timestamp` (bigint milliseconds)
+ * and `domain` ({@link EVENT_TIME} or {@link PROCESSING_TIME}).
+ */
+export class Timer {
+  constructor(key, timestamp, domain) {
+    this.key = key;
+    this.timestamp = timestamp;
+    this.domain = domain;
+    Object.freeze(this);
+  }
+}
+
+/**
+ * Whether the bindings convert an `s64` passed directly (a core `i64`
+ * parameter or result, not through memory) as signed: null until a value
+ * shows it. ComponentizeJS 0.23 converts them as if they were `u64`
+ * (bytecodealliance/ComponentizeJS#343): `-5` arrives as `2n ** 64n - 5n`,
+ * which {@link liftS64} undoes, and passing a negative one to the host traps
+ * the guest, whatever form it is given in. Keyed state is not affected: its
+ * `int`s cross through memory.
+ */
+let signedS64 = null;
+
+/** An `s64` the bindings passed directly, as the signed value its bits are. */
+function liftS64(v) {
+  if (v > I64_MAX) {
+    signedS64 = false;
+    return BigInt.asIntN(64, v);
+  }
+  if (v < 0n) {
+    signedS64 = true;
+  }
+  return v;
+}
+
+/**
+ * Checks that the bindings can pass the bigint `v` (in the s64 range) as a
+ * direct `s64`: a negative one only if they are known to be signed, so the
+ * call fails with a message instead of trapping the guest.
+ */
+function checkLowerS64(v, what) {
+  if (v >= 0n) {
+    return v;
+  }
+  if (signedS64 === null) {
+    // The watermark is -2^63 before the first one: it tells which bindings
+    // these are. If it does not, they are the pinned toolchain's.
+    liftS64(timers.currentWatermark());
+  }
+  if (signedS64 !== true) {
+    throw new RangeError(
+      `${what} ${v} is before 1970: componentize-js 0.23 cannot pass a negative s64 to the host ` +
+        '(bytecodealliance/ComponentizeJS#343), so JavaScript operators have no timers at negative timestamps',
+    );
+  }
+  return v;
+}
+
+/** `ts` (a bigint or a safe-integer number) as a bigint in the s64 range. */
+function toTimestamp(ts, what) {
+  if (typeof ts === 'number' && Number.isSafeInteger(ts)) {
+    return BigInt(ts);
+  }
+  if (typeof ts === 'bigint' && ts >= I64_MIN && ts <= I64_MAX) {
+    return ts;
+  }
+  throw new RangeError(`${what} is a signed 64-bit integer of milliseconds (a bigint or a safe integer), not ${describeNumber(ts)}`);
+}
+
+function describeNumber(v) {
+  return typeof v === 'bigint' ? `${v}n` : typeof v === 'number' ? String(v) : describe(v);
+}
+
+function timerCall(call, timestamp, domain) {
+  if (current.key === null) {
+    throw new Error('timers are keyed: use them while processing a record that has a key, or in onTimer');
+  }
+  const ts = checkLowerS64(toTimestamp(timestamp, 'a timer timestamp'), `a timer (${domain}) at`);
+  try {
+    call(current.key, ts, domain);
+  } catch (e) {
+    throw new Error(`timer at ${ts} (${domain}): ${errorMessage(e)}`);
+  }
+}
+
+/**
+ * Registers a timer for the current key (of the record being processed or
+ * the timer firing) that fires ({@link Operator#onTimer}) once the
+ * watermark reaches `timestamp`. Registering it again does nothing.
+ */
+export function registerEventTimeTimer(timestamp) {
+  timerCall(timers.register, timestamp, EVENT_TIME);
+}
+
+/** Deletes the current key's event-time timer at `timestamp`, if any. */
+export function deleteEventTimeTimer(timestamp) {
+  timerCall(timers.delete, timestamp, EVENT_TIME);
+}
+
+/**
+ * Registers a timer for the current key that fires once the host's clock
+ * ({@link currentProcessingTime}) reaches `timestamp`.
+ */
+export function registerProcessingTimeTimer(timestamp) {
+  timerCall(timers.register, timestamp, PROCESSING_TIME);
+}
+
+/** Deletes the current key's processing-time timer at `timestamp`, if any. */
+export function deleteProcessingTimeTimer(timestamp) {
+  timerCall(timers.delete, timestamp, PROCESSING_TIME);
+}
+
+/**
+ * The operator's event-time watermark in milliseconds (a bigint): `-(2n **
+ * 63n)` before the first one. It only moves between hook calls, so it is
+ * read from the host once per call.
+ */
+export function currentWatermark() {
+  current.watermark ??= liftS64(timers.currentWatermark());
+  return current.watermark;
+}
+
+/**
+ * The host's clock, milliseconds since the Unix epoch (a bigint): the clock
+ * processing-time timers run on; guests have no other.
+ */
+export function currentProcessingTime() {
+  return liftS64(timers.currentProcessingTime());
+}
+
+const COUNTER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Distinct counters an operator may have (the host's limit). */
+export const MAX_COUNTERS = 32;
+const counters = new Set();
+
+/**
+ * Adds `delta` (a non-negative safe integer or bigint, default 1) to the
+ * operator's metrics counter `name` (1 to 64 of `A-Z a-z 0-9 _ . -`; at most
+ * 32 counters), shown in the job's metrics. Counters restart from zero with
+ * the job.
+ */
+export function counterAdd(name, delta = 1) {
+  if (!counters.has(name)) {
+    if (typeof name !== 'string' || !COUNTER_NAME.test(name)) {
+      throw new TypeError(`a counter name is 1 to 64 of A-Z a-z 0-9 _ . -, not ${JSON.stringify(name) ?? String(name)}`);
+    }
+    if (counters.size >= MAX_COUNTERS) {
+      throw new RangeError(`counter ${name}: an operator has at most ${MAX_COUNTERS} counters`);
+    }
+    counters.add(name);
+  }
+  const ok =
+    (typeof delta === 'number' && Number.isSafeInteger(delta) && delta >= 0) ||
+    (typeof delta === 'bigint' && delta >= 0n && delta <= U64_MAX);
+  if (!ok) {
+    throw new RangeError(`counter ${name}: delta is an unsigned 64-bit integer, not ${describeNumber(delta)}`);
+  }
+  hostCounterAdd(name, BigInt(delta));
+}
+
 /**
  * Base class of a JavaScript operator: override `process`, and optionally
- * `open`, `snapshot`, `onCheckpointComplete` and `close`.
+ * `open`, `onWatermark`, `onTimer`, `snapshot`, `onCheckpointComplete` and
+ * `close`.
  */
 export class Operator {
   /** Called once per subtask with its {@link Context}. */
@@ -937,6 +1131,21 @@ export class Operator {
     throw new Error(`${this.constructor.name} does not implement process(record, out)`);
   }
 
+  /**
+   * Called when the event-time watermark advances to `watermark` (a bigint,
+   * ms), after every event-time timer it made due has fired; what it emits
+   * precedes the watermark downstream. At end of input the watermark is
+   * `2n ** 63n - 1n`. Emits carry no timestamp by default.
+   */
+  onWatermark(watermark, out) {}
+
+  /**
+   * Called when a {@link Timer} fires; keyed state and timers are scoped to
+   * `timer.key`. Emits carry the timer's timestamp by default for an
+   * event-time timer, none for a processing-time one.
+   */
+  onTimer(timer, out) {}
+
   /** Called before a checkpoint (`checkpointId` is a bigint); state is flushed after it returns. */
   snapshot(checkpointId, out) {}
 
@@ -945,6 +1154,9 @@ export class Operator {
 
   /** Called at end of input; state is flushed after it returns. */
   close(out) {}
+
+  /** Runs after `open`: what a base class sets up from its fields. */
+  _setup() {}
 }
 
 /**
@@ -1076,6 +1288,34 @@ function sync(result, hook) {
 }
 
 /**
+ * Runs one hook call that emits and may change many keys: state and timers
+ * are scoped to no key but the one `body` sets, the watermark is read
+ * afresh; once `body` succeeded, what it emitted is sent and, if more than
+ * the dirty limit of keys are dirty, they are flushed.
+ */
+function runHook(out, body) {
+  current.watermark = null;
+  const err = guard(() => {
+    try {
+      body();
+    } finally {
+      current.key = null;
+      current.id = null;
+      out._timestamp = null;
+    }
+  });
+  if (err !== undefined) {
+    return err;
+  }
+  return guard(() => {
+    out._send();
+    if (dirtySlots() > dirtyLimit) {
+      flush();
+    }
+  });
+}
+
+/**
  * Returns the object componentize-js exports as the `operator` interface;
  * in `app.js` write `export const operator = exportOperator(MyOperator);`.
  */
@@ -1083,45 +1323,54 @@ export function exportOperator(OperatorClass) {
   let op = null;
   return {
     open(context) {
+      current.watermark = null;
       return guard(() => {
         op = new OperatorClass();
         sync(op.open(new Context(context)), 'open');
+        op._setup();
       });
     },
 
     process(batch) {
       const out = new Emitter();
-      const err = guard(() => {
-        try {
-          const records = decodeBatch(batch);
-          for (let i = 0; i < records.length; i += 1) {
-            const record = records[i];
-            current.key = record.key;
-            current.id = null;
-            out._timestamp = record.timestamp;
-            const r = op.process(record, out);
-            if (r !== undefined) {
-              sync(r, 'process');
-            }
-          }
-        } finally {
-          current.key = null;
+      return runHook(out, () => {
+        const records = decodeBatch(batch);
+        for (let i = 0; i < records.length; i += 1) {
+          const record = records[i];
+          current.key = record.key;
           current.id = null;
-          out._timestamp = null;
-        }
-      });
-      if (err !== undefined) {
-        return err;
-      }
-      return guard(() => {
-        out._send();
-        if (dirtySlots() > dirtyLimit) {
-          flush();
+          out._timestamp = record.timestamp;
+          const r = op.process(record, out);
+          if (r !== undefined) {
+            sync(r, 'process');
+          }
         }
       });
     },
 
+    onWatermark(rawWatermark) {
+      const out = new Emitter();
+      return runHook(out, () => {
+        const watermark = liftS64(rawWatermark);
+        current.watermark = watermark;
+        sync(op.onWatermark(watermark, out), 'onWatermark');
+      });
+    },
+
+    onTimer(key, rawTimestamp, domain) {
+      const out = new Emitter();
+      return runHook(out, () => {
+        const timestamp = liftS64(rawTimestamp);
+        const timer = new Timer(ownBytes(key), timestamp, domain);
+        current.key = timer.key;
+        current.id = null;
+        out._timestamp = domain === EVENT_TIME ? timestamp : null;
+        sync(op.onTimer(timer, out), 'onTimer');
+      });
+    },
+
     snapshot(checkpointId) {
+      current.watermark = null;
       const out = new Emitter();
       return guard(() => {
         sync(op.snapshot(checkpointId, out), 'snapshot');
@@ -1135,6 +1384,7 @@ export function exportOperator(OperatorClass) {
     },
 
     close() {
+      current.watermark = null;
       const out = new Emitter();
       return guard(() => {
         sync(op.close(out), 'close');
@@ -1143,4 +1393,336 @@ export function exportOperator(OperatorClass) {
       });
     },
   };
+}
+
+// Windows (docs/sdk.md, "Windows"): the assigners, and an operator built
+// from an assigner, an aggregate and a lateness policy. The state layout is
+// the same in every SDK, so a window operator restores from a savepoint
+// another language wrote: keyed map state `windows`, window start → record
+// { end, acc } (starts and ends WIT `int`s), and event-time timers at
+// `end - 1` (fire) and `end - 1 + allowedLateness` (clean up).
+
+/** The metrics counter of late records a window operator dropped. */
+export const LATE_RECORDS_DROPPED = 'late_records_dropped';
+
+/** A half-open event-time window `[start, end)`: bigint milliseconds. */
+export class Window {
+  constructor(start, end) {
+    this.start = start;
+    this.end = end;
+    Object.freeze(this);
+  }
+
+  /** The window's last timestamp, `end - 1n`: it fires when the watermark reaches it, and its result carries it. */
+  get maxTimestamp() {
+    return this.end - 1n;
+  }
+}
+
+function makeWindow(start, end) {
+  if (end > I64_MAX) {
+    throw new RangeError(`the window starting at ${start} ends past the largest timestamp`);
+  }
+  return new Window(start, end);
+}
+
+/** `a mod m` for bigints, `m > 0`: a floor modulo, so negative timestamps work. */
+function floorMod(a, m) {
+  const r = a % m;
+  return r < 0n ? r + m : r;
+}
+
+function positive(what, v) {
+  const ms = toTimestamp(v, what);
+  if (ms <= 0n) {
+    throw new RangeError(`${what} is positive, not ${ms}`);
+  }
+  return ms;
+}
+
+class Assigner {}
+
+class Tumbling extends Assigner {
+  constructor(size, offset) {
+    super();
+    this.size = positive("a tumbling window's size", size);
+    this.offset = toTimestamp(offset, 'a window offset');
+    this.merging = false;
+    Object.freeze(this);
+  }
+
+  /** The windows of a record at `ts` (bigint). */
+  assign(ts) {
+    const start = ts - floorMod(ts - this.offset, this.size);
+    return [makeWindow(start, start + this.size)];
+  }
+}
+
+class Sliding extends Assigner {
+  constructor(size, slide, offset) {
+    super();
+    this.size = positive("a sliding window's size", size);
+    this.slide = positive("a sliding window's slide", slide);
+    this.offset = toTimestamp(offset, 'a window offset');
+    this.merging = false;
+    Object.freeze(this);
+  }
+
+  assign(ts) {
+    const windows = [];
+    for (let start = ts - floorMod(ts - this.offset, this.slide); start > ts - this.size; start -= this.slide) {
+      windows.push(makeWindow(start, start + this.size));
+    }
+    return windows;
+  }
+}
+
+class Session extends Assigner {
+  constructor(gap) {
+    super();
+    this.gap = positive('a session gap', gap);
+    this.merging = true;
+    Object.freeze(this);
+  }
+
+  assign(ts) {
+    return [makeWindow(ts, ts + this.gap)];
+  }
+}
+
+/** Windows of `size` ms, one per record: `start = ts - (ts - offset) mod size`. */
+export function tumbling(size, offset = 0) {
+  return new Tumbling(size, offset);
+}
+
+/** Windows of `size` ms starting every `slide` ms: a record is in every one that contains its timestamp. */
+export function sliding(size, slide, offset = 0) {
+  return new Sliding(size, slide, offset);
+}
+
+/** Sessions: a record's window is `[ts, ts + gap)`, merged with every window of its key it intersects or touches. */
+export function session(gap) {
+  return new Session(gap);
+}
+
+const byStart = (a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0);
+
+/**
+ * A keyed event-time window operator. Give it
+ *
+ * - `assigner`: {@link tumbling}, {@link sliding} or {@link session};
+ * - `aggregate`: an object with `create()` → a new accumulator,
+ *   `add(acc, record)` → the accumulator with `record` added, `merge(a, b)`
+ *   → one accumulator of two (sessions only) and `result(key, window, acc)`
+ *   → the value to emit (a string or Uint8Array; null emits nothing). By
+ *   default the operator itself: define those four methods on the subclass;
+ * - `allowedLateness` (ms, default 0): how long after it fired a window is
+ *   kept, firing again for every late record it still accepts;
+ * - `onLate(record)`, optional: the value to emit (with the record's key and
+ *   timestamp) for a record too late for every window; without it, or when
+ *   it returns null, the record is dropped and counted in the
+ *   `late_records_dropped` counter,
+ *
+ * as constructor options (`super({ assigner, aggregate, allowedLateness,
+ * onLate })`), as fields, or by setting them in `open` (where the config is
+ * known). A window fires once the watermark reaches its last timestamp: it
+ * emits `result` keyed by the key, with timestamp `end - 1`. Windows are
+ * bigints (`window.start`, `window.end`); accumulators are state values. The
+ * operator owns the key's event-time timers and the map state `windows`.
+ */
+export class WindowOperator extends Operator {
+  constructor(options = {}) {
+    super();
+    const { assigner = null, aggregate = null, allowedLateness = 0, onLate } = options;
+    this.assigner = assigner;
+    this.aggregate = aggregate;
+    this.allowedLateness = allowedLateness;
+    if (onLate !== undefined) {
+      this.onLate = onLate;
+    }
+  }
+
+  _setup() {
+    if (!(this.assigner instanceof Assigner)) {
+      throw new TypeError(
+        'a WindowOperator needs an assigner: tumbling(size), sliding(size, slide) or session(gap), ' +
+          `not ${describe(this.assigner)}`,
+      );
+    }
+    const lateness = toTimestamp(this.allowedLateness, 'allowedLateness');
+    if (lateness < 0n) {
+      throw new RangeError(`allowedLateness is not negative, not ${lateness}`);
+    }
+    this._lateness = lateness;
+    const agg = this.aggregate ?? this;
+    const needed = this.assigner.merging ? ['create', 'add', 'merge', 'result'] : ['create', 'add', 'result'];
+    const missing = needed.filter((m) => typeof agg[m] !== 'function');
+    if (missing.length > 0) {
+      throw new TypeError(`the window aggregate ${describe(agg)} lacks ${missing.join(', ')}`);
+    }
+    if (this.onLate !== undefined && this.onLate !== null && typeof this.onLate !== 'function') {
+      throw new TypeError(`onLate is a function of the late record, not ${describe(this.onLate)}`);
+    }
+    this._agg = agg;
+    this._windows = new MapState('windows', { type: 'record{end: int, acc: any}', keyType: 'int' });
+  }
+
+  /** When a window ending at `end` is dropped: `end - 1 + allowedLateness`, saturating at the largest timestamp. */
+  _cleanupTime(end) {
+    const t = end - 1n + this._lateness;
+    return t > I64_MAX ? I64_MAX : t;
+  }
+
+  /** The current key's windows as `{ start, end, acc }`, starts and ends bigints, in start order. */
+  _entries() {
+    return this._windows
+      .entries()
+      .map(([start, e]) => ({ start: BigInt(start), end: BigInt(e.end), acc: e.acc }))
+      .sort(byStart);
+  }
+
+  /**
+   * Registers a new window's timers: the firing one unless the watermark
+   * passed it (the window then fires at once), and the clean-up one when
+   * there is lateness.
+   */
+  _register(window, watermark) {
+    if (window.end - 1n > watermark) {
+      registerEventTimeTimer(window.end - 1n);
+    }
+    if (this._lateness > 0n) {
+      registerEventTimeTimer(this._cleanupTime(window.end));
+    }
+  }
+
+  _fire(key, window, acc, out) {
+    const value = this._agg.result(key, window, acc);
+    if (value !== null && value !== undefined) {
+      out.emit(key, value, window.end - 1n);
+    }
+  }
+
+  _late(record, out) {
+    const value = typeof this.onLate === 'function' ? this.onLate(record) : null;
+    if (value === null || value === undefined) {
+      counterAdd(LATE_RECORDS_DROPPED);
+    } else {
+      out.emit(record.key, value, record.timestamp);
+    }
+  }
+
+  process(record, out) {
+    const ts = record.timestamp;
+    if (ts === null) {
+      throw new Error('a window operator needs event time: a record without a timestamp');
+    }
+    const watermark = currentWatermark();
+    if (this.assigner.merging) {
+      this._addToSession(record, ts, watermark, out);
+      return;
+    }
+    let added = false;
+    for (const window of this.assigner.assign(ts)) {
+      if (this._cleanupTime(window.end) > watermark) {
+        this._add(window, record, watermark, out);
+        added = true;
+      }
+    }
+    if (!added) {
+      this._late(record, out);
+    }
+  }
+
+  _add(window, record, watermark, out) {
+    const entry = this._windows.get(window.start);
+    let acc;
+    if (entry === null) {
+      acc = this._agg.create();
+      this._register(window, watermark);
+    } else {
+      acc = entry.acc;
+    }
+    acc = this._agg.add(acc, record);
+    this._windows.put(window.start, { end: window.end, acc });
+    if (window.end - 1n <= watermark) {
+      // Fired already, still kept: fires again with the record.
+      this._fire(record.key, window, acc, out);
+    }
+  }
+
+  _addToSession(record, ts, watermark, out) {
+    const [window] = this.assigner.assign(ts);
+    if (this._cleanupTime(window.end) <= watermark) {
+      this._late(record, out);
+      return;
+    }
+    const merged = this._entries().filter((e) => e.start <= window.end && e.end >= window.start);
+    if (merged.length === 0) {
+      this._add(window, record, watermark, out);
+      return;
+    }
+    // Into the merged windows' accumulators, in start order (the older
+    // window is `a`), then the record.
+    let acc = merged[0].acc;
+    for (let i = 1; i < merged.length; i += 1) {
+      acc = this._agg.merge(acc, merged[i].acc);
+    }
+    acc = this._agg.add(acc, record);
+    const start = window.start < merged[0].start ? window.start : merged[0].start;
+    let end = window.end;
+    for (const e of merged) {
+      end = e.end > end ? e.end : end;
+    }
+    for (const e of merged) {
+      if (e.start !== start) {
+        this._windows.remove(e.start);
+      }
+    }
+    this._windows.put(start, { end, acc });
+    const next = new Window(start, end);
+    if (merged.length > 1 || merged[0].start !== start || merged[0].end !== end) {
+      // The merged windows' timers go, but a timer is per key and
+      // timestamp: keep those another window of the key still needs.
+      const kept = new Set();
+      for (const e of this._entries()) {
+        kept.add(e.end - 1n).add(this._cleanupTime(e.end));
+      }
+      const gone = new Set();
+      for (const e of merged) {
+        for (const t of [e.end - 1n, this._cleanupTime(e.end)]) {
+          if (!kept.has(t) && !gone.has(t)) {
+            gone.add(t);
+            deleteEventTimeTimer(t);
+          }
+        }
+      }
+      this._register(next, watermark);
+    }
+    if (end - 1n <= watermark) {
+      this._fire(record.key, next, acc, out);
+    }
+  }
+
+  onTimer(timer, out) {
+    if (timer.domain !== EVENT_TIME) {
+      return;
+    }
+    const t = timer.timestamp;
+    const entries = this._entries();
+    for (const e of entries) {
+      if (e.end - 1n === t) {
+        this._fire(timer.key, new Window(e.start, e.end), e.acc, out);
+        if (this._lateness === 0n) {
+          this._windows.remove(e.start);
+        }
+      }
+    }
+    if (this._lateness > 0n) {
+      for (const e of entries) {
+        if (this._cleanupTime(e.end) === t) {
+          this._windows.remove(e.start);
+        }
+      }
+    }
+  }
 }

@@ -1,11 +1,20 @@
 // An in-memory stand-in for the Weir host, for testing weir.js under Node:
 // `loader.mjs` resolves every `weir:operator/*` import to this module. It
 // returns and accepts values the way the componentize-js bindings do
-// (variants as `{ tag, val }`, s64/u64 as bigint, `option` as undefined,
-// a `result` error thrown as an Error with its string as `payload`), and
-// from another realm, as the bindings run in one apart from the guest's.
+// (variants as `{ tag, val }`, enums as strings, s64/u64 as bigint,
+// `option` as undefined, a `result` error thrown as an Error with its
+// string as `payload`), and from another realm, as the bindings run in one
+// apart from the guest's.
+//
+// Event time: `advanceWatermark(operator, w)` fires every event-time timer
+// at or before `w` in timestamp order, then calls `onWatermark`, as the host
+// does; `advanceProcessingTime(operator, t)` fires the processing-time
+// timers the clock reached; `finish(operator)` is the end of input.
 
 import vm from 'node:vm';
+
+export const I64_MIN = -(2n ** 63n);
+export const I64_MAX = 2n ** 63n - 1n;
 
 /** Constructors of another realm, like the bindings'. */
 export const foreign = vm.runInNewContext('({ Uint8Array, Error })');
@@ -28,6 +37,20 @@ export const host = {
   refusedKey: null,
   /** Every declaration, as [state, kind or redistribution, type name]. */
   declared: [],
+  /** Registered timers by `${domain} ${timestamp} ${key}`: { key, timestamp, domain }. */
+  timers: new Map(),
+  /** The current watermark and processing time (bigints). */
+  watermark: I64_MIN,
+  processingTime: 0n,
+  /** Metrics counters by name (bigints). */
+  counters: new Map(),
+  /**
+   * Pass `s64`s that cross as a direct core `i64` (timer timestamps, the
+   * clocks, `onWatermark`, `onTimer`) as ComponentizeJS 0.23's bindings do
+   * (bytecodealliance/ComponentizeJS#343): lifted as if `u64`; lowering
+   * re-signs the value, then traps on a negative one.
+   */
+  unsignedS64: false,
 };
 
 export function reset() {
@@ -39,6 +62,26 @@ export function reset() {
   host.reads = 0;
   host.refusedKey = null;
   host.declared = [];
+  host.timers = new Map();
+  host.watermark = I64_MIN;
+  host.processingTime = 0n;
+  host.counters = new Map();
+  host.unsignedS64 = false;
+}
+
+/** A direct `s64` from the host, as the bindings hand it to the guest. */
+const liftS64 = (v) => (host.unsignedS64 ? BigInt.asUintN(64, v) : v);
+
+/** A direct `s64` from the guest, as the bindings lower it. */
+function lowerS64(v) {
+  if (!host.unsignedS64) {
+    return v;
+  }
+  const signed = BigInt.asIntN(64, BigInt(v));
+  if (signed < 0n) {
+    throw new TypeError(`trap: Internal bindgen error in coreabi_from_bigint64 validation (${String(v)})`);
+  }
+  return signed;
 }
 
 class ComponentError extends foreign.Error {
@@ -222,4 +265,111 @@ export function replace(state, values) {
 // weir:operator/logging
 export function log(level, message) {
   host.logs.push([level, message]);
+}
+
+// weir:operator/timers
+const DOMAINS = new Set(['event-time', 'processing-time']);
+
+function timer(key, timestamp, domain) {
+  if (!SCALARS.bytes(key) || !SCALARS.int(timestamp) || !DOMAINS.has(domain)) {
+    throw new TypeError(`timer (${id(key)}, ${String(timestamp)}, ${String(domain)}) does not lower to (list<u8>, s64, time-domain)`);
+  }
+  const t = { key: new foreign.Uint8Array(key), timestamp, domain };
+  return [`${domain} ${timestamp} ${text(key)}`, t];
+}
+
+export function register(key, timestamp, domain) {
+  const [k, t] = timer(key, lowerS64(timestamp), domain);
+  host.timers.set(k, t);
+}
+
+function deleteTimer(key, timestamp, domain) {
+  host.timers.delete(timer(key, lowerS64(timestamp), domain)[0]);
+}
+export { deleteTimer as delete };
+
+export function currentWatermark() {
+  return liftS64(host.watermark);
+}
+
+export function currentProcessingTime() {
+  return liftS64(host.processingTime);
+}
+
+// weir:operator/metrics
+export function counterAdd(name, delta) {
+  if (typeof name !== 'string' || !SCALARS.uint(delta)) {
+    throw new TypeError(`counter-add(${String(name)}, ${String(delta)}) does not lower`);
+  }
+  host.counters.set(name, (host.counters.get(name) ?? 0n) + delta);
+}
+
+// The host's side of event time, for tests.
+
+/** Throws a hook's `{ tag: 'err' }` result. */
+function check(result, hook) {
+  if (result !== undefined) {
+    throw new Error(`${hook} failed: ${result.val}`);
+  }
+}
+
+/** Fires the timers of `domain` due at `upto` that were registered when it started; whether any were. */
+function fire(operator, domain, upto) {
+  const due = [...host.timers.entries()]
+    .filter(([, t]) => t.domain === domain && t.timestamp <= upto)
+    .sort(([ka, a], [kb, b]) => (a.timestamp < b.timestamp ? -1 : a.timestamp > b.timestamp ? 1 : ka < kb ? -1 : ka > kb ? 1 : 0));
+  for (const [k, t] of due) {
+    if (host.timers.delete(k)) {
+      check(operator.onTimer(t.key, liftS64(t.timestamp), t.domain), 'onTimer');
+    }
+  }
+  return due.length > 0;
+}
+
+/** Fires the processing-time timers the clock reached, also those registered while they fire. */
+export function fireProcessingTime(operator) {
+  while (fire(operator, 'processing-time', host.processingTime)) {
+    // again: a timer in the past fires as soon as the call returns
+  }
+}
+
+/**
+ * Advances the watermark to `watermark` (bigint or number): fires every
+ * event-time timer at or before it in timestamp (then key) order, then
+ * calls `onWatermark`. Timers registered at or before it meanwhile wait for
+ * the next watermark, as the host does.
+ */
+export function advanceWatermark(operator, watermark) {
+  const w = BigInt(watermark);
+  if (w < host.watermark) {
+    throw new RangeError(`watermark ${w} is behind ${host.watermark}`);
+  }
+  host.watermark = w;
+  fire(operator, 'event-time', w);
+  check(operator.onWatermark(liftS64(w)), 'onWatermark');
+  fireProcessingTime(operator);
+}
+
+/** Sets the host's clock to `now` and fires the processing-time timers it reached. */
+export function advanceProcessingTime(operator, now) {
+  const t = BigInt(now);
+  if (t < host.processingTime) {
+    throw new RangeError(`processing time ${t} is behind ${host.processingTime}`);
+  }
+  host.processingTime = t;
+  fireProcessingTime(operator);
+}
+
+/** End of input: the watermark becomes the largest s64, then `close`. */
+export function finish(operator) {
+  advanceWatermark(operator, I64_MAX);
+  check(operator.close(), 'close');
+}
+
+/** The registered timers of `domain` as sorted `[key, timestamp]` (timestamps as numbers). */
+export function timersOf(domain = 'event-time') {
+  return [...host.timers.values()]
+    .filter((t) => t.domain === domain)
+    .map((t) => [text(t.key), Number(t.timestamp)])
+    .sort(([ka, a], [kb, b]) => (ka < kb ? -1 : ka > kb ? 1 : a - b));
 }

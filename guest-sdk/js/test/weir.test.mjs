@@ -5,7 +5,18 @@
 import assert from 'node:assert/strict';
 import { beforeEach, test } from 'node:test';
 
-import { foreign, host, reset } from './host.mjs';
+import {
+  I64_MAX,
+  I64_MIN,
+  advanceProcessingTime,
+  advanceWatermark,
+  finish,
+  fireProcessingTime,
+  foreign,
+  host,
+  reset,
+  timersOf,
+} from './host.mjs';
 
 let fresh = 0;
 
@@ -782,4 +793,475 @@ test('a value state with defaults reads what an earlier version wrote, filling n
   const stored = host.store.get('stats\0k').value;
   assert.deepEqual(stored.val[0], { tag: 'record', val: ['count', 'avg', 'tags'] });
   assert.deepEqual(emitted(weir).map(([, v]) => v), ['3', 'undefined', '4']);
+});
+
+// Event time: timers, watermarks, metrics and windows (docs/sdk.md, "Event time").
+
+/** The records emitted since the last `take`, as `[key, value, timestamp]` with numbers. */
+function take(weir) {
+  const records = emitted(weir).map(([k, v, ts]) => [k, v, ts === null ? null : Number(ts)]);
+  host.emitted = [];
+  return records;
+}
+
+/** Processes `records` (`[key, value, timestamp]`, timestamps numbers or null) and fires past processing-time timers. */
+function feed(op, ...records) {
+  const r = op.process(batch(records.map(([k, v, ts]) => [k, v, ts === null || ts === undefined ? null : BigInt(ts)])));
+  if (r !== undefined) {
+    return r;
+  }
+  fireProcessingTime(op);
+  return undefined;
+}
+
+/** The host's `windows` map of `key` as { start: [end, acc] }, checking the layout every SDK shares. */
+function windowState(key) {
+  const s = host.store.get(`windows\0${key}`);
+  const out = {};
+  for (const [k, v] of s === undefined ? [] : s.entries.values()) {
+    assert.equal(k.tag, 'int');
+    assert.equal(v.tag, 'nested');
+    const [record, end, acc] = v.val;
+    assert.deepEqual(record, { tag: 'record', val: ['end', 'acc'] });
+    assert.equal(end.tag, 'int');
+    out[Number(k.val)] = [Number(end.val), acc.tag === 'int' ? Number(acc.val) : acc];
+  }
+  return out;
+}
+
+const decoder = new TextDecoder();
+
+/** A count aggregate; results read `key,start,end,count`. */
+const count = {
+  create: () => 0,
+  add: (acc) => acc + 1,
+  merge: (a, b) => a + b,
+  result: (key, window, acc) => `${decoder.decode(key)},${window.start},${window.end},${acc}`,
+};
+
+/** Opens a window operator made of `options` (assigner a function of the SDK). */
+function windowed(assigner, options = {}) {
+  return (weir) =>
+    class extends weir.WindowOperator {
+      constructor() {
+        super({ assigner: assigner(weir), aggregate: count, ...options });
+      }
+    };
+}
+
+test('event-time timers fire in order, scoped to their key, before onWatermark', async () => {
+  const seen = [];
+  const [weir, op] = await open((w) =>
+    class extends w.Operator {
+      open() {
+        this.count = new w.ValueState('count');
+      }
+
+      process(record) {
+        this.count.set(this.count.get(0) + 1);
+        w.registerEventTimeTimer(BigInt(record.valueString()));
+      }
+
+      onTimer(timer, out) {
+        assert.ok(timer instanceof w.Timer && Object.isFrozen(timer));
+        seen.push([str(timer.key), timer.timestamp, timer.domain, w.currentWatermark()]);
+        // State and emits are the timer's key's; the emit carries the
+        // timer's timestamp.
+        out.emit(timer.key, String(this.count.get()));
+        this.count.clear();
+      }
+
+      onWatermark(watermark, out) {
+        seen.push(['watermark', watermark]);
+        out.emit(null, `wm ${watermark}`);
+      }
+    },
+  );
+  feed(op, ['a', '20', 1], ['b', '10', 2], ['a', '10', 3], ['a', '20', 4], ['c', '99', 5]);
+  assert.deepEqual(timersOf(), [['a', 10], ['a', 20], ['b', 10], ['c', 99]]);
+  advanceWatermark(op, 20n);
+  assert.deepEqual(seen, [
+    ['a', 10n, 'event-time', 20n],
+    ['b', 10n, 'event-time', 20n],
+    ['a', 20n, 'event-time', 20n],
+    ['watermark', 20n],
+  ]);
+  assert.deepEqual(take(weir), [['a', '3', 10], ['b', '1', 10], ['a', 'null', 20], [null, 'wm 20', null]]);
+  assert.deepEqual(timersOf(), [['c', 99]]);
+  // The writes of onTimer reach the host at the snapshot.
+  assert.equal(op.snapshot(1n), undefined);
+  assert.equal(host.store.get('count\0a').value, undefined);
+  assert.equal(host.store.get('count\0b').value, undefined);
+  assert.deepEqual(host.store.get('count\0c').value, { tag: 'int', val: 1n });
+});
+
+test('processing-time timers, deletion and the clocks', async () => {
+  const [weir, op] = await open((w) =>
+    class extends w.Operator {
+      process(record, out) {
+        const [cmd, at] = record.valueString().split(' ');
+        if (cmd === 'now') {
+          out.emit(record.key, `${w.currentProcessingTime()} ${w.currentWatermark()}`);
+        } else if (cmd === 'in') {
+          w.registerProcessingTimeTimer(w.currentProcessingTime() + BigInt(at));
+        } else if (cmd === 'del') {
+          w.deleteProcessingTimeTimer(Number(at)); // a number works too
+          w.deleteEventTimeTimer(Number(at)); // none: does nothing
+        }
+      }
+
+      onTimer(timer, out) {
+        out.emit(timer.key, `${timer.domain} ${timer.timestamp}`);
+      }
+    },
+  );
+  host.processingTime = 1000n;
+  feed(op, ['k', 'now', 5], ['k', 'in 50'], ['j', 'in 70'], ['j', 'in 100'], ['j', 'del 1100']);
+  assert.deepEqual(take(weir), [['k', `1000 ${I64_MIN}`, 5]]);
+  assert.deepEqual(timersOf('processing-time'), [['j', 1070], ['k', 1050]]);
+  advanceProcessingTime(op, 1060n);
+  // A processing-time timer's emits carry no timestamp by default.
+  assert.deepEqual(take(weir), [['k', 'processing-time 1050', null]]);
+  advanceWatermark(op, 7n);
+  feed(op, ['k', 'now'], ['k', 'in -1']);
+  // A timer in the past fires as soon as the call returns.
+  assert.deepEqual(take(weir), [['k', '1060 7', null], ['k', 'processing-time 1059', null]]);
+  advanceProcessingTime(op, 5000n);
+  assert.deepEqual(take(weir), [['j', 'processing-time 1070', null]]);
+});
+
+test('timers need a key and an s64 timestamp; counters add up and check names', async () => {
+  const [, op] = await open((w) =>
+    class extends w.Operator {
+      process(record) {
+        const [cmd, arg, delta] = record.valueString().split(' ');
+        if (cmd === 'timer') {
+          w.registerEventTimeTimer(arg.endsWith('n') ? BigInt(arg.slice(0, -1)) : Number(arg));
+        } else {
+          w.counterAdd(arg, delta === undefined ? undefined : delta.endsWith('n') ? BigInt(delta.slice(0, -1)) : Number(delta));
+        }
+      }
+
+      onWatermark(watermark) {
+        w.registerEventTimeTimer(watermark);
+      }
+    },
+  );
+  assert.match(feed(op, [null, 'timer 1']).val, /^Error: timers are keyed/);
+  assert.match(feed(op, ['k', `timer ${2n ** 63n}n`]).val, /^RangeError: a timer timestamp is a signed 64-bit integer .* not 9223372036854775808n/);
+  assert.match(feed(op, ['k', 'timer 1.5']).val, /^RangeError: a timer timestamp/);
+  assert.match(op.onWatermark(3n).val, /^Error: timers are keyed/);
+
+  assert.equal(feed(op, ['k', 'count refused'], ['k', 'count refused 4'], ['k', `count a.b-c_D9 ${2n ** 64n - 1n}n`]), undefined);
+  assert.deepEqual(host.counters, new Map([['refused', 5n], ['a.b-c_D9', 2n ** 64n - 1n]]));
+  assert.match(feed(op, ['k', 'count bad/name']).val, /^TypeError: a counter name is 1 to 64 of/);
+  assert.match(feed(op, ['k', `count ${'x'.repeat(65)}`]).val, /counter name/);
+  assert.match(feed(op, ['k', 'count refused -1']).val, /^RangeError: counter refused: delta is an unsigned 64-bit integer, not -1/);
+  assert.equal(feed(op, ...Array.from({ length: 30 }, (_, i) => ['k', `count c${i}`])), undefined);
+  assert.match(feed(op, ['k', 'count one_too_many']).val, /at most 32 counters/);
+});
+
+test('the default event-time hooks do nothing', async () => {
+  const [weir, op] = await open((w) =>
+    class extends w.Operator {
+      process() {
+        w.registerEventTimeTimer(5);
+        w.registerProcessingTimeTimer(5n);
+      }
+    },
+  );
+  feed(op, ['k', 'x']);
+  advanceProcessingTime(op, 10n);
+  finish(op);
+  assert.deepEqual(take(weir), []);
+  assert.equal(host.timers.size, 0);
+});
+
+test('tumbling windows fire at their last timestamp in start order and are dropped', async () => {
+  const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+  assert.deepEqual(
+    host.declared.find(([name]) => name === 'windows'),
+    ['windows', 'map', 'map<int, record{end: int, acc: any}>'],
+  );
+  feed(op, ['a', 'x', 3], ['a', 'x', 12], ['b', 'x', 9], ['a', 'x', 0], ['a', 'x', -1], ['a', 'x', -10]);
+  assert.deepEqual(timersOf(), [['a', -1], ['a', 9], ['a', 19], ['b', 9]]);
+  op.snapshot(1n);
+  assert.deepEqual(windowState('a'), { '-10': [0, 2], 0: [10, 2], 10: [20, 1] });
+  advanceWatermark(op, 8);
+  assert.deepEqual(take(weir), [['a', 'a,-10,0,2', -1]]);
+  advanceWatermark(op, 9);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,2', 9], ['b', 'b,0,10,1', 9]]);
+  op.snapshot(2n);
+  assert.deepEqual(windowState('a'), { 10: [20, 1] });
+  assert.deepEqual(windowState('b'), {});
+  finish(op);
+  assert.deepEqual(take(weir), [['a', 'a,10,20,1', 19]]);
+  assert.deepEqual(windowState('a'), {});
+
+  // An offset shifts the windows.
+  reset();
+  const [w2, shifted] = await open(windowed((w) => w.tumbling(10n, 3)));
+  feed(shifted, ['a', 'x', 3], ['a', 'x', 2], ['a', 'x', 12], ['a', 'x', 13]);
+  finish(shifted);
+  assert.deepEqual(take(w2), [['a', 'a,-7,3,1', 2], ['a', 'a,3,13,2', 12], ['a', 'a,13,23,1', 22]]);
+});
+
+test('a window operator needs timestamps, keys, an assigner and an aggregate', async () => {
+  const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+  assert.match(feed(op, ['a', 'x', null]).val, /^Error: a window operator needs event time/);
+  assert.match(feed(op, [null, 'x', 5]).val, /state `windows` is keyed/);
+  assert.match(weir.exportOperator(weir.WindowOperator).open(ctx()).val, /needs an assigner/);
+  const noMerge = { ...count, merge: undefined };
+  const withAgg = (assigner, aggregate) =>
+    class extends weir.WindowOperator {
+      constructor() {
+        super({ assigner, aggregate });
+      }
+    };
+  assert.match(weir.exportOperator(withAgg(weir.session(5), noMerge)).open(ctx()).val, /aggregate Object lacks merge/);
+  assert.equal(weir.exportOperator(withAgg(weir.tumbling(5), noMerge)).open(ctx()), undefined);
+  assert.throws(() => weir.tumbling(0), /size is positive/);
+  assert.throws(() => weir.sliding(10, 1.5), /slide is a signed 64-bit integer/);
+  assert.throws(() => weir.tumbling(10).assign(I64_MAX - 2n), /ends past the largest timestamp/);
+});
+
+test('a window state written by another language restores', async () => {
+  // What the Rust and Python SDKs write: int starts, record { end, acc }.
+  host.store.set('windows\0a', {
+    kind: 'map',
+    entries: new Map([
+      ['x', [{ tag: 'int', val: 0n }, { tag: 'nested', val: [{ tag: 'record', val: ['end', 'acc'] }, { tag: 'int', val: 10n }, { tag: 'int', val: 4n }] }]],
+    ]),
+  });
+  host.timers.set('event-time 9 a', { key: utf8('a'), timestamp: 9n, domain: 'event-time' });
+  const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+  feed(op, ['a', 'x', 5]);
+  advanceWatermark(op, 9);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,5', 9]]);
+});
+
+test('sliding windows: a record is in every window that contains it, and late ones are skipped', async () => {
+  const weir = await sdk();
+  const starts = (a, ts) => a.assign(ts).map((w) => [Number(w.start), Number(w.end)]);
+  assert.deepEqual(starts(weir.sliding(10, 5), 12n), [[10, 20], [5, 15]]);
+  assert.deepEqual(starts(weir.sliding(10, 3), -1n), [[-3, 7], [-6, 4], [-9, 1]]);
+  const [w1, op] = await open(windowed((w) => w.sliding(10, 5)));
+  feed(op, ['a', 'x', 12], ['a', 'x', 7], ['a', 'x', 3]);
+  advanceWatermark(op, 14);
+  assert.deepEqual(take(w1), [['a', 'a,-5,5,1', 4], ['a', 'a,0,10,2', 9], ['a', 'a,5,15,2', 14]]);
+  advanceWatermark(op, 15);
+  feed(op, ['a', 'x', 13]); // [5, 15) is late, [10, 20) is not
+  finish(op);
+  assert.deepEqual(take(w1), [['a', 'a,10,20,2', 19]]);
+  assert.equal(host.counters.size, 0);
+});
+
+/** A session count as a plugin writes it: config in open, the aggregate as methods. */
+function sessionCount(w) {
+  return class extends w.WindowOperator {
+    open(ctx) {
+      const { gap = 3000, lateness = 0 } = JSON.parse(ctx.config || '{}');
+      this.assigner = w.session(gap);
+      this.allowedLateness = lateness;
+    }
+
+    create() {
+      return 0;
+    }
+
+    add(acc) {
+      return acc + 1;
+    }
+
+    merge(a, b) {
+      return a + b;
+    }
+
+    result(key, window, acc) {
+      return `${decoder.decode(key)},${window.start},${window.end},${acc}`;
+    }
+  };
+}
+
+test('session windows merge when a record bridges them', async () => {
+  const [weir, op] = await open(sessionCount, '{"gap": 3000}');
+  feed(op, ['k', 'x', 1000], ['k', 'x', 5000], ['j', 'x', 1500]);
+  assert.deepEqual(timersOf(), [['j', 4499], ['k', 3999], ['k', 7999]]);
+  feed(op, ['k', 'x', 3500]); // [3500, 6500) touches both
+  op.snapshot(1n);
+  assert.deepEqual(windowState('k'), { 1000: [8000, 3] });
+  assert.deepEqual(timersOf(), [['j', 4499], ['k', 7999]]);
+  feed(op, ['k', 'x', 2000]); // inside: nothing moves
+  feed(op, ['k', 'x', 8000]); // touches the end: extends it
+  feed(op, ['k', 'x', 500]); // extends the start
+  assert.deepEqual(timersOf(), [['j', 4499], ['k', 10999]]);
+  advanceWatermark(op, 10_000);
+  assert.deepEqual(take(weir), [['j', 'j,1500,4500,1', 4499]]);
+  finish(op);
+  assert.deepEqual(take(weir), [['k', 'k,500,11000,6', 10999]]);
+  assert.deepEqual(windowState('k'), {});
+
+  // The default gap; separate sessions fire in start order.
+  reset();
+  const [w2, op2] = await open(sessionCount);
+  feed(op2, ['k', 'x', 10_000], ['k', 'x', 0], ['k', 'x', 2999]);
+  finish(op2);
+  assert.deepEqual(take(w2), [['k', 'k,0,5999,2', 5998], ['k', 'k,10000,13000,1', 12999]]);
+});
+
+test('a session merge keeps a timer another window still needs, and late session records are dropped', async () => {
+  // Timers are per key and timestamp: [0, 1000) cleans up at 2999, when
+  // [2000, 3000) fires. Merging the latter must not delete it.
+  const [weir, op] = await open(sessionCount, '{"gap": 1000, "lateness": 2000}');
+  feed(op, ['k', 'x', 0], ['k', 'x', 2000]);
+  assert.deepEqual(timersOf(), [['k', 999], ['k', 2999], ['k', 4999]]);
+  feed(op, ['k', 'x', 2500]); // [2000, 3500)
+  assert.deepEqual(timersOf(), [['k', 999], ['k', 2999], ['k', 3499], ['k', 5499]]);
+  advanceWatermark(op, 2999);
+  assert.deepEqual(take(weir), [['k', 'k,0,1000,1', 999]]);
+  op.snapshot(1n);
+  assert.deepEqual(windowState('k'), { 2000: [3500, 2] }, '[0, 1000) cleaned up');
+  finish(op);
+  assert.deepEqual(take(weir), [['k', 'k,2000,3500,2', 3499]]);
+
+  reset();
+  const [w2, late] = await open(sessionCount, '{"gap": 100}');
+  advanceWatermark(late, 1000);
+  // [900, 1000) and [901, 1001) end at or before the watermark.
+  feed(late, ['k', 'x', 900], ['k', 'x', 901], ['k', 'x', 902]);
+  assert.deepEqual(host.counters, new Map([['late_records_dropped', 2n]]));
+  finish(late);
+  assert.deepEqual(take(w2), [['k', 'k,902,1002,1', 1001]]);
+});
+
+test('allowed lateness: a kept window fires again for each late record until its clean-up', async () => {
+  const [weir, op] = await open(windowed((w) => w.tumbling(10), { allowedLateness: 5 }));
+  feed(op, ['a', 'x', 1], ['a', 'x', 2]);
+  assert.deepEqual(timersOf(), [['a', 9], ['a', 14]]);
+  advanceWatermark(op, 9);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,2', 9]]);
+  op.snapshot(1n);
+  assert.deepEqual(windowState('a'), { 0: [10, 2] }, 'kept for the allowed lateness');
+  feed(op, ['a', 'x', 3]);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,3', 9]], 'fired again at once');
+  advanceWatermark(op, 13);
+  feed(op, ['a', 'x', 4]);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,4', 9]]);
+  advanceWatermark(op, 14);
+  assert.deepEqual(take(weir), [], 'the clean-up emits nothing');
+  op.snapshot(2n);
+  assert.deepEqual(windowState('a'), {});
+  feed(op, ['a', 'x', 5]);
+  assert.deepEqual(take(weir), []);
+  assert.deepEqual(host.counters, new Map([['late_records_dropped', 1n]]));
+  assert.deepEqual(timersOf(), []);
+
+  // A first record after the fire time fires at once, and only once.
+  reset();
+  const [w2, op2] = await open(windowed((w) => w.tumbling(10), { allowedLateness: 5n }));
+  advanceWatermark(op2, 12);
+  feed(op2, ['a', 'x', 7]);
+  assert.deepEqual(take(w2), [['a', 'a,0,10,1', 9]]);
+  assert.deepEqual(timersOf(), [['a', 14]], 'no firing timer behind the watermark');
+  finish(op2);
+  assert.deepEqual(take(w2), []);
+
+  // One timer both fires a window and cleans up another.
+  reset();
+  const [w3, op3] = await open(windowed((w) => w.tumbling(10), { allowedLateness: 10 }));
+  feed(op3, ['a', 'x', 5], ['a', 'x', 15]);
+  assert.deepEqual(timersOf(), [['a', 9], ['a', 19], ['a', 29]]);
+  advanceWatermark(op3, 19);
+  assert.deepEqual(take(w3), [['a', 'a,0,10,1', 9], ['a', 'a,10,20,1', 19]]);
+  op3.snapshot(1n);
+  assert.deepEqual(windowState('a'), { 10: [20, 1] });
+});
+
+test('late records are dropped and counted, or given to the late handler', async () => {
+  const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+  feed(op, ['a', 'x', 5]);
+  advanceWatermark(op, 9);
+  feed(op, ['a', 'x', 9], ['b', 'x', 0], ['a', 'x', 10]);
+  assert.deepEqual(take(weir), [['a', 'a,0,10,1', 9]]);
+  assert.deepEqual(host.counters, new Map([['late_records_dropped', 2n]]));
+  finish(op);
+  assert.deepEqual(take(weir), [['a', 'a,10,20,1', 19]]);
+
+  reset();
+  const [w2, handled] = await open((w) =>
+    class extends w.WindowOperator {
+      constructor() {
+        super({ assigner: w.tumbling(10), aggregate: count });
+      }
+
+      onLate(record) {
+        const value = record.valueString();
+        return value === 'drop' ? null : `late ${value}`;
+      }
+    },
+  );
+  advanceWatermark(handled, 20);
+  feed(handled, ['a', 'x', 5], ['a', 'drop', 6], ['b', 'y', 19], ['b', 'z', 21]);
+  assert.deepEqual(take(w2), [['a', 'late x', 5], ['b', 'late y', 19]]);
+  assert.deepEqual(host.counters, new Map([['late_records_dropped', 1n]]));
+  finish(handled);
+  assert.deepEqual(take(w2), [['b', 'b,20,30,1', 29]]);
+});
+
+test('direct s64s from bindings that treat them as u64 are read as signed (ComponentizeJS#343)', async () => {
+  // The pinned componentize-js lifts the watermark -2^63 as 2^63: unless
+  // the SDK undoes it, every record is late.
+  for (const unsigned of [true, false]) {
+    reset();
+    host.unsignedS64 = unsigned;
+    const seen = [];
+    const [weir, op] = await open((w) =>
+      class extends w.WindowOperator {
+        constructor() {
+          super({ assigner: w.tumbling(10), aggregate: count });
+        }
+
+        onWatermark(watermark) {
+          seen.push([watermark, w.currentWatermark(), w.currentProcessingTime()]);
+        }
+      },
+    );
+    host.processingTime = -7n;
+    feed(op, ['a', 'x', 3], ['a', 'x', 12]);
+    assert.deepEqual(timersOf(), [['a', 9], ['a', 19]], `unsigned ${unsigned}`);
+    advanceWatermark(op, 9);
+    assert.deepEqual(take(weir), [['a', 'a,0,10,1', 9]]);
+    finish(op);
+    assert.deepEqual(take(weir), [['a', 'a,10,20,1', 19]]);
+    assert.deepEqual(seen, [[9n, 9n, -7n], [I64_MAX, I64_MAX, -7n]]);
+    assert.equal(host.counters.size, 0);
+  }
+
+  // A negative timer timestamp: the host gets it where the bindings are
+  // signed; the pinned ones would trap, so the call fails with a message.
+  for (const unsigned of [false, true]) {
+    reset();
+    host.unsignedS64 = unsigned;
+    const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+    const r = feed(op, ['a', 'x', -5]);
+    if (unsigned) {
+      assert.match(r.val, /^RangeError: a timer \(event-time\) at -1 is before 1970: componentize-js 0\.23 cannot pass a negative s64/);
+    } else {
+      assert.equal(r, undefined);
+      finish(op);
+      assert.deepEqual(take(weir), [['a', 'a,-10,0,1', -1]]);
+    }
+  }
+});
+
+test('many keys changed by timers are flushed after the call', async () => {
+  const [weir, op] = await open(windowed((w) => w.tumbling(10)));
+  feed(op, ['k0', 'x', 1], ['k1', 'x', 1], ['k2', 'x', 1]);
+  op.snapshot(1n);
+  assert.equal(host.writeCalls.length, 1);
+  weir.setDirtyLimit(2);
+  advanceWatermark(op, 9); // each firing removes a window: the third flushes
+  assert.equal(take(weir).length, 3);
+  assert.deepEqual(host.writeCalls.slice(1).map((c) => c.map((w) => w.update.tag)), [['map-remove', 'map-remove', 'map-remove']]);
+  assert.deepEqual(windowState('k2'), {});
 });

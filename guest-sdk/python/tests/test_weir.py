@@ -1,160 +1,15 @@
-"""Unit tests of the Python SDK (``weir``) outside WebAssembly.
-
-componentize-py generates ``wit_world`` and ``componentize_py_types`` only
-when it builds a component, so this file installs small in-memory stand-ins
-for them (the WIT types as plain classes, the imports as a dict-backed host)
-before importing ``weir``. Run with ``python3 -m unittest discover -s
+"""Unit tests of the Python SDK (``weir``) outside WebAssembly, against the
+fake host in ``fakehost.py`` (stand-ins for the bindings componentize-py
+generates). Run with ``python3 -m unittest discover -s
 guest-sdk/python/tests``; ``cargo test -p weir --test e2e python_sdk`` runs it
 too.
 """
 
 import dataclasses
-import enum
-import struct
-import sys
-import types as pytypes
 import typing
 import unittest
-from pathlib import Path
 
-
-class Err(Exception):
-    """componentize-py's error result: ``.value`` is the error."""
-
-    def __init__(self, value):
-        super().__init__(value)
-        self.value = value
-
-
-def _case(name, has_value=True):
-    def init(self, value=None):
-        self.value = value
-
-    def eq(self, other):
-        return type(self) is type(other) and self.value == other.value
-
-    def rep(self):
-        return f"{name}({self.value!r})"
-
-    return type(name, (), {"__init__": init, "__eq__": eq, "__repr__": rep, "__hash__": None})
-
-
-wit_types = pytypes.ModuleType("wit_world.imports.types")
-for case in ["Boolean", "Int", "Uint", "Float", "Text", "Bytes", "Nested"]:
-    setattr(wit_types, f"Value_{case}", _case(f"Value_{case}"))
-for case in ["None_", "Boolean", "Int", "Uint", "Float", "Text", "Bytes", "List", "Map", "Record"]:
-    setattr(wit_types, f"Node_{case}", _case(f"Node_{case}"))
-wit_types.Level = enum.Enum("Level", "TRACE DEBUG INFO WARN ERROR")
-wit_types.StateKind = enum.Enum("StateKind", "VALUE MAP LIST")
-wit_types.Redistribution = enum.Enum("Redistribution", "SPLIT UNION")
-
-
-class Host:
-    """The in-memory host: keyed state by (state, key), declarations."""
-
-    def __init__(self):
-        self.values = {}
-        self.lists = {}
-        self.maps = {}
-        self.operator = {}
-        self.declared = []
-        self.emitted = []
-        self.write_calls = []
-
-
-HOST = Host()
-
-keyed_state = pytypes.ModuleType("wit_world.imports.keyed_state")
-for case in ["ValueSet", "ValueClear", "MapPut", "MapRemove", "MapClear", "ListSet", "ListClear"]:
-    setattr(keyed_state, f"Update_{case}", _case(f"Update_{case}"))
-
-
-@dataclasses.dataclass
-class StateWrite:
-    state: str
-    key: bytes
-    update: object
-
-
-keyed_state.StateWrite = StateWrite
-
-
-def _declare(entry):
-    for d in HOST.declared:
-        if d[0] == entry[0] and (d[1] in wit_types.StateKind) == (entry[1] in wit_types.StateKind):
-            if d != entry:
-                raise Err(f"state `{entry[0]}` is already declared as {d[1:]}, not as {entry[1:]}")
-            return
-    HOST.declared.append(entry)
-
-
-keyed_state.declare = lambda state, kind, type_name: _declare((state, kind, type_name))
-keyed_state.value_get = lambda state, key: HOST.values.get((state, bytes(key)))
-keyed_state.list_get = lambda state, key: HOST.lists.get((state, bytes(key)), [])
-keyed_state.map_entries = lambda state, key: list(HOST.maps.get((state, bytes(key)), {}).items())
-
-
-def _write(writes):
-    for w in writes:
-        at = (w.state, bytes(w.key))
-        u = w.update
-        if isinstance(u, keyed_state.Update_ValueSet):
-            HOST.values[at] = u.value
-        elif isinstance(u, keyed_state.Update_ValueClear):
-            HOST.values.pop(at, None)
-        elif isinstance(u, keyed_state.Update_ListSet):
-            HOST.lists[at] = u.value
-        elif isinstance(u, keyed_state.Update_ListClear):
-            HOST.lists.pop(at, None)
-        else:
-            raise AssertionError(f"unexpected update {u!r}")
-
-
-def _counted_write(writes):
-    HOST.write_calls.append(len(writes))
-    _write(writes)
-
-
-keyed_state.write = _counted_write
-
-operator_state = pytypes.ModuleType("wit_world.imports.operator_state")
-operator_state.declare = lambda state, mode, type_name: _declare((state, mode, type_name))
-operator_state.get = lambda state: HOST.operator.get(state, [])
-operator_state.replace = lambda state, values: HOST.operator.__setitem__(state, values)
-
-output = pytypes.ModuleType("wit_world.imports.output")
-output.emit = lambda batch: HOST.emitted.append(bytes(batch))
-logging = pytypes.ModuleType("wit_world.imports.logging")
-logging.log = lambda level, message: None
-
-imports = pytypes.ModuleType("wit_world.imports")
-for name, module in [("types", wit_types), ("keyed_state", keyed_state),
-                     ("operator_state", operator_state), ("output", output), ("logging", logging)]:
-    setattr(imports, name, module)
-    sys.modules[f"wit_world.imports.{name}"] = module
-wit_world = pytypes.ModuleType("wit_world")
-wit_world.imports = imports
-wit_world.exports = pytypes.SimpleNamespace(Operator=object)
-sys.modules.update({"wit_world": wit_world, "wit_world.imports": imports})
-sys.modules["componentize_py_types"] = pytypes.SimpleNamespace(Err=Err)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import weir  # noqa: E402
-
-
-def batch(*records):
-    """Packs ``(key, value)`` pairs (docs/wit.md, packed batch)."""
-    out = bytearray()
-    for key, value in records:
-        out.append(1)
-        out += struct.pack("<I", len(key)) + key
-        out += struct.pack("<I", len(value)) + value
-    return bytes(out)
-
-
-def context():
-    return pytypes.SimpleNamespace(uid="test", config="", subtask_index=0, parallelism=1,
-                                   max_parallelism=128, attempt_number=0)
+from fakehost import HOST, batch, context, reset, weir, wit_types
 
 
 @dataclasses.dataclass
@@ -187,12 +42,6 @@ def counting(stats_type):
             out.emit(record.key, str(s.count).encode())
 
     return weir.export(Count)()
-
-
-def reset():
-    global HOST
-    HOST.__init__()
-    weir._Registry.states.clear()
 
 
 class Declarations(unittest.TestCase):

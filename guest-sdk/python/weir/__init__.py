@@ -12,20 +12,33 @@ kept in a write-back cache that is handed to the host when ``snapshot`` and
 ``close`` return. State values use the WIT ``value`` variant, so Python
 ``int``, ``float``, ``str``, ``bytes`` and ``bool`` read back as the same
 values in Rust (``i64``, ``f64``, ``String``, ``Vec<u8>``, ``bool``).
+
+Event time (``weir:operator@0.2.0``, docs/sdk.md "Event time"): records
+carry ``timestamp``; timers per key (:func:`register_event_time_timer`,
+:func:`register_processing_time_timer`, ...) call back
+:meth:`Operator.on_timer`, and :meth:`Operator.on_watermark` follows every
+watermark. :class:`WindowOperator` implements tumbling, sliding and session
+windows (:func:`tumbling`, :func:`sliding`, :func:`session`) with the state
+layout every SDK shares.
 """
 
 import dataclasses
+import re
 import struct
 import traceback
 import typing
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import keyed_state, logging, operator_state, output, types
+from wit_world.imports import keyed_state, logging, metrics, operator_state, output, timers, types
 
 __all__ = [
     "Context", "Record", "Emitter", "Operator", "ValueState", "MapState",
     "ListState", "OperatorListState", "log", "export", "describe",
+    "Timer", "EVENT_TIME", "PROCESSING_TIME", "register_event_time_timer",
+    "delete_event_time_timer", "register_processing_time_timer",
+    "delete_processing_time_timer", "current_watermark", "current_processing_time",
+    "counter_add", "Window", "tumbling", "sliding", "session", "WindowOperator",
 ]
 
 _HAS_KEY = 1
@@ -267,8 +280,10 @@ def describe(t):
     """The type descriptor (docs/wit.md, "Type descriptors") of a Python type:
     ``int`` -> ``int``, ``str`` -> ``text``, ``list[int]`` -> ``list<int>``,
     ``dict[str, float]`` -> ``map<text, float>``, ``Optional[T]`` ->
-    ``option<T>``, a dataclass -> ``record{field: T, ...}``; anything else
-    ``any``."""
+    ``option<T>``, a dataclass -> ``record{field: T, ...}``, a string -> the
+    string itself (a descriptor written out); anything else ``any``."""
+    if isinstance(t, str):
+        return t
     if t in _SCALAR_DESCRIPTORS:
         return _SCALAR_DESCRIPTORS[t]
     if dataclasses.is_dataclass(t) and isinstance(t, type):
@@ -298,8 +313,13 @@ def _declare(name, declare, *args):
 
 
 class _Registry:
+    """What every handle shares: the current key (of the record being
+    processed or the timer firing), the state handles by name, and the
+    watermark read in this hook call (None: not read yet)."""
+
     key = None
     states = {}
+    watermark = None
 
 
 # Bound once: a flush builds one update per dirty key.
@@ -454,17 +474,25 @@ class ListState(_KeyedState):
 
 
 class MapState(_KeyedState):
-    """A map per key. Changes are written back entry by entry."""
+    """A map per key. Changes are written back entry by entry. ``type``
+    describes the values and ``key_type`` the map keys, both declared to the
+    host (``map<K, V>``; ``any`` for the one not given)."""
 
     kind = "map"
+
+    def __init__(self, name, type=None, key_type=None):  # noqa: A002
+        self._key_type = key_type
+        if key_type is not None and type is None:
+            type = typing.Any  # noqa: A001 - declares `map<K, any>`
+        super().__init__(name, type)
 
     @staticmethod
     def wit_kind():
         return types.StateKind.MAP
 
-    @staticmethod
-    def _descriptor(item):
-        return f"map<any, {item}>"
+    def _descriptor(self, item):
+        key = "any" if self._key_type is None else describe(self._key_type)
+        return f"map<{key}, {item}>"
 
     def _load(self):
         key = _current_key(self.name)
@@ -558,9 +586,121 @@ def log(level, message):
     logging.log(_LEVELS[level], str(message))
 
 
+# Event time: timers, watermarks and metrics (docs/sdk.md, "Event time").
+
+#: The domain of a timer that fires when the watermark reaches its timestamp.
+EVENT_TIME = "event-time"
+#: The domain of a timer that fires when the host's clock reaches its timestamp.
+PROCESSING_TIME = "processing-time"
+
+_DOMAINS = {EVENT_TIME: types.TimeDomain.EVENT_TIME, PROCESSING_TIME: types.TimeDomain.PROCESSING_TIME}
+_DOMAIN_NAMES = {v: k for k, v in _DOMAINS.items()}
+
+
+class Timer:
+    """A timer that fired: ``key`` (bytes), ``timestamp`` (int, ms) and
+    ``domain`` (:data:`EVENT_TIME` or :data:`PROCESSING_TIME`)."""
+
+    __slots__ = ("key", "timestamp", "domain")
+
+    def __init__(self, key, timestamp, domain):
+        self.key = key
+        self.timestamp = timestamp
+        self.domain = domain
+
+    def __eq__(self, other):
+        return isinstance(other, Timer) and (self.key, self.timestamp, self.domain) == (
+            other.key, other.timestamp, other.domain)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"Timer(key={self.key!r}, timestamp={self.timestamp}, domain={self.domain!r})"
+
+
+def _timer_key():
+    if _Registry.key is None:
+        raise RuntimeError(
+            "timers are keyed: use them while processing a record that has a key, or in on_timer")
+    return _Registry.key
+
+
+def _timestamp(timestamp):
+    if type(timestamp) is not int or not _I64_MIN <= timestamp <= _I64_MAX:
+        raise ValueError(f"a timer timestamp is a signed 64-bit int of milliseconds, not {timestamp!r}")
+    return timestamp
+
+
+def _timer_call(call, timestamp, domain):
+    key = _timer_key()
+    try:
+        call(key, _timestamp(timestamp), _DOMAINS[domain])
+    except Err as e:
+        raise RuntimeError(f"timer at {timestamp} ({domain}): {e.value}") from None
+
+
+def register_event_time_timer(timestamp):
+    """Registers a timer for the current key that fires (``on_timer``) once
+    the watermark reaches ``timestamp``. Registering it again does nothing."""
+    _timer_call(timers.register, timestamp, EVENT_TIME)
+
+
+def delete_event_time_timer(timestamp):
+    """Deletes the current key's event-time timer at ``timestamp``, if any."""
+    _timer_call(timers.delete, timestamp, EVENT_TIME)
+
+
+def register_processing_time_timer(timestamp):
+    """Registers a timer for the current key that fires (``on_timer``) once
+    the host's clock (:func:`current_processing_time`) reaches ``timestamp``."""
+    _timer_call(timers.register, timestamp, PROCESSING_TIME)
+
+
+def delete_processing_time_timer(timestamp):
+    """Deletes the current key's processing-time timer at ``timestamp``, if any."""
+    _timer_call(timers.delete, timestamp, PROCESSING_TIME)
+
+
+def current_watermark():
+    """The operator's event-time watermark in milliseconds: ``-2**63`` before
+    the first one. It only moves between hook calls, so it is read from the
+    host once per call."""
+    if _Registry.watermark is None:
+        _Registry.watermark = timers.current_watermark()
+    return _Registry.watermark
+
+
+def current_processing_time():
+    """The host's clock, milliseconds since the Unix epoch (the clock
+    processing-time timers run on; guests have no other)."""
+    return timers.current_processing_time()
+
+
+_COUNTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Distinct counters an operator may have (the host's limit).
+MAX_COUNTERS = 32
+_counters = set()
+
+
+def counter_add(name, delta=1):
+    """Adds ``delta`` (a non-negative int) to the operator's metrics counter
+    ``name`` (1 to 64 of ``A-Z a-z 0-9 _ . -``; at most 32 counters), shown
+    in the job's metrics. Counters restart from zero with the job."""
+    if type(name) is not str or name not in _counters:
+        if type(name) is not str or not _COUNTER_NAME.fullmatch(name):
+            raise ValueError(f"a counter name is 1 to 64 of A-Z a-z 0-9 _ . -, not {name!r}")
+        if len(_counters) >= MAX_COUNTERS:
+            raise ValueError(f"counter {name!r}: an operator has at most {MAX_COUNTERS} counters")
+        _counters.add(name)
+    if type(delta) is not int or not 0 <= delta <= _U64_MAX:
+        raise ValueError(f"counter {name!r}: delta is an unsigned 64-bit int, not {delta!r}")
+    metrics.counter_add(name, delta)
+
+
 class Operator:
     """Base class of a Python operator: override ``process``, and optionally
-    ``open``, ``snapshot``, ``on_checkpoint_complete`` and ``close``."""
+    ``open``, ``on_watermark``, ``on_timer``, ``snapshot``,
+    ``on_checkpoint_complete`` and ``close``."""
 
     def open(self, ctx):
         """Called once per subtask with its :class:`Context`."""
@@ -568,6 +708,17 @@ class Operator:
     def process(self, record, out):
         """Called for every record; emit with ``out.emit(key, value)``."""
         raise NotImplementedError
+
+    def on_watermark(self, watermark, out):
+        """Called when the event-time watermark advances to ``watermark``
+        (ms), after every event-time timer it made due has fired; what it
+        emits precedes the watermark downstream. At end of input the
+        watermark is ``2**63 - 1``. Emits carry no timestamp by default."""
+
+    def on_timer(self, timer, out):
+        """Called when a :class:`Timer` fires; keyed state and timers are
+        scoped to ``timer.key``. Emits carry the timer's timestamp by
+        default for an event-time timer, none for a processing-time one."""
 
     def snapshot(self, checkpoint_id, out):
         """Called before a checkpoint; state is flushed after it returns."""
@@ -577,6 +728,9 @@ class Operator:
 
     def close(self, out):
         """Called at end of input; state is flushed after it returns."""
+
+    def _setup(self):
+        """Runs after ``open``: what a base class sets up from its attributes."""
 
 
 #: Keys a state handle keeps cached after a flush, as in the Rust SDK.
@@ -631,9 +785,33 @@ def _guard(fn):
         raise Err(f"{type(e).__name__}: {e}{where}")
 
 
+def _after_call():
+    """After a hook that may change many keys: flush them if there are more
+    than ``DIRTY_LIMIT`` (as after ``process``)."""
+    if DIRTY_LIMIT is not None and _dirty_keys() > DIRTY_LIMIT:
+        _flush()
+
+
+def _hook(run, out=None):
+    """Runs one hook call: state and timers are scoped to no key but the one
+    ``run`` sets, the watermark is read afresh, and what ``run`` emits is
+    sent once it succeeded."""
+    _Registry.key = None
+    _Registry.watermark = None
+    try:
+        _guard(run)
+    finally:
+        _Registry.key = None
+        if out is not None:
+            out._timestamp = None
+    if out is not None:
+        out._send()
+
+
 def export(operator_class):
     """Returns the class componentize-py exports; in ``app.py`` write
-    ``Operator = weir.export(MyOperator)``."""
+    ``Operator = weir.export(MyOperator)``. ``operator_class`` is called with
+    no arguments to make the operator (a class, or any factory)."""
     instance = []
 
     class _Export(exports.Operator):
@@ -641,7 +819,8 @@ def export(operator_class):
             def run():
                 instance.append(operator_class())
                 instance[0].open(Context(context))
-            _guard(run)
+                instance[0]._setup()
+            _hook(run)
 
         def process(self, batch):
             op, out = instance[0], Emitter()
@@ -652,10 +831,29 @@ def export(operator_class):
                     out._timestamp = record.timestamp
                     op.process(record, out)
                 _Registry.key = None
-                if DIRTY_LIMIT is not None and _dirty_keys() > DIRTY_LIMIT:
-                    _flush()
-            _guard(run)
-            out._send()
+                _after_call()
+            _hook(run, out)
+
+        def on_watermark(self, watermark):
+            out = Emitter()
+
+            def run():
+                _Registry.watermark = watermark
+                instance[0].on_watermark(watermark, out)
+                _after_call()
+            _hook(run, out)
+
+        def on_timer(self, key, timestamp, domain):
+            out = Emitter()
+
+            def run():
+                timer = Timer(bytes(key), timestamp, _DOMAIN_NAMES[domain])
+                _Registry.key = timer.key
+                out._timestamp = timestamp if timer.domain == EVENT_TIME else None
+                instance[0].on_timer(timer, out)
+                _Registry.key = None
+                _after_call()
+            _hook(run, out)
 
         def snapshot(self, checkpoint_id):
             out = Emitter()
@@ -663,11 +861,10 @@ def export(operator_class):
             def run():
                 instance[0].snapshot(checkpoint_id, out)
                 _flush()
-            _guard(run)
-            out._send()
+            _hook(run, out)
 
         def on_checkpoint_complete(self, checkpoint_id):
-            _guard(lambda: instance[0].on_checkpoint_complete(checkpoint_id))
+            _hook(lambda: instance[0].on_checkpoint_complete(checkpoint_id))
 
         def close(self):
             out = Emitter()
@@ -675,7 +872,282 @@ def export(operator_class):
             def run():
                 instance[0].close(out)
                 _flush()
-            _guard(run)
-            out._send()
+            _hook(run, out)
 
     return _Export
+
+
+# Windows (docs/sdk.md, "Windows"): the assigners, and an operator built
+# from an assigner, an aggregate and a lateness policy. The state layout is
+# the same in every SDK, so a window operator restores from a savepoint
+# another language wrote: keyed map state `windows`, window start -> record
+# {end, acc}, and event-time timers at `end - 1` (fire) and
+# `end - 1 + allowed_lateness` (clean up).
+
+#: The metrics counter of late records a window operator dropped.
+LATE_RECORDS_DROPPED = "late_records_dropped"
+
+
+class Window(typing.NamedTuple):
+    """A half-open event-time window ``[start, end)`` in milliseconds."""
+
+    start: int
+    end: int
+
+    @property
+    def max_timestamp(self):
+        """The window's last timestamp, ``end - 1``: it fires when the
+        watermark reaches it, and its result carries it."""
+        return self.end - 1
+
+
+def _window(start, end):
+    if end > _I64_MAX:
+        raise ValueError(f"the window starting at {start} ends past the largest timestamp")
+    return Window(start, end)
+
+
+def _positive(name, v):
+    if type(v) is not int or not 0 < v <= _I64_MAX:
+        raise ValueError(f"{name} is a positive int of milliseconds, not {v!r}")
+    return v
+
+
+def _whole(name, v):
+    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:
+        raise ValueError(f"{name} is an int of milliseconds, not {v!r}")
+    return v
+
+
+class _Tumbling:
+    merging = False
+
+    def __init__(self, size, offset):
+        self.size = _positive("a tumbling window's size", size)
+        self.offset = _whole("a window offset", offset)
+
+    def assign(self, ts):
+        # Python's % is a floor modulo, so negative timestamps work.
+        start = ts - (ts - self.offset) % self.size
+        return [_window(start, start + self.size)]
+
+    def __repr__(self):
+        return f"tumbling({self.size}, offset={self.offset})"
+
+
+class _Sliding:
+    merging = False
+
+    def __init__(self, size, slide, offset):
+        self.size = _positive("a sliding window's size", size)
+        self.slide = _positive("a sliding window's slide", slide)
+        self.offset = _whole("a window offset", offset)
+
+    def assign(self, ts):
+        start = ts - (ts - self.offset) % self.slide
+        windows = []
+        while start > ts - self.size:
+            windows.append(_window(start, start + self.size))
+            start -= self.slide
+        return windows
+
+    def __repr__(self):
+        return f"sliding({self.size}, {self.slide}, offset={self.offset})"
+
+
+class _Session:
+    merging = True
+
+    def __init__(self, gap):
+        self.gap = _positive("a session gap", gap)
+
+    def assign(self, ts):
+        return [_window(ts, ts + self.gap)]
+
+    def __repr__(self):
+        return f"session({self.gap})"
+
+
+def tumbling(size, offset=0):
+    """Windows of ``size`` ms, one per record: ``start = ts - (ts - offset)
+    mod size``."""
+    return _Tumbling(size, offset)
+
+
+def sliding(size, slide, offset=0):
+    """Windows of ``size`` ms starting every ``slide`` ms: a record is in
+    every one that contains its timestamp."""
+    return _Sliding(size, slide, offset)
+
+
+def session(gap):
+    """Sessions: a record's window is ``[ts, ts + gap)``, merged with every
+    window of its key it intersects or touches."""
+    return _Session(gap)
+
+
+class WindowOperator(Operator):
+    """A keyed event-time window operator. Give it
+
+    - ``assigner``: :func:`tumbling`, :func:`sliding` or :func:`session`;
+    - ``aggregate``: an object with ``create()`` -> a new accumulator,
+      ``add(acc, record)`` -> the accumulator with ``record`` added,
+      ``merge(a, b)`` -> one accumulator of two (sessions only) and
+      ``result(key, window, acc)`` -> the value to emit (``str`` or
+      ``bytes``; ``None`` emits nothing). By default the operator itself:
+      define those four methods on the subclass;
+    - ``allowed_lateness`` (ms, default 0): how long after it fired a window
+      is kept, firing again for every late record it still accepts;
+    - ``on_late(record)``, optional: the value to emit (with the record's
+      key and timestamp) for a record too late for every window; without
+      it, or when it returns None, the record is dropped and counted in the
+      ``late_records_dropped`` counter.
+
+    as constructor arguments, as class attributes, or by setting them in
+    ``open`` (where the config is known). A window fires once the watermark
+    reaches its last timestamp: it emits ``result`` keyed by the key, with
+    timestamp ``end - 1``. Accumulators are state values. The operator owns
+    the key's event-time timers and the map state ``windows``.
+    """
+
+    assigner = None
+    aggregate = None
+    allowed_lateness = 0
+    on_late = None
+
+    def __init__(self, assigner=None, aggregate=None, allowed_lateness=None, on_late=None):
+        if assigner is not None:
+            self.assigner = assigner
+        if aggregate is not None:
+            self.aggregate = aggregate
+        if allowed_lateness is not None:
+            self.allowed_lateness = allowed_lateness
+        if on_late is not None:
+            self.on_late = on_late
+
+    def _setup(self):
+        if not isinstance(self.assigner, (_Tumbling, _Sliding, _Session)):
+            raise ValueError(
+                "a WindowOperator needs an assigner: weir.tumbling(size), weir.sliding(size, slide) "
+                f"or weir.session(gap), not {self.assigner!r}")
+        lateness = self.allowed_lateness
+        if type(lateness) is not int or not 0 <= lateness <= _I64_MAX:
+            raise ValueError(f"allowed_lateness is a non-negative int of milliseconds, not {lateness!r}")
+        agg = self if self.aggregate is None else self.aggregate
+        needed = ("create", "add", "merge", "result") if self.assigner.merging else ("create", "add", "result")
+        missing = [m for m in needed if not callable(getattr(agg, m, None))]
+        if missing:
+            raise ValueError(f"the window aggregate {type(agg).__name__} lacks {', '.join(missing)}")
+        self._agg = agg
+        self._windows = MapState("windows", type="record{end: int, acc: any}", key_type=int)
+
+    def _cleanup_time(self, end):
+        """When a window ending at ``end`` is dropped: ``end - 1 +
+        allowed_lateness``, saturating at the largest timestamp."""
+        return min(end - 1 + self.allowed_lateness, _I64_MAX)
+
+    def _timer_times(self, end):
+        return {end - 1, self._cleanup_time(end)}
+
+    def _register(self, window, watermark):
+        """Registers a new window's timers: the firing one unless the
+        watermark passed it (the window then fires at once), and the
+        clean-up one when there is lateness."""
+        if window.end - 1 > watermark:
+            register_event_time_timer(window.end - 1)
+        if self.allowed_lateness > 0:
+            register_event_time_timer(self._cleanup_time(window.end))
+
+    def _fire(self, key, window, acc, out):
+        value = self._agg.result(key, window, acc)
+        if value is not None:
+            out.emit(key, value, timestamp=window.end - 1)
+
+    def _late(self, record, out):
+        value = None if self.on_late is None else self.on_late(record)
+        if value is None:
+            counter_add(LATE_RECORDS_DROPPED)
+        else:
+            out.emit(record.key, value, timestamp=record.timestamp)
+
+    def process(self, record, out):
+        ts = record.timestamp
+        if ts is None:
+            raise ValueError("a window operator needs event time: a record without a timestamp")
+        watermark = current_watermark()
+        if self.assigner.merging:
+            self._add_to_session(record, ts, watermark, out)
+            return
+        added = False
+        for window in self.assigner.assign(ts):
+            if self._cleanup_time(window.end) > watermark:
+                self._add(window, record, watermark, out)
+                added = True
+        if not added:
+            self._late(record, out)
+
+    def _add(self, window, record, watermark, out):
+        windows = self._windows
+        entry = windows.get(window.start)
+        if entry is None:
+            acc = self._agg.create()
+            self._register(window, watermark)
+        else:
+            acc = entry["acc"]
+        acc = self._agg.add(acc, record)
+        windows.put(window.start, {"end": window.end, "acc": acc})
+        if window.end - 1 <= watermark:  # fired already, still kept: again
+            self._fire(record.key, window, acc, out)
+
+    def _add_to_session(self, record, ts, watermark, out):
+        (window,) = self.assigner.assign(ts)
+        if self._cleanup_time(window.end) <= watermark:
+            self._late(record, out)
+            return
+        windows = self._windows
+        entries = windows.entries()
+        merged = sorted(((s, e) for s, e in entries if s <= window.end and e["end"] >= window.start),
+                        key=lambda item: item[0])
+        if not merged:
+            self._add(window, record, watermark, out)
+            return
+        # Into the merged windows' accumulators, in start order (the older
+        # window is `a`), then the record.
+        acc = merged[0][1]["acc"]
+        for _, e in merged[1:]:
+            acc = self._agg.merge(acc, e["acc"])
+        acc = self._agg.add(acc, record)
+        start = min(window.start, merged[0][0])
+        end = max(window.end, max(e["end"] for _, e in merged))
+        new = Window(start, end)
+        for s, _ in merged:
+            if s != start:
+                windows.remove(s)
+        windows.put(start, {"end": end, "acc": acc})
+        if len(merged) > 1 or merged[0][0] != start or merged[0][1]["end"] != end:
+            # The merged windows' timers go, but a timer is per key and
+            # timestamp: keep those another window of the key still needs.
+            kept = set()
+            for _, e in windows.entries():
+                kept |= self._timer_times(e["end"])
+            for _, e in merged:
+                for t in self._timer_times(e["end"]) - kept:
+                    delete_event_time_timer(t)
+            self._register(new, watermark)
+        if end - 1 <= watermark:
+            self._fire(record.key, new, acc, out)
+
+    def on_timer(self, timer, out):
+        if timer.domain != EVENT_TIME:
+            return
+        t, windows = timer.timestamp, self._windows
+        entries = sorted(windows.entries(), key=lambda item: item[0])
+        for start, e in entries:
+            if e["end"] - 1 == t:
+                self._fire(timer.key, Window(start, e["end"]), e["acc"], out)
+                if self.allowed_lateness == 0:
+                    windows.remove(start)
+        if self.allowed_lateness > 0:
+            for start, e in entries:
+                if self._cleanup_time(e["end"]) == t:
+                    windows.remove(start)
