@@ -668,6 +668,22 @@ mod tests {
         }
         fn emit(&mut self, _: &[u8]) {}
         fn log(&mut self, _: Level, _: &str) {}
+        fn timer(
+            &mut self,
+            _: &[u8],
+            _: i64,
+            _: crate::time::TimeDomain,
+            _: bool,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn current_watermark(&mut self) -> i64 {
+            i64::MIN
+        }
+        fn current_processing_time(&mut self) -> i64 {
+            0
+        }
+        fn counter_add(&mut self, _: &str, _: u64) {}
     }
 
     #[test]

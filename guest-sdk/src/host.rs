@@ -9,6 +9,7 @@ use std::cell::RefCell;
 
 use crate::Level;
 use crate::declare::Declaration;
+use crate::time::TimeDomain;
 use crate::value::{Value, ValueRef};
 
 /// One change to keyed state, borrowing from the guest caches.
@@ -43,6 +44,17 @@ pub(crate) trait Host {
     fn operator_replace(&mut self, state: &str, values: &[ValueRef<'_>]) -> Result<(), String>;
     fn emit(&mut self, batch: &[u8]);
     fn log(&mut self, level: Level, message: &str);
+    /// `timers.register` (`delete = false`) or `timers.delete`.
+    fn timer(
+        &mut self,
+        key: &[u8],
+        timestamp: i64,
+        domain: TimeDomain,
+        delete: bool,
+    ) -> Result<(), String>;
+    fn current_watermark(&mut self) -> i64;
+    fn current_processing_time(&mut self) -> i64;
+    fn counter_add(&mut self, name: &str, delta: u64);
 }
 
 thread_local! {
@@ -116,6 +128,16 @@ impl Host for NativeHost {
     fn log(&mut self, level: Level, message: &str) {
         eprintln!("[{level:?}] {message}");
     }
+    fn timer(&mut self, _: &[u8], _: i64, _: TimeDomain, _: bool) -> Result<(), String> {
+        Err(Self::NO_HOST.into())
+    }
+    fn current_watermark(&mut self) -> i64 {
+        i64::MIN
+    }
+    fn current_processing_time(&mut self) -> i64 {
+        0
+    }
+    fn counter_add(&mut self, _: &str, _: u64) {}
 }
 
 /// Records `declaration` in `declared` as a host does: an identical
@@ -157,7 +179,7 @@ struct WasmHost;
 mod wasm {
     use super::*;
     use crate::bindings::weir::operator::{
-        keyed_state as ks, logging, operator_state, output, types,
+        keyed_state as ks, logging, metrics, operator_state, output, timers, types,
     };
     use crate::declare::{DeclaredKind, Redistribution};
 
@@ -417,6 +439,32 @@ mod wasm {
                 Level::Error => types::Level::Error,
             };
             logging::log(level, message);
+        }
+        fn timer(
+            &mut self,
+            key: &[u8],
+            timestamp: i64,
+            domain: TimeDomain,
+            delete: bool,
+        ) -> Result<(), String> {
+            let domain = match domain {
+                TimeDomain::EventTime => types::TimeDomain::EventTime,
+                TimeDomain::ProcessingTime => types::TimeDomain::ProcessingTime,
+            };
+            if delete {
+                timers::delete(key, timestamp, domain)
+            } else {
+                timers::register(key, timestamp, domain)
+            }
+        }
+        fn current_watermark(&mut self) -> i64 {
+            timers::current_watermark()
+        }
+        fn current_processing_time(&mut self) -> i64 {
+            timers::current_processing_time()
+        }
+        fn counter_add(&mut self, name: &str, delta: u64) {
+            metrics::counter_add(name, delta);
         }
     }
 }

@@ -48,7 +48,9 @@ mod state;
 pub mod structured;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod time;
 mod value;
+pub mod window;
 
 pub use declare::{Declaration, DeclaredKind, Describe, Redistribution};
 pub use error::Error;
@@ -56,6 +58,7 @@ pub use log::{Level, log};
 pub use runtime::{Context, Emitter, Operator, Record};
 pub use state::{ListState, MapState, OperatorListState, ValueState};
 pub use structured::Structured;
+pub use time::{TimeDomain, Timer};
 pub use value::{StateValue, Value, ValueRef};
 
 #[cfg_attr(not(target_arch = "wasm32"), allow(unused_imports))]
@@ -80,7 +83,7 @@ pub mod __private {
     }
 
     use crate::{Context, Operator, runtime};
-    use bindings::exports::weir::operator::operator::{Guest, OperatorContext};
+    use bindings::exports::weir::operator::operator::{Guest, OperatorContext, TimeDomain};
 
     /// Implements the generated `Guest` trait for operator `O`.
     pub struct Adapter<O>(PhantomData<O>);
@@ -107,6 +110,16 @@ pub mod __private {
         }
         fn close() -> Result<(), String> {
             runtime::close().map_err(|e| e.to_string())
+        }
+        fn on_watermark(watermark: i64) -> Result<(), String> {
+            runtime::on_watermark(watermark).map_err(|e| e.to_string())
+        }
+        fn on_timer(key: Vec<u8>, timestamp: i64, domain: TimeDomain) -> Result<(), String> {
+            let domain = match domain {
+                TimeDomain::EventTime => crate::time::TimeDomain::EventTime,
+                TimeDomain::ProcessingTime => crate::time::TimeDomain::ProcessingTime,
+            };
+            runtime::on_timer(&key, timestamp, domain).map_err(|e| e.to_string())
         }
     }
 }

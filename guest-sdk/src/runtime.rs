@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use weir_format::{BatchReader, BatchWriter};
 
 use crate::state::{REGISTRY, set_current_key};
+use crate::time::{TimeDomain, Timer};
 use crate::{Error, host};
 
 /// A stream operator: implement this and pass the type to [`crate::export!`].
@@ -55,6 +56,29 @@ pub trait Operator: Sized + 'static {
     /// Anything that should fail the job.
     fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error> {
         let _ = checkpoint_id;
+        Ok(())
+    }
+
+    /// A timer registered with [`crate::time`] fired; keyed state is scoped
+    /// to `timer.key`. Records emitted here carry the timer's timestamp
+    /// unless given another (event time), or none (processing time).
+    ///
+    /// # Errors
+    ///
+    /// Anything that should fail the job.
+    fn on_timer(&mut self, timer: Timer<'_>, out: &mut Emitter) -> Result<(), Error> {
+        let _ = (timer, out);
+        Ok(())
+    }
+
+    /// The watermark advanced to `watermark`, after the timers it made due
+    /// fired; may emit.
+    ///
+    /// # Errors
+    ///
+    /// Anything that should fail the job.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> Result<(), Error> {
+        let _ = (watermark, out);
         Ok(())
     }
 
@@ -223,6 +247,8 @@ trait Instance {
     fn snapshot(&mut self, checkpoint_id: u64, out: &mut Emitter) -> Result<(), Error>;
     fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error>;
     fn close(&mut self, out: &mut Emitter) -> Result<(), Error>;
+    fn on_timer(&mut self, timer: Timer<'_>, out: &mut Emitter) -> Result<(), Error>;
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> Result<(), Error>;
 }
 
 impl<O: Operator> Instance for O {
@@ -250,6 +276,20 @@ impl<O: Operator> Instance for O {
     }
     fn close(&mut self, out: &mut Emitter) -> Result<(), Error> {
         Operator::close(self, out)
+    }
+    fn on_timer(&mut self, timer: Timer<'_>, out: &mut Emitter) -> Result<(), Error> {
+        set_current_key(Some(timer.key));
+        out.timestamp = match timer.domain {
+            TimeDomain::EventTime => Some(timer.timestamp),
+            TimeDomain::ProcessingTime => None,
+        };
+        let result = Operator::on_timer(self, timer, out);
+        set_current_key(None);
+        out.timestamp = None;
+        result
+    }
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> Result<(), Error> {
+        Operator::on_watermark(self, watermark, out)
     }
 }
 
@@ -328,6 +368,31 @@ pub(crate) fn snapshot(checkpoint_id: u64) -> Result<(), Error> {
 pub(crate) fn on_checkpoint_complete(checkpoint_id: u64) -> Result<(), Error> {
     with_instance("on-checkpoint-complete before open", |i, _| {
         i.on_checkpoint_complete(checkpoint_id)
+    })
+}
+
+/// The `on-timer` hook.
+pub(crate) fn on_timer(key: &[u8], timestamp: i64, domain: TimeDomain) -> Result<(), Error> {
+    with_instance("on-timer before open", |i, out| {
+        i.on_timer(
+            Timer {
+                key,
+                timestamp,
+                domain,
+            },
+            out,
+        )
+    })?;
+    if REGISTRY.with_borrow(Registry::over_capacity) {
+        flush_state()?;
+    }
+    Ok(())
+}
+
+/// The `on-watermark` hook.
+pub(crate) fn on_watermark(watermark: i64) -> Result<(), Error> {
+    with_instance("on-watermark before open", |i, out| {
+        i.on_watermark(watermark, out)
     })
 }
 

@@ -39,7 +39,10 @@ pub(crate) fn set_current_key(key: Option<&[u8]>) {
 }
 
 /// Runs `f` with the current key, or fails naming `state`.
-fn with_key<R>(state: &str, f: impl FnOnce(&[u8]) -> Result<R, Error>) -> Result<R, Error> {
+pub(crate) fn with_key<R>(
+    state: &str,
+    f: impl FnOnce(&[u8]) -> Result<R, Error>,
+) -> Result<R, Error> {
     CURRENT_KEY.with_borrow(|k| {
         if k.present {
             f(&k.buf)

@@ -15,6 +15,7 @@ use weir_format::{BatchReader, BatchWriter};
 
 use crate::declare::Declaration;
 use crate::host::{self, Host, Update, Write};
+use crate::time::TimeDomain;
 use crate::value::{Value, ValueRef};
 use crate::{Context, Error, Level, Operator, runtime};
 
@@ -72,6 +73,11 @@ struct Store {
     read_calls: usize,
     logs: Vec<(Level, String)>,
     declared: Vec<Declaration>,
+    /// Registered timers: (domain is processing time, timestamp, key).
+    timers: std::collections::BTreeSet<(bool, i64, Vec<u8>)>,
+    watermark: Option<i64>,
+    processing_time: i64,
+    counters: BTreeMap<String, u64>,
 }
 
 struct MemoryHost(Rc<RefCell<Store>>);
@@ -169,6 +175,40 @@ impl Host for MemoryHost {
     }
     fn log(&mut self, level: Level, message: &str) {
         self.0.borrow_mut().logs.push((level, message.to_owned()));
+    }
+    fn timer(
+        &mut self,
+        key: &[u8],
+        timestamp: i64,
+        domain: TimeDomain,
+        delete: bool,
+    ) -> Result<(), String> {
+        let entry = (
+            domain == TimeDomain::ProcessingTime,
+            timestamp,
+            key.to_vec(),
+        );
+        let mut s = self.0.borrow_mut();
+        if delete {
+            s.timers.remove(&entry);
+        } else {
+            s.timers.insert(entry);
+        }
+        Ok(())
+    }
+    fn current_watermark(&mut self) -> i64 {
+        self.0.borrow().watermark.unwrap_or(i64::MIN)
+    }
+    fn current_processing_time(&mut self) -> i64 {
+        self.0.borrow().processing_time
+    }
+    fn counter_add(&mut self, name: &str, delta: u64) {
+        *self
+            .0
+            .borrow_mut()
+            .counters
+            .entry(name.to_owned())
+            .or_default() += delta;
     }
 }
 
@@ -283,6 +323,79 @@ impl<O: Operator> Harness<O> {
     pub fn close(&mut self) -> Result<Vec<TestRecord>, Error> {
         runtime::close()?;
         Ok(self.take_emitted())
+    }
+
+    /// Advances the watermark to `watermark` as the host does: fires every
+    /// event-time timer at or before it, one by one in timestamp then key
+    /// order (including timers the firings register), then runs
+    /// `on_watermark`. Returns everything emitted.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the operator returns.
+    pub fn watermark(&mut self, watermark: i64) -> Result<Vec<TestRecord>, Error> {
+        {
+            let mut s = self.store.borrow_mut();
+            s.watermark = Some(s.watermark.map_or(watermark, |w| w.max(watermark)));
+        }
+        self.fire(false, watermark)?;
+        runtime::on_watermark(watermark)?;
+        Ok(self.take_emitted())
+    }
+
+    /// Sets the host's clock to `now` and fires every processing-time
+    /// timer at or before it. Returns everything emitted.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the operator returns.
+    pub fn advance_processing_time(&mut self, now: i64) -> Result<Vec<TestRecord>, Error> {
+        self.store.borrow_mut().processing_time = now;
+        self.fire(true, now)?;
+        Ok(self.take_emitted())
+    }
+
+    fn fire(&mut self, processing: bool, upto: i64) -> Result<(), Error> {
+        loop {
+            let due = {
+                let mut s = self.store.borrow_mut();
+                let next = s
+                    .timers
+                    .range((processing, i64::MIN, Vec::new())..)
+                    .next()
+                    .filter(|(p, ts, _)| *p == processing && *ts <= upto)
+                    .cloned();
+                if let Some(t) = &next {
+                    s.timers.remove(t);
+                }
+                next
+            };
+            let Some((_, ts, key)) = due else {
+                return Ok(());
+            };
+            let domain = if processing {
+                TimeDomain::ProcessingTime
+            } else {
+                TimeDomain::EventTime
+            };
+            runtime::on_timer(&key, ts, domain)?;
+        }
+    }
+
+    /// The registered timers of `domain`: (timestamp, key), ascending.
+    pub fn timers(&self, domain: TimeDomain) -> Vec<(i64, Vec<u8>)> {
+        self.store
+            .borrow()
+            .timers
+            .iter()
+            .filter(|(p, ..)| *p == (domain == TimeDomain::ProcessingTime))
+            .map(|(_, ts, key)| (*ts, key.clone()))
+            .collect()
+    }
+
+    /// The operator's counters (`time::counter_add`).
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.store.borrow().counters.clone()
     }
 
     /// The value state `state` of `key` as the host holds it (what a

@@ -48,6 +48,12 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "weir_plugin_word_count_broken",
     ),
     ("WASI_KV", "weir-plugin-wasi-kv", "weir_plugin_wasi_kv"),
+    ("NEXMARK", "weir-plugin-nexmark", "weir_plugin_nexmark"),
+    (
+        "WINDOW_COUNT",
+        "weir-plugin-window-count",
+        "weir_plugin_window_count",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip2";
@@ -57,6 +63,7 @@ const TARGET: &str = "wasm32-wasip2";
 const PYTHON_PLUGINS: &[(&str, &str)] = &[
     ("PY_WORD_COUNT", "plugins/python/word-count"),
     ("PY_STATS", "plugins/python/stats"),
+    ("PY_SESSION_COUNT", "plugins/python/session-count"),
 ];
 
 /// The componentize-py release the Python plugins are built with.
@@ -69,6 +76,7 @@ const JS_PLUGINS: &[(&str, &str)] = &[
     ("JS_WORD_COUNT", "plugins/js/word-count"),
     ("JS_STATS", "plugins/js/stats"),
     ("JS_FORMAT", "plugins/js/format"),
+    ("JS_TUMBLING_COUNT", "plugins/js/tumbling-count"),
 ];
 
 /// Where the JavaScript toolchain (componentize-js, pinned with its lock
@@ -128,6 +136,8 @@ fn main() -> Result<()> {
         "wit",
         "host/format/src",
         "host/format/Cargo.toml",
+        "host/nexmark/src",
+        "host/nexmark/Cargo.toml",
         "Cargo.toml",
         "Cargo.lock",
     ] {

@@ -252,6 +252,7 @@ fn graph(spec: DatagenSpec, stage: Option<&Stage>, config: CheckpointConfig) -> 
                 uid: "stage".into(),
                 parallelism: 1,
                 kind: VertexKind::Native(Arc::new(stage.clone())),
+                watermarks: None,
                 inputs: vec![Edge {
                     from: COUNT,
                     partition: Partition::Forward,

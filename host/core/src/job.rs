@@ -17,6 +17,7 @@ use crate::error::{Error, Problem};
 use crate::keygroup::{DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM};
 use crate::native::NativeOperatorFactory;
 use crate::restart::{self, RestartStrategy};
+use crate::watermark::WatermarkStrategy;
 
 /// Default records per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
@@ -285,6 +286,8 @@ pub enum SourceType {
     Nats,
     /// A Kafka topic (the `[sources.kafka]` table).
     Kafka,
+    /// The Nexmark benchmark's events (the `[sources.nexmark]` table).
+    Nexmark,
 }
 
 impl SourceType {
@@ -295,6 +298,7 @@ impl SourceType {
             SourceType::Datagen => "datagen",
             SourceType::Nats => "nats",
             SourceType::Kafka => "kafka",
+            SourceType::Nexmark => "nexmark",
         }
     }
 }
@@ -326,7 +330,27 @@ pub struct SourceSpec {
     pub nats: Option<crate::connectors::nats::NatsSourceSpec>,
     /// `kafka`: the connector's table.
     pub kafka: Option<crate::connectors::kafka::KafkaSourceSpec>,
+    /// `nexmark`: the generator's table.
+    pub nexmark: Option<weir_nexmark::GeneratorConfig>,
+    /// Event-time watermarks from the records' timestamps; absent: none
+    /// (event time then only ends, at the end of the input).
+    pub watermarks: Option<WatermarksSpec>,
 }
+
+/// A source's `[sources.watermarks]` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarksSpec {
+    /// How far behind the greatest timestamp seen a record may arrive and
+    /// still not be late, ms (default 0).
+    pub out_of_orderness_ms: Option<u64>,
+    /// A split without records for this long stops holding the watermark
+    /// back, ms; absent: never.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// The longest out-of-orderness or idle timeout a job file may set: a day.
+pub const MAX_WATERMARK_MS: u64 = 86_400_000;
 
 /// An `[[operators]]` entry, as written.
 #[derive(Debug, Deserialize)]
@@ -469,6 +493,8 @@ pub enum VertexKind {
     KafkaSource(crate::connectors::kafka::KafkaSource),
     /// Produces to a Kafka topic.
     KafkaSink(crate::connectors::kafka::KafkaSink),
+    /// Nexmark events.
+    Nexmark(crate::connectors::nexmark::NexmarkSpec),
 }
 
 impl std::fmt::Debug for VertexKind {
@@ -495,6 +521,7 @@ impl std::fmt::Debug for VertexKind {
             VertexKind::KafkaSink(k) => {
                 write!(f, "KafkaSink({} topic {})", k.spec.brokers, k.spec.topic)
             }
+            VertexKind::Nexmark(n) => write!(f, "{n:?}"),
         }
     }
 }
@@ -506,7 +533,8 @@ impl VertexKind {
             VertexKind::FileSource { .. }
             | VertexKind::Datagen(_)
             | VertexKind::NatsSource(_)
-            | VertexKind::KafkaSource(_) => false,
+            | VertexKind::KafkaSource(_)
+            | VertexKind::Nexmark(_) => false,
             VertexKind::Operator { .. }
             | VertexKind::Native(_)
             | VertexKind::StdoutSink
@@ -529,6 +557,7 @@ impl VertexKind {
             | VertexKind::Datagen(_)
             | VertexKind::NatsSource(_)
             | VertexKind::KafkaSource(_)
+            | VertexKind::Nexmark(_)
             | VertexKind::Operator { .. }
             | VertexKind::Native(_) => true,
         }
@@ -570,6 +599,8 @@ pub struct Vertex {
     pub kind: VertexKind,
     /// Input edges.
     pub inputs: Vec<Edge>,
+    /// A source's watermark strategy, if it generates watermarks.
+    pub watermarks: Option<WatermarkStrategy>,
 }
 
 /// A validated job: vertices in topological order (every input edge points
@@ -691,6 +722,28 @@ struct Draft {
     parallelism: u32,
     kind: VertexKind,
     inputs: Vec<(String, Option<Partition>)>,
+    watermarks: Option<WatermarkStrategy>,
+}
+
+/// Checks a source's `[sources.watermarks]` table.
+fn watermark_strategy(
+    w: &WatermarksSpec,
+    field: &str,
+    problems: &mut Problems,
+) -> WatermarkStrategy {
+    let mut ms = |name: &str, v: u64, min: u64| {
+        if !(min..=MAX_WATERMARK_MS).contains(&v) {
+            problems.add(
+                format!("{field}.watermarks.{name}"),
+                format!("must be between {min} and {MAX_WATERMARK_MS} (a day), got {v}"),
+            );
+        }
+        Duration::from_millis(v)
+    };
+    WatermarkStrategy {
+        out_of_orderness: ms("out_of_orderness_ms", w.out_of_orderness_ms.unwrap_or(0), 0),
+        idle_timeout: w.idle_timeout_ms.map(|v| ms("idle_timeout_ms", v, 1)),
+    }
 }
 
 struct Problems(Vec<Problem>);
@@ -796,6 +849,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
         let takes: &[&str] = match s.kind {
             SourceType::File => &["path"],
             SourceType::Datagen => &["seed", "records", "rate", "vocabulary", "words_per_record"],
+            SourceType::Nexmark => &["rate"],
             SourceType::Nats | SourceType::Kafka => &[],
         };
         for (name, set) in [
@@ -811,7 +865,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     SourceType::Nats | SourceType::Kafka => {
                         format!(" (its options are in `[sources.{}]`)", s.kind.name())
                     }
-                    SourceType::File | SourceType::Datagen => String::new(),
+                    SourceType::File | SourceType::Datagen | SourceType::Nexmark => String::new(),
                 };
                 problems.add(
                     format!("{field}.{name}"),
@@ -868,6 +922,24 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                     words_per_record,
                 })
             }
+            SourceType::Nexmark => {
+                let generator = s.nexmark.take().unwrap_or_default();
+                if let Err(e) = generator.validate() {
+                    problems.add(format!("{field}.nexmark"), e.to_string());
+                }
+                if let Some(rate) = s.rate
+                    && !(rate.is_finite() && rate > 0.0)
+                {
+                    problems.add(
+                        format!("{field}.rate"),
+                        format!("must be a positive number, got {rate}"),
+                    );
+                }
+                VertexKind::Nexmark(crate::connectors::nexmark::NexmarkSpec {
+                    generator,
+                    rate: s.rate,
+                })
+            }
             SourceType::Nats | SourceType::Kafka => {
                 let placeholder = || VertexKind::FileSource {
                     path: PathBuf::new(),
@@ -909,12 +981,16 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 );
             }
         }
+        let watermarks = s
+            .watermarks
+            .map(|w| watermark_strategy(&w, &field, &mut problems));
         drafts.push(Draft {
             uid: s.uid,
             field,
             parallelism,
             kind,
             inputs: Vec::new(),
+            watermarks,
         });
     }
     for (i, o) in file.operators.into_iter().enumerate() {
@@ -952,6 +1028,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             uid: o.uid,
             field,
             parallelism,
+            watermarks: None,
             kind: VertexKind::Operator {
                 plugin,
                 config: o.config,
@@ -1052,6 +1129,7 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
             field,
             parallelism,
             kind,
+            watermarks: None,
             inputs: s
                 .input
                 .names()
@@ -1659,6 +1737,7 @@ fn link(drafts: Vec<Draft>, problems: &mut Problems) -> Vec<Vertex> {
                 uid: d.uid,
                 parallelism: d.parallelism,
                 kind: d.kind,
+                watermarks: d.watermarks,
                 inputs: edges[v]
                     .iter()
                     .map(|e| Edge {

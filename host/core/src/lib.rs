@@ -21,5 +21,7 @@ pub mod savepoint;
 pub mod serve;
 pub mod snapshot;
 pub mod state;
+pub mod timers;
+pub mod watermark;
 
 pub use error::{Error, ErrorKind};

@@ -17,6 +17,8 @@ pub struct VertexMetrics {
     pub records_in: AtomicU64,
     /// Records sent downstream (for sinks: written).
     pub records_out: AtomicU64,
+    /// The operator's own counters (`metrics.counter-add`), by name.
+    pub counters: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl VertexMetrics {
@@ -28,6 +30,26 @@ impl VertexMetrics {
     /// Records sent so far.
     pub fn records_out(&self) -> u64 {
         self.records_out.load(Ordering::Relaxed)
+    }
+
+    /// Adds an instance's counters to the vertex's.
+    pub fn add_counters(&self, counters: std::collections::BTreeMap<String, u64>) {
+        if counters.is_empty() {
+            return;
+        }
+        let mut all = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, delta) in counters {
+            let c = all.entry(name).or_default();
+            *c = c.saturating_add(delta);
+        }
+    }
+
+    /// The operator's own counters, by name.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -131,6 +153,7 @@ impl JobMetrics {
                     uid: v.uid.clone(),
                     records_in: AtomicU64::new(0),
                     records_out: AtomicU64::new(0),
+                    counters: Mutex::default(),
                 })
                 .collect(),
             last_checkpoint: AtomicU64::new(0),

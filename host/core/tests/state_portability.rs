@@ -74,6 +74,7 @@ fn subtask_zero(uid: &str, limits: Limits, state: Box<dyn KeyedStateBackend>) ->
         operator_state: Vec::new(),
         attempt_number: 0,
         restored_types: Default::default(),
+        timers: weir_host::timers::TimerService::new(MAX_PARALLELISM),
     }
 }
 

@@ -39,6 +39,7 @@ fn vertex(uid: &str, kind: VertexKind, inputs: Vec<Edge>) -> Vertex {
         parallelism: 1,
         kind,
         inputs,
+        watermarks: None,
     }
 }
 
@@ -172,6 +173,7 @@ pub fn instance_config(i: u32) -> InstanceConfig {
         operator_state: Vec::new(),
         attempt_number: 0,
         restored_types: Default::default(),
+        timers: weir_host::timers::TimerService::new(128),
     }
 }
 

@@ -36,6 +36,7 @@ mod datagen;
 mod file;
 pub mod kafka;
 pub mod nats;
+pub mod nexmark;
 mod stdout;
 
 pub use blackhole::BlackholeSink;
@@ -148,6 +149,10 @@ pub fn source_of(uid: &str, kind: &VertexKind) -> Option<Box<dyn SplitKind>> {
         })),
         VertexKind::NatsSource(source) => Some(Box::new(nats::NatsSplits::new(uid, source))),
         VertexKind::KafkaSource(source) => Some(Box::new(kafka::KafkaSplits::new(uid, source))),
+        VertexKind::Nexmark(spec) => Some(Box::new(nexmark::NexmarkSplits {
+            uid: uid.to_owned(),
+            spec: spec.clone(),
+        })),
         _ => None,
     }
 }
@@ -261,6 +266,8 @@ pub struct SourceSplits {
     /// Every split had ended before the snapshot the subtask was restored
     /// from (or it has none).
     ended_at_start: bool,
+    /// The split the last batch came from.
+    last: Option<usize>,
 }
 
 impl SourceSplits {
@@ -285,6 +292,7 @@ impl SourceSplits {
             splits,
             next: 0,
             ended_at_start,
+            last: None,
         })
     }
 
@@ -323,6 +331,7 @@ impl SourceSplits {
             return Ok(false);
         };
         self.next = (i + 1) % n;
+        self.last = Some(i);
         let split = &mut self.splits[i];
         let reader = split.reader.as_mut().expect("picked an open split");
         let more = reader.next_batch(out, max).await?;
@@ -332,6 +341,22 @@ impl SourceSplits {
             split.reader = None;
         }
         Ok(self.splits.iter().any(|s| s.reader.is_some()))
+    }
+
+    /// How many splits the subtask has (ended ones included).
+    pub fn len(&self) -> usize {
+        self.splits.len()
+    }
+
+    /// Whether the subtask has no split.
+    pub fn is_empty(&self) -> bool {
+        self.splits.is_empty()
+    }
+
+    /// The split the last batch came from (an index below
+    /// [`SourceSplits::len`]), and whether it has ended.
+    pub fn last_read(&self) -> Option<(usize, bool)> {
+        self.last.map(|i| (i, self.splits[i].reader.is_none()))
     }
 
     /// Every split with its position, for a checkpoint.

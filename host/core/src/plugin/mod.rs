@@ -27,7 +27,9 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::weir::operator::{keyed_state, logging, operator_state, output, types};
+use self::bindings::weir::operator::{
+    keyed_state, logging, metrics, operator_state, output, timers, types,
+};
 use self::declared::Declarations;
 use self::sandbox::{
     GuestOutput, LimitHit, LogMeter, MAX_LOG_LINE, MemoryLimiter, MemoryShare, Part, Stream, mib,
@@ -37,6 +39,7 @@ use crate::job::Limits;
 use crate::keygroup::KeyGroupRange;
 use crate::keygroup::key_group_of;
 use crate::state::{KeyedStateBackend, MemoryStateBackend, StateError, Update, Value};
+use crate::timers::{FiredTimer, TimeDomain, TimerService};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -48,6 +51,8 @@ mod bindings {
             "weir:operator/output.emit": trappable,
             "weir:operator/logging.log": trappable,
             "weir:operator/keyed-state.write": trappable,
+            "weir:operator/timers.register": trappable,
+            "weir:operator/metrics.counter-add": trappable,
             // These trap when the state backend itself fails: the
             // host's failure must fail the call, not reach the guest as
             // an error it could swallow.
@@ -55,6 +60,7 @@ mod bindings {
             "weir:operator/keyed-state.map-get": trappable,
             "weir:operator/keyed-state.map-entries": trappable,
             "weir:operator/keyed-state.list-get": trappable,
+            "weir:operator/timers.delete": trappable,
         },
         // Calls into the guest are futures: a long one gives its worker
         // back at an epoch tick (`on_tick`). The host's imports stay
@@ -63,8 +69,38 @@ mod bindings {
     });
 }
 
+/// The 0.1.0 world, for components built before event time. Its types
+/// are the current world's (the same shapes), so its imports are served
+/// by the same host functions.
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v0.1.0",
+        world: "stream-operator",
+        with: {
+            "weir:operator/types@0.1.0": crate::plugin::bindings::weir::operator::types,
+        },
+        imports: {
+            "weir:operator/output.emit": trappable,
+            "weir:operator/logging.log": trappable,
+            "weir:operator/keyed-state.write": trappable,
+            "weir:operator/keyed-state.value-get": trappable,
+            "weir:operator/keyed-state.map-get": trappable,
+            "weir:operator/keyed-state.map-entries": trappable,
+            "weir:operator/keyed-state.list-get": trappable,
+        },
+        exports: { default: async },
+    });
+}
+
 /// The WIT world version this host implements.
-pub const WORLD: &str = "weir:operator/stream-operator@0.1.0";
+pub const WORLD: &str = "weir:operator/stream-operator@0.2.0";
+
+/// Every world version this host loads, newest first: a component built
+/// against any of them runs unchanged.
+pub const WORLDS: &[&str] = &[
+    "weir:operator/stream-operator@0.2.0",
+    "weir:operator/stream-operator@0.1.0",
+];
 
 /// The most native stack a guest's Wasm frames may use. Deeper recursion
 /// traps as a stack overflow naming this limit; it is half the stack each
@@ -96,7 +132,44 @@ pub struct PluginEngine {
 
 /// A plugin's compiled code, linked: what every job running it shares.
 struct Linked {
-    pre: bindings::StreamOperatorPre<InstanceState>,
+    pre: WorldPre,
+}
+
+/// A component pre-instantiated against the world it implements.
+enum WorldPre {
+    V2(bindings::StreamOperatorPre<InstanceState>),
+    V1(bindings_v1::StreamOperatorPre<InstanceState>),
+}
+
+impl WorldPre {
+    /// The newest world `pre` implements.
+    ///
+    /// # Errors
+    /// What the newest world misses, when it implements none.
+    fn new(pre: wasmtime::component::InstancePre<InstanceState>) -> Result<Self, String> {
+        let v2 = match bindings::StreamOperatorPre::new(pre.clone()) {
+            Ok(p) => return Ok(WorldPre::V2(p)),
+            Err(e) => e,
+        };
+        bindings_v1::StreamOperatorPre::new(pre)
+            .map(WorldPre::V1)
+            .map_err(|_| {
+                format!("does not implement {WORLD} (nor an older world Weir loads): {v2:#}")
+            })
+    }
+
+    fn engine(&self) -> &Engine {
+        match self {
+            WorldPre::V2(p) => p.engine(),
+            WorldPre::V1(p) => p.engine(),
+        }
+    }
+}
+
+/// A running component's exports, by world.
+enum WorldExports {
+    V2(bindings::StreamOperator),
+    V1(bindings_v1::StreamOperator),
 }
 
 /// How a plugin was obtained, for benchmarks and logs.
@@ -182,6 +255,8 @@ impl PluginEngine {
         start_epoch_ticker(&engine)?;
         bindings::StreamOperator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::Internal(format!("linking the operator world: {e:#}")))?;
+        bindings_v1::StreamOperator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Internal(format!("linking the 0.1.0 operator world: {e:#}")))?;
         Ok(Self {
             engine,
             linker,
@@ -222,8 +297,7 @@ impl PluginEngine {
                 let pre = self.linker.instantiate_pre(&component).map_err(|e| {
                     fail(format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)"))
                 })?;
-                let pre = bindings::StreamOperatorPre::new(pre)
-                    .map_err(|e| fail(format!("does not implement {WORLD}: {e:#}")))?;
+                let pre = WorldPre::new(pre).map_err(fail)?;
                 let linked = Arc::new(Linked { pre });
                 let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
                 loaded.retain(|_, l| l.strong_count() > 0);
@@ -256,8 +330,7 @@ impl PluginEngine {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("cannot link: {e:#} (Weir provides only {WORLD} imports and WASI without capabilities)")
         })?;
-        bindings::StreamOperatorPre::new(pre)
-            .map_err(|e| format!("does not implement {WORLD}: {e:#}"))?;
+        WorldPre::new(pre)?;
         Ok(component
             .component_type()
             .imports(&self.engine)
@@ -382,6 +455,9 @@ pub struct InstanceConfig {
     /// savepoint that recorded them): a declaration whose type cannot read
     /// the stored one fails.
     pub restored_types: HashMap<String, String>,
+    /// The subtask's timers (restored with `state`, whose reserved
+    /// states hold them).
+    pub timers: TimerService,
 }
 
 /// The store data of one instance: its sandbox and the host side of every
@@ -405,6 +481,14 @@ pub struct InstanceState {
     /// so the failing hook fails the job as a restore error.
     restore_conflict: Option<String>,
     max_parallelism: u32,
+    timers: TimerService,
+    /// The operator's event-time watermark.
+    watermark: i64,
+    /// The operator's own counters (`metrics.counter-add`) since they were
+    /// last taken.
+    counters: std::collections::BTreeMap<String, u64>,
+    /// How many counter names it used.
+    counter_names: std::collections::BTreeSet<String>,
     uid: Arc<str>,
     tag: Arc<str>,
     /// The instance's CPU group, when it shares the machine fairly.
@@ -540,7 +624,7 @@ impl WasiView for InstanceState {
 /// A running instance of a plugin: one per operator subtask.
 pub struct OperatorInstance {
     store: Store<InstanceState>,
-    bindings: bindings::StreamOperator,
+    exports: WorldExports,
     uid: String,
     plugin: PathBuf,
     subtask: u32,
@@ -616,6 +700,10 @@ impl Plugin {
                 restored_types: cfg.restored_types,
                 restore_conflict: None,
                 max_parallelism: cfg.max_parallelism,
+                timers: cfg.timers,
+                watermark: i64::MIN,
+                counters: Default::default(),
+                counter_names: Default::default(),
                 uid: cfg.uid.as_str().into(),
                 tag,
                 cpu: CpuMeter::new(self.cpu.clone()),
@@ -624,7 +712,7 @@ impl Plugin {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(on_tick);
         let mut instance = OperatorInstance {
-            bindings: instantiate_into(
+            exports: instantiate_into(
                 &self.linked.pre,
                 &mut store,
                 &cfg.uid,
@@ -641,7 +729,7 @@ impl Plugin {
             stderr,
             log,
         };
-        let context = bindings::exports::weir::operator::operator::OperatorContext {
+        let context = types::OperatorContext {
             uid: cfg.uid,
             config: cfg.config,
             subtask_index: cfg.subtask,
@@ -685,25 +773,29 @@ impl Plugin {
             operator_state: Vec::new(),
             attempt_number: 0,
             restored_types: HashMap::new(),
+            timers: TimerService::new(max_parallelism),
         }))?;
         Ok(instance.declared_states().to_vec())
     }
 }
 
 async fn instantiate_into(
-    pre: &bindings::StreamOperatorPre<InstanceState>,
+    pre: &WorldPre,
     store: &mut Store<InstanceState>,
     uid: &str,
     plugin: &Path,
     subtask: u32,
     limits: Limits,
-) -> Result<bindings::StreamOperator, Error> {
+) -> Result<WorldExports, Error> {
     let budget = CallBudget::of("instantiate", limits);
     store
         .set_fuel(budget.fuel)
         .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
     InstanceState::arm(store, budget.timeout_ms);
-    let instantiated = pre.instantiate_async(&mut *store).await;
+    let instantiated = match pre {
+        WorldPre::V2(p) => p.instantiate_async(&mut *store).await.map(WorldExports::V2),
+        WorldPre::V1(p) => p.instantiate_async(&mut *store).await.map(WorldExports::V1),
+    };
     store.data_mut().settle();
     instantiated.map_err(|e| {
         failure(
@@ -721,10 +813,12 @@ async fn instantiate_into(
 
 /// A call into the guest, with its arguments.
 enum Hook<'a> {
-    Open(&'a bindings::exports::weir::operator::operator::OperatorContext),
+    Open(&'a types::OperatorContext),
     Process(&'a Vec<u8>),
     Snapshot(u64),
     Complete(u64),
+    Watermark(i64),
+    Timer(&'a Vec<u8>, i64, types::TimeDomain),
     Close,
 }
 
@@ -736,6 +830,8 @@ impl Hook<'_> {
             Hook::Process(_) => "process",
             Hook::Snapshot(_) => "snapshot",
             Hook::Complete(_) => "on-checkpoint-complete",
+            Hook::Watermark(_) => "on-watermark",
+            Hook::Timer(..) => "on-timer",
             Hook::Close => "close",
         }
     }
@@ -887,14 +983,33 @@ impl OperatorInstance {
             .map_err(|e| Error::Internal(format!("setting fuel: {e:#}")))?;
         InstanceState::arm(&mut self.store, budget.timeout_ms);
         self.begin_call();
-        let ops = self.bindings.weir_operator_operator();
         let store = &mut self.store;
-        let result = match hook {
-            Hook::Open(context) => ops.call_open(store, context).await,
-            Hook::Process(batch) => ops.call_process(store, batch).await,
-            Hook::Snapshot(id) => ops.call_snapshot(store, id).await,
-            Hook::Complete(id) => ops.call_on_checkpoint_complete(store, id).await,
-            Hook::Close => ops.call_close(store).await,
+        let result = match &self.exports {
+            WorldExports::V2(exports) => {
+                let ops = exports.weir_operator_operator();
+                match hook {
+                    Hook::Open(context) => ops.call_open(store, context).await,
+                    Hook::Process(batch) => ops.call_process(store, batch).await,
+                    Hook::Snapshot(id) => ops.call_snapshot(store, id).await,
+                    Hook::Complete(id) => ops.call_on_checkpoint_complete(store, id).await,
+                    Hook::Watermark(w) => ops.call_on_watermark(store, w).await,
+                    Hook::Timer(key, ts, domain) => ops.call_on_timer(store, key, ts, domain).await,
+                    Hook::Close => ops.call_close(store).await,
+                }
+            }
+            WorldExports::V1(exports) => {
+                let ops = exports.weir_operator_operator();
+                match hook {
+                    Hook::Open(context) => ops.call_open(store, context).await,
+                    Hook::Process(batch) => ops.call_process(store, batch).await,
+                    Hook::Snapshot(id) => ops.call_snapshot(store, id).await,
+                    Hook::Complete(id) => ops.call_on_checkpoint_complete(store, id).await,
+                    // A 0.1.0 component knows no event time: it has no
+                    // timers, and a watermark passes it by.
+                    Hook::Watermark(_) | Hook::Timer(..) => Ok(Ok(())),
+                    Hook::Close => ops.call_close(store).await,
+                }
+            }
         };
         self.store.data_mut().settle();
         if !matches!(result, Ok(Ok(_)))
@@ -988,6 +1103,65 @@ impl OperatorInstance {
     /// As [`OperatorInstance::process`].
     pub async fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), Error> {
         self.call(Hook::Complete(checkpoint_id)).await
+    }
+
+    /// Sets the operator's watermark to `watermark` (the timers it makes
+    /// due are taken with [`OperatorInstance::pop_due_timer`] and fired
+    /// one by one before [`OperatorInstance::on_watermark`]).
+    pub fn set_watermark(&mut self, watermark: i64) {
+        let data = self.store.data_mut();
+        data.watermark = data.watermark.max(watermark);
+    }
+
+    /// The earliest timer of `domain` at or before `upto`, taken out of the
+    /// timer service: it fires now.
+    ///
+    /// # Errors
+    /// [`Error::StateBackend`] if the state backend fails.
+    pub fn pop_due_timer(
+        &mut self,
+        domain: TimeDomain,
+        upto: i64,
+    ) -> Result<Option<FiredTimer>, Error> {
+        let data = self.store.data_mut();
+        data.timers
+            .pop_due(data.keyed.as_mut(), domain, upto)
+            .map_err(|e| Error::StateBackend {
+                uid: self.uid.clone(),
+                subtask: self.subtask,
+                message: e.to_string(),
+            })
+    }
+
+    /// The earliest registered processing-time timer, if any.
+    pub fn next_processing_timer(&self) -> Option<i64> {
+        self.store.data().timers.next(TimeDomain::ProcessingTime)
+    }
+
+    /// Calls the guest's `on-timer` hook for a timer that fired.
+    ///
+    /// # Errors
+    /// As [`OperatorInstance::process`].
+    pub async fn on_timer(&mut self, timer: &FiredTimer) -> Result<(), Error> {
+        let domain = match timer.domain {
+            TimeDomain::EventTime => types::TimeDomain::EventTime,
+            TimeDomain::ProcessingTime => types::TimeDomain::ProcessingTime,
+        };
+        self.call(Hook::Timer(&timer.key, timer.timestamp, domain))
+            .await
+    }
+
+    /// Calls the guest's `on-watermark` hook.
+    ///
+    /// # Errors
+    /// As [`OperatorInstance::process`].
+    pub async fn on_watermark(&mut self, watermark: i64) -> Result<(), Error> {
+        self.call(Hook::Watermark(watermark)).await
+    }
+
+    /// The operator's counters added since they were last taken.
+    pub fn take_counters(&mut self) -> std::collections::BTreeMap<String, u64> {
+        std::mem::take(&mut self.store.data_mut().counters)
     }
 
     /// Calls the guest's `close` hook at end of input.
@@ -1195,6 +1369,7 @@ impl keyed_state::Host for InstanceState {
             types::StateKind::Map => DeclaredKind::Map,
             types::StateKind::List => DeclaredKind::List,
         };
+        not_reserved(&state)?;
         let type_name = declared_type(&state, kind, type_name)?;
         self.check_restored_type(&state, type_name.as_deref())
             .inspect_err(|e| self.restore_conflict = Some(e.clone()))?;
@@ -1220,6 +1395,9 @@ impl keyed_state::Host for InstanceState {
         state: String,
         key: Vec<u8>,
     ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
+        if let Err(e) = not_reserved(&state) {
+            return Ok(Err(e));
+        }
         let kg = key_group_of(&key, self.max_parallelism);
         to_guest(
             self.keyed
@@ -1234,6 +1412,9 @@ impl keyed_state::Host for InstanceState {
         key: Vec<u8>,
         map_key: types::Value,
     ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
+        if let Err(e) = not_reserved(&state) {
+            return Ok(Err(e));
+        }
         let kg = key_group_of(&key, self.max_parallelism);
         let map_key = match value::lift(map_key) {
             Ok(k) => k,
@@ -1251,6 +1432,9 @@ impl keyed_state::Host for InstanceState {
         state: String,
         key: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<(types::Value, types::Value)>, String>> {
+        if let Err(e) = not_reserved(&state) {
+            return Ok(Err(e));
+        }
         let kg = key_group_of(&key, self.max_parallelism);
         to_guest(self.keyed.map_entries(kg, &state, &key).map(|es| {
             es.into_iter()
@@ -1264,6 +1448,9 @@ impl keyed_state::Host for InstanceState {
         state: String,
         key: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<types::Value>, String>> {
+        if let Err(e) = not_reserved(&state) {
+            return Ok(Err(e));
+        }
         let kg = key_group_of(&key, self.max_parallelism);
         to_guest(self.keyed.list_get(kg, &state, &key).map(value::lower_all))
     }
@@ -1273,13 +1460,7 @@ impl keyed_state::Host for InstanceState {
         writes: Vec<keyed_state::StateWrite>,
     ) -> wasmtime::Result<Result<(), String>> {
         let result = self.apply_writes(writes)?;
-        let bytes = self.keyed.approx_bytes();
-        if let Err(hit) = check_state_bytes(bytes, self.limits) {
-            return Err(self.refuse(hit));
-        }
-        if let Err(hit) = self.limiter.share.set(Part::State, bytes) {
-            return Err(self.refuse(hit));
-        }
+        self.check_state_growth()?;
         Ok(result)
     }
 }
@@ -1292,6 +1473,9 @@ impl InstanceState {
         writes: Vec<keyed_state::StateWrite>,
     ) -> wasmtime::Result<Result<(), String>> {
         for w in writes {
+            if let Err(e) = not_reserved(&w.state) {
+                return Ok(Err(e));
+            }
             let kg = key_group_of(&w.key, self.max_parallelism);
             let lifted = (|| {
                 Ok::<_, String>(match w.update {
@@ -1316,6 +1500,17 @@ impl InstanceState {
         }
         Ok(Ok(()))
     }
+}
+
+/// Refuses a state name the host reserves for itself (timers).
+fn not_reserved(state: &str) -> Result<(), String> {
+    if crate::timers::is_reserved(state) {
+        return Err(format!(
+            "state `{state}`: names starting with `{}` are reserved for the host",
+            crate::timers::RESERVED_PREFIX
+        ));
+    }
+    Ok(())
 }
 
 /// A state backend's answer for the guest: the operator's own mistakes
@@ -1377,6 +1572,209 @@ impl operator_state::Host for InstanceState {
         let values = value::lift_all(values).map_err(|e| format!("state `{state}`: {e}"))?;
         self.operator_state.insert(state, values);
         Ok(())
+    }
+}
+
+/// The most counters one operator instance keeps.
+const MAX_COUNTERS: usize = 32;
+
+/// The longest counter name.
+const MAX_COUNTER_NAME: usize = 64;
+
+impl InstanceState {
+    /// Checks the state limits after keyed state grew (a write, a timer).
+    fn check_state_growth(&mut self) -> wasmtime::Result<()> {
+        let bytes = self.keyed.approx_bytes();
+        if let Err(hit) = check_state_bytes(bytes, self.limits) {
+            return Err(self.refuse(hit));
+        }
+        if let Err(hit) = self.limiter.share.set(Part::State, bytes) {
+            return Err(self.refuse(hit));
+        }
+        Ok(())
+    }
+}
+
+fn time_domain(domain: types::TimeDomain) -> TimeDomain {
+    match domain {
+        types::TimeDomain::EventTime => TimeDomain::EventTime,
+        types::TimeDomain::ProcessingTime => TimeDomain::ProcessingTime,
+    }
+}
+
+impl timers::Host for InstanceState {
+    fn register(
+        &mut self,
+        key: Vec<u8>,
+        timestamp: i64,
+        domain: types::TimeDomain,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let result = to_guest(self.timers.register(
+            self.keyed.as_mut(),
+            &key,
+            timestamp,
+            time_domain(domain),
+        ))?;
+        self.check_state_growth()?;
+        Ok(result)
+    }
+
+    fn delete(
+        &mut self,
+        key: Vec<u8>,
+        timestamp: i64,
+        domain: types::TimeDomain,
+    ) -> wasmtime::Result<Result<(), String>> {
+        to_guest(
+            self.timers
+                .delete(self.keyed.as_mut(), &key, timestamp, time_domain(domain)),
+        )
+    }
+
+    fn current_watermark(&mut self) -> i64 {
+        self.watermark
+    }
+
+    fn current_processing_time(&mut self) -> i64 {
+        processing_time_now()
+    }
+}
+
+/// The host's clock in milliseconds since the Unix epoch: what
+/// processing-time timers run on.
+pub fn processing_time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl metrics::Host for InstanceState {
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_COUNTER_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            let hit = LimitHit(format!(
+                "named a counter `{}`: a counter name is 1 to {MAX_COUNTER_NAME} bytes of [A-Za-z0-9_.-]",
+                name.escape_debug()
+            ));
+            return Err(self.refuse(hit));
+        }
+        if !self.counter_names.contains(&name) {
+            if self.counter_names.len() >= MAX_COUNTERS {
+                let hit = LimitHit(format!(
+                    "used more than {MAX_COUNTERS} counters (`metrics.counter-add`)"
+                ));
+                return Err(self.refuse(hit));
+            }
+            self.counter_names.insert(name.clone());
+        }
+        let c = self.counters.entry(name).or_default();
+        *c = c.saturating_add(delta);
+        Ok(())
+    }
+}
+
+// ---- the 0.1.0 world's imports: the same functions ----
+
+impl bindings_v1::weir::operator::output::Host for InstanceState {
+    fn emit(&mut self, batch: Vec<u8>) -> wasmtime::Result<()> {
+        output::Host::emit(self, batch)
+    }
+}
+
+impl bindings_v1::weir::operator::logging::Host for InstanceState {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        logging::Host::log(self, level, message)
+    }
+}
+
+impl bindings_v1::weir::operator::operator_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        redistribution: types::Redistribution,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        operator_state::Host::declare(self, state, redistribution, type_name)
+    }
+
+    fn get(&mut self, state: String) -> Vec<types::Value> {
+        operator_state::Host::get(self, state)
+    }
+
+    fn replace(&mut self, state: String, values: Vec<types::Value>) -> Result<(), String> {
+        operator_state::Host::replace(self, state, values)
+    }
+}
+
+impl bindings_v1::weir::operator::keyed_state::Host for InstanceState {
+    fn declare(
+        &mut self,
+        state: String,
+        kind: types::StateKind,
+        type_name: Option<String>,
+    ) -> Result<(), String> {
+        keyed_state::Host::declare(self, state, kind, type_name)
+    }
+
+    fn value_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
+        keyed_state::Host::value_get(self, state, key)
+    }
+
+    fn map_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+        map_key: types::Value,
+    ) -> wasmtime::Result<Result<Option<types::Value>, String>> {
+        keyed_state::Host::map_get(self, state, key, map_key)
+    }
+
+    fn map_entries(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<(types::Value, types::Value)>, String>> {
+        keyed_state::Host::map_entries(self, state, key)
+    }
+
+    fn list_get(
+        &mut self,
+        state: String,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<types::Value>, String>> {
+        keyed_state::Host::list_get(self, state, key)
+    }
+
+    fn write(
+        &mut self,
+        writes: Vec<bindings_v1::weir::operator::keyed_state::StateWrite>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        use bindings_v1::weir::operator::keyed_state::Update as V1;
+        let writes = writes
+            .into_iter()
+            .map(|w| keyed_state::StateWrite {
+                state: w.state,
+                key: w.key,
+                update: match w.update {
+                    V1::ValueSet(v) => keyed_state::Update::ValueSet(v),
+                    V1::ValueClear => keyed_state::Update::ValueClear,
+                    V1::MapPut(kv) => keyed_state::Update::MapPut(kv),
+                    V1::MapRemove(k) => keyed_state::Update::MapRemove(k),
+                    V1::MapClear => keyed_state::Update::MapClear,
+                    V1::ListSet(vs) => keyed_state::Update::ListSet(vs),
+                    V1::ListClear => keyed_state::Update::ListClear,
+                },
+            })
+            .collect();
+        keyed_state::Host::write(self, writes)
     }
 }
 
@@ -1593,6 +1991,7 @@ mod tests {
             operator_state: Vec::new(),
             attempt_number: 0,
             restored_types: HashMap::new(),
+            timers: TimerService::new(128),
         }
     }
 

@@ -38,6 +38,7 @@ use weir_format::BatchReader;
 use super::{CheckpointBarrier, Control, ControlReceiver, DataReceiver, Element, Exit};
 use crate::checkpoint::CheckpointId;
 use crate::checkpoint::format::InFlightChannel;
+use crate::watermark::{WatermarkEvent, WatermarkValve};
 
 /// What the aligner tells the gate.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +236,9 @@ pub(crate) enum GateEvent {
     },
     /// The subtask cannot take this checkpoint: decline it.
     Abandoned(CheckpointId),
+    /// The subtask's watermark (the minimum over its inputs) advanced, or
+    /// every input went idle.
+    Watermark(WatermarkEvent),
     /// Every channel delivered all its data (barriers may still follow).
     /// Not when a channel ended without it (a stop with savepoint
     /// suspended its sender): the data did not end, it was interrupted.
@@ -289,6 +293,8 @@ pub(crate) struct InputGate {
     /// the subtask (pulled ahead by an unaligned barrier, or restored).
     front: Vec<VecDeque<Element>>,
     ready: VecDeque<GateEvent>,
+    /// The subtask's watermark over its channels.
+    valve: WatermarkValve,
 }
 
 impl InputGate {
@@ -322,6 +328,7 @@ impl InputGate {
             front: (0..n).map(|_| VecDeque::new()).collect(),
             channels,
             ready: VecDeque::new(),
+            valve: WatermarkValve::new(n),
         }
     }
 
@@ -480,6 +487,7 @@ impl InputGate {
                     self.push_aligned(events);
                 }
             }
+            Element::Watermark(w) => self.watermark(ch, w),
             Element::EndOfData { restored } => self.data_ended(ch, restored),
             // Without end of data first, the sender was suspended (stop
             // with savepoint): the data is not over, so no `EndOfData`.
@@ -493,7 +501,17 @@ impl InputGate {
         }
     }
 
+    fn watermark(&mut self, ch: usize, w: WatermarkEvent) {
+        if let Some(out) = self.valve.on_event(ch, w) {
+            self.ready.push_back(GateEvent::Watermark(out));
+        }
+    }
+
     fn data_ended(&mut self, ch: usize, restored: bool) {
+        // An ended channel holds no one's event time back.
+        if let Some(out) = self.valve.on_ended(ch) {
+            self.ready.push_back(GateEvent::Watermark(out));
+        }
         if !self.data_ended[ch] {
             self.data_ended[ch] = true;
             self.data_open -= 1;
@@ -615,7 +633,11 @@ impl InputGate {
                 Ok(Element::Barrier(b)) if b.id == r.barrier.id => self.delivered(c),
                 // An older barrier, already handled.
                 Ok(Element::Barrier(_)) => {}
-                Ok(e @ Element::EndOfData { .. }) => self.front[c].push_back(e),
+                // Watermarks are not in flight: a restored job starts its
+                // event time over, as Flink's does.
+                Ok(e @ (Element::EndOfData { .. } | Element::Watermark(_))) => {
+                    self.front[c].push_back(e)
+                }
                 Ok(e @ Element::EndOfInput) => {
                     self.front[c].push_back(e);
                     self.delivered(c);
@@ -1090,7 +1112,7 @@ mod tests {
         }
         assert_eq!(
             rest,
-            ["EndOfData { restored: false }"],
+            [END_OF_TIME, "EndOfData { restored: false }"],
             "no second snapshot"
         );
     }
@@ -1136,8 +1158,46 @@ mod tests {
             }
             assert_eq!(
                 drain_gate(&mut gate),
-                [format!("EndOfData {{ restored: {restored} }}")]
+                [
+                    END_OF_TIME.to_owned(),
+                    format!("EndOfData {{ restored: {restored} }}")
+                ]
             );
         }
+    }
+
+    /// The watermark every ended input brings, as [`drain_gate`] shows it.
+    const END_OF_TIME: &str = "Watermark(At(9223372036854775807))";
+
+    #[test]
+    fn the_gate_passes_on_the_minimum_watermark_of_its_channels_after_their_records() {
+        let (tx0, rx0) = tokio::sync::mpsc::channel(1024);
+        let (tx1, rx1) = tokio::sync::mpsc::channel(1024);
+        let (_ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut gate = InputGate::new(vec![rx0, rx1], ctl_rx, GateMode::Aligned, None);
+        let at = |w| Element::Watermark(WatermarkEvent::At(w));
+        for e in [records(&["a"]), at(10), at(30), records(&["b"])] {
+            tx0.try_send(e).unwrap();
+        }
+        for e in [at(20), Element::Watermark(WatermarkEvent::Idle)] {
+            tx1.try_send(e).unwrap();
+        }
+        for tx in [&tx0, &tx1] {
+            tx.try_send(Element::EndOfData { restored: false }).unwrap();
+            tx.try_send(Element::EndOfInput).unwrap();
+        }
+        let events = drain_gate(&mut gate);
+        let watermarks: Vec<&str> = events
+            .iter()
+            .map(String::as_str)
+            .filter(|e| e.starts_with("Watermark"))
+            .collect();
+        assert_eq!(
+            watermarks,
+            // Channel 1 at 20 holds channel 0's 30 back until it goes
+            // idle; then 30 passes (20 was never the minimum).
+            ["Watermark(At(10))", "Watermark(At(30))", END_OF_TIME]
+        );
+        assert_eq!(events.last().unwrap(), "EndOfData { restored: false }");
     }
 }

@@ -70,6 +70,8 @@ pub enum Element {
     },
     /// Checkpoint barrier: everything before it belongs to the checkpoint.
     Barrier(CheckpointBarrier),
+    /// The sender's event-time watermark advanced, or it went idle.
+    Watermark(crate::watermark::WatermarkEvent),
     /// The sender will send no more records (barriers may follow).
     EndOfData {
         /// The data had already ended at the snapshot the job was restored

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use weir_format::BatchWriter;
+use weir_format::{BatchReader, BatchWriter};
 
 use super::checkpointing::{CoordinatorMsg, SyncTiming, Taken, Uploader};
 use super::gate::{GateEvent, GateMode, InputGate};
@@ -36,6 +36,9 @@ use super::{
     CheckpointBarrier, Control, ControlReceiver, ControlSender, Element, Exit, TaskResult,
 };
 use crate::checkpoint::CheckpointId;
+use crate::plugin::processing_time_now;
+use crate::timers::{TimeDomain, TimerService};
+use crate::watermark::{SourceWatermarks, WatermarkEvent};
 use weir_format::snapshot::{ListSection, Namespace};
 
 use crate::checkpoint::format::{InFlightChannel, SubtaskSnapshot};
@@ -208,6 +211,15 @@ impl Task {
         }
         Ok(match self.vertex.kind.clone() {
             VertexKind::Operator { config, limits, .. } => {
+                let timers =
+                    TimerService::restore(self.max_parallelism, &restored.keyed).map_err(|e| {
+                        Error::Restore {
+                            message: format!(
+                                "operator `{}` subtask {}: {e}",
+                                self.vertex.uid, self.subtask
+                            ),
+                        }
+                    })?;
                 let plugin = self
                     .plugin
                     .take()
@@ -229,6 +241,7 @@ impl Task {
                             .collect(),
                         attempt_number: self.attempt_number,
                         restored_types: std::mem::take(&mut self.restored_types),
+                        timers,
                     })
                     .await?;
                 Part::Operator(Logic::Wasm(Box::new(instance)))
@@ -370,6 +383,10 @@ impl Task {
         // split), and so did whatever ended with it downstream.
         let restored = source.ended_at_start();
         let mut turn = Turn::new();
+        let mut watermarks = self
+            .vertex
+            .watermarks
+            .map(|w| SourceWatermarks::new(w, source.len(), Instant::now()));
         'produce: loop {
             if restored {
                 break;
@@ -389,10 +406,27 @@ impl Task {
                 tokio::time::sleep(pause).await;
             }
             let more = source.next_batch(&mut batch, self.batch_size).await?;
+            let now = Instant::now();
+            if let Some(w) = &mut watermarks
+                && let Some((split, ended)) = source.last_read()
+            {
+                if !batch.is_empty() {
+                    let max = BatchReader::new(batch.as_bytes())
+                        .filter_map(|r| r.ok()?.timestamp)
+                        .max();
+                    w.on_records(split, max, now);
+                }
+                if ended {
+                    w.on_finished(split);
+                }
+            }
             let n = self.router.route(batch.as_bytes()).await?;
             batch.clear();
             self.counters().records_out.fetch_add(n, Ordering::Relaxed);
             self.router.flush().await?;
+            if let Some(event) = watermarks.as_mut().and_then(|w| w.poll(now)) {
+                self.router.broadcast(|| Element::Watermark(event)).await?;
+            }
             if !more {
                 break;
             }
@@ -516,6 +550,7 @@ impl Task {
                     self.decline(id, "a newer barrier overtook it".into());
                 }
                 GateEvent::EndOfData { .. } => sink.flush().await?,
+                GateEvent::Watermark(_) => {}
                 GateEvent::Control(c) => ending.control(c, sink.as_mut()).await?,
                 GateEvent::End => {
                     // The completion of a stop's savepoint or of the final
@@ -549,7 +584,62 @@ impl Task {
         let mut turn = Turn::new();
         loop {
             turn.yield_if_due().await;
-            match self.gate.next().await? {
+            let next_timer = match &logic {
+                Logic::Wasm(instance) => instance.next_processing_timer(),
+                Logic::Native { .. } => None,
+            };
+            let event = match next_timer {
+                None => self.gate.next().await?,
+                Some(at) if at <= processing_time_now() => {
+                    // Due: before any input, so a busy input cannot
+                    // starve the timers.
+                    self.fire_timers(
+                        &mut logic,
+                        TimeDomain::ProcessingTime,
+                        processing_time_now(),
+                    )
+                    .await?;
+                    continue;
+                }
+                Some(at) => {
+                    let wait = u64::try_from(at.saturating_sub(processing_time_now())).unwrap_or(0);
+                    // The gate's `next` keeps what it took off a channel
+                    // when a timeout drops it, so nothing is lost.
+                    match tokio::time::timeout(Duration::from_millis(wait), self.gate.next()).await
+                    {
+                        Ok(event) => event?,
+                        Err(_) => {
+                            self.fire_timers(
+                                &mut logic,
+                                TimeDomain::ProcessingTime,
+                                processing_time_now(),
+                            )
+                            .await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match event {
+                GateEvent::Watermark(WatermarkEvent::At(w)) => {
+                    if let Logic::Wasm(instance) = &mut logic {
+                        instance.set_watermark(w);
+                        self.fire_timers(&mut logic, TimeDomain::EventTime, w)
+                            .await?;
+                        if let Logic::Wasm(instance) = &mut logic {
+                            instance.on_watermark(w).await?;
+                        }
+                        self.emit(&mut logic).await?;
+                    }
+                    self.router
+                        .broadcast(|| Element::Watermark(WatermarkEvent::At(w)))
+                        .await?;
+                }
+                GateEvent::Watermark(WatermarkEvent::Idle) => {
+                    self.router
+                        .broadcast(|| Element::Watermark(WatermarkEvent::Idle))
+                        .await?;
+                }
                 GateEvent::Records(data, len) => {
                     self.counters()
                         .records_in
@@ -680,10 +770,32 @@ impl Task {
         }
     }
 
+    /// Fires every timer of `domain` at or before `upto`, in timestamp
+    /// order, routing what each emits. Timers a firing registers at or
+    /// before `upto` fire in the same round.
+    async fn fire_timers(
+        &mut self,
+        logic: &mut Logic,
+        domain: TimeDomain,
+        upto: i64,
+    ) -> TaskResult {
+        loop {
+            let Logic::Wasm(instance) = logic else {
+                return Ok(());
+            };
+            let Some(timer) = instance.pop_due_timer(domain, upto)? else {
+                return Ok(());
+            };
+            instance.on_timer(&timer).await?;
+            self.emit(logic).await?;
+        }
+    }
+
     /// Routes what the logic emitted during the last call.
     async fn emit(&mut self, logic: &mut Logic) -> TaskResult {
         let n = match logic {
             Logic::Wasm(instance) => {
+                self.metrics.vertices[self.v_idx].add_counters(instance.take_counters());
                 let out = instance.output();
                 let n = self.router.route(out).await?;
                 out.clear();

@@ -618,6 +618,8 @@ pub async fn check(
         let stored: Vec<(String, String, Option<String>)> =
             state_summaries(&point.manifest, uid, ops.iter().find(|o| o.uid == *uid))
                 .into_iter()
+                // Timers are the host's states: no plugin declares them.
+                .filter(|s| !crate::timers::is_reserved(&s.name))
                 .map(|s| (s.name, s.kind, s.type_name))
                 .collect();
         if decl.is_empty() {

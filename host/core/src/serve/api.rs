@@ -395,6 +395,7 @@ async fn vertices(
                 "uid": v.uid,
                 "records_in": v.records_in(),
                 "records_out": v.records_out(),
+                "counters": v.counters(),
             })
         })
         .collect();

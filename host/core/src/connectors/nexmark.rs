@@ -1,0 +1,145 @@
+//! The `nexmark` connector: the Nexmark benchmark's persons, auctions and
+//! bids (`weir-nexmark`, `docs/nexmark.md`), one JSON object per record,
+//! with the event's time as the record's timestamp. Deterministic per seed
+//! and event number; one stream per subtask the source first ran with
+//! (its splits, `i/n`), each split's position the count of events it
+//! emitted, so it restores at any parallelism.
+
+use std::time::{Duration, Instant};
+
+use weir_format::BatchWriter;
+use weir_format::snapshot::SourceSplit;
+use weir_nexmark::{GeneratorConfig, SplitGenerator};
+
+use super::{LocalSource, Source, SplitKind, foreign_split};
+use crate::error::Error;
+
+/// A `nexmark` source as the job file configures it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NexmarkSpec {
+    /// The generator's settings (`[sources.nexmark]`).
+    pub generator: GeneratorConfig,
+    /// Events per second in all, wall clock; `None`: as fast as possible.
+    pub rate: Option<f64>,
+}
+
+/// The `nexmark` source's splits.
+pub struct NexmarkSplits {
+    /// The vertex's uid, for messages.
+    pub uid: String,
+    /// What to generate.
+    pub spec: NexmarkSpec,
+}
+
+impl SplitKind for NexmarkSplits {
+    fn initial(&self, parallelism: u32) -> Vec<SourceSplit> {
+        (0..parallelism)
+            .map(|i| SourceSplit::numbered(i, parallelism, 0, false))
+            .collect()
+    }
+
+    fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
+        let Some((index, count)) = split.number() else {
+            return Err(foreign_split(&self.uid, split, "streams `<i>/<n>`"));
+        };
+        let generator = SplitGenerator::new(
+            self.spec.generator.clone(),
+            u64::from(index),
+            u64::from(count),
+            split.position,
+        )
+        .map_err(|e| Error::Restore {
+            message: format!("source `{}`: split {}: {e}", self.uid, split.split),
+        })?;
+        Ok(Box::new(NexmarkSource {
+            generator,
+            rate: self.spec.rate.map(|r| r / f64::from(count)),
+            paced_from: split.position,
+            started: Instant::now(),
+            json: Vec::new(),
+        }))
+    }
+}
+
+/// One split's events.
+struct NexmarkSource {
+    generator: SplitGenerator,
+    /// Events per second for this split.
+    rate: Option<f64>,
+    paced_from: u64,
+    started: Instant,
+    json: Vec<u8>,
+}
+
+impl LocalSource for NexmarkSource {
+    fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
+        let max = match self.rate {
+            // At most 100 ms worth per batch, as datagen.
+            Some(rate) => max.min(((rate / 10.0).ceil() as usize).max(1)),
+            None => max,
+        };
+        for _ in 0..max {
+            self.json.clear();
+            let Some((_, ts)) = self.generator.next_json(&mut self.json) else {
+                return Ok(false);
+            };
+            out.push(None, &self.json, Some(ts));
+        }
+        Ok(!self.generator.is_finished())
+    }
+
+    fn pause(&self) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        let due =
+            Duration::from_secs_f64((self.generator.position() - self.paced_from) as f64 / rate);
+        due.saturating_sub(self.started.elapsed())
+    }
+
+    fn offset(&self) -> u64 {
+        self.generator.position()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_format::BatchReader;
+    use weir_nexmark::Event;
+
+    use super::*;
+    use crate::connectors::SourceSplits;
+    use crate::connectors::tests::drain_splits;
+
+    #[test]
+    fn nexmark_splits_give_every_event_once_with_its_time_at_any_parallelism() {
+        let spec = NexmarkSpec {
+            generator: GeneratorConfig {
+                max_events: Some(500),
+                ..GeneratorConfig::default()
+            },
+            rate: None,
+        };
+        let kind = NexmarkSplits {
+            uid: "nexmark".into(),
+            spec: spec.clone(),
+        };
+        let expected: Vec<String> = spec.generator.events(0..500).map(|e| e.to_json()).collect();
+        for parallelism in [1, 3] {
+            let mut src = SourceSplits::open(&kind, kind.initial(parallelism)).unwrap();
+            let mut got = drain_splits(&mut src, 64);
+            got.sort();
+            let mut want = expected.clone();
+            want.sort();
+            assert_eq!(got, want, "parallelism {parallelism}");
+        }
+        let mut w = BatchWriter::default();
+        let mut one = SourceSplits::open(&kind, kind.initial(1)).unwrap();
+        crate::connectors::tests::block_on(one.next_batch(&mut w, 10)).unwrap();
+        for r in BatchReader::new(w.as_bytes()) {
+            let r = r.unwrap();
+            let event = Event::from_json(r.value).unwrap();
+            assert_eq!(r.timestamp, Some(event.date_time()));
+        }
+    }
+}
