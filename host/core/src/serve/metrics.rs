@@ -63,6 +63,11 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
         "vertex_records_out",
         "Records a vertex sent downstream (sinks: wrote)",
     );
+    let operator_counters = Metric::<Counter>::register(
+        &mut registry,
+        "operator_counter",
+        "An operator's own counter (`metrics.counter-add`), by name",
+    );
     let restarts =
         Metric::<Counter>::register(&mut registry, "job_restarts", "Restarts after a failure");
     let completed = Metric::<Counter>::register(
@@ -144,6 +149,11 @@ pub(super) fn render(inner: &Inner, tenant: Option<&str>) -> String {
             l.push(("vertex".into(), v.uid.clone()));
             records_in.family.get_or_create(&l).inc_by(v.records_in());
             records_out.family.get_or_create(&l).inc_by(v.records_out());
+            for (name, value) in v.counters() {
+                let mut l = l.clone();
+                l.push(("counter".into(), name));
+                operator_counters.family.get_or_create(&l).inc_by(value);
+            }
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         restarts
