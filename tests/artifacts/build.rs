@@ -64,6 +64,7 @@ const PYTHON_PLUGINS: &[(&str, &str)] = &[
     ("PY_WORD_COUNT", "plugins/python/word-count"),
     ("PY_STATS", "plugins/python/stats"),
     ("PY_SESSION_COUNT", "plugins/python/session-count"),
+    ("PY_NEXMARK", "plugins/python/nexmark"),
 ];
 
 /// The componentize-py release the Python plugins are built with.

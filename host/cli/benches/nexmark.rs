@@ -1,7 +1,8 @@
 //! Nexmark: events per second, and per CPU-second, of the queries as Wasm
-//! plugins (`plugins/nexmark`, Rust), from the `nexmark` source into a
-//! `blackhole` sink, at parallelism 1 and 2, with watermarks and a
-//! checkpoint every second.
+//! plugins (`plugins/nexmark` in Rust; q1 and q5 also in Python,
+//! `plugins/python/nexmark`), from the `nexmark` source into a `blackhole`
+//! sink, at parallelism 1 and 2, with watermarks and a checkpoint every
+//! second.
 //!
 //! Run with `cargo bench -p weir --bench nexmark`; `WEIR_BENCH_EVENTS`
 //! (default 2,000,000) and `WEIR_BENCH_RUNS` (default 3) set the size.
@@ -54,11 +55,24 @@ fn stages(query: &str) -> Vec<(&'static str, &'static str, &'static str)> {
             ("key", "bids-by-window", "forward"),
             ("q7", "q7-max", "hash"),
         ],
+        "q3" => vec![("key", "q3-key", "forward"), ("q3", "q3-join", "hash")],
+        "q4" => vec![
+            ("key", "q4-key", "forward"),
+            ("close", "q4-close", "hash"),
+            ("q4", "q4-avg", "hash"),
+        ],
+        "q8" => vec![("key", "q8-key", "forward"), ("q8", "q8-join", "hash")],
         other => panic!("no such query {other}"),
     }
 }
 
-fn job_text(query: &str, events: u64, parallelism: u32, dir: &std::path::Path) -> String {
+fn job_text(
+    query: &str,
+    plugin: &str,
+    events: u64,
+    parallelism: u32,
+    dir: &std::path::Path,
+) -> String {
     let mut text = format!(
         r#"
 name = "nexmark-{query}"
@@ -84,7 +98,6 @@ out_of_orderness_ms = 0
     for (uid, config, partition) in stages(query) {
         text += &format!(
             "\n[[operators]]\nuid = \"{uid}\"\nplugin = \"{plugin}\"\nconfig = \"{config}\"\ninput = \"{input}\"\npartition = \"{partition}\"\n",
-            plugin = weir_test_plugins::NEXMARK,
         );
         input = uid;
     }
@@ -93,24 +106,42 @@ out_of_orderness_ms = 0
 }
 
 fn main() -> Result<()> {
-    let events: u64 = env_or("WEIR_BENCH_EVENTS", 2_000_000);
+    let rust_events: u64 = env_or("WEIR_BENCH_EVENTS", 2_000_000);
+    // Python runs an order of magnitude slower: a tenth of the events.
+    let python_events = rust_events / 10;
     let runs: usize = env_or("WEIR_BENCH_RUNS", 3);
     let cache = tempfile::tempdir()?;
     let engine = PluginEngine::new(Some(cache.path().to_owned()))?;
-    engine.load("bench", weir_test_plugins::NEXMARK.as_ref())?;
+    for plugin in [weir_test_plugins::NEXMARK, weir_test_plugins::PY_NEXMARK] {
+        engine.load("bench", plugin.as_ref())?;
+    }
     println!(
-        "{events} Nexmark events, watermarks, a checkpoint every second; median of {runs} runs"
+        "{rust_events} Nexmark events ({python_events} for Python), watermarks, a checkpoint every second; median of {runs} runs"
     );
     println!();
-    println!("| query | parallelism | events/s | events/s per core (CPU time) |");
-    println!("| --- | --- | --- | --- |");
-    for query in ["q0", "q1", "q2", "q5", "q7"] {
+    println!("| query | plugin | parallelism | events/s | events/s per core (CPU time) |");
+    println!("| --- | --- | --- | --- | --- |");
+    let rust = ("Rust", weir_test_plugins::NEXMARK, rust_events);
+    let python = ("Python", weir_test_plugins::PY_NEXMARK, python_events);
+    let cases = [
+        ("q0", rust),
+        ("q1", rust),
+        ("q2", rust),
+        ("q5", rust),
+        ("q7", rust),
+        ("q3", rust),
+        ("q4", rust),
+        ("q8", rust),
+        ("q1", python),
+        ("q5", python),
+    ];
+    for (query, (language, plugin, events)) in cases {
         for parallelism in [1, 2] {
             let mut results = Vec::new();
             for _ in 0..runs {
                 let dir = tempfile::tempdir()?;
-                let file: JobFile =
-                    toml::from_str(&job_text(query, events, parallelism, dir.path()))?;
+                let text = job_text(query, plugin, events, parallelism, dir.path());
+                let file: JobFile = toml::from_str(&text)?;
                 let graph = job::build_graph(file, dir.path())
                     .map_err(|p| anyhow::anyhow!("bench job: {p:?}"))?;
                 let cpu = cpu_time();
@@ -128,7 +159,7 @@ fn main() -> Result<()> {
             }
             results.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (rate, per_core) = results[results.len() / 2];
-            println!("| {query} | {parallelism} | {rate:.0} | {per_core:.0} |");
+            println!("| {query} | {language} | {parallelism} | {rate:.0} | {per_core:.0} |");
         }
     }
     Ok(())
