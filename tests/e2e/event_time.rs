@@ -220,7 +220,16 @@ fn a_nexmark_savepoint_taken_mid_window_restores_at_parallelism_3_with_the_same_
         &nexmark_job(dir.path(), 2, n, eps, Some(50_000), &["q5", "q7"]),
     );
     let r = Running::start(&p2, &[]);
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Mid-run, whatever the machine's load: a few checkpoints in.
+    let job_dir = dir.path().join("checkpoints/nexmark");
+    let started = std::time::Instant::now();
+    while super::checkpoints::newest_in(&job_dir) < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoints"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sp = r.stop(&dir.path().join("savepoints"));
     let shown = super::weir(&["savepoint", "inspect", &sp]);
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
