@@ -8,7 +8,7 @@ use rand_pcg::Pcg64Mcg;
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
-use super::{LocalSource, Source, SplitKind, foreign_split};
+use super::{LocalSource, Source, SplitKind, stream_of, stream_splits};
 use crate::error::Error;
 use crate::job::DatagenSpec;
 
@@ -23,15 +23,11 @@ pub struct DatagenSplits {
 
 impl SplitKind for DatagenSplits {
     fn initial(&self, parallelism: u32) -> Vec<SourceSplit> {
-        (0..parallelism)
-            .map(|i| SourceSplit::numbered(i, parallelism, 0, false))
-            .collect()
+        stream_splits(parallelism)
     }
 
     fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
-        let Some((index, count)) = split.number() else {
-            return Err(foreign_split(&self.uid, split, "streams `<i>/<n>`"));
-        };
+        let (index, count) = stream_of(&self.uid, split)?;
         Ok(Box::new(DatagenSource::resume(
             &self.spec,
             index,

@@ -251,6 +251,24 @@ pub(crate) fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error 
     }
 }
 
+/// The splits of a generator with one stream per subtask it first ran
+/// with: `i/n` for `i` in `0..parallelism`, at the start.
+pub(crate) fn stream_splits(parallelism: u32) -> Vec<SourceSplit> {
+    (0..parallelism)
+        .map(|i| SourceSplit::numbered(i, parallelism, 0, false))
+        .collect()
+}
+
+/// The stream `(i, n)` a generator's split `i/n` names.
+///
+/// # Errors
+/// [`Error::Restore`] for a split of another kind.
+pub(crate) fn stream_of(uid: &str, split: &SourceSplit) -> Result<(u32, u32), Error> {
+    split
+        .number()
+        .ok_or_else(|| foreign_split(uid, split, "streams `<i>/<n>`"))
+}
+
 /// One split of a subtask's source: its reader while unfinished.
 struct OpenSplit {
     split: SourceSplit,

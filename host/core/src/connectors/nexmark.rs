@@ -11,7 +11,7 @@ use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 use weir_nexmark::{GeneratorConfig, SplitGenerator};
 
-use super::{LocalSource, Source, SplitKind, foreign_split};
+use super::{LocalSource, Source, SplitKind, stream_of, stream_splits};
 use crate::error::Error;
 
 /// A `nexmark` source as the job file configures it.
@@ -33,15 +33,11 @@ pub struct NexmarkSplits {
 
 impl SplitKind for NexmarkSplits {
     fn initial(&self, parallelism: u32) -> Vec<SourceSplit> {
-        (0..parallelism)
-            .map(|i| SourceSplit::numbered(i, parallelism, 0, false))
-            .collect()
+        stream_splits(parallelism)
     }
 
     fn open(&self, split: &SourceSplit) -> Result<Box<dyn Source>, Error> {
-        let Some((index, count)) = split.number() else {
-            return Err(foreign_split(&self.uid, split, "streams `<i>/<n>`"));
-        };
+        let (index, count) = stream_of(&self.uid, split)?;
         let generator = SplitGenerator::new(
             self.spec.generator.clone(),
             u64::from(index),

@@ -588,37 +588,30 @@ impl Task {
                 Logic::Wasm(instance) => instance.next_processing_timer(),
                 Logic::Native { .. } => None,
             };
+            let now = processing_time_now();
             let event = match next_timer {
-                None => self.gate.next().await?,
-                Some(at) if at <= processing_time_now() => {
-                    // Due: before any input, so a busy input cannot
-                    // starve the timers.
-                    self.fire_timers(
-                        &mut logic,
-                        TimeDomain::ProcessingTime,
-                        processing_time_now(),
-                    )
-                    .await?;
-                    continue;
-                }
+                None => Some(self.gate.next().await?),
+                // Due: before any input, so a busy input cannot starve
+                // the timers.
+                Some(at) if at <= now => None,
+                // The gate's `next` keeps what it took off a channel when
+                // a timeout drops it, so nothing is lost.
                 Some(at) => {
-                    let wait = u64::try_from(at.saturating_sub(processing_time_now())).unwrap_or(0);
-                    // The gate's `next` keeps what it took off a channel
-                    // when a timeout drops it, so nothing is lost.
-                    match tokio::time::timeout(Duration::from_millis(wait), self.gate.next()).await
-                    {
-                        Ok(event) => event?,
-                        Err(_) => {
-                            self.fire_timers(
-                                &mut logic,
-                                TimeDomain::ProcessingTime,
-                                processing_time_now(),
-                            )
-                            .await?;
-                            continue;
-                        }
-                    }
+                    let wait = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+                    tokio::time::timeout(wait, self.gate.next())
+                        .await
+                        .ok()
+                        .transpose()?
                 }
+            };
+            let Some(event) = event else {
+                self.fire_timers(
+                    &mut logic,
+                    TimeDomain::ProcessingTime,
+                    processing_time_now(),
+                )
+                .await?;
+                continue;
             };
             match event {
                 GateEvent::Watermark(WatermarkEvent::At(w)) => {
