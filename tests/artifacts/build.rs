@@ -54,6 +54,11 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "weir-plugin-window-count",
         "weir_plugin_window_count",
     ),
+    (
+        "PROCESSING_COUNT",
+        "weir-plugin-processing-count",
+        "weir_plugin_processing_count",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

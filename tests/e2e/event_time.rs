@@ -384,3 +384,67 @@ fn a_session_window_in_python_restores_from_the_rust_ones_savepoint() {
 fn a_tumbling_window_in_javascript_restores_from_the_rust_ones_savepoint() {
     windows_continue_in(plugins::JS_TUMBLING_COUNT, r#"{"size": 10000}"#);
 }
+
+#[test]
+fn processing_time_timers_fire_on_the_host_clock_and_event_time_ends_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // 20,000 one-word records over about two seconds: a key's count is
+    // reported 200 ms after its first record, the rest at the end.
+    let job = format!(
+        r#"
+name = "processing-time"
+parallelism = 2
+
+[[sources]]
+uid = "words"
+type = "datagen"
+records = 20000
+rate = 10000
+vocabulary = 50
+
+[[operators]]
+uid = "tokenize"
+plugin = "{tokenize}"
+input = "words"
+partition = "rebalance"
+
+[[operators]]
+uid = "count"
+plugin = "{count}"
+config = "200"
+input = "tokenize"
+partition = "hash"
+
+[[sinks]]
+uid = "out"
+type = "file"
+path = "{out}"
+input = "count"
+"#,
+        tokenize = plugins::TOKENIZE,
+        count = plugins::PROCESSING_COUNT,
+        out = out.display(),
+    );
+    let o = run_job(dir.path(), &job);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = sorted_lines(&out);
+    let mut total = 0;
+    let mut by_timer = 0;
+    for line in &lines {
+        let (_, report) = line.split_once('\t').unwrap();
+        let (why, n) = report.split_once(',').unwrap();
+        let n: u64 = n.parse().unwrap();
+        total += n;
+        match why {
+            "timer" => by_timer += 1,
+            "end" => {}
+            other => panic!("unexpected report `{other}`"),
+        }
+    }
+    assert_eq!(total, 20_000, "every record counted once");
+    assert!(
+        by_timer >= 50,
+        "{by_timer} reports by processing-time timers"
+    );
+}
