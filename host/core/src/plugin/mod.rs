@@ -2220,4 +2220,55 @@ mod tests {
         let err = check_component_header(b"hello, world").unwrap_err();
         assert!(err.contains("not a WebAssembly component"), "{err}");
     }
+
+    #[test]
+    fn a_window_plugin_fires_by_the_hosts_timers_and_counts_what_came_too_late() {
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = engine
+            .load("windows", Path::new(weir_test_plugins::WINDOW_COUNT))
+            .unwrap();
+        let mut instance = block_on(plugin.instantiate(InstanceConfig {
+            config: r#"{"size": 10}"#.into(),
+            ..config_over(MemoryStateBackend::new(KeyGroupRange::for_subtask(
+                0, 1, 128,
+            )))
+        }))
+        .unwrap();
+        let batch = |records: &[(&str, i64)]| {
+            let mut b = weir_format::BatchWriter::default();
+            for (key, ts) in records {
+                b.push(Some(key.as_bytes()), b"x", Some(*ts));
+            }
+            b.take().0
+        };
+        block_on(instance.process(&batch(&[("a", 1), ("a", 5), ("b", 12)]))).unwrap();
+        // The guest's timers are the host's, in its keyed state.
+        assert_eq!(
+            instance
+                .state()
+                .bound_kind(crate::timers::EVENT_TIME_TIMERS),
+            Some(crate::state::StateKind::Map)
+        );
+        instance.set_watermark(9);
+        let mut fired = Vec::new();
+        while let Some(t) = instance.pop_due_timer(TimeDomain::EventTime, 9).unwrap() {
+            block_on(instance.on_timer(&t)).unwrap();
+            fired.push((String::from_utf8(t.key.clone()).unwrap(), t.timestamp));
+        }
+        assert_eq!(fired, [("a".to_owned(), 9)], "b's window ends at 20");
+        block_on(instance.on_watermark(9)).unwrap();
+        let out: Vec<String> = weir_format::BatchReader::new(instance.output())
+            .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap())
+            .collect();
+        assert_eq!(out, ["a,0,10,2"]);
+        instance.output().clear();
+        // Too late for its only window: dropped, and counted.
+        block_on(instance.process(&batch(&[("a", 3), ("a", 4)]))).unwrap();
+        assert!(instance.output().is_empty());
+        assert_eq!(
+            instance.take_counters(),
+            std::collections::BTreeMap::from([("late_records_dropped".to_owned(), 2)])
+        );
+        assert!(instance.take_counters().is_empty(), "taken once");
+    }
 }
