@@ -1514,8 +1514,11 @@ const byStart = (a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0);
  * - `aggregate`: an object with `create()` → a new accumulator,
  *   `add(acc, record)` → the accumulator with `record` added, `merge(a, b)`
  *   → one accumulator of two (sessions only) and `result(key, window, acc)`
- *   → the value to emit (a string or Uint8Array; null emits nothing). By
- *   default the operator itself: define those four methods on the subclass;
+ *   → the value to emit (a string or Uint8Array; null emits nothing), and
+ *   optionally `resultKey(key, window)` → the key to emit the result under
+ *   (a string or Uint8Array; null/undefined, or no such method: the
+ *   window's key), to re-partition results downstream. By default the
+ *   operator itself: define those methods on the subclass;
  * - `allowedLateness` (ms, default 0): how long after it fired a window is
  *   kept, firing again for every late record it still accepts;
  * - `onLate(record)`, optional: the value to emit (with the record's key and
@@ -1526,9 +1529,10 @@ const byStart = (a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0);
  * as constructor options (`super({ assigner, aggregate, allowedLateness,
  * onLate })`), as fields, or by setting them in `open` (where the config is
  * known). A window fires once the watermark reaches its last timestamp: it
- * emits `result` keyed by the key, with timestamp `end - 1`. Windows are
- * bigints (`window.start`, `window.end`); accumulators are state values. The
- * operator owns the key's event-time timers and the map state `windows`.
+ * emits `result` keyed by the key (or by `resultKey`), with timestamp
+ * `end - 1`. Windows are bigints (`window.start`, `window.end`);
+ * accumulators are state values. The operator owns the key's event-time
+ * timers and the map state `windows`.
  */
 export class WindowOperator extends Operator {
   constructor(options = {}) {
@@ -1562,6 +1566,9 @@ export class WindowOperator extends Operator {
     }
     if (this.onLate !== undefined && this.onLate !== null && typeof this.onLate !== 'function') {
       throw new TypeError(`onLate is a function of the late record, not ${describe(this.onLate)}`);
+    }
+    if (agg.resultKey !== undefined && agg.resultKey !== null && typeof agg.resultKey !== 'function') {
+      throw new TypeError(`resultKey is a method (key, window) → key or null, not ${describe(agg.resultKey)}`);
     }
     this._agg = agg;
     this._windows = new MapState('windows', { type: 'record{end: int, acc: any}', keyType: 'int' });
@@ -1598,7 +1605,8 @@ export class WindowOperator extends Operator {
   _fire(key, window, acc, out) {
     const value = this._agg.result(key, window, acc);
     if (value !== null && value !== undefined) {
-      out.emit(key, value, window.end - 1n);
+      const resultKey = typeof this._agg.resultKey === 'function' ? this._agg.resultKey(key, window) : null;
+      out.emit(resultKey ?? key, value, window.end - 1n);
     }
   }
 

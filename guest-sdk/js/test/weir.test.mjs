@@ -1006,6 +1006,14 @@ test('tumbling windows fire at their last timestamp in start order and are dropp
   assert.deepEqual(take(w2), [['a', 'a,-7,3,1', 2], ['a', 'a,3,13,2', 12], ['a', 'a,13,23,1', 22]]);
 });
 
+test('resultKey re-keys a window result', async () => {
+  const byStart = { ...count, resultKey: (key, window) => (decoder.decode(key) === 'b' ? null : `${window.start}`) };
+  const [weir, op] = await open(windowed((w) => w.tumbling(10), { aggregate: byStart }));
+  feed(op, ['a', 'x', 3], ['b', 'x', 4], ['a', 'x', 12]);
+  finish(op);
+  assert.deepEqual(take(weir), [['0', 'a,0,10,1', 9], ['b', 'b,0,10,1', 9], ['10', 'a,10,20,1', 19]]);
+});
+
 test('a window operator needs timestamps, keys, an assigner and an aggregate', async () => {
   const [weir, op] = await open(windowed((w) => w.tumbling(10)));
   assert.match(feed(op, ['a', 'x', null]).val, /^Error: a window operator needs event time/);

@@ -193,6 +193,16 @@ class Tumbling(unittest.TestCase):
         h.finish()
         self.assertEqual(h.take(), [("a", "a,-7,3,1", 2), ("a", "a,3,13,2", 12), ("a", "a,13,23,1", 22)])
 
+    def test_result_key_re_keys_a_window_result(self):
+        class ByStart(Count):
+            def result_key(self, key, window):
+                return str(window.start) if key != b"b" else None
+
+        h = Harness(lambda: weir.WindowOperator(weir.tumbling(10), ByStart()))
+        h.process(("a", "x", 3), ("b", "x", 4), ("a", "x", 12))
+        h.finish()
+        self.assertEqual(h.take(), [("0", "a,0,10,1", 9), ("b", "b,0,10,1", 9), ("10", "a,10,20,1", 19)])
+
     def test_a_record_without_a_timestamp_fails_and_an_assigner_is_required(self):
         h = Harness(windowed(weir.tumbling(10)))
         with self.assertRaisesRegex(Err, "ValueError: a window operator needs event time"):

@@ -994,8 +994,11 @@ class WindowOperator(Operator):
       ``add(acc, record)`` -> the accumulator with ``record`` added,
       ``merge(a, b)`` -> one accumulator of two (sessions only) and
       ``result(key, window, acc)`` -> the value to emit (``str`` or
-      ``bytes``; ``None`` emits nothing). By default the operator itself:
-      define those four methods on the subclass;
+      ``bytes``; ``None`` emits nothing), and optionally
+      ``result_key(key, window)`` -> the key to emit the result under
+      (``str`` or ``bytes``; ``None``, or no such method: the window's key),
+      to re-partition results downstream. By default the operator itself:
+      define those methods on the subclass;
     - ``allowed_lateness`` (ms, default 0): how long after it fired a window
       is kept, firing again for every late record it still accepts;
     - ``on_late(record)``, optional: the value to emit (with the record's
@@ -1005,9 +1008,10 @@ class WindowOperator(Operator):
 
     as constructor arguments, as class attributes, or by setting them in
     ``open`` (where the config is known). A window fires once the watermark
-    reaches its last timestamp: it emits ``result`` keyed by the key, with
-    timestamp ``end - 1``. Accumulators are state values. The operator owns
-    the key's event-time timers and the map state ``windows``.
+    reaches its last timestamp: it emits ``result`` keyed by the key (or by
+    ``result_key``), with timestamp ``end - 1``. Accumulators are state
+    values. The operator owns the key's event-time timers and the map state
+    ``windows``.
     """
 
     assigner = None
@@ -1038,7 +1042,11 @@ class WindowOperator(Operator):
         missing = [m for m in needed if not callable(getattr(agg, m, None))]
         if missing:
             raise ValueError(f"the window aggregate {type(agg).__name__} lacks {', '.join(missing)}")
+        result_key = getattr(agg, "result_key", None)
+        if result_key is not None and not callable(result_key):
+            raise ValueError(f"result_key is a method (key, window) -> key or None, not {result_key!r}")
         self._agg = agg
+        self._result_key = result_key
         self._windows = MapState("windows", type="record{end: int, acc: any}", key_type=int)
 
     def _cleanup_time(self, end):
@@ -1061,6 +1069,10 @@ class WindowOperator(Operator):
     def _fire(self, key, window, acc, out):
         value = self._agg.result(key, window, acc)
         if value is not None:
+            if self._result_key is not None:
+                result_key = self._result_key(key, window)
+                if result_key is not None:
+                    key = result_key
             out.emit(key, value, timestamp=window.end - 1)
 
     def _late(self, record, out):
