@@ -309,6 +309,7 @@ fn with_instance(
     hook: &'static str,
     f: impl FnOnce(&mut dyn Instance, &mut Emitter) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    crate::time::begin_call();
     RUNTIME.with_borrow_mut(|rt| {
         let Runtime { instance, emitter } = rt;
         let instance = instance.as_deref_mut().ok_or(Error::Lifecycle(hook))?;

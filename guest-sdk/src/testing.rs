@@ -76,6 +76,8 @@ struct Store {
     /// Registered timers: (domain is processing time, timestamp, key).
     timers: std::collections::BTreeSet<(bool, i64, Vec<u8>)>,
     watermark: Option<i64>,
+    /// How many times the guest asked for the watermark.
+    watermark_reads: usize,
     processing_time: i64,
     counters: BTreeMap<String, u64>,
 }
@@ -197,7 +199,9 @@ impl Host for MemoryHost {
         Ok(())
     }
     fn current_watermark(&mut self) -> i64 {
-        self.0.borrow().watermark.unwrap_or(i64::MIN)
+        let mut s = self.0.borrow_mut();
+        s.watermark_reads += 1;
+        s.watermark.unwrap_or(i64::MIN)
     }
     fn current_processing_time(&mut self) -> i64 {
         self.0.borrow().processing_time
@@ -391,6 +395,11 @@ impl<O: Operator> Harness<O> {
             .filter(|(p, ..)| *p == (domain == TimeDomain::ProcessingTime))
             .map(|(_, ts, key)| (*ts, key.clone()))
             .collect()
+    }
+
+    /// How many times the operator read the watermark from the host.
+    pub fn watermark_reads(&self) -> usize {
+        self.store.borrow().watermark_reads
     }
 
     /// The operator's counters (`time::counter_add`).

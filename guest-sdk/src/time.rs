@@ -7,6 +7,8 @@
 //! it, and calls [`Operator::on_timer`](crate::Operator::on_timer) once per
 //! key, timestamp and domain.
 
+use std::cell::Cell;
+
 use crate::state::with_key;
 use crate::{Error, host};
 
@@ -80,10 +82,26 @@ pub fn delete_processing_time_timer(timestamp: i64) -> Result<(), Error> {
     timer(timestamp, TimeDomain::ProcessingTime, true)
 }
 
+thread_local! {
+    /// The watermark read from the host during the current hook call: the
+    /// host moves it only between calls, so one import call per hook call
+    /// serves every record of a batch.
+    static WATERMARK: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+/// Forgets the watermark read in the previous hook call.
+pub(crate) fn begin_call() {
+    WATERMARK.set(None);
+}
+
 /// The operator's current event-time watermark: `i64::MIN` before the
-/// first.
+/// first. Read from the host once per hook call.
 pub fn current_watermark() -> i64 {
-    host::with(|h| h.current_watermark())
+    WATERMARK.get().unwrap_or_else(|| {
+        let w = host::with(|h| h.current_watermark());
+        WATERMARK.set(Some(w));
+        w
+    })
 }
 
 /// The host's clock, milliseconds since the Unix epoch (guests have no

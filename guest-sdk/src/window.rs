@@ -577,6 +577,17 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_reads_the_watermark_from_the_host_once() {
+        let mut h = Harness::<Windowed<Count>>::open("tumbling 10").unwrap();
+        let batch: Vec<TestRecord> = (0..100).map(|ts| at("k", ts)).collect();
+        h.process(&batch).unwrap();
+        assert_eq!(h.watermark_reads(), 1);
+        h.watermark(50).unwrap();
+        h.process(&[at("k", 60), at("k", 61)]).unwrap();
+        assert!(h.watermark_reads() <= 4, "once per hook call");
+    }
+
+    #[test]
     fn sliding_windows_hold_a_record_in_size_over_slide_windows() {
         let mut h = Harness::<Windowed<Count>>::open("sliding 10 5").unwrap();
         h.process(&[at("k", 7)]).unwrap();
