@@ -588,21 +588,19 @@ impl Task {
                 Logic::Wasm(instance) => instance.next_processing_timer(),
                 Logic::Native { .. } => None,
             };
-            let now = processing_time_now();
             let event = match next_timer {
                 None => Some(self.gate.next().await?),
-                // Due: before any input, so a busy input cannot starve
-                // the timers.
-                Some(at) if at <= now => None,
-                // The gate's `next` keeps what it took off a channel when
-                // a timeout drops it, so nothing is lost.
-                Some(at) => {
-                    let wait = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
-                    tokio::time::timeout(wait, self.gate.next())
+                Some(at) => match u64::try_from(at.saturating_sub(processing_time_now())) {
+                    // Due: before any input, so a busy input cannot
+                    // starve the timers.
+                    Err(_) | Ok(0) => None,
+                    // The gate's `next` keeps what it took off a channel
+                    // when a timeout drops it, so nothing is lost.
+                    Ok(wait) => tokio::time::timeout(Duration::from_millis(wait), self.gate.next())
                         .await
                         .ok()
-                        .transpose()?
-                }
+                        .transpose()?,
+                },
             };
             let Some(event) = event else {
                 self.fire_timers(
@@ -614,24 +612,12 @@ impl Task {
                 continue;
             };
             match event {
-                GateEvent::Watermark(WatermarkEvent::At(w)) => {
-                    if let Logic::Wasm(instance) = &mut logic {
-                        instance.set_watermark(w);
-                        self.fire_timers(&mut logic, TimeDomain::EventTime, w)
-                            .await?;
-                        if let Logic::Wasm(instance) = &mut logic {
-                            instance.on_watermark(w).await?;
-                        }
-                        self.emit(&mut logic).await?;
+                GateEvent::Watermark(event) => {
+                    if let WatermarkEvent::At(w) = event {
+                        self.advance_event_time(&mut logic, w).await?;
                     }
-                    self.router
-                        .broadcast(|| Element::Watermark(WatermarkEvent::At(w)))
-                        .await?;
-                }
-                GateEvent::Watermark(WatermarkEvent::Idle) => {
-                    self.router
-                        .broadcast(|| Element::Watermark(WatermarkEvent::Idle))
-                        .await?;
+                    // After what the timers and the hook emitted.
+                    self.router.broadcast(|| Element::Watermark(event)).await?;
                 }
                 GateEvent::Records(data, len) => {
                     self.counters()
@@ -761,6 +747,20 @@ impl Task {
                 GateEvent::End => return self.router.broadcast(|| Element::EndOfInput).await,
             }
         }
+    }
+
+    /// Moves a plugin's event time to watermark `w`: the timers it made due
+    /// fire, then `on-watermark` runs.
+    async fn advance_event_time(&mut self, logic: &mut Logic, w: i64) -> TaskResult {
+        let Logic::Wasm(instance) = logic else {
+            return Ok(());
+        };
+        instance.set_watermark(w);
+        self.fire_timers(logic, TimeDomain::EventTime, w).await?;
+        if let Logic::Wasm(instance) = logic {
+            instance.on_watermark(w).await?;
+        }
+        self.emit(logic).await
     }
 
     /// Fires every timer of `domain` at or before `upto`, in timestamp
