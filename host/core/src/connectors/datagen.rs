@@ -1,14 +1,14 @@
 //! The `datagen` connector: deterministic lines of words, one stream per
 //! subtask the source first ran with (its splits, `i/n`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 
-use super::{LocalSource, Source, SplitKind, stream_of, stream_splits};
+use super::{LocalSource, Pacing, Source, SplitKind, stream_of, stream_splits};
 use crate::error::Error;
 use crate::job::DatagenSpec;
 
@@ -44,11 +44,8 @@ pub struct DatagenSource {
     /// Records this subtask emits in all, or unbounded.
     quota: Option<u64>,
     emitted: u64,
-    /// Records per second for this subtask.
-    rate: Option<f64>,
-    /// Pacing counts from here: the position and time the source started.
-    paced_from: u64,
-    started: Instant,
+    /// This subtask's share of the rate.
+    pacing: Pacing,
     line: String,
 }
 
@@ -65,9 +62,7 @@ impl DatagenSource {
             spec: spec.clone(),
             quota,
             emitted: 0,
-            rate: spec.rate.map(|r| r / f64::from(parallelism)),
-            paced_from: 0,
-            started: Instant::now(),
+            pacing: Pacing::new(spec.rate.map(|r| r / f64::from(parallelism)), 0),
             line: String::new(),
         }
     }
@@ -84,7 +79,7 @@ impl DatagenSource {
             source.rng.random_range(0..spec.vocabulary);
         }
         source.emitted = position;
-        source.paced_from = position;
+        source.pacing = Pacing::new(spec.rate.map(|r| r / f64::from(parallelism)), position);
         source
     }
 }
@@ -96,13 +91,7 @@ impl DatagenSource {
             Some(q) => (q - self.emitted).min(max as u64),
             None => max as u64,
         };
-        match self.rate {
-            // At most 100 ms worth of records per batch: a slow source
-            // still hands out records, and takes checkpoint triggers,
-            // several times a second instead of once per full batch.
-            Some(rate) => n.min(((rate / 10.0).ceil() as u64).max(1)),
-            None => n,
-        }
+        self.pacing.batch_len(n)
     }
 }
 
@@ -128,14 +117,7 @@ impl LocalSource for DatagenSource {
     }
 
     fn pause(&self) -> Duration {
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        // Pace: a batch goes once the records before it were due at `rate`
-        // records per second, so the first goes at once (a job restored
-        // or upgraded resumes without waiting a batch's worth of time).
-        let due = Duration::from_secs_f64((self.emitted - self.paced_from) as f64 / rate);
-        due.saturating_sub(self.started.elapsed())
+        self.pacing.pause(self.emitted)
     }
 
     fn offset(&self) -> u64 {

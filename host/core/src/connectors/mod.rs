@@ -19,7 +19,7 @@
 //! [`source_of`] and [`sink_of`] are the factory: what a vertex of the job
 //! graph reads or writes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
@@ -248,6 +248,47 @@ pub(crate) fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error 
             "source `{uid}`: the snapshot holds split `{}`, which this source does not have (it has {has}); was it taken of another job?",
             split.split
         ),
+    }
+}
+
+/// A generator's pace: `rate` records per second (none: as fast as
+/// possible), counted from the position and the moment it (re)started, so
+/// a restored or upgraded source resumes without waiting first.
+#[derive(Debug, Clone)]
+pub(crate) struct Pacing {
+    rate: Option<f64>,
+    from: u64,
+    started: Instant,
+}
+
+impl Pacing {
+    /// `rate` records per second from `position`, now.
+    pub(crate) fn new(rate: Option<f64>, position: u64) -> Self {
+        Self {
+            rate,
+            from: position,
+            started: Instant::now(),
+        }
+    }
+
+    /// How many of `n` records the next batch may hold: at most 100 ms
+    /// worth, so a slow source still hands out records, and takes
+    /// checkpoint triggers, several times a second.
+    pub(crate) fn batch_len(&self, n: u64) -> u64 {
+        match self.rate {
+            Some(rate) => n.min(((rate / 10.0).ceil() as u64).max(1)),
+            None => n,
+        }
+    }
+
+    /// How long until the records before `position` are due: a batch
+    /// goes once they are, so the first goes at once.
+    pub(crate) fn pause(&self, position: u64) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        let due = Duration::from_secs_f64(position.saturating_sub(self.from) as f64 / rate);
+        due.saturating_sub(self.started.elapsed())
     }
 }
 

@@ -5,13 +5,13 @@
 //! (its splits, `i/n`), each split's position the count of events it
 //! emitted, so it restores at any parallelism.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir_format::BatchWriter;
 use weir_format::snapshot::SourceSplit;
 use weir_nexmark::{GeneratorConfig, SplitGenerator};
 
-use super::{LocalSource, Source, SplitKind, stream_of, stream_splits};
+use super::{LocalSource, Pacing, Source, SplitKind, stream_of, stream_splits};
 use crate::error::Error;
 
 /// A `nexmark` source as the job file configures it.
@@ -49,9 +49,7 @@ impl SplitKind for NexmarkSplits {
         })?;
         Ok(Box::new(NexmarkSource {
             generator,
-            rate: self.spec.rate.map(|r| r / f64::from(count)),
-            paced_from: split.position,
-            started: Instant::now(),
+            pacing: Pacing::new(self.spec.rate.map(|r| r / f64::from(count)), split.position),
             json: Vec::new(),
         }))
     }
@@ -60,21 +58,14 @@ impl SplitKind for NexmarkSplits {
 /// One split's events.
 struct NexmarkSource {
     generator: SplitGenerator,
-    /// Events per second for this split.
-    rate: Option<f64>,
-    paced_from: u64,
-    started: Instant,
+    /// This split's share of the rate.
+    pacing: Pacing,
     json: Vec<u8>,
 }
 
 impl LocalSource for NexmarkSource {
     fn read_batch(&mut self, out: &mut BatchWriter, max: usize) -> Result<bool, Error> {
-        let max = match self.rate {
-            // At most 100 ms worth per batch, as datagen.
-            Some(rate) => max.min(((rate / 10.0).ceil() as usize).max(1)),
-            None => max,
-        };
-        for _ in 0..max {
+        for _ in 0..self.pacing.batch_len(max as u64) {
             self.json.clear();
             let Some((_, ts)) = self.generator.next_json(&mut self.json) else {
                 return Ok(false);
@@ -85,12 +76,7 @@ impl LocalSource for NexmarkSource {
     }
 
     fn pause(&self) -> Duration {
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        let due =
-            Duration::from_secs_f64((self.generator.position() - self.paced_from) as f64 / rate);
-        due.saturating_sub(self.started.elapsed())
+        self.pacing.pause(self.generator.position())
     }
 
     fn offset(&self) -> u64 {
