@@ -873,6 +873,15 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 );
             }
         }
+        if let Some(rate) = s.rate
+            && takes.contains(&"rate")
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            problems.add(
+                format!("{field}.rate"),
+                format!("must be a positive number, got {rate}"),
+            );
+        }
         let kind = match s.kind {
             SourceType::File => match &s.path {
                 None => {
@@ -906,14 +915,6 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                         ),
                     );
                 }
-                if let Some(rate) = s.rate
-                    && !(rate.is_finite() && rate > 0.0)
-                {
-                    problems.add(
-                        format!("{field}.rate"),
-                        format!("must be a positive number, got {rate}"),
-                    );
-                }
                 VertexKind::Datagen(DatagenSpec {
                     seed: s.seed.unwrap_or(0),
                     records: s.records,
@@ -926,14 +927,6 @@ pub fn build_graph(file: JobFile, base: &Path) -> Result<JobGraph, Vec<Problem>>
                 let generator = s.nexmark.take().unwrap_or_default();
                 if let Err(e) = generator.validate() {
                     problems.add(format!("{field}.nexmark"), e.to_string());
-                }
-                if let Some(rate) = s.rate
-                    && !(rate.is_finite() && rate > 0.0)
-                {
-                    problems.add(
-                        format!("{field}.rate"),
-                        format!("must be a positive number, got {rate}"),
-                    );
                 }
                 VertexKind::Nexmark(crate::connectors::nexmark::NexmarkSpec {
                     generator,
@@ -1794,6 +1787,52 @@ uid = "out"
 type = "blackhole"
 input = ["count"]
 "#;
+
+    #[test]
+    fn watermarks_and_the_nexmark_source_are_read_and_bounded() {
+        let good = GOOD.replacen(
+            "type = \"file\"\npath = \"in.txt\"\nparallelism = 1",
+            "type = \"nexmark\"\nparallelism = 1\nrate = 100.0\n[sources.nexmark]\nmax_events = 10\n[sources.watermarks]\nout_of_orderness_ms = 500\nidle_timeout_ms = 2000",
+            1,
+        );
+        let g = parse(&good).unwrap();
+        let source = &g.vertices[0];
+        assert!(matches!(
+            &source.kind,
+            VertexKind::Nexmark(n) if n.generator.max_events == Some(10) && n.rate == Some(100.0)
+        ));
+        assert_eq!(
+            source.watermarks,
+            Some(WatermarkStrategy {
+                out_of_orderness: Duration::from_millis(500),
+                idle_timeout: Some(Duration::from_millis(2000)),
+            })
+        );
+        assert!(g.vertices[1..].iter().all(|v| v.watermarks.is_none()));
+
+        let bad = good
+            .replace("rate = 100.0", "rate = -1.0")
+            .replace("max_events = 10", "events_per_second = 0")
+            .replace(
+                "out_of_orderness_ms = 500",
+                "out_of_orderness_ms = 86400001",
+            )
+            .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 0");
+        let p = problems(&bad);
+        for needle in [
+            "sources[0].rate: must be a positive number, got -1",
+            "sources[0].nexmark: ",
+            "sources[0].watermarks.out_of_orderness_ms: must be between 0 and 86400000",
+            "sources[0].watermarks.idle_timeout_ms: must be between 1 and 86400000",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(needle)), "{needle}: {p:?}");
+        }
+        let unknown = good.replace("idle_timeout_ms = 2000", "idle_ms = 2000");
+        assert!(
+            parse(&unknown).is_err(),
+            "unknown watermark fields are refused"
+        );
+    }
 
     fn operator_limits(g: &JobGraph, uid: &str) -> Limits {
         match &g.vertices.iter().find(|v| v.uid == uid).unwrap().kind {

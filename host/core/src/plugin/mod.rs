@@ -2200,6 +2200,20 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_timer_states_are_out_of_a_guests_reach() {
+        for name in [
+            crate::timers::EVENT_TIME_TIMERS,
+            crate::timers::PROCESSING_TIME_TIMERS,
+            "_weir/anything",
+        ] {
+            let e = not_reserved(name).unwrap_err();
+            assert!(e.contains("reserved for the host"), "{e}");
+        }
+        assert!(not_reserved("count").is_ok());
+        assert!(not_reserved("weir/timers").is_ok());
+    }
+
+    #[test]
     fn a_plugin_path_that_is_a_device_is_never_read() {
         let engine = PluginEngine::new(None).unwrap();
         let Err(e) = engine.load("op", Path::new("/dev/zero")) else {
