@@ -26,8 +26,9 @@ fn events(max_events: u64, events_per_second: u64) -> Vec<Event> {
 
 /// A job of a Nexmark source (`max_events` at `events_per_second` of
 /// event time, emitted at `rate` per second when given) feeding the
-/// queries in `queries` (each one file sink `out-<query>`), checkpointing
-/// into `dir/checkpoints` when `checkpoints`.
+/// queries in `queries` (their stages as `weir_nexmark::stages` gives
+/// them, each query into a file sink `out-<query>`), checkpointing every
+/// 100 ms into `dir/checkpoints`.
 fn nexmark_job(
     dir: &Path,
     parallelism: u32,
@@ -71,39 +72,12 @@ idle_timeout_ms = 1000
         )
     };
     for q in queries {
-        let last = match *q {
-            "q5" => {
-                job += &stage("q5-key", "bids-by-auction", "events", "forward");
-                job += &stage("q5-count", "q5-count", "q5-key", "hash");
-                job += &stage("q5", "q5-max", "q5-count", "hash");
-                "q5"
-            }
-            "q7" => {
-                job += &stage("q7-key", "bids-by-window", "events", "forward");
-                job += &stage("q7", "q7-max", "q7-key", "hash");
-                "q7"
-            }
-            "q3" => {
-                job += &stage("q3-key", "q3-key", "events", "forward");
-                job += &stage("q3", "q3-join", "q3-key", "hash");
-                "q3"
-            }
-            "q4" => {
-                job += &stage("q4-key", "q4-key", "events", "forward");
-                job += &stage("q4-close", "q4-close", "q4-key", "hash");
-                job += &stage("q4", "q4-avg", "q4-close", "hash");
-                "q4"
-            }
-            "q8" => {
-                job += &stage("q8-key", "q8-key", "events", "forward");
-                job += &stage("q8", "q8-join", "q8-key", "hash");
-                "q8"
-            }
-            q => {
-                job += &stage(q, q, "events", "forward");
-                q
-            }
-        };
+        let mut last = "events".to_owned();
+        for (i, (config, partition)) in weir_nexmark::stages(q).unwrap().iter().enumerate() {
+            let uid = format!("{q}-{i}");
+            job += &stage(&uid, config, &last, partition);
+            last = uid;
+        }
         job += &format!(
             "\n[[sinks]]\nuid = \"out-{q}\"\ntype = \"file\"\npath = \"{out}\"\ninput = \"{last}\"\n",
             out = dir.join(format!("out-{q}")).display(),

@@ -39,33 +39,6 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// The stages of `query`: `(uid, config, partition)`, each reading the
-/// previous one.
-fn stages(query: &str) -> Vec<(&'static str, &'static str, &'static str)> {
-    match query {
-        "q0" => vec![("q0", "q0", "forward")],
-        "q1" => vec![("q1", "q1", "forward")],
-        "q2" => vec![("q2", "q2", "forward")],
-        "q5" => vec![
-            ("key", "bids-by-auction", "forward"),
-            ("count", "q5-count", "hash"),
-            ("q5", "q5-max", "hash"),
-        ],
-        "q7" => vec![
-            ("key", "bids-by-window", "forward"),
-            ("q7", "q7-max", "hash"),
-        ],
-        "q3" => vec![("key", "q3-key", "forward"), ("q3", "q3-join", "hash")],
-        "q4" => vec![
-            ("key", "q4-key", "forward"),
-            ("close", "q4-close", "hash"),
-            ("q4", "q4-avg", "hash"),
-        ],
-        "q8" => vec![("key", "q8-key", "forward"), ("q8", "q8-join", "hash")],
-        other => panic!("no such query {other}"),
-    }
-}
-
 fn job_text(
     query: &str,
     plugin: &str,
@@ -94,8 +67,10 @@ out_of_orderness_ms = 0
 "#,
         storage = dir.join("checkpoints").display(),
     );
-    let mut input = "events";
-    for (uid, config, partition) in stages(query) {
+    let mut input = "events".to_owned();
+    let stages = weir_nexmark::stages(query).expect("a query the plugins run");
+    for (i, (config, partition)) in stages.iter().enumerate() {
+        let uid = format!("stage-{i}");
         text += &format!(
             "\n[[operators]]\nuid = \"{uid}\"\nplugin = \"{plugin}\"\nconfig = \"{config}\"\ninput = \"{input}\"\npartition = \"{partition}\"\n",
         );
