@@ -109,36 +109,33 @@ impl Assigner {
 
     /// The windows a record at `ts` belongs to (a session record: its own
     /// window, before merging).
-    pub fn windows(&self, ts: i64) -> Vec<Window> {
-        match *self {
+    pub fn windows(&self, ts: i64) -> impl Iterator<Item = Window> + use<> {
+        // The newest start, the step back to the next older one, the
+        // length and how many: computed, not collected, because this runs
+        // for every record.
+        let (newest, step, size, count) = match *self {
             Assigner::Tumbling { size, offset } => {
-                let start = ts - (ts - offset).rem_euclid(size);
-                vec![Window {
-                    start,
-                    end: start + size,
-                }]
+                (ts - (ts - offset).rem_euclid(size), size, size, 1)
             }
             Assigner::Sliding {
                 size,
                 slide,
                 offset,
             } => {
-                let mut start = ts - (ts - offset).rem_euclid(slide);
-                let mut all = Vec::new();
-                while start > ts - size {
-                    all.push(Window {
-                        start,
-                        end: start + size,
-                    });
-                    start -= slide;
-                }
-                all
+                let newest = ts - (ts - offset).rem_euclid(slide);
+                // Starts newest, newest - slide, … while start > ts - size.
+                let span = newest - ts + size;
+                (newest, slide, size, (span + slide - 1) / slide)
             }
-            Assigner::Session { gap } => vec![Window {
-                start: ts,
-                end: ts + gap,
-            }],
-        }
+            Assigner::Session { gap } => (ts, gap, gap, 1),
+        };
+        (0..count).map(move |k| {
+            let start = newest - k * step;
+            Window {
+                start,
+                end: start + size,
+            }
+        })
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -422,8 +419,11 @@ impl<F: WindowFunction> Operator for Windowed<F> {
             Error::msg("a window operator needs keyed input: the record has no key")
         })?;
         let wm = time::current_watermark();
-        if let Assigner::Session { .. } = self.config.assigner {
-            let own = self.config.assigner.windows(ts)[0];
+        if let Assigner::Session { gap } = self.config.assigner {
+            let own = Window {
+                start: ts,
+                end: ts.saturating_add(gap),
+            };
             if self.expired(own, wm) {
                 self.late(&record, out);
                 return Ok(());
@@ -574,6 +574,31 @@ mod tests {
             "fired windows are gone"
         );
         assert!(h.timers(TimeDomain::EventTime).is_empty());
+    }
+
+    #[test]
+    fn sliding_windows_are_every_start_a_slide_apart_that_still_holds_the_record() {
+        for (size, slide, offset) in [(10, 5, 0), (10, 3, 0), (10, 10, 2), (7, 2, 1), (5, 7, 0)] {
+            let a = Assigner::Sliding {
+                size,
+                slide,
+                offset,
+            };
+            for ts in -30..30 {
+                let got: Vec<i64> = a.windows(ts).map(|w| w.start).collect();
+                let mut want = Vec::new();
+                let mut start = ts - (ts - offset).rem_euclid(slide);
+                while start > ts - size {
+                    want.push(start);
+                    start -= slide;
+                }
+                assert_eq!(
+                    got, want,
+                    "size {size} slide {slide} offset {offset} at {ts}"
+                );
+                assert!(a.windows(ts).all(|w| w.start <= ts && ts < w.end));
+            }
+        }
     }
 
     #[test]
