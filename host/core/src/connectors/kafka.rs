@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
@@ -31,7 +30,7 @@ use weir_format::snapshot::SourceSplit;
 use weir_format::{BatchReader, BatchWriter};
 
 use super::{
-    DEFAULT_TIMEOUT, Sink, SinkKind, Source, SplitKind, bad_batch, partition_splits, read_secret,
+    Endpoint, Sink, SinkKind, Source, SplitKind, bad_batch, partition_splits, read_secret,
     split_partition, timeout_problem,
 };
 use crate::checkpoint::CheckpointId;
@@ -277,12 +276,18 @@ impl KafkaSink {
 
 /// A client, connected on first use.
 struct Connection {
-    role: &'static str,
-    uid: String,
-    brokers: String,
+    at: Endpoint,
     auth: KafkaAuth,
-    timeout: Duration,
     client: OnceCell<Client>,
+}
+
+/// A connection is its endpoint (who, where, how long) and a client.
+impl std::ops::Deref for Connection {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.at
+    }
 }
 
 impl Connection {
@@ -294,28 +299,9 @@ impl Connection {
         timeout_ms: Option<u64>,
     ) -> Self {
         Self {
-            role,
-            uid: uid.to_owned(),
-            brokers: brokers.to_owned(),
+            at: Endpoint::new(role, uid, "Kafka", brokers, timeout_ms),
             auth: auth.clone(),
-            timeout: timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
             client: OnceCell::new(),
-        }
-    }
-
-    fn broker(&self, what: impl fmt::Display) -> Error {
-        Error::Broker {
-            role: self.role,
-            uid: self.uid.clone(),
-            message: format!("Kafka at {}: {what}", self.brokers),
-        }
-    }
-
-    fn refused(&self, what: impl fmt::Display) -> Error {
-        Error::Connector {
-            role: self.role,
-            uid: self.uid.clone(),
-            message: what.to_string(),
         }
     }
 
@@ -346,7 +332,7 @@ impl Connection {
                 },
             )) => Err(self.refused(format!(
                 "Kafka at {}: {what}: {e} (a retry would meet it again)",
-                self.brokers
+                self.address
             ))),
             Ok(Err(e)) => Err(self.broker(format!("{what}: {e}"))),
             Err(_) => Err(self.broker(format!("{what}: no answer within {:?}", self.timeout))),
@@ -357,7 +343,7 @@ impl Connection {
         self.client
             .get_or_try_init(|| async {
                 let brokers = self
-                    .brokers
+                    .address
                     .split(',')
                     .map(|b| b.trim().to_owned())
                     .collect();
@@ -395,7 +381,7 @@ impl Connection {
             .ok_or_else(|| {
                 self.refused(format!(
                     "Kafka at {}: topic `{topic}` does not exist",
-                    self.brokers
+                    self.address
                 ))
             })
     }

@@ -251,6 +251,61 @@ pub(crate) fn foreign_split(uid: &str, split: &SourceSplit, has: &str) -> Error 
     }
 }
 
+/// A broker connector's end of its connection, for its errors and the
+/// bound on its requests: who it is (role and uid), the broker's kind and
+/// address, and the request timeout.
+pub(crate) struct Endpoint {
+    /// `source` or `sink`.
+    pub(crate) role: &'static str,
+    /// The vertex's uid.
+    pub(crate) uid: String,
+    /// `NATS`, `Kafka`: how errors name the broker.
+    kind: &'static str,
+    /// The broker's address, as the job file gives it.
+    pub(crate) address: String,
+    /// How long a request may take.
+    pub(crate) timeout: Duration,
+}
+
+impl Endpoint {
+    /// The endpoint of `role` `uid` to the `kind` broker at `address`;
+    /// requests time out after `timeout_ms` ([`DEFAULT_TIMEOUT`] if none).
+    pub(crate) fn new(
+        role: &'static str,
+        uid: &str,
+        kind: &'static str,
+        address: &str,
+        timeout_ms: Option<u64>,
+    ) -> Self {
+        Self {
+            role,
+            uid: uid.to_owned(),
+            kind,
+            address: address.to_owned(),
+            timeout: timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+        }
+    }
+
+    /// A failure talking to the broker, which a restart may get past.
+    pub(crate) fn broker(&self, what: impl std::fmt::Display) -> Error {
+        Error::Broker {
+            role: self.role,
+            uid: self.uid.clone(),
+            message: format!("{} at {}: {what}", self.kind, self.address),
+        }
+    }
+
+    /// What the broker or the configuration refuses, which a retry would
+    /// meet again: it ends the job.
+    pub(crate) fn refused(&self, what: impl std::fmt::Display) -> Error {
+        Error::Connector {
+            role: self.role,
+            uid: self.uid.clone(),
+            message: what.to_string(),
+        }
+    }
+}
+
 /// A generator's pace: `rate` records per second (none: as fast as
 /// possible), counted from the position and the moment it (re)started, so
 /// a restored or upgraded source resumes without waiting first.

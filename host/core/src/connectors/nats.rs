@@ -38,7 +38,7 @@ use weir_format::snapshot::{Namespace, SourceSplit};
 use weir_format::{BatchReader, BatchWriter, Value};
 
 use super::{
-    DEFAULT_TIMEOUT, Sink, SinkKind, Source, SplitKind, bad_batch, partition_splits, read_secret,
+    Endpoint, Sink, SinkKind, Source, SplitKind, bad_batch, partition_splits, read_secret,
     split_partition, timeout_problem,
 };
 use crate::checkpoint::CheckpointId;
@@ -382,12 +382,18 @@ impl NatsSink {
 
 /// A connection and its JetStream context, opened on first use.
 struct Connection {
-    role: &'static str,
-    uid: String,
-    url: String,
+    at: Endpoint,
     auth: NatsAuth,
-    timeout: Duration,
     cell: OnceCell<(async_nats::Client, jetstream::Context)>,
+}
+
+/// A connection is its endpoint (who, where, how long) and a client.
+impl std::ops::Deref for Connection {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.at
+    }
 }
 
 impl Connection {
@@ -399,28 +405,9 @@ impl Connection {
         timeout_ms: Option<u64>,
     ) -> Self {
         Self {
-            role,
-            uid: uid.to_owned(),
-            url: url.to_owned(),
+            at: Endpoint::new(role, uid, "NATS", url, timeout_ms),
             auth: auth.clone(),
-            timeout: timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
             cell: OnceCell::new(),
-        }
-    }
-
-    fn broker(&self, what: impl fmt::Display) -> Error {
-        Error::Broker {
-            role: self.role,
-            uid: self.uid.clone(),
-            message: format!("NATS at {}: {what}", self.url),
-        }
-    }
-
-    fn refused(&self, what: impl fmt::Display) -> Error {
-        Error::Connector {
-            role: self.role,
-            uid: self.uid.clone(),
-            message: what.to_string(),
         }
     }
 
@@ -459,7 +446,7 @@ impl Connection {
         }
         // The client's own connect timeout covers one attempt; bound the
         // whole (DNS, TLS, handshake) too.
-        let client = tokio::time::timeout(self.timeout, options.connect(self.url.as_str()))
+        let client = tokio::time::timeout(self.timeout, options.connect(self.address.as_str()))
             .await
             .map_err(|_| self.broker(format!("no connection within {:?}", self.timeout)))?
             .map_err(|e| self.broker(format!("cannot connect: {e}")))?;
@@ -540,7 +527,7 @@ impl NatsReader {
                 {
                     c.refused(format!(
                         "NATS at {}: stream `{}` does not exist",
-                        c.url, self.stream
+                        c.address, self.stream
                     ))
                 }
                 _ => c.broker(format!("cannot look up stream `{}`: {e}", self.stream)),
@@ -778,7 +765,7 @@ impl JetStreamSink {
     fn too_large(&self, len: usize, max: usize) -> Error {
         self.connection.refused(format!(
             "a record of {len} bytes (key and value) is larger than the {max} bytes the NATS server at {} takes in a message (its max_payload)",
-            self.connection.url
+            self.connection.address
         ))
     }
 
