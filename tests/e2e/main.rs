@@ -697,7 +697,7 @@ mod bad_jobs {
         let (code, err) = validate(dir.path(), &job);
         assert_eq!(code, Some(2), "{err}");
         assert!(
-            err.contains("does not implement weir:operator/stream-operator@0.2.0"),
+            err.contains("does not implement weir:operator/stream-operator@0.2.0 (nor weir:operator/stream-operator@0.1.0)"),
             "{err}"
         );
     }

@@ -93,7 +93,7 @@ mod bindings_v1 {
 }
 
 /// The WIT world version this host implements.
-pub const WORLD: &str = "weir:operator/stream-operator@0.2.0";
+pub const WORLD: &str = WORLDS[0];
 
 /// Every world version this host loads, newest first: a component built
 /// against any of them runs unchanged.
@@ -154,7 +154,10 @@ impl WorldPre {
         bindings_v1::StreamOperatorPre::new(pre)
             .map(WorldPre::V1)
             .map_err(|_| {
-                format!("does not implement {WORLD} (nor an older world Weir loads): {v2:#}")
+                format!(
+                    "does not implement {WORLD} (nor {}): {v2:#}",
+                    WORLDS[1..].join(", ")
+                )
             })
     }
 
