@@ -32,6 +32,26 @@ pub(crate) enum Update<'a> {
     ListClear,
 }
 
+/// Packs `writes` in the packed state-write layout
+/// (`weir_format::writes`), which `keyed-state.write-packed` takes.
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) fn pack(writes: &[Write<'_>]) -> weir_format::writes::WritesWriter {
+    let mut packed = weir_format::writes::WritesWriter::new();
+    for w in writes {
+        let (state, key) = (w.state, w.key);
+        match &w.update {
+            Update::ValueSet(v) => packed.value_set(state, key, v),
+            Update::ValueClear => packed.value_clear(state, key),
+            Update::MapPut(k, v) => packed.map_put(state, key, k, v),
+            Update::MapRemove(k) => packed.map_remove(state, key, k),
+            Update::MapClear => packed.map_clear(state, key),
+            Update::ListSet(items) => packed.list_set(state, key, items.iter()),
+            Update::ListClear => packed.list_clear(state, key),
+        }
+    }
+    packed
+}
+
 /// The host functions the SDK needs, one per WIT import.
 pub(crate) trait Host {
     /// `keyed-state.declare` or `operator-state.declare`, by kind.
@@ -326,18 +346,6 @@ mod wasm {
         }
     }
 
-    /// Every value an update carries, in the order [`lower`] visits them
-    /// (no allocation: this runs for every dirty entry of every flush).
-    fn values<'u, 'a>(update: &'u Update<'a>) -> impl Iterator<Item = &'u ValueRef<'a>> {
-        let (pair, list): ([Option<&'u ValueRef<'a>>; 2], &'u [ValueRef<'a>]) = match update {
-            Update::ValueSet(v) | Update::MapRemove(v) => ([Some(v), None], &[]),
-            Update::MapPut(k, v) => ([Some(k), Some(v)], &[]),
-            Update::ListSet(vs) => ([None, None], vs),
-            Update::ValueClear | Update::MapClear | Update::ListClear => ([None, None], &[]),
-        };
-        pair.into_iter().flatten().chain(list)
-    }
-
     impl Host for WasmHost {
         fn declare(&mut self, d: &Declaration) -> Result<(), String> {
             let type_name = d.type_name.as_deref();
@@ -369,53 +377,10 @@ mod wasm {
             ks::list_get(state, key).map(|vs| vs.into_iter().map(lift).collect())
         }
         fn write(&mut self, writes: &[Write<'_>]) -> Result<(), String> {
-            // WIT parameters borrow, so lower bottom-up: tree nodes, then
-            // list elements, then the writes themselves.
-            let trees = flatten_trees(writes.iter().flat_map(|w| values(&w.update)));
-            let trees = node_params(&trees);
-            let mut tree_iter = trees.iter();
-            let mut lists = Vec::new();
-            let mut singles = Vec::new();
-            for w in writes {
-                match &w.update {
-                    Update::ListSet(vs) => {
-                        lists.push(
-                            vs.iter()
-                                .map(|v| lower(v, &mut tree_iter))
-                                .collect::<Vec<_>>(),
-                        );
-                    }
-                    update => singles.extend(values(update).map(|v| lower(v, &mut tree_iter))),
-                }
-            }
-            let mut lists = lists.iter();
-            let mut singles = singles.into_iter();
-            let mut single = || {
-                singles
-                    .next()
-                    .expect("invariant: one lowered value per value")
-            };
-            let lowered: Vec<ks::StateWrite<'_>> = writes
-                .iter()
-                .map(|w| ks::StateWrite {
-                    state: w.state,
-                    key: w.key,
-                    update: match &w.update {
-                        Update::ValueSet(_) => ks::Update::ValueSet(single()),
-                        Update::ValueClear => ks::Update::ValueClear,
-                        Update::MapPut(..) => ks::Update::MapPut((single(), single())),
-                        Update::MapRemove(_) => ks::Update::MapRemove(single()),
-                        Update::MapClear => ks::Update::MapClear,
-                        Update::ListSet(_) => ks::Update::ListSet(
-                            lists
-                                .next()
-                                .expect("invariant: one lowered list per list-set"),
-                        ),
-                        Update::ListClear => ks::Update::ListClear,
-                    },
-                })
-                .collect();
-            ks::write(&lowered)
+            // One buffer in the packed layout: one copy across the
+            // boundary, where a list of WIT records is lifted entry by
+            // entry (`docs/wit.md`, "Packed state writes").
+            ks::write_packed(pack(writes).as_bytes())
         }
         fn operator_get(&mut self, state: &str) -> Result<Vec<Value>, String> {
             Ok(operator_state::get(state).into_iter().map(lift).collect())
@@ -466,5 +431,96 @@ mod wasm {
         fn counter_add(&mut self, name: &str, delta: u64) {
             metrics::counter_add(name, delta);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_format::writes::{WriteOp, WritesReader};
+
+    use super::*;
+
+    #[test]
+    fn packed_writes_read_back_as_the_updates_they_pack() {
+        let tree = Value::Record(vec![("n".into(), Value::List(vec![Value::None]))]);
+        let writes = [
+            Write {
+                state: "count",
+                key: b"a",
+                update: Update::ValueSet(ValueRef::Int(3)),
+            },
+            Write {
+                state: "count",
+                key: b"b",
+                update: Update::ValueClear,
+            },
+            Write {
+                state: "seen",
+                key: b"a",
+                update: Update::MapPut(ValueRef::Text("x"), ValueRef::Tree(tree.clone())),
+            },
+            Write {
+                state: "seen",
+                key: b"a",
+                update: Update::MapRemove(ValueRef::Bytes(b"\0")),
+            },
+            Write {
+                state: "seen",
+                key: b"c",
+                update: Update::MapClear,
+            },
+            Write {
+                state: "log",
+                key: b"a",
+                update: Update::ListSet(vec![ValueRef::Float(0.5), ValueRef::Boolean(true)]),
+            },
+            Write {
+                state: "log",
+                key: b"d",
+                update: Update::ListClear,
+            },
+        ];
+        let packed = pack(&writes);
+        assert_eq!(packed.len(), writes.len());
+        let read: Vec<_> = WritesReader::new(packed.as_bytes(), 64)
+            .map(|w| w.unwrap())
+            .collect();
+        let x = Value::Text("x".into()).canonical_bytes();
+        let nul = Value::Bytes(vec![0]).canonical_bytes();
+        let ops: Vec<_> = read
+            .iter()
+            .map(|w| (w.state, w.key, w.op.clone()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("count", &b"a"[..], WriteOp::ValueSet(Value::Int(3))),
+                ("count", b"b", WriteOp::ValueClear),
+                (
+                    "seen",
+                    b"a",
+                    WriteOp::MapPut {
+                        key: Value::Text("x".into()),
+                        canonical: &x,
+                        value: tree
+                    }
+                ),
+                (
+                    "seen",
+                    b"a",
+                    WriteOp::MapRemove {
+                        key: Value::Bytes(vec![0]),
+                        canonical: &nul
+                    }
+                ),
+                ("seen", b"c", WriteOp::MapClear),
+                (
+                    "log",
+                    b"a",
+                    WriteOp::ListSet(vec![Value::Float(0.5), Value::Boolean(true)])
+                ),
+                ("log", b"d", WriteOp::ListClear),
+            ]
+        );
     }
 }

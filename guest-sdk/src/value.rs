@@ -49,6 +49,23 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
     }
 }
 
+/// The canonical form the packed state-write layout carries
+/// (`weir_format::writes`), written straight from the borrowed value.
+impl weir_format::writes::Canonical for ValueRef<'_> {
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        use weir_format::writes::canonical;
+        match self {
+            ValueRef::Boolean(b) => canonical::boolean(out, *b),
+            ValueRef::Int(i) => canonical::int(out, *i),
+            ValueRef::Uint(u) => canonical::uint(out, *u),
+            ValueRef::Float(f) => canonical::float(out, *f),
+            ValueRef::Text(s) => canonical::text(out, s),
+            ValueRef::Bytes(b) => canonical::bytes(out, b),
+            ValueRef::Tree(tree) => tree.write_canonical(out),
+        }
+    }
+}
+
 impl ValueRef<'_> {
     /// The WIT case name of this value (`boolean`, `int`, ...), for messages.
     pub fn kind(&self) -> &'static str {

@@ -210,6 +210,39 @@ fn keyed_state_growing_16_mib_per_record_hits_the_state_limit() {
 }
 
 #[test]
+fn packed_state_writes_obey_the_state_limit_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = hostile_job(
+        dir.path(),
+        "packed-flood",
+        100,
+        "limits = { state_mb = 64 }",
+        "",
+    );
+    let run = run_measured(dir.path(), &job);
+    assert_limit(
+        &run,
+        "MiB of keyed state, over its limit of 64 MiB (`limits.state_mb`)",
+    );
+}
+
+#[test]
+fn a_malformed_packed_write_buffer_is_the_plugins_error_naming_the_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_measured(
+        dir.path(),
+        &hostile_job(dir.path(), "packed-garbage", 1, "", ""),
+    );
+    let err = &run.stderr;
+    assert_eq!(run.code, Some(2), "user error exit code: {err}");
+    assert!(err.contains("operator `hostile`"), "names the uid: {err}");
+    assert!(
+        err.contains("malformed packed state writes at byte 15: unknown op 0x7f"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_job_memory_budget_counts_every_instance() {
     let dir = tempfile::tempdir().unwrap();
     // One instance holding 40 MiB fits a 100 MiB budget…

@@ -20,6 +20,7 @@ pub mod savepoint;
 pub mod snapshot;
 pub mod state;
 pub mod value;
+pub mod writes;
 
 pub use batch::{BatchReader, BatchWriter, DecodeError, RecordRef};
 pub use frame::FormatError;

@@ -170,35 +170,19 @@ impl Value {
         out
     }
 
-    fn write_canonical(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_canonical(&self, out: &mut Vec<u8>) {
+        use crate::writes::canonical;
         fn len(out: &mut Vec<u8>, n: usize) {
             // Lengths past u32 cannot cross the WIT boundary anyway.
             out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
         }
         match self {
-            Value::Boolean(b) => out.extend_from_slice(&[0, u8::from(*b)]),
-            Value::Int(i) => {
-                out.push(1);
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Uint(u) => {
-                out.push(2);
-                out.extend_from_slice(&u.to_le_bytes());
-            }
-            Value::Float(f) => {
-                out.push(3);
-                out.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            Value::Text(s) => {
-                out.push(4);
-                len(out, s.len());
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::Bytes(b) => {
-                out.push(5);
-                len(out, b.len());
-                out.extend_from_slice(b);
-            }
+            Value::Boolean(b) => canonical::boolean(out, *b),
+            Value::Int(i) => canonical::int(out, *i),
+            Value::Uint(u) => canonical::uint(out, *u),
+            Value::Float(f) => canonical::float(out, *f),
+            Value::Text(s) => canonical::text(out, s),
+            Value::Bytes(b) => canonical::bytes(out, b),
             Value::None => out.push(6),
             Value::List(items) => {
                 out.push(7);

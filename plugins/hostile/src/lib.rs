@@ -11,6 +11,9 @@
 //!   per call, far below failing);
 //! - `stdout-flood`: prints 1 GiB to stdout with no newline;
 //! - `state-flood`: writes 16 MiB of keyed state under a new key;
+//! - `packed-flood`: the same through `keyed-state.write-packed`;
+//! - `packed-garbage`: hands `write-packed` a buffer whose second write
+//!   has an unknown op, and fails the hook with the host's answer;
 //! - `sleep`: sleeps an hour (`std::thread::sleep`: a WASI timer and a
 //!   poll), then passes the record on;
 //! - `spin`: spins for ever;
@@ -36,6 +39,8 @@ enum Mode {
     LogChatty,
     StdoutFlood,
     StateFlood,
+    PackedFlood,
+    PackedGarbage,
     Sleep,
     Spin,
     Recurse,
@@ -62,6 +67,8 @@ impl Operator for Hostile {
             "log-chatty" => Mode::LogChatty,
             "stdout-flood" => Mode::StdoutFlood,
             "state-flood" => Mode::StateFlood,
+            "packed-flood" => Mode::PackedFlood,
+            "packed-garbage" => Mode::PackedGarbage,
             "sleep" => Mode::Sleep,
             "spin" => Mode::Spin,
             "recurse" => Mode::Recurse,
@@ -131,6 +138,19 @@ impl Operator for Hostile {
                     key: &key,
                     update: keyed_state::Update::ValueSet(types::ValueParam::Bytes(&value)),
                 }])?;
+            }
+            Mode::PackedFlood => {
+                let mut packed = weir_format::writes::WritesWriter::new();
+                let value = weir_format::Value::Bytes(vec![b's'; 16 * MIB]);
+                packed.value_set("flood", &self.seen.to_le_bytes(), &value);
+                keyed_state::write_packed(packed.as_bytes())?;
+            }
+            Mode::PackedGarbage => {
+                let mut packed = weir_format::writes::WritesWriter::new();
+                packed.value_clear("fine", b"k");
+                let mut bytes = packed.as_bytes().to_vec();
+                bytes.push(0x7f);
+                keyed_state::write_packed(&bytes)?;
             }
             Mode::Sleep => {
                 std::thread::sleep(Duration::from_secs(3600));

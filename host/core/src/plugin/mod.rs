@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use weir_format::writes::{WriteOp, WritesReader};
 
 use self::bindings::weir::operator::{
     keyed_state, logging, metrics, operator_state, output, timers, types,
@@ -51,6 +52,7 @@ mod bindings {
             "weir:operator/output.emit": trappable,
             "weir:operator/logging.log": trappable,
             "weir:operator/keyed-state.write": trappable,
+            "weir:operator/keyed-state.write-packed": trappable,
             "weir:operator/timers.register": trappable,
             "weir:operator/metrics.counter-add": trappable,
             // These trap when the state backend itself fails: the
@@ -1466,6 +1468,12 @@ impl keyed_state::Host for InstanceState {
         self.check_state_growth()?;
         Ok(result)
     }
+
+    fn write_packed(&mut self, writes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        let result = self.apply_packed(&writes)?;
+        self.check_state_growth()?;
+        Ok(result)
+    }
 }
 
 impl InstanceState {
@@ -1498,6 +1506,42 @@ impl InstanceState {
                 Err(e) => return Ok(Err(e)),
             };
             if let Err(e) = to_guest(self.keyed.apply(kg, &w.state, &w.key, update))? {
+                return Ok(Err(format!("state `{}`: {e}", w.state)));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl InstanceState {
+    /// Applies a packed write buffer (`weir_format::writes`) as
+    /// [`InstanceState::apply_writes`] applies a list: writes up to a
+    /// malformed one or an operator's mistake are applied, and that one
+    /// is the guest's error.
+    fn apply_packed(&mut self, buf: &[u8]) -> wasmtime::Result<Result<(), String>> {
+        let mut allowed: Option<&str> = None;
+        for w in WritesReader::new(buf, value::MAX_DEPTH) {
+            let w = match w {
+                Ok(w) => w,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            if allowed != Some(w.state) {
+                if let Err(e) = not_reserved(w.state) {
+                    return Ok(Err(e));
+                }
+                allowed = Some(w.state);
+            }
+            let update = match w.op {
+                WriteOp::ValueSet(v) => Update::ValueSet(v),
+                WriteOp::ValueClear => Update::ValueClear,
+                WriteOp::MapPut { key, value, .. } => Update::MapPut(key, value),
+                WriteOp::MapRemove { key, .. } => Update::MapRemove(key),
+                WriteOp::MapClear => Update::MapClear,
+                WriteOp::ListSet(items) => Update::ListSet(items),
+                WriteOp::ListClear => Update::ListClear,
+            };
+            let kg = key_group_of(w.key, self.max_parallelism);
+            if let Err(e) = to_guest(self.keyed.apply(kg, w.state, w.key, update))? {
                 return Ok(Err(format!("state `{}`: {e}", w.state)));
             }
         }
