@@ -110,11 +110,13 @@ pub fn checkpoint_state_file(data: &[u8]) {
 }
 
 fn checkpoint_state_file_as_is(data: &[u8]) {
-    if let Ok(mut snapshot) = checkpoint::decode_state_file(FILE, data) {
+    if let Ok((mut snapshot, deltas)) = checkpoint::decode_state_file_with_deltas(FILE, data) {
         // What a restore does next with a decoded file: a version-1 offset
-        // becomes a split, and the splits are read back from their values.
+        // becomes a split, and the splits are read back from their values;
+        // an incremental file's deltas are applied over its own groups.
         snapshot.adopt_v1_source_offset(0, 1);
         let _ = snapshot.source_splits();
+        let _ = checkpoint::merge_chain(vec![(snapshot.clone(), Vec::new()), (snapshot, deltas)]);
     }
     let mut extents: Vec<checkpoint::KeyGroupExtent> = claimed_frames(data)
         .into_iter()

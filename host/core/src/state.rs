@@ -66,6 +66,7 @@ pub fn encode_key_groups(
             key_group: v.key_group(),
             payload: postcard::to_allocvec(v)
                 .expect("invariant: postcard serializes state into a vector without error"),
+            delta: false,
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use crate::frame::{
 };
 pub use crate::frame::{FormatError, file_name_problem};
 use crate::snapshot::{ListSection, Namespace, Redistribution, SourceSplit};
-use crate::state::KeyGroupSnapshot;
+use crate::state::{KeyGroupDelta, KeyGroupSnapshot, NamedStateSnapshot};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
@@ -27,13 +27,17 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE_MAGIC: [u8; 8] = *b"WEIRSTAT";
 
 /// The state-file version this build writes (and the newest it reads).
-/// Version 1 (fixed operator-state and source sections) is read too.
-pub const STATE_FILE_VERSION: u16 = 2;
+/// Version 3 is version 2 plus key-group delta sections (incremental
+/// checkpoints); a version-2 file is read as before. Version 1 (fixed
+/// operator-state and source sections) is read too.
+pub const STATE_FILE_VERSION: u16 = 3;
 
 /// The `_metadata` version this build writes (and the newest it reads).
-/// Version 2 has the fields of version 1 and references version-2 state
-/// files; version 1 references version-1 files.
-pub const METADATA_VERSION: u32 = 2;
+/// Version 3 adds a subtask's `base` (the earlier checkpoints' state files
+/// an incremental checkpoint extends); version 2 has the fields of version
+/// 1 and references version-2 state files; version 1 references version-1
+/// files.
+pub const METADATA_VERSION: u32 = 3;
 
 /// The `format` field of every `_metadata` file.
 pub const METADATA_FORMAT: &str = "weir-checkpoint";
@@ -194,6 +198,8 @@ enum Tag {
     InFlight = 0x06,
     /// Version 2: one operator list state.
     List = 0x07,
+    /// Version 3: what changed in one key group (incremental).
+    KeyGroupDelta = 0x08,
     End = 0xFF,
 }
 
@@ -207,6 +213,7 @@ impl Tag {
             0x05 => Tag::Sink,
             0x06 => Tag::InFlight,
             0x07 => Tag::List,
+            0x08 => Tag::KeyGroupDelta,
             0xFF => Tag::End,
             _ => return None,
         })
@@ -221,6 +228,7 @@ impl Tag {
             Tag::Sink => "sink",
             Tag::InFlight => "in-flight",
             Tag::List => "list",
+            Tag::KeyGroupDelta => "key-group-delta",
             Tag::End => "end",
         }
     }
@@ -247,14 +255,17 @@ fn write_section<T: Serialize + ?Sized>(out: &mut Vec<u8>, tag: Tag, payload: &T
 }
 
 /// One key group's section payload (the postcard encoding of its
-/// [`KeyGroupSnapshot`]), encoded straight from the live state in a
-/// checkpoint's synchronous phase.
+/// [`KeyGroupSnapshot`], or of its [`KeyGroupDelta`]), encoded straight
+/// from the live state in a checkpoint's synchronous phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedKeyGroup {
     /// The key group.
     pub key_group: u32,
     /// Its section payload.
     pub payload: Vec<u8>,
+    /// Whether the payload is a [`KeyGroupDelta`] (a key-group delta
+    /// section) rather than the whole group.
+    pub delta: bool,
 }
 
 fn write_raw_section(out: &mut Vec<u8>, tag: Tag, payload: &[u8]) {
@@ -288,6 +299,7 @@ pub fn encode_state_file_with(
             key_group: g.key_group,
             payload: postcard::to_allocvec(g)
                 .expect("invariant: postcard serializes state into a vector without error"),
+            delta: false,
         })
         .chain(encoded)
         .collect();
@@ -323,7 +335,12 @@ pub fn encode_state_file_with(
     let mut key_groups = Vec::with_capacity(keyed.len());
     for group in keyed {
         let offset = out.len();
-        write_raw_section(&mut out, Tag::KeyGroup, &group.payload);
+        let tag = if group.delta {
+            Tag::KeyGroupDelta
+        } else {
+            Tag::KeyGroup
+        };
+        write_raw_section(&mut out, tag, &group.payload);
         key_groups.push(KeyGroupExtent {
             key_group: group.key_group,
             offset: offset as u64,
@@ -436,6 +453,31 @@ fn read_prefix(file: &str, bytes: &[u8]) -> Result<u16, FormatError> {
 /// a state file, a newer version, truncated, a checksum mismatch, a
 /// section missing, out of order or undecodable, bytes after the end.
 pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, FormatError> {
+    let (snapshot, deltas) = decode_state_file_with_deltas(file, bytes)?;
+    if let Some(d) = deltas.first() {
+        return Err(FormatError::new(
+            file,
+            format!(
+                "holds key-group delta sections (key group {} first): it is part of an \
+                 incremental checkpoint, read with the files its `_metadata` lists as `base`",
+                d.key_group
+            ),
+        ));
+    }
+    Ok(snapshot)
+}
+
+/// Decodes a whole state file that may hold key-group delta sections
+/// (version 3, an incremental checkpoint's): the snapshot with its whole
+/// key groups, and the deltas, each ascending by key group.
+///
+/// # Errors
+/// As [`decode_state_file`], and a delta section in a file older than
+/// version 3.
+pub fn decode_state_file_with_deltas(
+    file: &str,
+    bytes: &[u8],
+) -> Result<(SubtaskSnapshot, Vec<KeyGroupDelta>), FormatError> {
     let version = read_prefix(file, bytes)?;
     let mut r = Reader {
         file,
@@ -458,18 +500,40 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
     // FRAME_OVERHEAD bytes, which bounds any honest count.
     let most = bytes.len() / FRAME_OVERHEAD;
     let mut keyed = Vec::with_capacity((header.key_groups as usize).min(most));
+    let mut deltas: Vec<KeyGroupDelta> = Vec::new();
+    let mut prev: Option<u32> = None;
     for _ in 0..header.key_groups {
-        let offset = r.at(r.pos);
-        let group = r.key_group()?;
-        if let Some(prev) = keyed.last().map(|g: &KeyGroupSnapshot| g.key_group)
-            && prev >= group.key_group
+        let section = r.next()?;
+        let key_group = match section.tag {
+            Tag::KeyGroup => {
+                let group: KeyGroupSnapshot = r.decode(&section)?;
+                let kg = group.key_group;
+                keyed.push(group);
+                kg
+            }
+            Tag::KeyGroupDelta if version >= 3 => {
+                let delta: KeyGroupDelta = r.decode(&section)?;
+                let kg = delta.key_group;
+                deltas.push(delta);
+                kg
+            }
+            other => {
+                return Err(r.err(format!(
+                    "expected a key-group section at byte {}, found a {} section",
+                    section.offset,
+                    other.name()
+                )));
+            }
+        };
+        if let Some(prev) = prev
+            && prev >= key_group
         {
             return Err(r.err(format!(
-                "key group {} in the section at byte {offset} follows key group {prev}: not ascending",
-                group.key_group
+                "key group {key_group} in the section at byte {} follows key group {prev}: not ascending",
+                section.offset
             )));
         }
-        keyed.push(group);
+        prev = Some(key_group);
     }
     let mut lists: Vec<ListSection> = Vec::with_capacity((header.lists as usize).min(most));
     let mut v1_source_offset = None;
@@ -523,13 +587,48 @@ pub fn decode_state_file(file: &str, bytes: &[u8]) -> Result<SubtaskSnapshot, Fo
             end.offset
         )));
     }
-    Ok(SubtaskSnapshot {
-        keyed,
-        lists,
-        v1_source_offset,
-        sink,
-        in_flight,
-    })
+    Ok((
+        SubtaskSnapshot {
+            keyed,
+            lists,
+            v1_source_offset,
+            sink,
+            in_flight,
+        },
+        deltas,
+    ))
+}
+
+/// The state of one subtask of an incremental checkpoint: the files of its
+/// chain, oldest first (its `base`, then its own `file`), merged. Whole
+/// key groups replace what came before; deltas are applied over it
+/// ([`KeyGroupDelta::apply_to`]). Operator lists, the sink and the
+/// in-flight records are the last file's alone.
+///
+/// # Errors
+/// A delta changing a state as another kind than the chain holds it.
+pub fn merge_chain(
+    chain: Vec<(SubtaskSnapshot, Vec<KeyGroupDelta>)>,
+) -> Result<SubtaskSnapshot, String> {
+    let mut groups: std::collections::BTreeMap<u32, Vec<NamedStateSnapshot>> =
+        std::collections::BTreeMap::new();
+    let mut last = SubtaskSnapshot::default();
+    for (mut snapshot, deltas) in chain {
+        for g in std::mem::take(&mut snapshot.keyed) {
+            groups.insert(g.key_group, g.states);
+        }
+        for d in deltas {
+            let states = groups.entry(d.key_group).or_default();
+            d.apply_to(states)?;
+        }
+        last = snapshot;
+    }
+    last.keyed = groups
+        .into_iter()
+        .filter(|(_, states)| !states.is_empty())
+        .map(|(key_group, states)| KeyGroupSnapshot { key_group, states })
+        .collect();
+    Ok(last)
 }
 
 /// Decodes only the given key groups' sections of a whole state file (for
@@ -680,6 +779,12 @@ pub struct SubtaskMetadata {
     pub key_group_end: u32,
     /// Where each non-empty key group lies in the state file.
     pub key_groups: Vec<KeyGroupExtent>,
+    /// An incremental checkpoint's base: state files of earlier
+    /// checkpoints of the same job, oldest first, whose keyed state a
+    /// restore reads before `file`'s (which then holds deltas). Empty for
+    /// a self-contained subtask. Version 3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<StateFileRef>,
     /// Milliseconds of the synchronous part (processing paused).
     #[serde(serialize_with = "finite_ms")]
     pub sync_ms: f64,
@@ -691,6 +796,29 @@ pub struct SubtaskMetadata {
     pub alignment_ms: f64,
 }
 
+/// A state file of an earlier checkpoint of the same job, which an
+/// incremental checkpoint's subtask extends: `chk-<checkpoint>/<file>` in
+/// the job's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFileRef {
+    /// The checkpoint whose directory holds the file.
+    pub checkpoint: CheckpointId,
+    /// The file's name in that directory.
+    pub file: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where its key groups lie in it.
+    pub key_groups: Vec<KeyGroupExtent>,
+}
+
+impl StateFileRef {
+    /// The file's path relative to the job's directory.
+    pub fn path(&self) -> String {
+        format!("chk-{}/{}", self.checkpoint, self.file)
+    }
+}
+
 /// Writes a timing, or 0 for a non-finite one: JSON has no NaN, and
 /// serde_json would write `null`, which no reader accepts as a number.
 fn finite_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -698,12 +826,23 @@ fn finite_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl CheckpointMetadata {
-    /// The bytes of all state files together.
+    /// The bytes of the state files this checkpoint wrote (an incremental
+    /// one's changes: Flink's "checkpointed data size").
     pub fn total_bytes(&self) -> u64 {
         self.vertices
             .iter()
             .flat_map(|v| &v.subtasks)
             .map(|s| s.size)
+            .sum()
+    }
+
+    /// The bytes a restore reads: its files and every file of its base
+    /// (Flink's "full checkpoint data size").
+    pub fn full_bytes(&self) -> u64 {
+        self.vertices
+            .iter()
+            .flat_map(|v| &v.subtasks)
+            .map(|s| s.size + s.base.iter().map(|b| b.size).sum::<u64>())
             .sum()
     }
 
@@ -767,6 +906,22 @@ pub fn decode_metadata(file: &str, bytes: &[u8]) -> Result<CheckpointMetadata, F
                     vertex.uid, subtask.subtask
                 );
                 check_file_name(&what, name).map_err(|m| FormatError::new(file, m))?;
+            }
+            for (i, base) in subtask.base.iter().enumerate() {
+                let what = format!(
+                    "vertex `{}` subtask {}: field `base`[{i}].file",
+                    vertex.uid, subtask.subtask
+                );
+                check_file_name(&what, &base.file).map_err(|m| FormatError::new(file, m))?;
+                if base.checkpoint >= metadata.checkpoint_id {
+                    return Err(FormatError::new(
+                        file,
+                        format!(
+                            "vertex `{}` subtask {}: field `base`[{i}].checkpoint is {}, not earlier than the checkpoint itself ({})",
+                            vertex.uid, subtask.subtask, base.checkpoint, metadata.checkpoint_id
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -971,12 +1126,134 @@ pub(crate) mod tests {
         assert_eq!(CheckpointId(123).to_string(), "123");
     }
 
+    fn value_state(name: &str, entries: &[(&[u8], i64)]) -> NamedStateSnapshot {
+        NamedStateSnapshot {
+            name: name.into(),
+            entries: StateEntries::Value(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), Value::Int(*v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn delta_group(delta: &KeyGroupDelta) -> EncodedKeyGroup {
+        EncodedKeyGroup {
+            key_group: delta.key_group,
+            payload: postcard::to_allocvec(delta).unwrap(),
+            delta: true,
+        }
+    }
+
+    #[test]
+    fn a_chain_of_a_full_file_and_deltas_restores_the_state_as_it_was_last() {
+        use crate::state::RemovedKeys;
+        let base = SubtaskSnapshot {
+            keyed: vec![
+                KeyGroupSnapshot {
+                    key_group: 1,
+                    states: vec![value_state("c", &[(b"a", 1), (b"b", 2)])],
+                },
+                KeyGroupSnapshot {
+                    key_group: 2,
+                    states: vec![value_state("c", &[(b"x", 9)])],
+                },
+            ],
+            ..SubtaskSnapshot::default()
+        };
+        let first = KeyGroupDelta {
+            key_group: 1,
+            changed: vec![
+                value_state("c", &[(b"a", 10)]),
+                value_state("d", &[(b"a", 1)]),
+            ],
+            removed: vec![RemovedKeys {
+                name: "c".into(),
+                keys: vec![b"b".to_vec()],
+            }],
+        };
+        // Key group 2 loses its only key, and so the group.
+        let second = KeyGroupDelta {
+            key_group: 2,
+            changed: Vec::new(),
+            removed: vec![RemovedKeys {
+                name: "c".into(),
+                keys: vec![b"x".to_vec()],
+            }],
+        };
+        let last = SubtaskSnapshot {
+            lists: vec![ListSection::user(
+                "o",
+                Redistribution::Split,
+                vec![Value::Int(1)],
+            )],
+            ..SubtaskSnapshot::default()
+        };
+        let files = [
+            encode_state_file(&base),
+            encode_state_file_with(&SubtaskSnapshot::default(), vec![delta_group(&first)]),
+            encode_state_file_with(&last, vec![delta_group(&second)]),
+        ];
+        // Alone, a delta file is refused by the plain reader.
+        let shown = message(decode_state_file(FILE, &files[1].bytes));
+        assert!(shown.contains("holds key-group delta sections"), "{shown}");
+        let chain = files
+            .iter()
+            .map(|f| decode_state_file_with_deltas(FILE, &f.bytes).unwrap())
+            .collect();
+        let merged = merge_chain(chain).unwrap();
+        assert_eq!(
+            merged.keyed,
+            vec![KeyGroupSnapshot {
+                key_group: 1,
+                states: vec![
+                    value_state("c", &[(b"a", 10)]),
+                    value_state("d", &[(b"a", 1)])
+                ],
+            }]
+        );
+        assert_eq!(merged.lists, last.lists);
+        // A delta changing a state as another kind is refused.
+        let wrong = KeyGroupDelta {
+            key_group: 1,
+            changed: vec![NamedStateSnapshot {
+                name: "c".into(),
+                entries: StateEntries::List(vec![(b"a".to_vec(), vec![])]),
+            }],
+            removed: Vec::new(),
+        };
+        let e = merge_chain(vec![
+            (base.clone(), Vec::new()),
+            (SubtaskSnapshot::default(), vec![wrong]),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("state `c` holds value entries, the delta changes list entries"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_version_2_file_with_a_delta_section_is_refused() {
+        let delta = KeyGroupDelta {
+            key_group: 1,
+            changed: Vec::new(),
+            removed: Vec::new(),
+        };
+        let mut bytes =
+            encode_state_file_with(&SubtaskSnapshot::default(), vec![delta_group(&delta)]).bytes;
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let shown = message(decode_state_file_with_deltas(FILE, &bytes));
+        assert!(shown.contains("found a key-group-delta section"), "{shown}");
+    }
+
     #[test]
     fn rich_snapshot_round_trips() {
         let s = rich();
         let encoded = encode_state_file(&s);
         assert_eq!(&encoded.bytes[..8], b"WEIRSTAT");
-        assert_eq!(&encoded.bytes[8..10], &[2, 0]);
+        assert_eq!(&encoded.bytes[8..10], &[3, 0]);
         assert_eq!(decode_state_file(FILE, &encoded.bytes).unwrap(), s);
         let groups: Vec<u32> = encoded.key_groups.iter().map(|e| e.key_group).collect();
         assert_eq!(groups, vec![3, 9, 70]);
@@ -1120,6 +1397,11 @@ pub(crate) mod tests {
         let bytes = encode_state_file(&small()).bytes;
         for pos in 0..bytes.len() {
             for flip in [0x01, 0x80, 0xFF] {
+                if pos == 8 && flip == 0x01 {
+                    // Version 3 → 2: a file without delta sections reads
+                    // the same as either.
+                    continue;
+                }
                 let mut bad = bytes.clone();
                 bad[pos] ^= flip;
                 message(decode_state_file(FILE, &bad));
@@ -1235,7 +1517,7 @@ pub(crate) mod tests {
         write_section(&mut out, Tag::Sink, &None::<SinkSnapshot>);
         let shown = message(decode_state_file(FILE, &out));
         assert!(
-            shown.contains("expected the key-group section at byte"),
+            shown.contains("expected a key-group section at byte"),
             "{shown}"
         );
 
@@ -1258,12 +1540,12 @@ pub(crate) mod tests {
     #[test]
     fn a_newer_version_is_refused_clearly() {
         let mut bytes = encode_state_file(&small()).bytes;
-        bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+        bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
         let shown = message(decode_state_file(FILE, &bytes));
         assert_eq!(
             shown,
             format!(
-                "{FILE}: written by a newer Weir: state file version 3, this build reads up to 2"
+                "{FILE}: written by a newer Weir: state file version 4, this build reads up to 3"
             )
         );
         let shown = message(decode_key_groups(FILE, &bytes, &[]));
@@ -1441,6 +1723,7 @@ pub(crate) mod tests {
                         key_group_start: 0,
                         key_group_end: 128,
                         key_groups: vec![],
+                        base: Vec::new(),
                         sync_ms: 0.0,
                         async_ms: 0.0,
                         alignment_ms: 0.0,
@@ -1456,6 +1739,7 @@ pub(crate) mod tests {
                         key_group_start: 64,
                         key_group_end: 128,
                         key_groups: encoded.key_groups,
+                        base: Vec::new(),
                         sync_ms: 1.25,
                         async_ms: 10.5,
                         alignment_ms: 0.125,
@@ -1474,13 +1758,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_incremental_base_is_plain_names_of_earlier_checkpoints() {
+        let with_base = |checkpoint: u64, file: &str| {
+            let mut m = metadata();
+            m.vertices[1].subtasks[0].base = vec![StateFileRef {
+                checkpoint: CheckpointId(checkpoint),
+                file: file.into(),
+                size: 10,
+                key_groups: Vec::new(),
+            }];
+            m
+        };
+        let m = with_base(5, "count-1.state");
+        assert_eq!(decode_metadata(META, &encode_metadata(&m)).unwrap(), m);
+        assert_eq!(
+            m.vertices[1].subtasks[0].base[0].path(),
+            "chk-5/count-1.state"
+        );
+        assert_eq!(m.full_bytes(), m.total_bytes() + 10);
+        let e = meta_error(&encode_metadata(&with_base(5, "../x")));
+        assert!(e.contains("field `base`[0].file"), "{e}");
+        let e = meta_error(&encode_metadata(&with_base(7, "count-1.state")));
+        assert!(e.contains("not earlier than the checkpoint itself"), "{e}");
+        // Without a base the field is not written, as version 2 wrote it.
+        let text = String::from_utf8(encode_metadata(&metadata())).unwrap();
+        assert!(!text.contains("\"base\""), "{text}");
+    }
+
+    #[test]
     fn metadata_round_trips_and_reads_by_eye() {
         let m = metadata();
         let bytes = encode_metadata(&m);
         assert_eq!(decode_metadata(META, &bytes).unwrap(), m);
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.starts_with("{\n  \"format\": \"weir-checkpoint\",\n  \"version\": 2,\n"),
+            text.starts_with("{\n  \"format\": \"weir-checkpoint\",\n  \"version\": 3,\n"),
             "{text}"
         );
         assert!(text.contains("\"checkpoint_id\": 7,"), "{text}");
@@ -1527,9 +1839,9 @@ pub(crate) mod tests {
             ),
             (
                 with(&|m| {
-                    m.insert("version".into(), 3.into());
+                    m.insert("version".into(), 4.into());
                 }),
-                "written by a newer Weir: checkpoint metadata version 3, this build reads up to 2",
+                "written by a newer Weir: checkpoint metadata version 4, this build reads up to 3",
             ),
             (
                 with(&|m| {

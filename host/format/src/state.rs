@@ -64,6 +64,110 @@ impl StateEntries {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The keys that hold an entry.
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+        match self {
+            StateEntries::Value(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
+            StateEntries::Map(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
+            StateEntries::List(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
+        }
+    }
+
+    /// Keeps the keys `keep` accepts.
+    pub fn retain_keys(&mut self, keep: impl Fn(&[u8]) -> bool) {
+        match self {
+            StateEntries::Value(e) => e.retain(|(k, _)| keep(k)),
+            StateEntries::Map(e) => e.retain(|(k, _)| keep(k)),
+            StateEntries::List(e) => e.retain(|(k, _)| keep(k)),
+        }
+    }
+
+    /// Moves `other`'s entries in; both must be of one kind.
+    ///
+    /// # Panics
+    /// If the kinds differ (callers check).
+    pub fn append(&mut self, other: StateEntries) {
+        match (self, other) {
+            (StateEntries::Value(a), StateEntries::Value(b)) => a.extend(b),
+            (StateEntries::Map(a), StateEntries::Map(b)) => a.extend(b),
+            (StateEntries::List(a), StateEntries::List(b)) => a.extend(b),
+            (a, b) => panic!(
+                "invariant: appending {} entries to {} entries",
+                b.kind(),
+                a.kind()
+            ),
+        }
+    }
+}
+
+/// What changed in one key group since the checkpoint an incremental
+/// checkpoint extends: every key whose state changed, with its whole state
+/// now (a map key's every entry, a list's every item), and every key whose
+/// state is gone. Applied over the key group as that checkpoint restores it
+/// ([`KeyGroupDelta::apply_to`]).
+///
+/// Durable: encoded with postcard as one key-group delta section of a
+/// state file (version 3).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeyGroupDelta {
+    /// The key group.
+    pub key_group: u32,
+    /// Keys whose state changed, with their state now, by state name
+    /// (sorted).
+    pub changed: Vec<NamedStateSnapshot>,
+    /// Keys whose state was removed, by state name (sorted).
+    pub removed: Vec<RemovedKeys>,
+}
+
+/// Keys of one state whose entries were removed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemovedKeys {
+    /// The state name.
+    pub name: String,
+    /// The keys.
+    #[serde(with = "crate::frame::byte_strings")]
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl KeyGroupDelta {
+    /// Applies this delta to `states`, a key group's states sorted by name
+    /// as the checkpoint it extends restores them: a changed key's state
+    /// replaces the key's whole state, a removed key leaves, and a state
+    /// left without keys is dropped.
+    ///
+    /// # Errors
+    /// A state changed as another kind than it holds.
+    pub fn apply_to(self, states: &mut Vec<NamedStateSnapshot>) -> Result<(), String> {
+        use std::collections::HashSet;
+        for gone in self.removed {
+            if let Some(s) = states.iter_mut().find(|s| s.name == gone.name) {
+                let keys: HashSet<&[u8]> = gone.keys.iter().map(Vec::as_slice).collect();
+                s.entries.retain_keys(|k| !keys.contains(k));
+            }
+        }
+        for changed in self.changed {
+            let Some(s) = states.iter_mut().find(|s| s.name == changed.name) else {
+                states.push(changed);
+                continue;
+            };
+            if s.entries.kind() != changed.entries.kind() {
+                return Err(format!(
+                    "key group {}: state `{}` holds {} entries, the delta changes {} entries",
+                    self.key_group,
+                    s.name,
+                    s.entries.kind(),
+                    changed.entries.kind()
+                ));
+            }
+            let keys: HashSet<Vec<u8>> = changed.entries.keys().map(<[u8]>::to_vec).collect();
+            s.entries.retain_keys(|k| !keys.contains(k));
+            s.entries.append(changed.entries);
+        }
+        states.retain(|s| !s.entries.is_empty());
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
 }
 
 /// The kind a state name is bound to.

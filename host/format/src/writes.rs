@@ -701,4 +701,45 @@ mod tests {
             let _ = reader(&bytes);
         }
     }
+
+    /// The buffer the Python and JavaScript SDKs' tests expect for the
+    /// same writes (`guest-sdk/python/tests/test_packed.py`,
+    /// `guest-sdk/js/test/weir.test.mjs`): the three SDKs pack alike.
+    #[test]
+    fn a_golden_buffer_matches_the_python_and_javascript_sdks() {
+        const GOLDEN: &str = concat!(
+            "0105000000636f756e74",
+            "02010000006101feffffffffffffff",
+            "030100000062",
+            "010400000074616773",
+            "0401000000610401000000780902000000010000006e020000000000000080020000006f6b0001",
+            "050100000061010700000000000000",
+            "060100000063",
+            "01040000007365656e",
+            "0701000000610500000003000000000000f83f06050200000000ff07010000000402000000c3a9",
+            "080100000001010000000000000004030000006f6e65",
+            "080100000064",
+        );
+        let mut w = WritesWriter::new();
+        w.value_set("count", b"a", &Value::Int(-2));
+        w.value_clear("count", b"b");
+        let record = Value::Record(vec![
+            ("n".into(), Value::Uint(1 << 63)),
+            ("ok".into(), Value::Boolean(true)),
+        ]);
+        w.map_put("tags", b"a", &Value::Text("x".into()), &record);
+        w.map_remove("tags", b"a", &Value::Int(7));
+        w.map_clear("tags", b"c");
+        let items = [
+            Value::Float(1.5),
+            Value::None,
+            Value::Bytes(vec![0, 255]),
+            Value::List(vec![Value::Text("é".into())]),
+            Value::Map(vec![(Value::Int(1), Value::Text("one".into()))]),
+        ];
+        w.list_set("seen", b"a", items.iter());
+        w.list_clear("seen", b"d");
+        let hex: String = w.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN);
+    }
 }

@@ -121,6 +121,7 @@ fn checkpoint_metadata(file_len: u64, extents: Vec<checkpoint::KeyGroupExtent>) 
         key_group_start: 0,
         key_group_end: 256,
         key_groups,
+        base: Vec::new(),
         sync_ms: 1.25,
         async_ms: 0.5,
         alignment_ms: 0.0,
@@ -249,6 +250,26 @@ fn savepoint_metadata(sections: &[savepoint::WrittenSection]) -> Vec<u8> {
 }
 
 /// Every seed: (target, file name, bytes), small valid files.
+/// An incremental file's key groups: one changed key and one removed.
+fn key_group_deltas() -> Vec<checkpoint::EncodedKeyGroup> {
+    let delta = weir_format::state::KeyGroupDelta {
+        key_group: 5,
+        changed: vec![weir_format::state::NamedStateSnapshot {
+            name: "count".into(),
+            entries: weir_format::state::StateEntries::Value(vec![(b"a".to_vec(), Value::Int(3))]),
+        }],
+        removed: vec![weir_format::state::RemovedKeys {
+            name: "count".into(),
+            keys: vec![b"b".to_vec()],
+        }],
+    };
+    vec![checkpoint::EncodedKeyGroup {
+        key_group: 5,
+        payload: postcard::to_allocvec(&delta).unwrap(),
+        delta: true,
+    }]
+}
+
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let rich = checkpoint::encode_state_file(&SubtaskSnapshot {
         keyed: key_groups(),
@@ -268,6 +289,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         lists: source_splits(),
         ..SubtaskSnapshot::default()
     });
+    let delta = checkpoint::encode_state_file_with(
+        &SubtaskSnapshot {
+            lists: source_splits(),
+            ..SubtaskSnapshot::default()
+        },
+        key_group_deltas(),
+    );
     let checkpoint_meta = checkpoint_metadata(rich.bytes.len() as u64, rich.key_groups.clone());
     let (savepoint_file, sections) =
         savepoint::encode_state_file(&key_groups(), &[operator_state(), source_splits()].concat());
@@ -276,6 +304,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("checkpoint_state_file", "seed-rich", rich.bytes),
         ("checkpoint_state_file", "seed-empty", empty.bytes),
         ("checkpoint_state_file", "seed-source", source.bytes),
+        ("checkpoint_state_file", "seed-delta", delta.bytes),
         (
             "checkpoint_metadata",
             "seed-metadata",
@@ -298,7 +327,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 fn decodes(target: &str, bytes: &[u8]) -> Result<()> {
     match target {
         "checkpoint_state_file" => {
-            checkpoint::decode_state_file("seed", bytes)?;
+            checkpoint::decode_state_file_with_deltas("seed", bytes)?;
         }
         "savepoint_state_file" => {
             savepoint::decode_state_file("seed", bytes)?;

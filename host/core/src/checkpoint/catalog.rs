@@ -280,6 +280,17 @@ pub fn snapshot_dir(location: &str) -> &str {
     if dir.is_empty() { "." } else { dir }
 }
 
+/// An incremental checkpoint opened outside its job's directory.
+fn missing_base(location: &str, expected: &str, found: &str) -> Error {
+    Error::Restore {
+        message: format!(
+            "{location} is an incremental checkpoint: it reads state files of earlier \
+             checkpoints beside it, so it must stay in its job's directory as `{expected}` \
+             (it is in `{found}`); restore from that directory, or from a savepoint"
+        ),
+    }
+}
+
 /// A completed checkpoint or savepoint to restore from.
 #[derive(Debug, Clone)]
 pub struct RestorePoint {
@@ -348,11 +359,39 @@ impl RestorePoint {
             Err(e) => return Err(e.into()),
         };
         let manifest = Manifest::decode(&storage.location(METADATA_FILE), &bytes)?;
+        if let Manifest::Checkpoint(m) = &manifest
+            && m.vertices
+                .iter()
+                .flat_map(|v| &v.subtasks)
+                .any(|s| !s.base.is_empty())
+        {
+            // An incremental checkpoint reads earlier checkpoints' files
+            // beside it: open its job's directory instead.
+            let expected = crate::snapshot::protocol::gc::checkpoint_dir(m.checkpoint_id);
+            let (parent, last) = dir.rsplit_once('/').unwrap_or((".", dir));
+            if last != expected {
+                return Err(missing_base(storage.url(), &expected, last));
+            }
+            return Ok(Self {
+                storage: storages.open(if parent.is_empty() { "/" } else { parent })?,
+                dir: expected,
+                manifest,
+            });
+        }
         Ok(Self {
             storage,
             dir: String::new(),
             manifest,
         })
+    }
+
+    /// The path in the storage of an incremental checkpoint's base file:
+    /// `chk-<n>/<file>` in the job's directory, the parent of `dir`.
+    fn base_path(&self, base: &format::StateFileRef) -> String {
+        match self.dir.rsplit_once('/') {
+            Some((job, _)) => format!("{job}/{}", base.path()),
+            None => base.path(),
+        }
     }
 
     /// Where it is, for messages.
@@ -478,7 +517,11 @@ impl RestorePoint {
     /// Reads a state file the `_metadata` references. One that is missing
     /// or not a regular file cannot appear by retrying: a restore error.
     async fn fetch(&self, file: &str) -> Result<(String, bytes::Bytes), Error> {
-        let path = self.path(file);
+        self.fetch_path(self.path(file)).await
+    }
+
+    /// As [`fetch`](Self::fetch), by the path in the storage.
+    async fn fetch_path(&self, path: String) -> Result<(String, bytes::Bytes), Error> {
         let location = self.storage.location(&path);
         match self.storage.get(&path).await {
             Ok(bytes) => Ok((location, bytes)),
@@ -517,11 +560,32 @@ impl RestorePoint {
             .filter(|v| wanted.contains(&v.uid.as_str()))
         {
             let loads = v.subtasks.iter().map(|s| async move {
-                let Some(file) = &s.file else {
-                    return Ok::<_, Error>(SubtaskSnapshot::default());
-                };
-                let (location, bytes) = self.fetch(file).await?;
-                Ok(format::decode_state_file(&location, &bytes)?)
+                if s.base.is_empty() {
+                    let Some(file) = &s.file else {
+                        return Ok::<_, Error>(SubtaskSnapshot::default());
+                    };
+                    let (location, bytes) = self.fetch(file).await?;
+                    return Ok(format::decode_state_file(&location, &bytes)?);
+                }
+                // An incremental subtask: its base files, oldest first,
+                // then its own, merged.
+                let mut chain = Vec::with_capacity(s.base.len() + 1);
+                for base in &s.base {
+                    let (location, bytes) = self.fetch_path(self.base_path(base)).await?;
+                    chain.push(format::decode_state_file_with_deltas(&location, &bytes)?);
+                }
+                if let Some(file) = &s.file {
+                    let (location, bytes) = self.fetch(file).await?;
+                    chain.push(format::decode_state_file_with_deltas(&location, &bytes)?);
+                }
+                format::merge_chain(chain).map_err(|m| Error::Restore {
+                    message: format!(
+                        "{}: `{}` subtask {}: {m}",
+                        self.location(),
+                        v.uid,
+                        s.subtask
+                    ),
+                })
             });
             let subtasks = try_join_all(loads).await?;
             let mut op = OperatorSnapshot {

@@ -161,6 +161,7 @@ impl Uploader {
             key_group_start: timing.key_groups.start,
             key_group_end: timing.key_groups.end,
             key_groups,
+            base: Vec::new(),
             sync_ms: millis(timing.sync),
             async_ms: millis(started.elapsed()),
             alignment_ms: millis(timing.alignment),
@@ -717,11 +718,17 @@ impl Coordinator {
                 }
                 Decision::SavepointCompleted(id) => self.savepoint_completed(id),
                 Decision::Subsume(ids) => {
-                    for id in &ids {
+                    let mut gone = Vec::new();
+                    for id in ids {
                         tracing::debug!("checkpoint {id} subsumed");
-                        self.setup.referenced.remove(id);
+                        let references = self.setup.referenced.remove(&id).unwrap_or_default();
+                        gone.push((id, references));
                     }
-                    self.release_later(ids);
+                    // With the directories of their base files, which
+                    // may have been kept only for them.
+                    self.release_later(gc::released_dirs(
+                        gone.iter().map(|(id, r)| (*id, r.as_slice())),
+                    ));
                 }
                 Decision::FailJob { reason } => {
                     self.setup

@@ -40,17 +40,18 @@ pub fn is_staging(path: &str) -> bool {
 }
 
 /// Every file completed checkpoint `m` references, relative to the job's
-/// directory: its `_metadata` and its state files.
+/// directory: its `_metadata`, its state files, and an incremental
+/// checkpoint's base files in earlier checkpoints' directories.
 pub fn references(m: &CheckpointMetadata) -> Vec<String> {
     let dir = checkpoint_dir(m.checkpoint_id);
+    let subtasks = || m.vertices.iter().flat_map(|v| &v.subtasks);
     std::iter::once(format!("{dir}/{METADATA_FILE}"))
         .chain(
-            m.vertices
-                .iter()
-                .flat_map(|v| &v.subtasks)
+            subtasks()
                 .filter_map(|s| s.file.as_ref())
                 .map(|f| format!("{dir}/{f}")),
         )
+        .chain(subtasks().flat_map(|s| &s.base).map(|b| b.path()))
         .collect()
 }
 
@@ -101,6 +102,23 @@ pub fn release(gone: &[CheckpointId], listing: &[String], referenced: &BTreeSet<
             .cloned()
             .collect(),
     )
+}
+
+/// The checkpoints whose directories to sweep when checkpoints go
+/// (subsumed or aborted): theirs, and those of the earlier checkpoints
+/// their `references` name (an incremental checkpoint's base files), whose
+/// files may have outlived their own checkpoint only because a later one
+/// referenced them. [`release`] still keeps whatever a retained checkpoint
+/// references.
+pub fn released_dirs<'a>(
+    gone: impl IntoIterator<Item = (CheckpointId, &'a [String])>,
+) -> Vec<CheckpointId> {
+    let mut dirs = BTreeSet::new();
+    for (id, references) in gone {
+        dirs.insert(id);
+        dirs.extend(references.iter().filter_map(|p| checkpoint_of(p)));
+    }
+    dirs.into_iter().collect()
 }
 
 /// The orphans in a job's directory when a run starts (it holds the
@@ -187,6 +205,7 @@ mod tests {
                         key_group_start: 0,
                         key_group_end: 128,
                         key_groups: Vec::new(),
+                        base: Vec::new(),
                         sync_ms: 0.0,
                         async_ms: 0.0,
                         alignment_ms: 0.0,
@@ -256,6 +275,47 @@ mod tests {
         );
         store.apply(&both, &manifests);
         assert_eq!(store.listing(), ["_lease/9"]);
+    }
+
+    #[test]
+    fn a_base_file_goes_with_the_last_checkpoint_that_references_it() {
+        let mut store = Store::with(&[
+            "chk-1/_metadata",
+            "chk-1/count-0.state",
+            "chk-2/_metadata",
+            "chk-2/count-0.state",
+            "chk-3/_metadata",
+            "chk-3/count-0.state",
+        ]);
+        // 2 and 3 extend 1: their base is chk-1/count-0.state.
+        let refs = |id: u64| {
+            let mut r = references(&metadata(id, &["count-0.state"]));
+            if id > 1 {
+                r.push("chk-1/count-0.state".into());
+            }
+            r
+        };
+        let manifests = [refs(1), refs(2), refs(3)];
+        // 1 subsumed, 2 and 3 retained: chk-1's state file stays.
+        let retained: BTreeSet<String> = refs(2).into_iter().chain(refs(3)).collect();
+        let gone = released_dirs([(CheckpointId(1), refs(1).as_slice())]);
+        store.apply(&release(&gone, &store.listing(), &retained), &manifests);
+        // 2 subsumed: its base lies in chk-1, which is swept again, and 3
+        // still references the file.
+        let r2 = refs(2);
+        let gone = released_dirs([(CheckpointId(2), r2.as_slice())]);
+        assert_eq!(gone, [CheckpointId(1), CheckpointId(2)]);
+        let retained: BTreeSet<String> = refs(3).into_iter().collect();
+        store.apply(&release(&gone, &store.listing(), &retained), &manifests);
+        assert!(store.0.contains("chk-1/count-0.state"));
+        // 3 subsumed too: now nothing references it.
+        let r3 = refs(3);
+        let gone = released_dirs([(CheckpointId(3), r3.as_slice())]);
+        store.apply(
+            &release(&gone, &store.listing(), &BTreeSet::new()),
+            &manifests,
+        );
+        assert!(store.0.is_empty(), "{:?}", store.0);
     }
 
     #[test]

@@ -261,6 +261,7 @@ mod tests {
             key_group_start: 0,
             key_group_end: 128,
             key_groups: Vec::new(),
+            base: Vec::new(),
             sync_ms: 1.0,
             async_ms: 2.0,
             alignment_ms: 0.0,
