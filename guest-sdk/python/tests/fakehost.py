@@ -75,7 +75,10 @@ class Host:
         self.operator = {}
         self.declared = []
         self.emitted = []
+        #: Writes per keyed-state write call (``write`` or ``write-packed``).
         self.write_calls = []
+        #: Every ``write-packed`` buffer.
+        self.packed_calls = []
         self.timers = set()
         self.watermark = I64_MIN
         self.processing_time = 0
@@ -145,7 +148,180 @@ def _counted_write(writes):
     _write(writes)
 
 
+class Malformed(Exception):
+    """A packed write buffer this host refuses (docs/wit.md, "Packed state
+    writes"), at byte ``offset``."""
+
+    def __init__(self, offset, problem):
+        super().__init__(f"malformed packed state writes at byte {offset}: {problem}")
+        self.offset = offset
+
+
+class _Reader:
+    """Reads the packed state-write layout (version 1) as the host does:
+    strictly, refusing whatever the layout does not allow, and into the WIT
+    values the ``write`` path receives (a scalar at the root as its own
+    ``Value`` case, anything else as ``Value_Nested`` pre-order nodes)."""
+
+    MAX_DEPTH = 64
+
+    def __init__(self, buf):
+        self.buf = bytes(buf)
+        self.pos = 0
+
+    def take(self, n):
+        left = len(self.buf) - self.pos
+        if n > left:
+            raise Malformed(self.pos, f"truncated: need {n} bytes, {left} left")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def bytes(self):
+        return self.take(self.u32())
+
+    def text(self):
+        at = self.pos
+        try:
+            return self.bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise Malformed(at, "text that is not UTF-8") from None
+
+    def count(self, min_bytes):
+        at = self.pos
+        n = self.u32()
+        left = len(self.buf) - self.pos
+        if n * min_bytes > left:
+            raise Malformed(at, f"a count of {n} items in {left} bytes")
+        return n
+
+    def value(self):
+        """One value in canonical form, as a WIT ``value``."""
+        at = self.pos
+        tag = self.buf[at] if at < len(self.buf) else None
+        if tag is not None and 6 <= tag <= 9:
+            nodes = []
+            self.node(nodes, 1)
+            return wit_types.Value_Nested(nodes)
+        kind, v = self.scalar()
+        return getattr(wit_types, f"Value_{kind}")(v)
+
+    def scalar(self):
+        at = self.pos
+        tag = self.u8()
+        if tag == 0:
+            b = self.u8()
+            if b > 1:
+                raise Malformed(at + 1, f"a boolean of {b}")
+            return "Boolean", bool(b)
+        if tag == 1:
+            return "Int", struct.unpack("<q", self.take(8))[0]
+        if tag == 2:
+            return "Uint", struct.unpack("<Q", self.take(8))[0]
+        if tag == 3:
+            return "Float", struct.unpack("<d", self.take(8))[0]
+        if tag == 4:
+            return "Text", self.text()
+        if tag == 5:
+            return "Bytes", self.bytes()
+        raise Malformed(at, f"unknown value tag {tag}")
+
+    def node(self, nodes, depth):
+        """Appends the pre-order nodes of one value at nesting ``depth``."""
+        if depth > self.MAX_DEPTH:
+            raise Malformed(self.pos, "a value nested too deep")
+        at = self.pos
+        tag = self.buf[at] if at < len(self.buf) else None
+        if tag == 6:
+            self.pos += 1
+            nodes.append(wit_types.Node_None_())
+        elif tag == 7:
+            self.pos += 1
+            n = self.count(1)
+            nodes.append(wit_types.Node_List(n))
+            for _ in range(n):
+                self.node(nodes, depth + 1)
+        elif tag == 8:
+            self.pos += 1
+            n = self.count(2)
+            nodes.append(wit_types.Node_Map(n))
+            for _ in range(2 * n):
+                self.node(nodes, depth + 1)
+        elif tag == 9:
+            self.pos += 1
+            n = self.count(5)
+            names = []
+            nodes.append(wit_types.Node_Record(names))
+            for _ in range(n):
+                names.append(self.text())
+                self.node(nodes, depth + 1)
+        else:
+            kind, v = self.scalar()
+            nodes.append(getattr(wit_types, f"Node_{kind}")(v))
+
+    def writes(self):
+        """Yields the writes of the buffer one by one, as the ``StateWrite``s
+        ``write`` takes."""
+        state = None
+        while self.pos < len(self.buf):
+            at = self.pos
+            op = self.u8()
+            if op == 1:
+                state = self.text()
+                continue
+            if not 2 <= op <= 8:
+                raise Malformed(at, f"unknown op {op:#04x}")
+            if state is None:
+                raise Malformed(at, "a write before any `state` op")
+            key = self.bytes()
+            if op == 2:
+                update = keyed_state.Update_ValueSet(self.value())
+            elif op == 3:
+                update = keyed_state.Update_ValueClear()
+            elif op == 4:
+                update = keyed_state.Update_MapPut((self.value(), self.value()))
+            elif op == 5:
+                update = keyed_state.Update_MapRemove(self.value())
+            elif op == 6:
+                update = keyed_state.Update_MapClear()
+            elif op == 7:
+                update = keyed_state.Update_ListSet([self.value() for _ in range(self.count(1))])
+            else:
+                update = keyed_state.Update_ListClear()
+            yield StateWrite(state, key, update)
+
+
+def unpack_writes(buf):
+    """The writes of a packed buffer as a list of ``StateWrite``s
+    (:class:`Malformed` if the host would refuse it)."""
+    return list(_Reader(buf).writes())
+
+
+def _write_packed(buf):
+    """``keyed-state.write-packed``: applies the writes in order; those
+    before a fault stay applied, as on the host."""
+    if not isinstance(buf, bytes):
+        raise TypeError(f"list<u8> lowers from bytes, not {type(buf).__name__}")
+    HOST.packed_calls.append(buf)
+    applied = 0
+    try:
+        for w in _Reader(buf).writes():
+            _write([w])
+            applied += 1
+    except Malformed as e:
+        raise Err(str(e)) from None
+    finally:
+        HOST.write_calls.append(applied)
+
+
 keyed_state.write = _counted_write
+keyed_state.write_packed = _write_packed
 
 operator_state = pytypes.ModuleType("wit_world.imports.operator_state")
 operator_state.declare = lambda state, mode, type_name: _declare((state, mode, type_name))

@@ -167,10 +167,19 @@ def _fields(v):
     return None
 
 
+#: How many levels a state value may nest, its root included, as the host
+#: enforces.
+_MAX_DEPTH = 64
+
+
+def _too_deep():
+    return ValueError(f"state values nest at most {_MAX_DEPTH} levels deep")
+
+
 def _flatten(v, out, depth=0):
     """Appends the pre-order nodes of ``v`` (docs/wit.md, nested values)."""
-    if depth > 64:
-        raise ValueError("state values nest at most 64 levels deep")
+    if depth >= _MAX_DEPTH:
+        raise _too_deep()
     if v is None:
         out.append(types.Node_None_())
     elif isinstance(v, bool):
@@ -223,6 +232,176 @@ def _to_value(v):
     nodes = []
     _flatten(v, nodes)
     return types.Value_Nested(nodes)
+
+
+# Packed state writes (docs/wit.md, "Packed state writes", layout version
+# 1): a flush hands the host one buffer per chunk through
+# `keyed-state.write-packed`, not a list of WIT records, because lowering
+# those costs a Python object walk per write, key, value and nested node.
+# Every value is written in its canonical form, converted by the same rules
+# as `_to_value` (a dict with only str keys or a dataclass is a record,
+# another dict a map, a list or tuple a list, None none).
+
+_OP_STATE, _OP_VALUE_SET, _OP_VALUE_CLEAR, _OP_MAP_PUT = 1, 2, 3, 4
+_OP_MAP_REMOVE, _OP_MAP_CLEAR, _OP_LIST_SET, _OP_LIST_CLEAR = 5, 6, 7, 8
+_TAG_INT, _TAG_UINT, _TAG_FLOAT, _TAG_TEXT, _TAG_BYTES = 1, 2, 3, 4, 5
+_TAG_LIST, _TAG_MAP, _TAG_RECORD = 7, 8, 9
+# A tag or op byte, then an i64, u64, f64 or u32 (a length or a count).
+_PACK_INT = struct.Struct("<Bq").pack
+_PACK_UINT = struct.Struct("<BQ").pack
+_PACK_FLOAT = struct.Struct("<Bd").pack
+_PACK_LEN = struct.Struct("<BI").pack
+_PACK_U32 = _U32.pack
+_TRUE, _FALSE, _NONE = b"\x00\x01", b"\x00\x00", 6
+
+
+def _put(buf, v, depth=0):
+    """Appends the canonical form of state value ``v`` to ``buf`` (a
+    bytearray); ``depth`` is how deep ``v`` is nested. The common scalars
+    first, by exact type; anything else as ``_flatten`` decides."""
+    t = type(v)
+    if t is int:
+        if _I64_MIN <= v <= _I64_MAX:
+            buf += _PACK_INT(_TAG_INT, v)
+        else:
+            _put_int(buf, v)
+    elif t is str:
+        b = v.encode()
+        buf += _PACK_LEN(_TAG_TEXT, len(b))
+        buf += b
+    elif t is float:
+        buf += _PACK_FLOAT(_TAG_FLOAT, v)
+    elif t is bool:
+        buf += _TRUE if v else _FALSE
+    elif v is None:
+        buf.append(_NONE)
+    elif t is dict:
+        _put_dict(buf, v, depth)
+    elif t is list or t is tuple:
+        _put_list(buf, v, depth)
+    elif t is bytes:
+        buf += _PACK_LEN(_TAG_BYTES, len(v))
+        buf += v
+    else:
+        _put_other(buf, v, depth)
+
+
+def _put_list(buf, v, depth):
+    if v and depth >= _MAX_DEPTH - 1:
+        raise _too_deep()
+    buf += _PACK_LEN(_TAG_LIST, len(v))
+    depth += 1
+    for item in v:
+        _put(buf, item, depth)
+
+
+#: Record field names as packed (length and UTF-8), by name: a flush packs
+#: the same few names once per value. Bounded, for dicts of many keys.
+_NAMES = {}
+
+
+def _put_dict(buf, d, depth):
+    """A dict with only str keys as a record, any other as a map."""
+    if d and depth >= _MAX_DEPTH - 1:
+        raise _too_deep()
+    depth += 1
+    for k in d:
+        if not isinstance(k, str):
+            buf += _PACK_LEN(_TAG_MAP, len(d))
+            for k, item in d.items():
+                _put(buf, k, depth)
+                _put(buf, item, depth)
+            return
+    buf += _PACK_LEN(_TAG_RECORD, len(d))
+    names = _NAMES
+    for name, item in d.items():
+        packed = names.get(name)
+        if packed is None:
+            b = str.encode(name)
+            packed = _PACK_U32(len(b)) + b
+            if len(names) < 4096:
+                names[name] = packed
+        buf += packed
+        _put(buf, item, depth)
+
+
+def _put_int(buf, v):
+    if _I64_MIN <= v <= _I64_MAX:
+        buf += _PACK_INT(_TAG_INT, v)
+    elif 0 <= v <= _U64_MAX:
+        buf += _PACK_UINT(_TAG_UINT, v)
+    else:
+        raise OverflowError(f"state integers fit in 64 bits; {v} does not")
+
+
+def _put_other(buf, v, depth):
+    # In `_flatten`'s order: bool before int (its subclass).
+    if isinstance(v, bool):
+        buf += _TRUE if v else _FALSE
+    elif isinstance(v, int):
+        _put_int(buf, v)
+    elif isinstance(v, float):
+        buf += _PACK_FLOAT(_TAG_FLOAT, v)
+    elif isinstance(v, str):
+        b = str.encode(v)
+        buf += _PACK_LEN(_TAG_TEXT, len(b))
+        buf += b
+    elif isinstance(v, (bytes, bytearray)):
+        buf += _PACK_LEN(_TAG_BYTES, len(v))
+        buf += v
+    elif isinstance(v, (list, tuple)):
+        _put_list(buf, v, depth)
+    elif isinstance(v, dict):
+        _put_dict(buf, v, depth)
+    elif (d := _fields(v)) is not None:
+        _put_dict(buf, d, depth)
+    else:
+        _flatten(v, [])  # raises the TypeError `_to_value` would
+
+
+class _Packer:
+    """The packed buffer a flush fills: it is handed to the host (one
+    ``keyed-state.write-packed`` call) once it holds ``WRITE_CHUNK`` writes
+    or ``WRITE_BYTES`` bytes, and at the end of the flush. A ``state`` op is
+    written once per run of writes to the same state."""
+
+    __slots__ = ("buf", "writes", "state", "chunk", "max_bytes")
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.writes = 0
+        self.state = None
+        self.chunk = WRITE_CHUNK
+        self.max_bytes = WRITE_BYTES
+
+    def begin(self, state, op, key):
+        """Starts write ``op`` under ``key`` to the state whose ``state`` op
+        is ``state`` (``_state_op``); returns the buffer to append the
+        write's values to."""
+        if self.writes >= self.chunk or len(self.buf) >= self.max_bytes:
+            self.send()
+        buf = self.buf
+        if self.state is not state:
+            buf += state
+            self.state = state
+        buf += _PACK_LEN(op, len(key))
+        buf += key
+        self.writes += 1
+        return buf
+
+    def send(self):
+        """Hands the buffer to the host, if it holds a write."""
+        if self.writes:
+            keyed_state.write_packed(bytes(self.buf))
+        self.buf = bytearray()
+        self.writes = 0
+        self.state = None
+
+
+def _state_op(name):
+    """The ``state`` op naming state ``name``."""
+    b = name.encode()
+    return _PACK_LEN(_OP_STATE, len(b)) + b
 
 
 def _unflatten(nodes, pos):
@@ -322,12 +501,6 @@ class _Registry:
     watermark = None
 
 
-# Bound once: a flush builds one update per dirty key.
-_VALUE_SET = keyed_state.Update_ValueSet
-_VALUE_CLEAR = keyed_state.Update_ValueClear()
-_VALUE_INT = types.Value_Int
-_VALUE_TEXT = types.Value_Text
-_VALUE_FLOAT = types.Value_Float
 # Values a handle cannot change in place after `set`.
 _IMMUTABLE = frozenset([int, float, str, bytes, bool])
 
@@ -351,18 +524,20 @@ class _KeyedState:
         self.name = name
         self._type = type
         self._cache = {}
-        self._dirty = set()
+        # Keys changed since the last flush, in the order they changed (a
+        # dict as an ordered set), so a flush writes them in that order.
+        self._dirty = {}
+        self._state_op = _state_op(name)
         _Registry.states[name] = self
 
     @staticmethod
     def _descriptor(item):
         return item
 
-    def _writes(self, out):
-        """Appends the writes of every dirty entry to ``out``; marks them clean."""
-        write, name, cache, update = keyed_state.StateWrite, self.name, self._cache, self._update
-        out.extend([write(name, key, update(cache[key])) for key in self._dirty])
-        self._dirty.clear()
+    def _pack(self, p):
+        """Packs the writes of every dirty entry into ``p`` (a :class:`_Packer`);
+        marks them clean."""
+        raise NotImplementedError
 
 
 class ValueState(_KeyedState):
@@ -399,7 +574,7 @@ class ValueState(_KeyedState):
             if type(old) is type(value) and old == value:
                 return
         cache[key] = value
-        self._dirty.add(key)
+        self._dirty[key] = None
 
     def clear(self):
         """Clears the current key's value."""
@@ -407,21 +582,20 @@ class ValueState(_KeyedState):
         if key in self._cache and self._cache[key] is None:
             return
         self._cache[key] = None
-        self._dirty.add(key)
+        self._dirty[key] = None
 
-    @staticmethod
-    def _update(v):
-        # The common scalars inline: a flush runs this once per dirty key.
-        t = type(v)
-        if t is int and _I64_MIN <= v <= _I64_MAX:
-            return _VALUE_SET(_VALUE_INT(v))
-        if t is str:
-            return _VALUE_SET(_VALUE_TEXT(v))
-        if t is float:
-            return _VALUE_SET(_VALUE_FLOAT(v))
-        if v is None:
-            return _VALUE_CLEAR
-        return _VALUE_SET(_to_value(v))
+    def _pack(self, p):
+        cache, state, begin = self._cache, self._state_op, p.begin
+        for key in self._dirty:
+            v = cache[key]
+            if v is None:
+                begin(state, _OP_VALUE_CLEAR, key)
+            elif type(v) is int and _I64_MIN <= v <= _I64_MAX:
+                # The commonest value inline: this runs once per dirty key.
+                begin(state, _OP_VALUE_SET, key).extend(_PACK_INT(_TAG_INT, v))
+            else:
+                _put(begin(state, _OP_VALUE_SET, key), v)
+        self._dirty.clear()
 
 
 class ListState(_KeyedState):
@@ -452,7 +626,7 @@ class ListState(_KeyedState):
         _check(value)
         key = self._load()
         self._cache[key].append(value)
-        self._dirty.add(key)
+        self._dirty[key] = None
 
     def set(self, values):
         """Replaces the current key's list."""
@@ -461,16 +635,24 @@ class ListState(_KeyedState):
             _check(v)
         key = _current_key(self.name)
         self._cache[key] = values
-        self._dirty.add(key)
+        self._dirty[key] = None
 
     def clear(self):
         """Empties the current key's list."""
         self.set([])
 
-    def _update(self, values):
-        if not values:
-            return keyed_state.Update_ListClear()
-        return keyed_state.Update_ListSet([_to_value(v) for v in values])
+    def _pack(self, p):
+        cache, state, begin = self._cache, self._state_op, p.begin
+        for key in self._dirty:
+            values = cache[key]
+            if not values:
+                begin(state, _OP_LIST_CLEAR, key)
+                continue
+            buf = begin(state, _OP_LIST_SET, key)
+            buf += _PACK_U32(len(values))
+            for v in values:
+                _put(buf, v)
+        self._dirty.clear()
 
 
 class MapState(_KeyedState):
@@ -499,7 +681,7 @@ class MapState(_KeyedState):
         if key not in self._cache:
             entries = keyed_state.map_entries(self.name, key)
             self._cache[key] = (
-                {_hashable(_from_value(k)): _from_value(v, self._type) for k, v in entries}, set(), False)
+                {_hashable(_from_value(k)): _from_value(v, self._type) for k, v in entries}, {}, False)
         return key
 
     def get(self, map_key, default=None):
@@ -513,16 +695,16 @@ class MapState(_KeyedState):
         key = self._load()
         entries, changed, cleared = self._cache[key]
         entries[map_key] = value
-        changed.add(map_key)
-        self._dirty.add(key)
+        changed[map_key] = None
+        self._dirty[key] = None
 
     def remove(self, map_key):
         """Removes an entry under the current key."""
         key = self._load()
         entries, changed, cleared = self._cache[key]
         entries.pop(map_key, None)
-        changed.add(map_key)
-        self._dirty.add(key)
+        changed[map_key] = None
+        self._dirty[key] = None
 
     def entries(self):
         """The current key's entries as a list of ``(key, value)``."""
@@ -531,21 +713,23 @@ class MapState(_KeyedState):
     def clear(self):
         """Removes every entry under the current key."""
         key = self._load()
-        self._cache[key] = ({}, set(), True)
-        self._dirty.add(key)
+        self._cache[key] = ({}, {}, True)
+        self._dirty[key] = None
 
-    def _writes(self, out):
+    def _pack(self, p):
+        cache, state, begin = self._cache, self._state_op, p.begin
         for key in self._dirty:
-            entries, changed, cleared = self._cache[key]
+            entries, changed, cleared = cache[key]
             if cleared:
-                out.append(keyed_state.StateWrite(self.name, key, keyed_state.Update_MapClear()))
+                begin(state, _OP_MAP_CLEAR, key)
             for k in changed:
                 if k in entries:
-                    update = keyed_state.Update_MapPut((_to_value(k), _to_value(entries[k])))
+                    buf = begin(state, _OP_MAP_PUT, key)
+                    _put(buf, k)
+                    _put(buf, entries[k])
                 else:
-                    update = keyed_state.Update_MapRemove(_to_value(k))
-                out.append(keyed_state.StateWrite(self.name, key, update))
-            self._cache[key] = (entries, set(), False)
+                    _put(begin(state, _OP_MAP_REMOVE, key), k)
+            cache[key] = (entries, {}, False)
         self._dirty.clear()
 
 
@@ -746,9 +930,14 @@ CACHE_CAPACITY = 1_000_000
 #: on failure. Set to ``None`` to flush only at ``snapshot`` and ``close``.
 DIRTY_LIMIT = 16_384
 
-#: Writes per ``keyed-state.write`` call: big batches, but a bounded list
-#: for the bindings to lower at once.
+#: Writes per ``keyed-state.write-packed`` call at most: big batches, but a
+#: bounded buffer per call.
 WRITE_CHUNK = 65_536
+
+#: Bytes after which a flush hands its packed buffer to the host before
+#: starting the next write (a write is never split, so one buffer exceeds
+#: this by at most one write).
+WRITE_BYTES = 4 << 20
 
 
 def _dirty_keys():
@@ -757,16 +946,16 @@ def _dirty_keys():
 
 def _flush():
     """Hands every dirty entry to the host in as few calls as possible (one
-    per ``WRITE_CHUNK`` writes), then bounds memory: after a flush every
-    entry is clean, so an oversized cache can be dropped and reloaded from
-    the host on the next miss. Entries that were only read are clean and
-    are never written back."""
-    writes = []
+    ``keyed-state.write-packed`` buffer per ``WRITE_CHUNK`` writes or
+    ``WRITE_BYTES`` bytes), then bounds memory: after a flush every entry is
+    clean, so an oversized cache can be dropped and reloaded from the host
+    on the next miss. Entries that were only read are clean and are never
+    written back."""
+    p = _Packer()
     for state in _Registry.states.values():
         if state._dirty:
-            state._writes(writes)
-    for start in range(0, len(writes), WRITE_CHUNK):
-        keyed_state.write(writes[start:start + WRITE_CHUNK])
+            state._pack(p)
+    p.send()
     for state in _Registry.states.values():
         if len(state._cache) > CACHE_CAPACITY:
             state._cache.clear()
