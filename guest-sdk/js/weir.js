@@ -13,9 +13,10 @@
  * packed batches; everything a hook emits leaves as one packed batch;
  * keyed state ({@link ValueState}, {@link MapState}, {@link ListState}) is
  * scoped to the key of the record being processed and kept in a write-back
- * cache that is handed to the host in one `keyed-state.write` call when
- * `snapshot` and `close` return (and after a `process` call that leaves
- * more than {@link DIRTY_LIMIT} keys dirty). State values use the WIT
+ * cache that is handed to the host in one `keyed-state.write-packed` call
+ * (one buffer in the packed state-write layout) when `snapshot` and `close`
+ * return (and after a `process` call that leaves more than
+ * {@link DIRTY_LIMIT} keys dirty). State values use the WIT
  * `value` variant, so a number, bigint, string, Uint8Array or boolean, and
  * arrays, Maps and plain objects of them, read back as the same values in
  * Rust and Python.
@@ -328,7 +329,7 @@ export function float(x) {
   return new Float(x);
 }
 
-/** How deep a nested state value may be, as the host enforces. */
+/** How many levels a state value may nest, its root included, as the host enforces. */
 const MAX_DEPTH = 64;
 
 /**
@@ -373,7 +374,7 @@ function intTag(v) {
 
 /** Appends the pre-order nodes of `v` to `out`. */
 function flatten(v, out, depth) {
-  if (depth > MAX_DEPTH) {
+  if (depth >= MAX_DEPTH) {
     throw new RangeError(`state values nest at most ${MAX_DEPTH} levels deep`);
   }
   switch (typeof v) {
@@ -426,10 +427,300 @@ function flatten(v, out, depth) {
     default:
       break;
   }
-  throw new TypeError(
+  throw notAStateValue(v);
+}
+
+function notAStateValue(v) {
+  return new TypeError(
     'state values are boolean, number, bigint, string, Uint8Array, null, undefined, ' +
       `an Array, a Map or a plain object, not ${describe(v)}`,
   );
+}
+
+// Packed state writes (docs/wit.md, "Packed state writes", layout version
+// 1): a flush hands the host one buffer per chunk through
+// `keyed-state.write-packed`, not a list of WIT records, because the
+// bindings lower those write by write, key by key and node by node in the
+// interpreter. Every value is written in its canonical form, converted by
+// the same rules as `toValue`: a safe-integer number is an int, any other
+// number a float, a bigint an int or uint, `float(x)` a float, null and
+// undefined none, an array a list, a Map a map, a plain object a record.
+
+const OP_STATE = 0x01;
+const OP_VALUE_SET = 0x02;
+const OP_VALUE_CLEAR = 0x03;
+const OP_MAP_PUT = 0x04;
+const OP_MAP_REMOVE = 0x05;
+const OP_MAP_CLEAR = 0x06;
+const OP_LIST_SET = 0x07;
+const OP_LIST_CLEAR = 0x08;
+const TAG_BOOLEAN = 0;
+const TAG_INT = 1;
+const TAG_UINT = 2;
+const TAG_FLOAT = 3;
+const TAG_TEXT = 4;
+const TAG_BYTES = 5;
+const TAG_NONE = 6;
+const TAG_LIST = 7;
+const TAG_MAP = 8;
+const TAG_RECORD = 9;
+const TWO_32 = 4294967296;
+
+/** Writes per `keyed-state.write-packed` call at most: a bounded buffer per call. */
+const WRITE_CHUNK = 65_536;
+
+/**
+ * Bytes after which a flush hands its buffer to the host before starting
+ * the next write (a write is never split, so a buffer exceeds this by at
+ * most one write).
+ */
+const WRITE_BYTES = 4 << 20;
+
+/** A packed buffer kept between flushes up to this size, and dropped above it. */
+const KEEP_BYTES = 1 << 20;
+
+// The buffer a flush fills, module-wide: the interpreter reads these
+// faster than an object's fields.
+let pk = new Uint8Array(0);
+let pkView = new DataView(pk.buffer);
+/** Bytes used. */
+let pkPos = 0;
+/** Writes in the buffer. */
+let pkWrites = 0;
+/** The `state` op (of a state handle) the writes at the end of the buffer go to. */
+let pkState = null;
+
+/** Makes room for `n` more bytes. */
+function pkReserve(n) {
+  const need = pkPos + n;
+  if (need <= pk.length) {
+    return;
+  }
+  let size = Math.max(pk.length * 2, 1 << 16);
+  while (size < need) {
+    size *= 2;
+  }
+  const grown = new Uint8Array(size);
+  grown.set(pk.subarray(0, pkPos));
+  pk = grown;
+  pkView = new DataView(grown.buffer);
+}
+
+/**
+ * Starts write `op` under `key` (a Uint8Array) to the state whose `state`
+ * op is `stateOp` (a handle's `_stateOp`): hands the buffer to the host
+ * first if it is full, and names the state if the write before went to
+ * another one. The write's values follow (`packValue`).
+ */
+function pkBegin(stateOp, op, key) {
+  if (pkWrites >= WRITE_CHUNK || pkPos >= WRITE_BYTES) {
+    pkSend();
+  }
+  const n = key.length;
+  if (pkState !== stateOp) {
+    pkReserve(stateOp.length + 5 + n);
+    pk.set(stateOp, pkPos);
+    pkPos += stateOp.length;
+    pkState = stateOp;
+  } else {
+    pkReserve(5 + n);
+  }
+  const p = pkPos;
+  pk[p] = op;
+  pk[p + 1] = n;
+  pk[p + 2] = n >>> 8;
+  pk[p + 3] = n >>> 16;
+  pk[p + 4] = n >>> 24;
+  pk.set(key, p + 5);
+  pkPos = p + 5 + n;
+  pkWrites += 1;
+}
+
+/** Hands the buffer to the host, if it holds a write, and empties it. */
+function pkSend() {
+  try {
+    if (pkWrites > 0) {
+      keyedState.writePacked(pk.subarray(0, pkPos));
+    }
+  } finally {
+    pkPos = 0;
+    pkWrites = 0;
+    pkState = null;
+  }
+}
+
+/** Appends a `u32 LE`. */
+function pkU32(n) {
+  pkReserve(4);
+  const p = pkPos;
+  pk[p] = n;
+  pk[p + 1] = n >>> 8;
+  pk[p + 2] = n >>> 16;
+  pk[p + 3] = n >>> 24;
+  pkPos = p + 4;
+}
+
+/** Appends `tag` (if not -1), then string `s` as `len: u32 LE` and UTF-8. */
+function pkString(tag, s) {
+  // The worst case: three bytes per UTF-16 unit.
+  pkReserve(5 + s.length * 3);
+  let at = pkPos;
+  if (tag >= 0) {
+    pk[at] = tag;
+    at += 1;
+  }
+  let n = putAscii(s, pk, at + 4);
+  if (n < 0) {
+    n = UTF8_ENCODER.encodeInto(s, pk.subarray(at + 4)).written;
+  }
+  pk[at] = n;
+  pk[at + 1] = n >>> 8;
+  pk[at + 2] = n >>> 16;
+  pk[at + 3] = n >>> 24;
+  pkPos = at + 4 + n;
+}
+
+/** Appends a float's tag and bits. */
+function pkFloat(x) {
+  pkReserve(9);
+  pk[pkPos] = TAG_FLOAT;
+  pkView.setFloat64(pkPos + 1, x, true);
+  pkPos += 9;
+}
+
+/** Appends the canonical form of state value `v`, nested `depth` levels deep. */
+function packValue(v, depth) {
+  switch (typeof v) {
+    case 'number':
+      if (Number.isSafeInteger(v)) {
+        // As two halves: no bigint to allocate. `>>> 0` is the low 32 bits
+        // of any safe integer, the division's floor the (signed) rest.
+        pkReserve(9);
+        const p = pkPos;
+        pk[p] = TAG_INT;
+        pkView.setUint32(p + 1, v >>> 0, true);
+        pkView.setInt32(p + 5, Math.floor(v / TWO_32), true);
+        pkPos = p + 9;
+      } else {
+        pkFloat(v);
+      }
+      return;
+    case 'string':
+      pkString(TAG_TEXT, v);
+      return;
+    case 'boolean':
+      pkReserve(2);
+      pk[pkPos] = TAG_BOOLEAN;
+      pk[pkPos + 1] = v ? 1 : 0;
+      pkPos += 2;
+      return;
+    case 'bigint': {
+      const tag = intTag(v);
+      pkReserve(9);
+      pk[pkPos] = tag === 'int' ? TAG_INT : TAG_UINT;
+      if (tag === 'int') {
+        pkView.setBigInt64(pkPos + 1, v, true);
+      } else {
+        pkView.setBigUint64(pkPos + 1, v, true);
+      }
+      pkPos += 9;
+      return;
+    }
+    case 'undefined':
+      pkReserve(1);
+      pk[pkPos] = TAG_NONE;
+      pkPos += 1;
+      return;
+    case 'object':
+      packObject(v, depth);
+      return;
+    default:
+      throw notAStateValue(v);
+  }
+}
+
+function packObject(v, depth) {
+  if (v === null) {
+    pkReserve(1);
+    pk[pkPos] = TAG_NONE;
+    pkPos += 1;
+    return;
+  }
+  if (isBytes(v)) {
+    const n = v.length;
+    pkReserve(5 + n);
+    pk[pkPos] = TAG_BYTES;
+    pkView.setUint32(pkPos + 1, n, true);
+    pk.set(v, pkPos + 5);
+    pkPos += 5 + n;
+    return;
+  }
+  if (v instanceof Float) {
+    pkFloat(v.value);
+    return;
+  }
+  const inner = depth + 1;
+  if (Array.isArray(v)) {
+    const n = v.length;
+    if (n > 0 && inner >= MAX_DEPTH) {
+      throw tooDeep();
+    }
+    pkReserve(5);
+    pk[pkPos] = TAG_LIST;
+    pkPos += 1;
+    pkU32(n);
+    // By index: a hole is undefined, none, as `for...of` gives it.
+    for (let i = 0; i < n; i += 1) {
+      packValue(v[i], inner);
+    }
+    return;
+  }
+  if (v instanceof Map) {
+    if (v.size > 0 && inner >= MAX_DEPTH) {
+      throw tooDeep();
+    }
+    pkReserve(5);
+    pk[pkPos] = TAG_MAP;
+    pkPos += 1;
+    pkU32(v.size);
+    for (const [k, item] of v) {
+      packValue(k, inner);
+      packValue(item, inner);
+    }
+    return;
+  }
+  if (isPlainObject(v)) {
+    const names = Object.keys(v);
+    const n = names.length;
+    if (n > 0 && inner >= MAX_DEPTH) {
+      throw tooDeep();
+    }
+    pkReserve(5);
+    pk[pkPos] = TAG_RECORD;
+    pkPos += 1;
+    pkU32(n);
+    for (let i = 0; i < n; i += 1) {
+      const name = names[i];
+      pkString(-1, name);
+      packValue(v[name], inner);
+    }
+    return;
+  }
+  throw notAStateValue(v);
+}
+
+function tooDeep() {
+  return new RangeError(`state values nest at most ${MAX_DEPTH} levels deep`);
+}
+
+/** The `state` op naming state `name`. */
+function stateOp(name) {
+  const bytes = UTF8_ENCODER.encode(name);
+  const op = new Uint8Array(5 + bytes.length);
+  op[0] = OP_STATE;
+  new DataView(op.buffer).setUint32(1, bytes.length, true);
+  op.set(bytes, 5);
+  return op;
 }
 
 /** Whether `v` is an object literal (or has a null prototype), not a class instance. */
@@ -668,6 +959,8 @@ class KeyedState {
     declareState(name, keyedState.declare, kind, typeName);
     this.name = name;
     this.kind = kind;
+    /** The packed `state` op naming this state. */
+    this._stateOp = stateOp(name);
     /** Slots by key id. */
     this._cache = new Map();
     /** Slots changed since the last flush. */
@@ -709,11 +1002,11 @@ class KeyedState {
     }
   }
 
-  /** Appends the writes of every dirty slot to `writes` and marks them clean. */
-  _flushInto(writes) {
+  /** Packs the writes of every dirty slot (`pkBegin`) and marks them clean. */
+  _pack() {
     const dirty = this._dirty;
     for (let i = 0; i < dirty.length; i += 1) {
-      this._write(dirty[i], writes);
+      this._write(dirty[i]);
       dirty[i].dirty = false;
       dirty[i].loaded = true;
     }
@@ -771,10 +1064,13 @@ export class ValueState extends KeyedState {
     return w === undefined ? null : withDefaults(fromValue(w), this._defaults);
   }
 
-  _write(slot, writes) {
-    const update =
-      slot.value === null ? { tag: 'value-clear' } : { tag: 'value-set', val: toValue(slot.value) };
-    writes.push({ state: this.name, key: slot.key, update });
+  _write(slot) {
+    if (slot.value === null) {
+      pkBegin(this._stateOp, OP_VALUE_CLEAR, slot.key);
+    } else {
+      pkBegin(this._stateOp, OP_VALUE_SET, slot.key);
+      packValue(slot.value, 0);
+    }
   }
 }
 
@@ -815,11 +1111,18 @@ export class ListState extends KeyedState {
     return keyedState.listGet(this.name, key).map((w) => withDefaults(fromValue(w), this._defaults));
   }
 
-  _write(slot, writes) {
+  _write(slot) {
     const list = slot.value;
-    const update =
-      list.length === 0 ? { tag: 'list-clear' } : { tag: 'list-set', val: list.map(toValue) };
-    writes.push({ state: this.name, key: slot.key, update });
+    const n = list.length;
+    if (n === 0) {
+      pkBegin(this._stateOp, OP_LIST_CLEAR, slot.key);
+      return;
+    }
+    pkBegin(this._stateOp, OP_LIST_SET, slot.key);
+    pkU32(n);
+    for (let i = 0; i < n; i += 1) {
+      packValue(list[i], 0);
+    }
   }
 }
 
@@ -892,18 +1195,22 @@ export class MapState extends KeyedState {
     return { entries, changed: new Map(), cleared: false };
   }
 
-  _write(slot, writes) {
+  _write(slot) {
     const { entries, changed, cleared } = slot.value;
+    const op = this._stateOp;
     if (cleared) {
-      writes.push({ state: this.name, key: slot.key, update: { tag: 'map-clear' } });
+      pkBegin(op, OP_MAP_CLEAR, slot.key);
     }
     for (const [k, mapKey] of changed) {
       const entry = entries.get(k);
-      const update =
-        entry === undefined
-          ? { tag: 'map-remove', val: toValue(mapKey) }
-          : { tag: 'map-put', val: [toValue(entry[0]), toValue(entry[1])] };
-      writes.push({ state: this.name, key: slot.key, update });
+      if (entry === undefined) {
+        pkBegin(op, OP_MAP_REMOVE, slot.key);
+        packValue(mapKey, 0);
+      } else {
+        pkBegin(op, OP_MAP_PUT, slot.key);
+        packValue(entry[0], 0);
+        packValue(entry[1], 0);
+      }
     }
     slot.value.changed = new Map();
     slot.value.cleared = false;
@@ -1192,31 +1499,28 @@ function dirtySlots() {
   return n;
 }
 
-/** Writes per `keyed-state.write` call: big batches, but a bounded list to lower at once. */
-const WRITE_CHUNK = 65_536;
-
 /**
- * Hands every dirty entry to the host in as few calls as possible (one per
- * {@link WRITE_CHUNK} writes), then bounds memory: entries that were only
+ * Hands every dirty entry to the host in as few calls as possible (one
+ * `keyed-state.write-packed` buffer per {@link WRITE_CHUNK} writes or
+ * {@link WRITE_BYTES} bytes), then bounds memory: entries that were only
  * read are clean and never written back;
  * after a flush every entry is clean, so an oversized cache can be dropped
  * and reloaded from the host on the next miss.
  */
 function flush() {
-  const writes = [];
+  // Empty, also after a flush that failed half-way.
+  pkPos = 0;
+  pkWrites = 0;
+  pkState = null;
   for (const state of states.values()) {
     if (state._dirty.length > 0) {
-      state._flushInto(writes);
+      state._pack();
     }
   }
-  if (writes.length <= WRITE_CHUNK) {
-    if (writes.length > 0) {
-      keyedState.write(writes);
-    }
-  } else {
-    for (let start = 0; start < writes.length; start += WRITE_CHUNK) {
-      keyedState.write(writes.slice(start, start + WRITE_CHUNK));
-    }
+  pkSend();
+  if (pk.length > KEEP_BYTES) {
+    pk = new Uint8Array(0);
+    pkView = new DataView(pk.buffer);
   }
   for (const state of states.values()) {
     if (state._cache.size > cacheCapacity) {

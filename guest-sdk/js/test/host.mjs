@@ -23,8 +23,13 @@ export const foreign = vm.runInNewContext('({ Uint8Array, Error })');
 export const host = {
   /** `${state}\0${key}` → { kind, value | entries (Map by JSON) | list }. */
   store: new Map(),
-  /** Every `keyed-state.write` call's list of writes. */
+  /**
+   * Every `keyed-state.write` call's list of writes; for a
+   * `keyed-state.write-packed` call, the writes it applied, unpacked.
+   */
   writeCalls: [],
+  /** Every `keyed-state.write-packed` buffer, copied. */
+  packedCalls: [],
   /** Every emitted batch, copied. */
   emitted: [],
   /** Operator list state by name. */
@@ -56,6 +61,7 @@ export const host = {
 export function reset() {
   host.store = new Map();
   host.writeCalls = [];
+  host.packedCalls = [];
   host.emitted = [];
   host.operatorState = new Map();
   host.logs = [];
@@ -222,34 +228,274 @@ export function listGet(state, key) {
 
 export function write(writes) {
   host.writeCalls.push(writes);
-  for (const { state, key, update } of writes) {
-    const kind = update.tag.split('-')[0];
-    const s = slot(state, key, kind);
-    switch (update.tag) {
-      case 'value-set':
-        s.value = checkValue(update.val);
-        break;
-      case 'value-clear':
-        s.value = undefined;
-        break;
-      case 'map-put':
-        s.entries.set(id(update.val[0]), [checkValue(update.val[0]), checkValue(update.val[1])]);
-        break;
-      case 'map-remove':
-        s.entries.delete(id(update.val));
-        break;
-      case 'map-clear':
-        s.entries.clear();
-        break;
-      case 'list-set':
-        s.list = update.val.map(checkValue);
-        break;
-      case 'list-clear':
-        s.list = [];
-        break;
-      default:
-        throw new TypeError(`unknown update ${update.tag}`);
+  for (const w of writes) {
+    apply(w);
+  }
+}
+
+/** Applies one write, `{ state, key, update }` as `write` takes it. */
+function apply({ state, key, update }) {
+  const kind = update.tag.split('-')[0];
+  const s = slot(state, key, kind);
+  switch (update.tag) {
+    case 'value-set':
+      s.value = checkValue(update.val);
+      break;
+    case 'value-clear':
+      s.value = undefined;
+      break;
+    case 'map-put':
+      s.entries.set(id(update.val[0]), [checkValue(update.val[0]), checkValue(update.val[1])]);
+      break;
+    case 'map-remove':
+      s.entries.delete(id(update.val));
+      break;
+    case 'map-clear':
+      s.entries.clear();
+      break;
+    case 'list-set':
+      s.list = update.val.map(checkValue);
+      break;
+    case 'list-clear':
+      s.list = [];
+      break;
+    default:
+      throw new TypeError(`unknown update ${update.tag}`);
+  }
+}
+
+// The packed state-write layout (docs/wit.md, "Packed state writes",
+// layout version 1), read as the host reads it: strictly, into the
+// `{ state, key, update }` writes `write` takes, with values as the WIT
+// `value` variant (a scalar at the root as its own case, anything else as
+// a `nested` list of pre-order nodes).
+
+/** A packed buffer the host refuses, at byte `offset`. */
+export class Malformed extends Error {
+  constructor(offset, problem) {
+    super(`malformed packed state writes at byte ${offset}: ${problem}`);
+    this.offset = offset;
+  }
+}
+
+const OPS = [null, 'state', 'value-set', 'value-clear', 'map-put', 'map-remove', 'map-clear', 'list-set', 'list-clear'];
+const SCALAR_TAGS = ['boolean', 'int', 'uint', 'float', 'text', 'bytes'];
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+class Reader {
+  constructor(buf) {
+    this.buf = new Uint8Array(buf);
+    this.view = new DataView(this.buf.buffer);
+    this.pos = 0;
+    /** The state the writes read next go to. */
+    this.state = undefined;
+    /** The names of the `state` ops read, in order. */
+    this.states = [];
+  }
+
+  take(n) {
+    const left = this.buf.length - this.pos;
+    if (n > left) {
+      throw new Malformed(this.pos, `truncated: need ${n} bytes, ${left} left`);
     }
+    const at = this.pos;
+    this.pos += n;
+    return at;
+  }
+
+  u8() {
+    return this.buf[this.take(1)];
+  }
+
+  u32() {
+    return this.view.getUint32(this.take(4), true);
+  }
+
+  /** A `len: u32 LE`-prefixed byte string, copied. */
+  bytes() {
+    const n = this.u32();
+    const at = this.take(n);
+    return this.buf.slice(at, at + n);
+  }
+
+  text() {
+    const at = this.pos;
+    try {
+      return STRICT_UTF8.decode(this.bytes());
+    } catch (e) {
+      if (e instanceof Malformed) {
+        throw e;
+      }
+      throw new Malformed(at, 'text that is not UTF-8');
+    }
+  }
+
+  count(minBytes) {
+    const at = this.pos;
+    const n = this.u32();
+    const left = this.buf.length - this.pos;
+    if (n * minBytes > left) {
+      throw new Malformed(at, `a count of ${n} items in ${left} bytes`);
+    }
+    return n;
+  }
+
+  /** One value in canonical form, as a WIT `value`. */
+  value() {
+    const tag = this.buf[this.pos];
+    if (tag >= 6 && tag <= 9) {
+      const nodes = [];
+      this.node(nodes, 1);
+      return { tag: 'nested', val: nodes };
+    }
+    return this.scalar();
+  }
+
+  scalar() {
+    const at = this.pos;
+    const tag = this.u8();
+    switch (tag) {
+      case 0: {
+        const b = this.u8();
+        if (b > 1) {
+          throw new Malformed(at + 1, `a boolean of ${b}`);
+        }
+        return { tag: 'boolean', val: b === 1 };
+      }
+      case 1:
+        return { tag: 'int', val: this.view.getBigInt64(this.take(8), true) };
+      case 2:
+        return { tag: 'uint', val: this.view.getBigUint64(this.take(8), true) };
+      case 3:
+        return { tag: 'float', val: this.view.getFloat64(this.take(8), true) };
+      case 4:
+        return { tag: 'text', val: this.text() };
+      case 5:
+        return { tag: 'bytes', val: this.bytes() };
+      default:
+        throw new Malformed(at, `unknown value tag ${tag}`);
+    }
+  }
+
+  /** Appends the pre-order nodes of one value nested `depth` levels deep. */
+  node(nodes, depth) {
+    if (depth > 64) {
+      throw new Malformed(this.pos, 'a value nested too deep');
+    }
+    const tag = this.buf[this.pos];
+    if (tag === 6) {
+      this.pos += 1;
+      nodes.push({ tag: 'none' });
+    } else if (tag === 7) {
+      this.pos += 1;
+      const n = this.count(1);
+      nodes.push({ tag: 'list', val: n });
+      for (let i = 0; i < n; i += 1) {
+        this.node(nodes, depth + 1);
+      }
+    } else if (tag === 8) {
+      this.pos += 1;
+      const n = this.count(2);
+      nodes.push({ tag: 'map', val: n });
+      for (let i = 0; i < 2 * n; i += 1) {
+        this.node(nodes, depth + 1);
+      }
+    } else if (tag === 9) {
+      this.pos += 1;
+      const n = this.count(5);
+      const names = [];
+      nodes.push({ tag: 'record', val: names });
+      for (let i = 0; i < n; i += 1) {
+        names.push(this.text());
+        this.node(nodes, depth + 1);
+      }
+    } else {
+      nodes.push(this.scalar());
+    }
+  }
+
+  /** The next write, or null at the end; `state` ops are followed. */
+  next() {
+    for (;;) {
+      if (this.pos === this.buf.length) {
+        return null;
+      }
+      const at = this.pos;
+      const op = this.u8();
+      if (op === 1) {
+        this.state = this.text();
+        this.states.push(this.state);
+        continue;
+      }
+      if (!(op >= 2 && op <= 8)) {
+        throw new Malformed(at, `unknown op 0x${op.toString(16).padStart(2, '0')}`);
+      }
+      if (this.state === undefined) {
+        throw new Malformed(at, 'a write before any `state` op');
+      }
+      const key = this.bytes();
+      const tag = OPS[op];
+      let update;
+      switch (op) {
+        case 2:
+        case 5:
+          update = { tag, val: this.value() };
+          break;
+        case 4:
+          update = { tag, val: [this.value(), this.value()] };
+          break;
+        case 7: {
+          const n = this.count(1);
+          const val = [];
+          for (let i = 0; i < n; i += 1) {
+            val.push(this.value());
+          }
+          update = { tag, val };
+          break;
+        }
+        default:
+          update = { tag };
+      }
+      return { state: this.state, key, update };
+    }
+  }
+}
+
+/**
+ * The writes of a packed buffer (`{ state, key, update }`, as `write`
+ * takes them) and the state names of its `state` ops in order; throws
+ * {@link Malformed} where the host would refuse it.
+ */
+export function unpackWrites(buf) {
+  const r = new Reader(buf);
+  const writes = [];
+  for (let w = r.next(); w !== null; w = r.next()) {
+    writes.push(w);
+  }
+  return { writes, states: r.states };
+}
+
+/**
+ * `keyed-state.write-packed`: applies the writes in order; those before a
+ * fault stay applied, as on the host. The bindings copy the buffer out of
+ * guest memory; so does this (the SDK reuses its buffer).
+ */
+export function writePacked(buf) {
+  if (!(ArrayBuffer.isView(buf) && buf[Symbol.toStringTag] === 'Uint8Array')) {
+    throw new TypeError(`list<u8> lowers from a Uint8Array, not ${String(buf)}`);
+  }
+  const copy = new Uint8Array(buf);
+  host.packedCalls.push(copy);
+  const r = new Reader(copy);
+  const applied = [];
+  host.writeCalls.push(applied);
+  try {
+    for (let w = r.next(); w !== null; w = r.next()) {
+      apply(w);
+      applied.push(w);
+    }
+  } catch (e) {
+    throw e instanceof Malformed ? new ComponentError(e.message) : e;
   }
 }
 

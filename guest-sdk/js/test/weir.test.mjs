@@ -8,6 +8,7 @@ import { beforeEach, test } from 'node:test';
 import {
   I64_MAX,
   I64_MIN,
+  Malformed,
   advanceProcessingTime,
   advanceWatermark,
   finish,
@@ -16,6 +17,8 @@ import {
   host,
   reset,
   timersOf,
+  unpackWrites,
+  writePacked,
 } from './host.mjs';
 
 let fresh = 0;
@@ -1272,4 +1275,312 @@ test('many keys changed by timers are flushed after the call', async () => {
   assert.equal(take(weir).length, 3);
   assert.deepEqual(host.writeCalls.slice(1).map((c) => c.map((w) => w.update.tag)), [['map-remove', 'map-remove', 'map-remove']]);
   assert.deepEqual(windowState('k2'), {});
+});
+
+// Packed state writes (docs/wit.md, "Packed state writes"): the flush
+// goes through `keyed-state.write-packed`; the in-memory host unpacks the
+// buffer strictly, so every test above that writes state checks it too.
+
+/**
+ * The writes of `goldenOperator`, packed by hand from the layout and
+ * checked against `weir_format::writes::WritesWriter` in Rust
+ * (host/format/src/writes.rs) and the Python SDK
+ * (guest-sdk/python/tests/test_packed.py).
+ */
+const GOLDEN = [
+  '0105000000636f756e74', // state "count"
+  '02010000006101feffffffffffffff', // value-set "a": int -2
+  '030100000062', // value-clear "b"
+  '010400000074616773', // state "tags"
+  // map-put "a": text "x" -> record {n: uint 2**63, ok: true}
+  '0401000000610401000000780902000000010000006e020000000000000080020000006f6b0001',
+  '050100000061010700000000000000', // map-remove "a": int 7
+  '060100000063', // map-clear "c"
+  '01040000007365656e', // state "seen"
+  // list-set "a": [1.5, none, bytes 00ff, ["é"], {1: "one"}]
+  '0701000000610500000003000000000000f83f06050200000000ff07010000000402000000c3a9' +
+    '080100000001010000000000000004030000006f6e65',
+  '080100000064', // list-clear "d"
+].join('');
+
+const hex = (b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+
+/** Writes the golden buffer's writes in one flush, for records keyed a, b, c and d in that order. */
+function goldenOperator(weir) {
+  return class extends weir.Operator {
+    open() {
+      this.count = new weir.ValueState('count');
+      this.tags = new weir.MapState('tags');
+      this.seen = new weir.ListState('seen');
+    }
+
+    process(record) {
+      switch (record.keyString()) {
+        case 'a':
+          this.count.set(-2);
+          this.tags.put('x', { n: 2n ** 63n, ok: true });
+          this.tags.remove(7);
+          this.seen.set([1.5, null, new Uint8Array([0, 255]), ['é'], new Map([[1, 'one']])]);
+          break;
+        case 'b':
+          this.count.clear();
+          break;
+        case 'c':
+          this.tags.clear();
+          break;
+        default:
+          this.seen.clear();
+      }
+    }
+  };
+}
+
+const abcd = () => batch(['a', 'b', 'c', 'd'].map((k) => [k, '', null]));
+
+test('the golden buffer: the same bytes as the Rust and Python SDKs', async () => {
+  const [, op] = await open(goldenOperator);
+  op.process(abcd());
+  assert.equal(op.snapshot(1n), undefined);
+  assert.deepEqual(host.packedCalls.map(hex), [GOLDEN]);
+  assert.deepEqual(host.writeCalls.map((c) => c.length), [7]);
+});
+
+test('a state op starts each run of one state, and keys go in the order they changed', async () => {
+  const [, op] = await open(goldenOperator);
+  op.process(abcd());
+  op.snapshot(1n);
+  const { writes, states } = unpackWrites(host.packedCalls[0]);
+  assert.deepEqual(states, ['count', 'tags', 'seen']);
+  assert.deepEqual(
+    writes.map((w) => [w.state, str(w.key), w.update.tag]),
+    [
+      ['count', 'a', 'value-set'],
+      ['count', 'b', 'value-clear'],
+      ['tags', 'a', 'map-put'],
+      ['tags', 'a', 'map-remove'],
+      ['tags', 'c', 'map-clear'],
+      ['seen', 'a', 'list-set'],
+      ['seen', 'd', 'list-clear'],
+    ],
+  );
+  assert.deepEqual(host.store.get('count\0a').value, { tag: 'int', val: -2n });
+  assert.deepEqual([...host.store.get('tags\0a').entries.values()].map(([k]) => k), [{ tag: 'text', val: 'x' }]);
+  assert.deepEqual(host.store.get('seen\0a').list[0], { tag: 'float', val: 1.5 });
+
+  // Two states written in turns still make one run each.
+  reset();
+  const keys = Array.from({ length: 50 }, (_, i) => `k${50 - i}`);
+  const [, turns] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.a = new w.ValueState('a');
+          this.b = new w.ValueState('b');
+        }
+
+        process(record) {
+          (record.valueString() === 'a' ? this.a : this.b).set(1);
+        }
+      },
+  );
+  turns.process(batch(keys.map((k, i) => [k, 'ab'[i % 2], null])));
+  turns.snapshot(1n);
+  const packed = unpackWrites(host.packedCalls[0]);
+  assert.deepEqual(packed.states, ['a', 'b']);
+  assert.deepEqual(
+    packed.writes.map((w) => str(w.key)),
+    [...keys.filter((_, i) => i % 2 === 0), ...keys.filter((_, i) => i % 2 === 1)],
+  );
+});
+
+test('every value packs to the WIT value the write path stored', async () => {
+  let deep64 = null;
+  for (let i = 1; i < 64; i += 1) {
+    deep64 = [deep64];
+  }
+  const nullProto = Object.create(null);
+  nullProto.field = 'x';
+  const values = [
+    true, false, 0, -0, 42, -7, Number.MAX_SAFE_INTEGER, Number.MIN_SAFE_INTEGER, 2 ** 53, -(2 ** 60),
+    1.5, -1.5e-300, NaN, Infinity, -Infinity, 12n, -12n, 2n ** 53n, I64_MIN, I64_MAX, 2n ** 63n, 2n ** 64n - 1n,
+    '', 'text', 'é and 😀', 'a'.repeat(40), 'ü'.repeat(100), '\0', new Uint8Array(0), utf8('raw'),
+    new foreign.Uint8Array([1, 2]), utf8('a view').subarray(2), null, [], [1, 'a', null, undefined],
+    [1, , 3], new Map(), new Map([[1, 'one'], ['two', [true]], [[1, 2], new Map()]]), {},
+    { count: 3, tags: ['a'], 'ключ': 1n }, { inner: { empty: {}, none: null, raw: utf8('r') } }, nullProto, deep64,
+  ];
+  const [, op] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.v = new w.ValueState('v');
+          this.l = new w.ListState('l');
+          this.m = new w.MapState('m');
+          // Operator state still lowers values through the WIT `value`
+          // variant (`toValue`): the write path, to compare with.
+          this.ops = new w.OperatorListState('ops');
+        }
+
+        process(record) {
+          const v = values[Number(record.valueString())];
+          this.v.set(v);
+          this.l.set([v, v]);
+          this.m.put('k', v);
+        }
+
+        snapshot() {
+          this.ops.replace(values);
+        }
+      },
+  );
+  op.process(batch(values.map((_, i) => [`k${i}`, String(i), null])));
+  assert.equal(op.snapshot(1n), undefined);
+  assert.equal(host.packedCalls.length, 1, 'one buffer for the whole flush');
+  const wit = host.operatorState.get('ops');
+  values.forEach((v, i) => {
+    const what = `value ${i}`;
+    const stored = host.store.get(`v\0k${i}`).value;
+    assert.deepEqual(plain(stored), v === null ? undefined : plain(wit[i]), what);
+    assert.deepEqual(plain(host.store.get(`l\0k${i}`).list), plain([wit[i], wit[i]]), what);
+    assert.deepEqual(plain([...host.store.get(`m\0k${i}`).entries.values()]), plain([[{ tag: 'text', val: 'k' }, wit[i]]]), what);
+  });
+  assert.deepEqual(host.store.get('v\0k3').value, { tag: 'int', val: 0n }, '-0 is the int 0, as before');
+
+  // float(x) is a float in a tree too.
+  reset();
+  const [, floats] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.v = new w.ValueState('v');
+        }
+
+        process() {
+          this.v.set([w.float(6), 6]);
+        }
+      },
+  );
+  floats.process(batch([['k', '', null]]));
+  floats.snapshot(1n);
+  assert.deepEqual(host.store.get('v\0k').value.val.slice(1), [{ tag: 'float', val: 6 }, { tag: 'int', val: 6n }]);
+});
+
+test('64 levels of nesting are stored, 65 refused at the call', async () => {
+  const nest = (levels) => {
+    let v = 'leaf';
+    for (let i = 1; i < levels; i += 1) {
+      v = [v];
+    }
+    return v;
+  };
+  const [, op] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.v = new w.ValueState('v');
+        }
+
+        process(record) {
+          this.v.set(nest(Number(record.valueString())));
+        }
+      },
+  );
+  assert.equal(op.process(batch([['k', '64', null]])), undefined);
+  assert.equal(op.snapshot(1n), undefined);
+  assert.equal(host.store.get('v\0k').value.val.length, 64);
+  const r = op.process(batch([['k', '65', null]]));
+  assert.match(r.val, /^RangeError: state values nest at most 64 levels deep/);
+});
+
+test('a flush of more writes than a chunk is sent in chunks', async () => {
+  const keys = 70_000;
+  const [weir, op] = await open(wordCount);
+  weir.setDirtyLimit(Infinity);
+  op.process(batch(Array.from({ length: keys }, (_, i) => [`k${i}`, 'x', null])));
+  assert.equal(host.packedCalls.length, 0);
+  assert.equal(op.snapshot(1n), undefined);
+  assert.deepEqual(host.writeCalls.map((c) => c.length), [65_536, keys - 65_536]);
+  // Each buffer stands alone: it names its state before its first write.
+  assert.deepEqual(host.packedCalls.map((b) => unpackWrites(b).states), [['count'], ['count']]);
+  assert.deepEqual(host.store.get(`count\0k${keys - 1}`).value, { tag: 'int', val: 1n });
+  assert.equal(host.store.size, keys);
+  op.close();
+  assert.equal(host.packedCalls.length, 2, 'nothing left to write');
+});
+
+test('a packed buffer is sent once it reaches 4 MiB', async () => {
+  const big = 'x'.repeat(100_000);
+  const [weir, op] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.v = new w.ValueState('v');
+        }
+
+        process() {
+          this.v.set(big);
+        }
+      },
+  );
+  weir.setDirtyLimit(Infinity);
+  op.process(batch(Array.from({ length: 60 }, (_, i) => [`k${i}`, '', null])));
+  op.close();
+  const write = 1 + 4 + 3 + 1 + 4 + big.length; // a key of 2 or 3 bytes
+  assert.equal(host.writeCalls.flat().length, 60);
+  assert.ok(host.packedCalls.length >= 2, `${host.packedCalls.length} buffers`);
+  for (const b of host.packedCalls.slice(0, -1)) {
+    assert.ok(b.length >= 4 << 20 && b.length < (4 << 20) + write, `${b.length} bytes`);
+  }
+  assert.deepEqual(host.store.get('v\0k59').value, { tag: 'text', val: big });
+});
+
+test('a write the host refuses fails the hook with its message', async () => {
+  // The key holds map state `count`: a value write to it is refused.
+  host.store.set('count\0a', { kind: 'map', entries: new Map(), list: [] });
+  const [, other] = await open(
+    (w) =>
+      class extends w.Operator {
+        open() {
+          this.count = new w.ValueState('count');
+        }
+
+        process() {
+          this.count.set(1);
+        }
+      },
+  );
+  other.process(batch([['a', '', null]]));
+  assert.deepEqual(other.snapshot(1n), { tag: 'err', val: 'state `count` is a map state, not a value state' });
+});
+
+test('the in-memory host refuses malformed packed buffers at their offset', () => {
+  const refused = (bytes) => {
+    try {
+      unpackWrites(new Uint8Array(bytes));
+    } catch (e) {
+      assert.ok(e instanceof Malformed);
+      return e.message;
+    }
+    throw new Error(`accepted ${bytes}`);
+  };
+  const head = [1, 1, 0, 0, 0, 's'.charCodeAt(0), 2, 0, 0, 0, 0];
+  assert.equal(refused([9]), 'malformed packed state writes at byte 0: unknown op 0x09');
+  assert.match(refused([3, 0, 0, 0, 0]), /a write before any `state` op/);
+  assert.match(refused([1, 1, 0, 0, 0, 0xff]), /at byte 1: text that is not UTF-8/);
+  assert.match(refused([...head, 0, 2]), /at byte 12: a boolean of 2/);
+  assert.match(refused([...head, 10]), /unknown value tag 10/);
+  assert.match(refused([...head, 7, 255, 255, 255, 255]), /a count of 4294967295 items/);
+  assert.match(refused([...head, ...Array(64).fill([7, 1, 0, 0, 0]).flat(), 6]), /at byte 331: a value nested too deep/);
+  const full = Buffer.from(GOLDEN, 'hex');
+  assert.equal(unpackWrites(full).writes.length, 7);
+  for (let cut = 1; cut < full.length; cut += 1) {
+    try {
+      unpackWrites(full.subarray(0, cut));
+    } catch (e) {
+      assert.match(e.message, /truncated|a count of/, `cut at ${cut}`);
+    }
+  }
+  // Writes before a fault stay applied, as on the host.
+  assert.throws(() => writePacked(new Uint8Array([...full.subarray(0, 31), 0x7f])), /at byte 31: unknown op 0x7f/);
+  assert.deepEqual(host.store.get('count\0a').value, { tag: 'int', val: -2n });
+  assert.deepEqual(host.writeCalls.map((c) => c.length), [2]);
 });
