@@ -175,12 +175,33 @@ fn unaligned_checkpoints_survive_kill_9_exactly_once_too() {
     kill_and_resume("unaligned = true");
 }
 
+#[test]
+fn whole_checkpoints_survive_kill_9_exactly_once_too() {
+    kill_and_resume("incremental = false");
+}
+
+/// How many of the completed checkpoints in `storage` are incremental (a
+/// subtask lists a `base`).
+fn incremental_checkpoints(storage: &Path) -> usize {
+    completed_checkpoints(storage)
+        .iter()
+        .filter(|c| {
+            let path = storage.join("wordcount").join(c).join("_metadata");
+            std::fs::read_to_string(path).is_ok_and(|m| m.contains("\"base\""))
+        })
+        .count()
+}
+
 /// Runs the 5M-word count with checkpoints (plus `extra` settings),
 /// `kill -9`s it at random moments at least 5 times, resumes each time with
 /// `--from-latest`, and checks the committed output is exactly once.
 fn kill_and_resume(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let text = corpus(500_000, 20_000);
+    // Incremental: enough distinct words that an interval changes a few of
+    // them, as state larger than what changes per second is.
+    let whole = extra.contains("incremental = false");
+    let deltas = !whole && !extra.contains("unaligned");
+    let text = corpus(500_000, if deltas { 1_000_000 } else { 20_000 });
     assert!(text.split_whitespace().count() >= 5_000_000);
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).unwrap();
@@ -196,6 +217,7 @@ fn kill_and_resume(extra: &str) {
     // file its listing hides), and a checkpoint that never completed: the
     // next run's garbage collection finds and removes both.
     let mut planted: Vec<std::path::PathBuf> = Vec::new();
+    let mut incremental = 0;
     let finished = loop {
         let log = dir.path().join(format!("run-{kills}.log"));
         let before = newest_completed(&storage);
@@ -214,8 +236,10 @@ fn kill_and_resume(extra: &str) {
             // Each life makes progress — a new checkpoint completes — then
             // dies a random moment later: short enough that five lives stay
             // well under the ~3.5 s an uninterrupted run takes here.
+            // Incremental: two, since a life's first checkpoint is whole.
+            let progress = if deltas { before + 1 } else { before };
             let start = Instant::now();
-            while newest_completed(&storage) <= before && child.try_wait().unwrap().is_none() {
+            while newest_completed(&storage) <= progress && child.try_wait().unwrap().is_none() {
                 assert!(
                     start.elapsed() < Duration::from_secs(120),
                     "no checkpoint completes"
@@ -249,6 +273,7 @@ fn kill_and_resume(extra: &str) {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
+        incremental += incremental_checkpoints(&storage);
         if !refused && !completed_checkpoints(&storage).is_empty() {
             // Without a flag the job refuses to start over its checkpoints,
             // and touches neither them nor the sink's output.
@@ -280,6 +305,16 @@ fn kill_and_resume(extra: &str) {
         "the job finished after only {finished} kills"
     );
     assert!(refused, "no checkpoint completed between kills");
+    // Incremental by default: resumed lives restore from checkpoints that
+    // extend earlier ones.
+    if whole {
+        assert_eq!(incremental, 0);
+    } else if deltas {
+        assert!(
+            incremental > 0,
+            "no incremental checkpoint was left by a kill"
+        );
+    }
     assert!(!planted.is_empty(), "the leftovers of a crash were planted");
     let second = std::fs::read_to_string(dir.path().join("run-1.log")).unwrap();
     assert!(
@@ -289,6 +324,90 @@ fn kill_and_resume(extra: &str) {
     assert_exactly_once(&out, &text);
     // A finished job's checkpoints are discarded, as in Flink.
     assert!(completed_checkpoints(&storage).is_empty());
+}
+
+#[test]
+fn an_incremental_checkpoint_reads_its_base_and_says_what_is_missing_or_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = corpus(300_000, 1_000_000);
+    let input = dir.path().join("corpus.txt");
+    std::fs::write(&input, &text).unwrap();
+    let (out, storage) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        checkpointed_job(&input, &out, &storage, "retained = 50"),
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = spawn_weir(&["run", "--quiet", job], &log);
+    let start = Instant::now();
+    while incremental_checkpoints(&storage) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(120),
+            "no incremental checkpoint:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let job_dir = storage.join("wordcount");
+    let delta = completed_checkpoints(&storage)
+        .into_iter()
+        .find(|c| {
+            std::fs::read_to_string(job_dir.join(c).join("_metadata"))
+                .unwrap()
+                .contains("\"base\"")
+        })
+        .unwrap();
+    let at = job_dir.join(&delta);
+    let metadata: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(at.join("_metadata")).unwrap()).unwrap();
+    let base = metadata["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["subtasks"].as_array().unwrap())
+        .find_map(|s| s.get("base"))
+        .unwrap()[0]
+        .clone();
+    let base_file = job_dir
+        .join(format!("chk-{}", base["checkpoint"]))
+        .join(base["file"].as_str().unwrap());
+    // Read whole: every key of the count, from its base and its deltas.
+    let inspect = weir(&["savepoint", "inspect", at.to_str().unwrap()]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let shown = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert!(shown.contains("state `count`  value"), "{shown}");
+    // Moved out of its job's directory, it says why it cannot be read.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    std::fs::copy(at.join("_metadata"), moved.join("_metadata")).unwrap();
+    let o = weir(&["run", "--quiet", job, "-s", moved.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is an incremental checkpoint") && stderr(&o).contains(&delta),
+        "{}",
+        stderr(&o)
+    );
+    // A base file gone: the restore fails naming it, and nothing is lost.
+    let kept = dir.path().join("kept.state");
+    std::fs::rename(&base_file, &kept).unwrap();
+    let o = weir(&["run", "--quiet", job, "-s", at.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&base_file.display().to_string()) && e.contains("is missing"),
+        "{e}"
+    );
+    std::fs::rename(&kept, &base_file).unwrap();
+    // With it back, the job resumes from the incremental checkpoint and
+    // commits every word exactly once.
+    let o = weir(&["run", "--quiet", job, "-s", at.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_exactly_once(&out, &text);
 }
 
 #[test]

@@ -142,6 +142,9 @@ pub struct CheckpointsSpec {
     pub retained: Option<u32>,
     /// `retain` or `delete` retained checkpoints when the job is cancelled.
     pub retention_on_cancel: Option<RetentionOnCancel>,
+    /// Write only the keyed state that changed since the last completed
+    /// checkpoint.
+    pub incremental: Option<bool>,
     /// A URL or a path (relative to the job file's directory).
     pub storage: Option<String>,
 }
@@ -1360,6 +1363,7 @@ fn checkpoint_config(spec: Option<CheckpointsSpec>, problems: &mut Problems) -> 
     }
     config.tolerable_failures = spec.tolerable_failures.unwrap_or(config.tolerable_failures);
     config.unaligned = spec.unaligned.unwrap_or(config.unaligned);
+    config.incremental = spec.incremental.unwrap_or(config.incremental);
     if config.unaligned {
         // Flink's rules: at-least-once never aligns, so there is nothing to
         // skip; concurrent unaligned checkpoints would store the same
@@ -1434,6 +1438,7 @@ fn checkpoint_config(spec: Option<CheckpointsSpec>, problems: &mut Problems) -> 
             ("aligned_timeout", spec.aligned_timeout.is_some()),
             ("retained", spec.retained.is_some()),
             ("retention_on_cancel", spec.retention_on_cancel.is_some()),
+            ("incremental", spec.incremental.is_some()),
         ] {
             if set {
                 problems.add(
@@ -2068,6 +2073,7 @@ unaligned = true
 aligned_timeout = "30s"
 retained = 3
 retention_on_cancel = "delete"
+incremental = false
 storage = "s3://bucket/weir"
 "#,
         ))
@@ -2085,6 +2091,7 @@ storage = "s3://bucket/weir"
                 aligned_timeout: Some(Duration::from_secs(30)),
                 retained: 3,
                 retention_on_cancel: RetentionOnCancel::Delete,
+                incremental: false,
                 storage: "s3://bucket/weir".into(),
             }
         );

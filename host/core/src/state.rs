@@ -191,6 +191,179 @@ mod views {
     }
 }
 
+mod delta {
+    //! Serialization of a key group's recorded changes with the shape of
+    //! `weir_format::state::KeyGroupDelta`, straight from the live tables:
+    //! a changed key still present is written with its state now, one no
+    //! longer present as removed.
+
+    use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
+
+    use super::bytes_codec::BytesRef;
+    use super::{MapEntries, Table, Value};
+
+    /// One state's changed keys, split into those present and removed.
+    pub(super) struct StateChanges<'a> {
+        pub(super) name: &'a str,
+        table: Option<&'a Table>,
+        present: Vec<&'a [u8]>,
+        removed: Vec<&'a [u8]>,
+    }
+
+    impl<'a> StateChanges<'a> {
+        pub(super) fn new(
+            name: &'a str,
+            table: Option<&'a Table>,
+            keys: impl Iterator<Item = &'a Vec<u8>>,
+        ) -> Self {
+            let (mut present, mut removed) = (Vec::new(), Vec::new());
+            for key in keys {
+                let here = match table {
+                    Some(Table::Value(t)) => t.contains_key(key),
+                    Some(Table::Map(t)) => t.contains_key(key),
+                    Some(Table::List(t)) => t.contains_key(key),
+                    None => false,
+                };
+                if here {
+                    present.push(key.as_slice());
+                } else {
+                    removed.push(key.as_slice());
+                }
+            }
+            Self {
+                name,
+                table,
+                present,
+                removed,
+            }
+        }
+    }
+
+    pub(super) struct DeltaView<'a> {
+        pub(super) key_group: u32,
+        pub(super) states: Vec<StateChanges<'a>>,
+    }
+
+    impl Serialize for DeltaView<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("KeyGroupDelta", 3)?;
+            st.serialize_field("key_group", &self.key_group)?;
+            st.serialize_field("changed", &Changed(&self.states))?;
+            st.serialize_field("removed", &Removed(&self.states))?;
+            st.end()
+        }
+    }
+
+    struct Changed<'a>(&'a [StateChanges<'a>]);
+
+    impl Serialize for Changed<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let states = || self.0.iter().filter(|c| !c.present.is_empty());
+            let mut seq = s.serialize_seq(Some(states().count()))?;
+            for c in states() {
+                seq.serialize_element(&Named(c))?;
+            }
+            seq.end()
+        }
+    }
+
+    struct Named<'a>(&'a StateChanges<'a>);
+
+    impl Serialize for Named<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("NamedStateSnapshot", 2)?;
+            st.serialize_field("name", self.0.name)?;
+            st.serialize_field("entries", &Entries(self.0))?;
+            st.end()
+        }
+    }
+
+    struct Entries<'a>(&'a StateChanges<'a>);
+
+    impl Serialize for Entries<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let keys = &self.0.present;
+            // The indices of `StateEntries`' variants: value, map, list.
+            match self.0.table {
+                Some(Table::Value(t)) => {
+                    s.serialize_newtype_variant("StateEntries", 0, "Value", &Pairs(keys, |k| &t[k]))
+                }
+                Some(Table::Map(t)) => s.serialize_newtype_variant(
+                    "StateEntries",
+                    1,
+                    "Map",
+                    &Pairs(keys, |k| MapValues(&t[k])),
+                ),
+                Some(Table::List(t)) => {
+                    s.serialize_newtype_variant("StateEntries", 2, "List", &Pairs(keys, |k| &t[k]))
+                }
+                None => unreachable!("invariant: a present key has a table"),
+            }
+        }
+    }
+
+    struct Pairs<'a, F>(&'a [&'a [u8]], F);
+
+    impl<'a, V: Serialize, F: Fn(&'a [u8]) -> V> Serialize for Pairs<'a, F> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for key in self.0 {
+                seq.serialize_element(&(BytesRef(key), (self.1)(key)))?;
+            }
+            seq.end()
+        }
+    }
+
+    struct MapValues<'a>(&'a MapEntries);
+
+    impl Serialize for MapValues<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for entry in self.0.values() {
+                let (k, v): &(Value, Value) = entry;
+                seq.serialize_element(&(k, v))?;
+            }
+            seq.end()
+        }
+    }
+
+    struct Removed<'a>(&'a [StateChanges<'a>]);
+
+    impl Serialize for Removed<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let states = || self.0.iter().filter(|c| !c.removed.is_empty());
+            let mut seq = s.serialize_seq(Some(states().count()))?;
+            for c in states() {
+                seq.serialize_element(&RemovedKeys(c))?;
+            }
+            seq.end()
+        }
+    }
+
+    struct RemovedKeys<'a>(&'a StateChanges<'a>);
+
+    impl Serialize for RemovedKeys<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("RemovedKeys", 2)?;
+            st.serialize_field("name", self.0.name)?;
+            st.serialize_field("keys", &Keys(&self.0.removed))?;
+            st.end()
+        }
+    }
+
+    struct Keys<'a>(&'a [&'a [u8]]);
+
+    impl Serialize for Keys<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for key in self.0 {
+                seq.serialize_element(&BytesRef(key))?;
+            }
+            seq.end()
+        }
+    }
+}
+
 /// One change to a keyed state entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
@@ -338,6 +511,36 @@ pub trait KeyedStateBackend: Send {
     /// state name arrives as two kinds, or as another kind than it is
     /// already bound to here.
     fn restore(&mut self, groups: Vec<KeyGroupSnapshot>) -> Result<(), StateError>;
+    /// Starts recording which keys change, for incremental checkpoints
+    /// ([`KeyedStateBackend::encode_changes`]). A backend that cannot
+    /// leaves it off, and every checkpoint of it is whole.
+    fn track_changes(&mut self) {}
+    /// Whether changes are recorded.
+    fn tracks_changes(&self) -> bool {
+        false
+    }
+    /// How many (state, key) changes are recorded.
+    fn changes_len(&self) -> usize {
+        0
+    }
+    /// Ends the current change interval and returns its number: every
+    /// change recorded so far is in it or an earlier one. Intervals count
+    /// from 1; a checkpoint's synchronous phase ends one.
+    fn end_interval(&mut self) -> u64 {
+        0
+    }
+    /// Forgets the changes of intervals up to `through` (the interval the
+    /// last completed checkpoint ended, which holds them).
+    fn forget_changes(&mut self, through: u64) {
+        let _ = through;
+    }
+    /// Forgets the changes up to interval `through`, then encodes every key
+    /// changed since as key-group delta sections: its state now, or its
+    /// removal. Only with [`KeyedStateBackend::tracks_changes`].
+    fn encode_changes(&mut self, through: u64) -> Vec<weir_format::checkpoint::EncodedKeyGroup> {
+        let _ = through;
+        Vec::new()
+    }
     /// Whether the backend holds no entry.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -455,6 +658,51 @@ pub struct MemoryStateBackend {
     kinds: HashMap<String, StateKind>,
     /// [`KeyedStateBackend::approx_bytes`], kept by every write.
     bytes: u64,
+    /// What changed, once incremental checkpoints asked for it.
+    changes: Option<Changes>,
+}
+
+/// The keys changed per key group and state, each with the interval it
+/// last changed in (a checkpoint's synchronous phase ends an interval).
+#[derive(Debug)]
+struct Changes {
+    interval: u64,
+    groups: Vec<HashMap<String, HashMap<Vec<u8>, u64>>>,
+}
+
+impl Changes {
+    fn record(&mut self, idx: usize, name: &str, key: &[u8]) {
+        let group = &mut self.groups[idx];
+        // Look up before inserting, as `table_mut` does: no allocation
+        // for a key that changed before.
+        if !group.contains_key(name) {
+            group.insert(name.to_owned(), HashMap::default());
+        }
+        let keys = group.get_mut(name).expect("inserted above");
+        match keys.get_mut(key) {
+            Some(interval) => *interval = self.interval,
+            None => {
+                keys.insert(key.to_vec(), self.interval);
+            }
+        }
+    }
+
+    fn forget(&mut self, through: u64) {
+        for group in &mut self.groups {
+            for keys in group.values_mut() {
+                keys.retain(|_, interval| *interval > through);
+            }
+            group.retain(|_, keys| !keys.is_empty());
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.groups
+            .iter()
+            .flat_map(|g| g.values())
+            .map(|k| k.len())
+            .sum()
+    }
 }
 
 impl MemoryStateBackend {
@@ -465,6 +713,7 @@ impl MemoryStateBackend {
             groups: (0..range.len()).map(|_| HashMap::default()).collect(),
             kinds: HashMap::default(),
             bytes: 0,
+            changes: None,
         }
     }
 
@@ -658,7 +907,74 @@ impl KeyedStateBackend for MemoryStateBackend {
             ),
         }
         self.bytes = (self.bytes + added as u64).saturating_sub(removed as u64);
+        if let Some(changes) = &mut self.changes {
+            changes.record((kg.0 - self.range.start) as usize, name, key);
+        }
         Ok(())
+    }
+
+    fn track_changes(&mut self) {
+        if self.changes.is_none() {
+            self.changes = Some(Changes {
+                interval: 1,
+                groups: (0..self.range.len()).map(|_| HashMap::default()).collect(),
+            });
+        }
+    }
+
+    fn tracks_changes(&self) -> bool {
+        self.changes.is_some()
+    }
+
+    fn changes_len(&self) -> usize {
+        self.changes.as_ref().map_or(0, Changes::len)
+    }
+
+    fn end_interval(&mut self) -> u64 {
+        match &mut self.changes {
+            Some(changes) => {
+                changes.interval += 1;
+                changes.interval - 1
+            }
+            None => 0,
+        }
+    }
+
+    fn forget_changes(&mut self, through: u64) {
+        if let Some(changes) = &mut self.changes {
+            changes.forget(through);
+        }
+    }
+
+    fn encode_changes(&mut self, through: u64) -> Vec<weir_format::checkpoint::EncodedKeyGroup> {
+        let Some(changes) = &mut self.changes else {
+            return Vec::new();
+        };
+        changes.forget(through);
+        let mut out = Vec::new();
+        for (kg, (tables, changed)) in
+            (self.range.start..).zip(self.groups.iter().zip(&changes.groups))
+        {
+            if changed.is_empty() {
+                continue;
+            }
+            let mut states: Vec<delta::StateChanges<'_>> = changed
+                .iter()
+                .map(|(name, keys)| delta::StateChanges::new(name, tables.get(name), keys.keys()))
+                .collect();
+            states.sort_unstable_by(|a, b| a.name.cmp(b.name));
+            let view = delta::DeltaView {
+                key_group: kg,
+                states,
+            };
+            out.push(weir_format::checkpoint::EncodedKeyGroup {
+                key_group: kg,
+                payload: postcard::to_allocvec(&view)
+                    .expect("invariant: postcard serializes state into a vector without error"),
+                delta: true,
+            });
+        }
+        out
     }
 
     fn len(&self) -> usize {
@@ -755,6 +1071,7 @@ impl KeyedStateBackend for MemoryStateBackend {
         for group in &groups {
             self.groups[(group.key_group - self.range.start) as usize].clear();
         }
+        let groups_restored: Vec<u32> = groups.iter().map(|g| g.key_group).collect();
         for group in groups {
             let tables = &mut self.groups[(group.key_group - self.range.start) as usize];
             for state in group.states {
@@ -771,6 +1088,12 @@ impl KeyedStateBackend for MemoryStateBackend {
             .flat_map(|g| g.values())
             .map(Table::approx_bytes)
             .sum();
+        // What a restore loaded is in the snapshot it came from.
+        if let Some(changes) = &mut self.changes {
+            for group in &groups_restored {
+                changes.groups[(group - self.range.start) as usize].clear();
+            }
+        }
         Ok(())
     }
 }
@@ -1071,6 +1394,92 @@ mod tests {
             restored.list_get(KeyGroup(5), "count", b"k"),
             Err(StateError::KindMismatch { .. })
         ));
+    }
+
+    /// A full checkpoint, then deltas: the chain restores exactly the
+    /// state a full checkpoint taken at the last one would hold.
+    #[test]
+    fn a_full_checkpoint_and_its_deltas_restore_the_live_state() {
+        use weir_format::checkpoint::{
+            SubtaskSnapshot, decode_state_file_with_deltas, encode_state_file,
+            encode_state_file_with, merge_chain,
+        };
+        let mut b = backend();
+        b.track_changes();
+        let full = |b: &MemoryStateBackend| {
+            let file = encode_state_file(&SubtaskSnapshot {
+                keyed: b.snapshot(),
+                ..SubtaskSnapshot::default()
+            });
+            decode_state_file_with_deltas("full", &file.bytes).unwrap()
+        };
+        let delta = |b: &mut MemoryStateBackend, through| {
+            let file =
+                encode_state_file_with(&SubtaskSnapshot::default(), b.encode_changes(through));
+            decode_state_file_with_deltas("delta", &file.bytes).unwrap()
+        };
+        let populated = populated();
+        b.restore(populated.snapshot()).unwrap();
+        assert_eq!(b.changes_len(), 0, "what a restore loads is no change");
+        // Checkpoint 1 (interval 1): full.
+        let one = b.end_interval();
+        let base = full(&b);
+        // Interval 2: a value changes, a map entry goes, a list is
+        // cleared, a new key and a new state appear, a key comes and goes.
+        let kg = KeyGroup(4);
+        b.apply(kg, "count", &[1, 4], Update::ValueSet(Value::Int(100)))
+            .unwrap();
+        b.apply(kg, "seen", &[2, 4], Update::MapRemove(Value::None))
+            .unwrap();
+        b.apply(KeyGroup(6), "recent", &[3, 6], Update::ListClear)
+            .unwrap();
+        b.apply(
+            KeyGroup(5),
+            "fresh",
+            b"n",
+            Update::ValueSet(Value::Boolean(true)),
+        )
+        .unwrap();
+        b.apply(kg, "count", b"brief", Update::ValueSet(Value::Int(1)))
+            .unwrap();
+        b.apply(kg, "count", b"brief", Update::ValueClear).unwrap();
+        assert_eq!(b.changes_len(), 5);
+        // Checkpoint 2 extends 1: only the changes since interval 1.
+        let two = b.end_interval();
+        let d2 = delta(&mut b, one);
+        assert_eq!(
+            d2.1.iter().map(|d| d.key_group).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        // Interval 3: another change. Checkpoint 3 extends 2, which
+        // completed, so interval 2's changes are forgotten.
+        b.apply(KeyGroup(7), "count", &[5, 7], Update::ValueClear)
+            .unwrap();
+        let three = b.end_interval();
+        let d3 = delta(&mut b, two);
+        assert_eq!(b.changes_len(), 1);
+        assert_eq!(d3.1.len(), 1);
+        let merged = merge_chain(vec![base.clone(), d2, d3]).unwrap();
+        assert_eq!(sorted(merged.keyed), sorted(b.snapshot()));
+        // Had checkpoint 2 failed, checkpoint 3 would extend 1 with every
+        // change since: here the changes of interval 3 remain, those of 2
+        // are gone, so a fresh tracker shows the rule instead.
+        b.forget_changes(three);
+        assert_eq!(b.changes_len(), 0);
+        let mut c = backend();
+        c.track_changes();
+        c.apply(kg, "count", b"x", Update::ValueSet(Value::Int(1)))
+            .unwrap();
+        let first = c.end_interval();
+        c.apply(kg, "count", b"y", Update::ValueSet(Value::Int(2)))
+            .unwrap();
+        c.end_interval();
+        // Nothing completed after interval 0: both changes go out.
+        let d = delta(&mut c, 0);
+        assert_eq!(d.1[0].changed[0].entries.len(), 2);
+        // Once the checkpoint of interval 1 completed, only `y`.
+        let d = delta(&mut c, first);
+        assert_eq!(d.1[0].changed[0].entries.len(), 1);
     }
 
     #[test]

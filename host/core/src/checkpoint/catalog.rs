@@ -281,13 +281,15 @@ pub fn snapshot_dir(location: &str) -> &str {
 }
 
 /// An incremental checkpoint opened outside its job's directory.
-fn missing_base(location: &str, expected: &str, found: &str) -> Error {
-    Error::Restore {
-        message: format!(
-            "{location} is an incremental checkpoint: it reads state files of earlier \
-             checkpoints beside it, so it must stay in its job's directory as `{expected}` \
-             (it is in `{found}`); restore from that directory, or from a savepoint"
-        ),
+fn missing_base(location: &str, expected: &str, found: &str, purpose: Purpose) -> Error {
+    let message = format!(
+        "{location} is an incremental checkpoint: it reads state files of earlier \
+         checkpoints beside it, so it must stay in its job's directory as `{expected}` \
+         (it is in `{found}`); use it from that directory, or take a savepoint"
+    );
+    match purpose {
+        Purpose::Restore => Error::Restore { message },
+        _ => Error::Savepoint { message },
     }
 }
 
@@ -370,7 +372,7 @@ impl RestorePoint {
             let expected = crate::snapshot::protocol::gc::checkpoint_dir(m.checkpoint_id);
             let (parent, last) = dir.rsplit_once('/').unwrap_or((".", dir));
             if last != expected {
-                return Err(missing_base(storage.url(), &expected, last));
+                return Err(missing_base(storage.url(), &expected, last, purpose));
             }
             return Ok(Self {
                 storage: storages.open(if parent.is_empty() { "/" } else { parent })?,

@@ -1194,6 +1194,11 @@ impl OperatorInstance {
         self.store.data().keyed.as_ref()
     }
 
+    /// The subtask's keyed state, to take a checkpoint of it.
+    pub fn state_mut(&mut self) -> &mut dyn KeyedStateBackend {
+        self.store.data_mut().keyed.as_mut()
+    }
+
     /// A copy of the operator (non-keyed) state, by name, sorted.
     pub fn operator_state(&self) -> Vec<(String, Vec<Value>)> {
         let mut all: Vec<_> = self

@@ -46,9 +46,12 @@ pub(crate) enum CoordinatorMsg {
     Ack {
         id: CheckpointId,
         task: usize,
-        meta: SubtaskMetadata,
+        meta: Box<SubtaskMetadata>,
         /// A canonical savepoint's part: what the subtask wrote.
         part: Option<SavepointPart>,
+        /// An incremental checkpoint's: the completed checkpoint whose
+        /// files the subtask's state extends.
+        extends: Option<CheckpointId>,
     },
     /// A subtask cannot take checkpoint `id`.
     Decline {
@@ -87,6 +90,9 @@ pub(crate) struct Taken {
     /// For a savepoint: the states the plugin declared (their types and
     /// redistribution go into the canonical `_metadata`).
     pub declared: Vec<DeclaredState>,
+    /// An incremental checkpoint's: the completed checkpoint whose state
+    /// `keyed`'s deltas extend.
+    pub extends: Option<CheckpointId>,
 }
 
 impl From<SubtaskSnapshot> for Taken {
@@ -96,6 +102,7 @@ impl From<SubtaskSnapshot> for Taken {
             keyed: Vec::new(),
             framed: Vec::new(),
             declared: Vec::new(),
+            extends: None,
         }
     }
 }
@@ -113,6 +120,8 @@ pub(crate) struct Uploader {
     pub handle: Handle,
     /// Checkpoint storage; `None` with periodic checkpoints off.
     pub storage: Option<CheckpointStorage>,
+    /// Whether checkpoints are incremental (`[checkpoints] incremental`).
+    pub incremental: bool,
     pub job: String,
     pub savepoints: SavepointTargets,
 }
@@ -153,6 +162,7 @@ impl Uploader {
         coordinator: Sender<CoordinatorMsg>,
     ) {
         let id = barrier.id;
+        let extends = taken.extends;
         let started = Instant::now();
         let meta = move |file: Option<String>, size: u64, key_groups| SubtaskMetadata {
             subtask: 0,
@@ -214,17 +224,18 @@ impl Uploader {
                 let _ = coordinator.send(CoordinatorMsg::Ack {
                     id,
                     task,
-                    meta: meta(
+                    meta: Box::new(meta(
                         stored.clone(),
                         if stored.is_some() { size } else { 0 },
                         Vec::new(),
-                    ),
+                    )),
                     part: Some(SavepointPart {
                         file: stored,
                         sections,
                         sink,
                         declared,
                     }),
+                    extends: None,
                 });
             });
             return;
@@ -233,8 +244,9 @@ impl Uploader {
             let _ = coordinator.send(CoordinatorMsg::Ack {
                 id,
                 task,
-                meta: meta(None, 0, Vec::new()),
+                meta: Box::new(meta(None, 0, Vec::new())),
                 part: None,
+                extends,
             });
             return;
         }
@@ -250,8 +262,9 @@ impl Uploader {
                 Ok(()) => CoordinatorMsg::Ack {
                     id,
                     task,
-                    meta: meta(Some(file), size, encoded.key_groups),
+                    meta: Box::new(meta(Some(file), size, encoded.key_groups)),
                     part: None,
+                    extends,
                 },
                 Err(e) => CoordinatorMsg::Decline {
                     id,
@@ -317,6 +330,8 @@ struct InFlight {
     trigger_time_ms: u64,
     is_final: bool,
     acks: Vec<Option<SubtaskMetadata>>,
+    /// Per task, the checkpoint its incremental state extends.
+    extends: Vec<Option<CheckpointId>>,
     savepoint: Option<SavepointInFlight>,
 }
 
@@ -353,6 +368,7 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
         stopped_with: None,
         sources_finished: std::collections::HashSet::new(),
         completed_here: 0,
+        chains: std::collections::BTreeMap::new(),
         setup,
     };
     let requests = c
@@ -387,10 +403,12 @@ pub(crate) fn coordinate(setup: CoordinatorSetup) -> CoordinatorOutcome {
                 task,
                 mut meta,
                 part,
+                extends,
             }) => {
                 if let Some(f) = c.in_flight.get_mut(&id) {
                     meta.subtask = c.setup.tasks[task].1;
-                    f.acks[task] = Some(meta);
+                    f.acks[task] = Some(*meta);
+                    f.extends[task] = extends;
                     if let Some(sp) = &mut f.savepoint {
                         sp.parts[task] = part;
                     }
@@ -442,8 +460,17 @@ struct Coordinator {
     sources_finished: std::collections::HashSet<usize>,
     /// Checkpoints completed by this attempt.
     completed_here: u32,
+    /// Per recently completed checkpoint, per task, the state files a
+    /// restore of the task reads (its base, then its own file): what a
+    /// later incremental checkpoint extending it lists as its base.
+    chains: std::collections::BTreeMap<CheckpointId, Vec<Vec<format::StateFileRef>>>,
     setup: CoordinatorSetup,
 }
+
+/// Completed checkpoints whose chains the coordinator remembers. A
+/// subtask extends the newest completed checkpoint it heard of, which
+/// lags the newest by at most the checkpoints in flight.
+const CHAINS_KEPT: usize = 64;
 
 impl Coordinator {
     fn broadcast(&self, to: impl Iterator<Item = usize>, msg: impl Fn() -> Control) {
@@ -656,6 +683,7 @@ impl Coordinator {
                             trigger_time_ms: unix_ms(SystemTime::now()),
                             is_final,
                             acks: vec![None; self.setup.tasks.len()],
+                            extends: vec![None; self.setup.tasks.len()],
                             savepoint,
                         },
                     );
@@ -777,12 +805,41 @@ impl Coordinator {
 
     /// Writes checkpoint `id`'s `_metadata` if absent: the atomic step that
     /// makes it complete. A savepoint's goes to its own directory.
-    fn commit(&mut self, id: CheckpointId) -> Result<(), StorageError> {
+    fn commit(&mut self, id: CheckpointId) -> Result<(), String> {
         let f = self
             .in_flight
             .get_mut(&id)
             .expect("invariant: an acknowledged checkpoint is in flight");
-        let acks = std::mem::take(&mut f.acks);
+        let mut acks = std::mem::take(&mut f.acks);
+        // An incremental subtask's base: the files of the checkpoint it
+        // extends.
+        for (task, extends) in f.extends.iter().enumerate() {
+            let (Some(meta), Some(base)) = (acks[task].as_mut(), extends) else {
+                continue;
+            };
+            match self.chains.get(base) {
+                Some(chains) => meta.base = chains[task].clone(),
+                None => {
+                    return Err(format!(
+                        "a subtask extends checkpoint {base}, whose files are no longer known"
+                    ));
+                }
+            }
+        }
+        let chains: Vec<Vec<format::StateFileRef>> = acks
+            .iter()
+            .map(|ack| {
+                let Some(m) = ack else { return Vec::new() };
+                let mut chain = m.base.clone();
+                chain.extend(m.file.as_ref().map(|file| format::StateFileRef {
+                    checkpoint: id,
+                    file: file.clone(),
+                    size: m.size,
+                    key_groups: m.key_groups.clone(),
+                }));
+                chain
+            })
+            .collect();
         let (trigger_time_ms, is_final, triggered_at) =
             (f.trigger_time_ms, f.is_final, f.triggered_at);
         let graph = self.setup.graph.clone();
@@ -828,9 +885,14 @@ impl Coordinator {
         let bytes = Bytes::from(bytes);
         self.setup
             .handle
-            .block_on(async move { storage.put_if_absent(&path, bytes).await })?;
+            .block_on(async move { storage.put_if_absent(&path, bytes).await })
+            .map_err(|e: StorageError| e.to_string())?;
         if self.in_flight[&id].savepoint.is_none() {
             self.in_flight.remove(&id);
+            self.chains.insert(id, chains);
+            while self.chains.len() > CHAINS_KEPT {
+                self.chains.pop_first();
+            }
             self.setup
                 .referenced
                 .insert(id, gc::references(&checkpoint));

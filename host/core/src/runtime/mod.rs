@@ -27,6 +27,7 @@
 mod checkpointing;
 mod control;
 mod gate;
+mod incremental;
 mod router;
 mod task;
 
@@ -858,6 +859,7 @@ impl Attempt<'_> {
         let uploader = Uploader {
             handle: self.io.clone(),
             storage: self.storage.filter(|_| config.enabled()).cloned(),
+            incremental: config.incremental,
             job: graph.name.clone(),
             savepoints: savepoints.clone(),
         };
@@ -906,6 +908,7 @@ impl Attempt<'_> {
                     restored: snapshots.pop(),
                     restored_types: types.remove(&vertex.uid).unwrap_or_default(),
                     awaiting_in_flight: None,
+                    incremental: incremental::Incremental::default(),
                     opened: opened(),
                 });
             }

@@ -161,6 +161,8 @@ pub(crate) struct Task {
     pub awaiting_in_flight: Option<(CheckpointBarrier, Taken, Duration)>,
     /// Waits for the job's other subtasks to open.
     pub opened: Opened,
+    /// Which checkpoint the next incremental one extends.
+    pub incremental: super::incremental::Incremental,
 }
 
 /// What a subtask runs, opened.
@@ -276,6 +278,9 @@ impl Task {
                 self.vertex.uid, self.subtask
             ),
         })?;
+        if self.checkpointing.uploader.incremental {
+            backend.track_changes();
+        }
         Ok(Box::new(backend))
     }
 
@@ -654,20 +659,12 @@ impl Task {
                     }
                     let started = Instant::now();
                     let canonical = self.checkpointing.uploader.canonical(&barrier);
-                    // Keyed state encoded straight from the live tables: key
-                    // group by key group for a checkpoint, state by state for
-                    // a canonical savepoint.
-                    let encode = |views: Vec<crate::state::KeyGroupView<'_>>| {
-                        if canonical {
-                            (Vec::new(), frame_keyed_sections(&views))
-                        } else {
-                            (encode_key_groups(&views), Vec::new())
-                        }
-                    };
+                    let incremental = &mut self.incremental;
                     let snapshot = match &mut logic {
                         Logic::Wasm(instance) => {
                             instance.snapshot(barrier.id.0).await?;
-                            let (keyed, framed) = encode(instance.state().snapshot_views());
+                            let (keyed, framed, extends) =
+                                take_keyed(instance.state_mut(), &barrier, canonical, incremental);
                             Taken {
                                 snapshot: SubtaskSnapshot {
                                     lists: instance.operator_lists(),
@@ -680,15 +677,18 @@ impl Task {
                                 } else {
                                     Vec::new()
                                 },
+                                extends,
                             }
                         }
                         Logic::Native { state, .. } => {
-                            let (keyed, framed) = encode(state.snapshot_views());
+                            let (keyed, framed, extends) =
+                                take_keyed(state.as_mut(), &barrier, canonical, incremental);
                             Taken {
                                 snapshot: SubtaskSnapshot::default(),
                                 keyed,
                                 framed,
                                 declared: Vec::new(),
+                                extends,
                             }
                         }
                     };
@@ -725,6 +725,7 @@ impl Task {
                         .await?;
                 }
                 GateEvent::Control(Control::Complete(id)) => {
+                    self.incremental.completed(id);
                     if let Logic::Wasm(instance) = &mut logic {
                         instance.on_checkpoint_complete(id.0).await?;
                         self.emit(&mut logic).await?;
@@ -859,4 +860,41 @@ impl SinkEnding {
 /// The control channel of a subtask, for the runtime to keep its sender.
 pub(crate) fn control_channel() -> (ControlSender, ControlReceiver) {
     tokio::sync::mpsc::unbounded_channel()
+}
+
+/// A subtask's keyed state for `barrier`, encoded straight from the live
+/// tables: state by state for a canonical savepoint; key group by key
+/// group for a checkpoint or native savepoint — whole, or, incremental,
+/// only what changed since the checkpoint it then extends.
+fn take_keyed(
+    state: &mut dyn crate::state::KeyedStateBackend,
+    barrier: &CheckpointBarrier,
+    canonical: bool,
+    incremental: &mut super::incremental::Incremental,
+) -> (
+    Vec<crate::checkpoint::format::EncodedKeyGroup>,
+    Vec<crate::savepoint::format::FramedSection>,
+    Option<CheckpointId>,
+) {
+    use super::incremental::Plan;
+    if canonical {
+        return (
+            Vec::new(),
+            frame_keyed_sections(&state.snapshot_views()),
+            None,
+        );
+    }
+    // A savepoint is whole and changes nothing: the changes it holds
+    // still go into the next checkpoint.
+    if barrier.savepoint || !state.tracks_changes() {
+        return (encode_key_groups(&state.snapshot_views()), Vec::new(), None);
+    }
+    let interval = state.end_interval();
+    match incremental.plan(barrier.id, interval, state.changes_len(), state.len()) {
+        Plan::Whole { forget_through } => {
+            state.forget_changes(forget_through);
+            (encode_key_groups(&state.snapshot_views()), Vec::new(), None)
+        }
+        Plan::Delta { extends, since } => (state.encode_changes(since), Vec::new(), Some(extends)),
+    }
 }

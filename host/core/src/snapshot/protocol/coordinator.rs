@@ -88,6 +88,9 @@ pub struct CheckpointConfig {
     pub retained: u32,
     /// Whether cancelling the job deletes its retained checkpoints.
     pub retention_on_cancel: RetentionOnCancel,
+    /// Whether a checkpoint writes only the keyed state that changed
+    /// since the last completed one, referencing that one's files.
+    pub incremental: bool,
     /// Where checkpoints are stored: a URL (`s3://…`, `memory://`) or a
     /// path, relative paths against the job file's directory.
     pub storage: String,
@@ -112,6 +115,7 @@ impl Default for CheckpointConfig {
             aligned_timeout: None,
             retained: 1,
             retention_on_cancel: RetentionOnCancel::Retain,
+            incremental: true,
             storage: DEFAULT_STORAGE.to_owned(),
         }
     }
