@@ -47,7 +47,8 @@ use anyhow::{Context, Result, bail, ensure};
 use weir_format::{BatchReader, BatchWriter};
 use weir_host::checkpoint::coordinator::CheckpointConfig;
 use weir_host::checkpoint::format::{
-    CheckpointMetadata, SubtaskSnapshot, decode_metadata, decode_state_file, encode_state_file,
+    CheckpointMetadata, SubtaskSnapshot, decode_metadata, decode_state_file,
+    decode_state_file_with_deltas, encode_state_file, merge_chain,
 };
 use weir_host::connectors::DatagenSource;
 use weir_host::job::{DatagenSpec, Edge, JobGraph, Limits, Partition, Vertex, VertexKind};
@@ -107,6 +108,13 @@ fn main() -> Result<()> {
         let keys = if quick { 100_000 } else { 1_000_000 };
         let runs: usize = env_or("WEIR_BENCH_RUNS", if quick { 1 } else { 3 });
         throughput(&engine, lines, keys, runs)?;
+    }
+    if wanted("incremental") {
+        let keys = env_or(
+            "WEIR_BENCH_INCREMENTAL_KEYS",
+            if quick { 100_000 } else { 10_000_000 },
+        );
+        incremental(&engine, keys, 6)?;
     }
     if wanted("sizes") {
         let default = if quick {
@@ -218,13 +226,20 @@ fn datagen(records: Option<u64>, vocabulary: u64) -> DatagenSpec {
     }
 }
 
-/// Checkpoints every [`INTERVAL`] into `storage`, keeping `retained`.
-fn checkpoints(storage: &Path, retained: u32, unaligned: bool) -> CheckpointConfig {
+/// Checkpoints every [`INTERVAL`] into `storage`, keeping `retained`,
+/// incremental or whole.
+fn checkpoints(
+    storage: &Path,
+    retained: u32,
+    unaligned: bool,
+    incremental: bool,
+) -> CheckpointConfig {
     CheckpointConfig {
         interval: Some(INTERVAL),
         storage: storage.display().to_string(),
         retained,
         unaligned,
+        incremental,
         ..Default::default()
     }
 }
@@ -425,19 +440,33 @@ fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
-/// Decodes checkpoint `m`'s state file of the count (under `storage`).
+/// Decodes checkpoint `m`'s state of the count (under `storage`): its
+/// file, after its base files if it is incremental.
 fn count_state(storage: &Path, m: &CheckpointMetadata) -> Result<(SubtaskSnapshot, Duration)> {
-    let file = m.vertices[COUNT].subtasks[0]
-        .file
-        .as_ref()
-        .context("the count stored no state")?;
-    let path = storage
-        .join(JOB)
-        .join(format!("chk-{}", m.checkpoint_id))
-        .join(file);
+    let count = &m.vertices[COUNT].subtasks[0];
+    let job = storage.join(JOB);
+    let files: Vec<PathBuf> = count
+        .base
+        .iter()
+        .map(|b| job.join(b.path()))
+        .chain(
+            count
+                .file
+                .iter()
+                .map(|f| job.join(format!("chk-{}", m.checkpoint_id)).join(f)),
+        )
+        .collect();
+    ensure!(!files.is_empty(), "the count stored no state");
     let started = Instant::now();
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let snapshot = decode_state_file(&path.display().to_string(), &bytes)?;
+    let mut chain = Vec::new();
+    for path in &files {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        chain.push(decode_state_file_with_deltas(
+            &path.display().to_string(),
+            &bytes,
+        )?);
+    }
+    let snapshot = merge_chain(chain).map_err(anyhow::Error::msg)?;
     Ok((snapshot, started.elapsed()))
 }
 
@@ -455,9 +484,10 @@ fn entries(snapshot: &SubtaskSnapshot) -> usize {
 fn throughput(engine: &Arc<PluginEngine>, lines: u64, keys: u64, runs: usize) -> Result<()> {
     let words = lines * u64::from(WORDS_PER_LINE);
     let mut plain = Vec::new();
-    let mut with = Vec::new();
-    let mut figures = Vec::new();
-    let mut completed = Vec::new();
+    // Whole checkpoints, then incremental ones.
+    let mut with = [Vec::new(), Vec::new()];
+    let mut figures = [Vec::new(), Vec::new()];
+    let mut completed = [Vec::new(), Vec::new()];
     for run in 1..=runs {
         eprintln!("throughput: run {run}/{runs} without checkpoints");
         let g = graph(
@@ -470,61 +500,168 @@ fn throughput(engine: &Arc<PluginEngine>, lines: u64, keys: u64, runs: usize) ->
         ensure!(report.vertices[COUNT].1 == words, "every word is counted");
         plain.push(words as f64 / report.elapsed.as_secs_f64());
 
-        eprintln!("throughput: run {run}/{runs} with a checkpoint every {INTERVAL:?}");
-        let dir = tempfile::tempdir()?;
+        for (mode, incremental) in [(0, false), (1, true)] {
+            let kind = ["whole", "incremental"][mode];
+            eprintln!("throughput: run {run}/{runs} with {kind} checkpoints every {INTERVAL:?}");
+            let dir = tempfile::tempdir()?;
+            let g = graph(
+                datagen(Some(lines), keys),
+                None,
+                checkpoints(dir.path(), 1, false, incremental),
+            );
+            let metrics = JobMetrics::for_graph(&g);
+            let watcher = Watcher::start(dir.path());
+            let report = runtime::run(&g, engine, metrics.clone());
+            let seen = watcher.finish();
+            let report = report?;
+            ensure!(report.vertices[COUNT].1 == words, "every word is counted");
+            with[mode].push(words as f64 / report.elapsed.as_secs_f64());
+            let periodic: Vec<Figures> = seen
+                .values()
+                .filter(|m| !m.is_final)
+                .map(Figures::of)
+                .collect();
+            completed[mode].push((periodic.len(), metrics.last_checkpoint().unwrap_or(0)));
+            figures[mode].extend(periodic);
+        }
+    }
+    let plain_rate = median_f64(plain);
+    println!("\n### Throughput, checkpoints every {INTERVAL:?} against none\n");
+    println!(
+        "{lines} lines × {WORDS_PER_LINE} words, {keys} distinct words, parallelism 1, median of {runs} runs\n"
+    );
+    println!(
+        "| checkpoints | words/s | loss | checkpoints per run | total, median (range) | sync | async | size |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| none | {:.2} M | | | | | | |", plain_rate / 1e6);
+    for mode in 0..2 {
+        let rate = median_f64(with[mode].clone());
+        let counts: Vec<String> = completed[mode].iter().map(|(n, _)| n.to_string()).collect();
+        let Some(f) = Figures::median(&figures[mode]) else {
+            continue;
+        };
+        let (lo, hi) = Figures::min_max(&figures[mode], |f| f.total_ms);
+        println!(
+            "| {} every {INTERVAL:?} | {:.2} M | **{:.1}%** | {} | {:.0} ms ({lo:.0}–{hi:.0}) | {:.1} ms | {:.1} ms | {:.1} MiB |",
+            ["whole", "incremental"][mode],
+            rate / 1e6,
+            100.0 * (1.0 - rate / plain_rate),
+            counts.join(", "),
+            f.total_ms,
+            f.sync_ms,
+            f.async_ms,
+            mib(f.bytes)
+        );
+    }
+    Ok(())
+}
+
+// ---- 1b. incremental ----
+
+/// Fills `keys` keys, then, from that checkpoint, runs the job again with
+/// a source changing 1% of the keys per second, once with whole and once
+/// with incremental checkpoints: their size and duration, and how long a
+/// restore from the last one takes.
+fn incremental(engine: &Arc<PluginEngine>, keys: u64, checkpoints_per_mode: u64) -> Result<()> {
+    eprintln!("incremental: filling {keys} keys");
+    let dir = tempfile::tempdir()?;
+    let (_, stage, _, _) = fill_and_checkpoint(engine, dir.path(), keys, 1, 1000)?;
+    let mut seen = BTreeMap::new();
+    scan(dir.path(), &mut seen);
+    let (&filled, _) = seen.last_key_value().context("no completed checkpoint")?;
+    let from = dir.path().join(JOB).join(format!("chk-{filled}"));
+    // 1% of the keys per second: as many words, 10 per line.
+    let slow = DatagenSpec {
+        rate: Some(keys as f64 / 100.0 / f64::from(WORDS_PER_LINE)),
+        ..datagen(None, keys)
+    };
+    let mut rows = Vec::new();
+    for incremental in [false, true] {
+        let kind = if incremental { "incremental" } else { "whole" };
+        eprintln!("incremental: {kind} checkpoints from checkpoint {filled}");
+        stage.stop.store(false, Ordering::Relaxed);
         let g = graph(
-            datagen(Some(lines), keys),
-            None,
-            checkpoints(dir.path(), 1, false),
+            slow.clone(),
+            Some(&stage),
+            checkpoints(dir.path(), 1000, false, incremental),
         );
         let metrics = JobMetrics::for_graph(&g);
-        let watcher = Watcher::start(dir.path());
-        let report = runtime::run(&g, engine, metrics.clone());
-        let seen = watcher.finish();
-        let report = report?;
-        ensure!(report.vertices[COUNT].1 == words, "every word is counted");
-        with.push(words as f64 / report.elapsed.as_secs_f64());
-        let periodic: Vec<Figures> = seen
-            .values()
-            .filter(|m| !m.is_final)
-            .map(Figures::of)
-            .collect();
-        completed.push((periodic.len(), metrics.last_checkpoint().unwrap_or(0)));
-        figures.extend(periodic);
-    }
-    let (plain_rate, with_rate) = (median_f64(plain), median_f64(with));
-    println!("\n### Throughput, checkpoints every {INTERVAL:?} against none\n");
-    println!("| measure | value |");
-    println!("| --- | --- |");
-    println!(
-        "| workload | {lines} lines × {WORDS_PER_LINE} words, {keys} distinct words, parallelism 1, median of {runs} |"
-    );
-    println!("| no checkpoints | {:.2} M words/s |", plain_rate / 1e6);
-    println!(
-        "| checkpoint every {INTERVAL:?} | {:.2} M words/s |",
-        with_rate / 1e6
-    );
-    println!(
-        "| **loss** | **{:.1}%** (aim: under 5%) |",
-        100.0 * (1.0 - with_rate / plain_rate)
-    );
-    let counts: Vec<String> = completed
-        .iter()
-        .map(|(n, last)| format!("{n} (last id {last})"))
-        .collect();
-    println!(
-        "| periodic checkpoints completed per run | {} |",
-        counts.join(", ")
-    );
-    if let Some(f) = Figures::median(&figures) {
-        let (lo, hi) = Figures::min_max(&figures, |f| f.total_ms);
-        println!(
-            "| periodic checkpoint, median: total / sync / async | {:.0} ms (range {lo:.0}–{hi:.0}) / {:.1} ms / {:.1} ms |",
-            f.total_ms, f.sync_ms, f.async_ms
+        let run = spawn_run(
+            engine,
+            &g,
+            &metrics,
+            Restore::From(from.display().to_string()),
         );
+        let done = wait_for(&run, || {
+            metrics.last_checkpoint().unwrap_or(0) > filled + checkpoints_per_mode
+        });
+        let last = metrics.last_checkpoint().unwrap_or(filled);
+        stage.stop();
+        join_stopped(run)?;
+        ensure!(done, "the job ended early");
+        let mut all = BTreeMap::new();
+        scan(dir.path(), &mut all);
+        // The first checkpoint of a run is whole either way.
+        let measured: Vec<&CheckpointMetadata> =
+            all.range(filled + 2..=last).map(|(_, m)| m).collect();
+        let figures: Vec<Figures> = measured.iter().map(|m| Figures::of(m)).collect();
+        let f = Figures::median(&figures).context("no checkpoint after the first")?;
+        let latest = *measured.last().expect("invariant: not empty");
+        let (state, read) = count_state(dir.path(), latest)?;
+        let held = entries(&state);
+        drop(state);
+        // Restore from it: to the count's first batch.
+        stage.stop.store(false, Ordering::Relaxed);
+        let metrics = JobMetrics::for_graph(&g);
+        let started = Instant::now();
+        let location = dir
+            .path()
+            .join(JOB)
+            .join(format!("chk-{}", latest.checkpoint_id));
+        let run = spawn_run(
+            engine,
+            &g,
+            &metrics,
+            Restore::From(location.display().to_string()),
+        );
+        let first = wait_for(&run, || metrics.vertices[COUNT].records_out() > 0);
+        let restore = started.elapsed();
+        stage.stop();
+        join_stopped(run)?;
+        ensure!(first, "the restored job ended before processing a record");
+        let files = latest.vertices[COUNT].subtasks[0].base.len() + 1;
+        rows.push((
+            kind,
+            figures.len(),
+            f,
+            held,
+            files,
+            read,
+            restore,
+            latest.full_bytes(),
+        ));
+        // Runs after this one restore from the filled checkpoint again.
+        scan(dir.path(), &mut all);
+        for (&id, _) in all.range(filled + 1..) {
+            let _ = std::fs::remove_dir_all(dir.path().join(JOB).join(format!("chk-{id}")));
+        }
+    }
+    println!("\n### Incremental checkpoints: {keys} keys, 1% of them changed per second\n");
+    println!(
+        "| checkpoints | measured | total | sync | async | size | keys restored | files read | read + merge alone | restore → first batch | restore reads |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (kind, n, f, held, files, read, restore, full) in rows {
         println!(
-            "| periodic checkpoint size, median | {:.1} MiB |",
-            mib(f.bytes)
+            "| {kind} | {n} | {:.0} ms | {:.1} ms | {:.1} ms | {:.2} MiB | {held} | {files} | {:.0} ms | {:.0} ms | {:.1} MiB |",
+            f.total_ms,
+            f.sync_ms,
+            f.async_ms,
+            mib(f.bytes),
+            read.as_secs_f64() * 1e3,
+            restore.as_secs_f64() * 1e3,
+            mib(full as f64)
         );
     }
     Ok(())
@@ -547,7 +684,7 @@ fn fill_and_checkpoint(
     let g = graph(
         datagen(None, keys),
         Some(&stage),
-        checkpoints(storage, retained, false),
+        checkpoints(storage, retained, false, false),
     );
     let metrics = JobMetrics::for_graph(&g);
     reset_peak_rss();
@@ -740,7 +877,7 @@ fn backpressure(engine: &Arc<PluginEngine>, rate: f64, length: Duration) -> Resu
         let g = graph(
             datagen(None, KEYS),
             Some(&stage),
-            checkpoints(dir.path(), 1000, unaligned),
+            checkpoints(dir.path(), 1000, unaligned, true),
         );
         let metrics = JobMetrics::for_graph(&g);
         let run = spawn_run(engine, &g, &metrics, Restore::Fresh);

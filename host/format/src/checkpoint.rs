@@ -610,24 +610,28 @@ pub fn decode_state_file_with_deltas(
 pub fn merge_chain(
     chain: Vec<(SubtaskSnapshot, Vec<KeyGroupDelta>)>,
 ) -> Result<SubtaskSnapshot, String> {
-    let mut groups: std::collections::BTreeMap<u32, Vec<NamedStateSnapshot>> =
-        std::collections::BTreeMap::new();
+    use std::collections::BTreeMap;
+    // Per key group: the whole group last written, and the deltas after
+    // it, in order. Each group's deltas are then applied in one pass.
+    let mut groups: BTreeMap<u32, (Vec<NamedStateSnapshot>, Vec<KeyGroupDelta>)> = BTreeMap::new();
     let mut last = SubtaskSnapshot::default();
     for (mut snapshot, deltas) in chain {
         for g in std::mem::take(&mut snapshot.keyed) {
-            groups.insert(g.key_group, g.states);
+            groups.insert(g.key_group, (g.states, Vec::new()));
         }
         for d in deltas {
-            let states = groups.entry(d.key_group).or_default();
-            d.apply_to(states)?;
+            groups.entry(d.key_group).or_default().1.push(d);
         }
         last = snapshot;
     }
-    last.keyed = groups
-        .into_iter()
-        .filter(|(_, states)| !states.is_empty())
-        .map(|(key_group, states)| KeyGroupSnapshot { key_group, states })
-        .collect();
+    let mut keyed = Vec::with_capacity(groups.len());
+    for (key_group, (mut states, deltas)) in groups {
+        KeyGroupDelta::apply_all(&mut states, deltas)?;
+        if !states.is_empty() {
+            keyed.push(KeyGroupSnapshot { key_group, states });
+        }
+    }
+    last.keyed = keyed;
     Ok(last)
 }
 
@@ -1231,6 +1235,62 @@ pub(crate) mod tests {
         assert!(
             e.contains("state `c` holds value entries, the delta changes list entries"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn deltas_applied_together_give_what_one_by_one_gives() {
+        use crate::state::RemovedKeys;
+        let base = vec![
+            value_state("c", &[(b"a", 1), (b"b", 2), (b"c", 3)]),
+            value_state("gone", &[(b"z", 1)]),
+        ];
+        let removed = |name: &str, keys: &[&[u8]]| RemovedKeys {
+            name: name.into(),
+            keys: keys.iter().map(|k| k.to_vec()).collect(),
+        };
+        let deltas = vec![
+            KeyGroupDelta {
+                key_group: 1,
+                changed: vec![value_state("c", &[(b"a", 10), (b"d", 4)])],
+                removed: vec![removed("c", &[b"b"]), removed("gone", &[b"z"])],
+            },
+            // `b` comes back, `a` goes, a new state appears.
+            KeyGroupDelta {
+                key_group: 1,
+                changed: vec![
+                    value_state("c", &[(b"b", 20)]),
+                    value_state("new", &[(b"n", 1)]),
+                ],
+                removed: vec![removed("c", &[b"a"])],
+            },
+            KeyGroupDelta {
+                key_group: 1,
+                changed: vec![value_state("c", &[(b"d", 40)])],
+                removed: Vec::new(),
+            },
+        ];
+        let mut one_by_one = base.clone();
+        for d in deltas.clone() {
+            d.apply_to(&mut one_by_one).unwrap();
+        }
+        let mut together = base;
+        KeyGroupDelta::apply_all(&mut together, deltas).unwrap();
+        let sort = |mut states: Vec<NamedStateSnapshot>| {
+            for s in &mut states {
+                if let StateEntries::Value(e) = &mut s.entries {
+                    e.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+            }
+            states
+        };
+        assert_eq!(sort(together.clone()), sort(one_by_one));
+        assert_eq!(
+            sort(together),
+            vec![
+                value_state("c", &[(b"b", 20), (b"c", 3), (b"d", 40)]),
+                value_state("new", &[(b"n", 1)]),
+            ]
         );
     }
 

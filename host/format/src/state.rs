@@ -131,6 +131,63 @@ pub struct RemovedKeys {
 }
 
 impl KeyGroupDelta {
+    /// Applies `deltas` of one key group, in order, to `states` (sorted by
+    /// name), as [`KeyGroupDelta::apply_to`] one by one would, but
+    /// indexing each state's keys once for all of them: a chain of deltas
+    /// costs its state's size once, not once per delta.
+    ///
+    /// # Errors
+    /// As [`KeyGroupDelta::apply_to`].
+    pub fn apply_all(
+        states: &mut Vec<NamedStateSnapshot>,
+        deltas: Vec<KeyGroupDelta>,
+    ) -> Result<(), String> {
+        match deltas.len() {
+            0 => return Ok(()),
+            1 => return deltas.into_iter().next().expect("one").apply_to(states),
+            _ => {}
+        }
+        let mut indexed: Vec<(String, Indexed)> = Vec::new();
+        fn slot<'s>(
+            indexed: &'s mut Vec<(String, Indexed)>,
+            states: &mut Vec<NamedStateSnapshot>,
+            name: &str,
+        ) -> &'s mut Indexed {
+            let at = match indexed.iter().position(|(n, _)| n == name) {
+                Some(at) => at,
+                None => {
+                    let taken = states
+                        .iter()
+                        .position(|s| s.name == name)
+                        .map(|i| states.swap_remove(i).entries);
+                    indexed.push((name.to_owned(), Indexed::of(taken)));
+                    indexed.len() - 1
+                }
+            };
+            &mut indexed[at].1
+        }
+        for delta in deltas {
+            for gone in delta.removed {
+                let entries = slot(&mut indexed, states, &gone.name);
+                for key in gone.keys {
+                    entries.remove(&key);
+                }
+            }
+            for changed in delta.changed {
+                let entries = slot(&mut indexed, states, &changed.name);
+                entries.put(delta.key_group, &changed.name, changed.entries)?;
+            }
+        }
+        for (name, entries) in indexed {
+            if let Some(entries) = entries.into_entries() {
+                states.push(NamedStateSnapshot { name, entries });
+            }
+        }
+        states.retain(|s| !s.entries.is_empty());
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
     /// Applies this delta to `states`, a key group's states sorted by name
     /// as the checkpoint it extends restores them: a changed key's state
     /// replaces the key's whole state, a removed key leaves, and a state
@@ -167,6 +224,73 @@ impl KeyGroupDelta {
         states.retain(|s| !s.entries.is_empty());
         states.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(())
+    }
+}
+
+/// One state's entries indexed by key while deltas are applied.
+enum Indexed {
+    /// No entries yet: the kind comes with the first change.
+    Empty,
+    Value(std::collections::HashMap<Vec<u8>, Value>),
+    #[allow(clippy::type_complexity)]
+    Map(std::collections::HashMap<Vec<u8>, Vec<(Value, Value)>>),
+    List(std::collections::HashMap<Vec<u8>, Vec<Value>>),
+}
+
+impl Indexed {
+    fn of(entries: Option<StateEntries>) -> Self {
+        match entries {
+            None => Indexed::Empty,
+            Some(StateEntries::Value(e)) => Indexed::Value(e.into_iter().collect()),
+            Some(StateEntries::Map(e)) => Indexed::Map(e.into_iter().collect()),
+            Some(StateEntries::List(e)) => Indexed::List(e.into_iter().collect()),
+        }
+    }
+
+    fn kind(&self) -> Option<StateKind> {
+        match self {
+            Indexed::Empty => None,
+            Indexed::Value(_) => Some(StateKind::Value),
+            Indexed::Map(_) => Some(StateKind::Map),
+            Indexed::List(_) => Some(StateKind::List),
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match self {
+            Indexed::Empty => {}
+            Indexed::Value(m) => drop(m.remove(key)),
+            Indexed::Map(m) => drop(m.remove(key)),
+            Indexed::List(m) => drop(m.remove(key)),
+        }
+    }
+
+    fn put(&mut self, key_group: u32, name: &str, entries: StateEntries) -> Result<(), String> {
+        if let Some(kind) = self.kind()
+            && kind != entries.kind()
+        {
+            return Err(format!(
+                "key group {key_group}: state `{name}` holds {kind} entries, the delta changes {} entries",
+                entries.kind()
+            ));
+        }
+        match (&mut *self, entries) {
+            (Indexed::Value(m), StateEntries::Value(e)) => m.extend(e),
+            (Indexed::Map(m), StateEntries::Map(e)) => m.extend(e),
+            (Indexed::List(m), StateEntries::List(e)) => m.extend(e),
+            (Indexed::Empty, e) => *self = Indexed::of(Some(e)),
+            _ => unreachable!("invariant: kinds checked above"),
+        }
+        Ok(())
+    }
+
+    fn into_entries(self) -> Option<StateEntries> {
+        match self {
+            Indexed::Empty => None,
+            Indexed::Value(m) => Some(StateEntries::Value(m.into_iter().collect())),
+            Indexed::Map(m) => Some(StateEntries::Map(m.into_iter().collect())),
+            Indexed::List(m) => Some(StateEntries::List(m.into_iter().collect())),
+        }
     }
 }
 
