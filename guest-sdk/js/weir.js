@@ -480,7 +480,12 @@ const WRITE_BYTES = 4 << 20;
 const KEEP_BYTES = 1 << 20;
 
 // The buffer a flush fills, module-wide: the interpreter reads these
-// faster than an object's fields.
+// faster than an object's fields. Written for SpiderMonkey's interpreter
+// (in the component, every operation is interpreted): a typed-array element
+// store costs about as much as a native call that writes four or eight
+// bytes (`DataView#setUint32`, `Uint8Array#set`), and a call to a JavaScript
+// function more than either, so multi-byte fields go through the natives and
+// the commonest write is inlined (`ValueState#_pack`).
 let pk = new Uint8Array(0);
 let pkView = new DataView(pk.buffer);
 /** Bytes used. */
@@ -501,7 +506,7 @@ function pkReserve(n) {
     size *= 2;
   }
   const grown = new Uint8Array(size);
-  grown.set(pk.subarray(0, pkPos));
+  grown.set(new Uint8Array(pk.buffer, 0, pkPos));
   pk = grown;
   pkView = new DataView(grown.buffer);
 }
@@ -522,15 +527,12 @@ function pkBegin(stateOp, op, key) {
     pk.set(stateOp, pkPos);
     pkPos += stateOp.length;
     pkState = stateOp;
-  } else {
+  } else if (pkPos + 5 + n > pk.length) {
     pkReserve(5 + n);
   }
   const p = pkPos;
   pk[p] = op;
-  pk[p + 1] = n;
-  pk[p + 2] = n >>> 8;
-  pk[p + 3] = n >>> 16;
-  pk[p + 4] = n >>> 24;
+  pkView.setUint32(p + 1, n, true);
   pk.set(key, p + 5);
   pkPos = p + 5 + n;
   pkWrites += 1;
@@ -540,7 +542,7 @@ function pkBegin(stateOp, op, key) {
 function pkSend() {
   try {
     if (pkWrites > 0) {
-      keyedState.writePacked(pk.subarray(0, pkPos));
+      keyedState.writePacked(new Uint8Array(pk.buffer, 0, pkPos));
     }
   } finally {
     pkPos = 0;
@@ -549,18 +551,27 @@ function pkSend() {
   }
 }
 
-/** Appends a `u32 LE`. */
+/** Appends a `u32 LE` (a count). */
 function pkU32(n) {
-  pkReserve(4);
-  const p = pkPos;
-  pk[p] = n;
-  pk[p + 1] = n >>> 8;
-  pk[p + 2] = n >>> 16;
-  pk[p + 3] = n >>> 24;
-  pkPos = p + 4;
+  if (pkPos + 4 > pk.length) {
+    pkReserve(4);
+  }
+  pkView.setUint32(pkPos, n, true);
+  pkPos += 4;
 }
 
-/** Appends `tag` (if not -1), then string `s` as `len: u32 LE` and UTF-8. */
+/** Appends a tag byte and a `u32 LE` (a length or a count). */
+function pkTagU32(tag, n) {
+  if (pkPos + 5 > pk.length) {
+    pkReserve(5);
+  }
+  const p = pkPos;
+  pk[p] = tag;
+  pkView.setUint32(p + 1, n, true);
+  pkPos = p + 5;
+}
+
+/** Appends `tag` (unless it is -1), then string `s` as `len: u32 LE` and UTF-8. */
 function pkString(tag, s) {
   // The worst case: three bytes per UTF-16 unit.
   pkReserve(5 + s.length * 3);
@@ -569,67 +580,61 @@ function pkString(tag, s) {
     pk[at] = tag;
     at += 1;
   }
-  let n = putAscii(s, pk, at + 4);
-  if (n < 0) {
-    n = UTF8_ENCODER.encodeInto(s, pk.subarray(at + 4)).written;
-  }
-  pk[at] = n;
-  pk[at + 1] = n >>> 8;
-  pk[at + 2] = n >>> 16;
-  pk[at + 3] = n >>> 24;
+  const n = UTF8_ENCODER.encodeInto(s, new Uint8Array(pk.buffer, at + 4, pk.length - at - 4)).written;
+  pkView.setUint32(at, n, true);
   pkPos = at + 4 + n;
 }
 
-/** Appends a float's tag and bits. */
-function pkFloat(x) {
-  pkReserve(9);
-  pk[pkPos] = TAG_FLOAT;
-  pkView.setFloat64(pkPos + 1, x, true);
-  pkPos += 9;
+/** Appends a tag byte and eight bytes: an int's, a uint's or a float's. */
+function pk9(tag) {
+  if (pkPos + 9 > pk.length) {
+    pkReserve(9);
+  }
+  const p = pkPos;
+  pk[p] = tag;
+  pkPos = p + 9;
+  return p + 1;
 }
 
 /** Appends the canonical form of state value `v`, nested `depth` levels deep. */
 function packValue(v, depth) {
   switch (typeof v) {
-    case 'number':
-      if (Number.isSafeInteger(v)) {
-        // As two halves: no bigint to allocate. `>>> 0` is the low 32 bits
+    case 'number': {
+      if ((v | 0) === v) {
+        // An int32 (-0 too: the int 0, as `toValue` has it).
+        const p = pk9(TAG_INT);
+        pkView.setInt32(p, v, true);
+        pkView.setInt32(p + 4, v < 0 ? -1 : 0, true);
+      } else if (Number.isSafeInteger(v)) {
+        // As two halves, no bigint to allocate: `>>> 0` is the low 32 bits
         // of any safe integer, the division's floor the (signed) rest.
-        pkReserve(9);
-        const p = pkPos;
-        pk[p] = TAG_INT;
-        pkView.setUint32(p + 1, v >>> 0, true);
-        pkView.setInt32(p + 5, Math.floor(v / TWO_32), true);
-        pkPos = p + 9;
+        const p = pk9(TAG_INT);
+        pkView.setUint32(p, v >>> 0, true);
+        pkView.setInt32(p + 4, Math.floor(v / TWO_32), true);
       } else {
-        pkFloat(v);
+        pkView.setFloat64(pk9(TAG_FLOAT), v, true);
       }
       return;
+    }
     case 'string':
       pkString(TAG_TEXT, v);
       return;
     case 'boolean':
-      pkReserve(2);
-      pk[pkPos] = TAG_BOOLEAN;
-      pk[pkPos + 1] = v ? 1 : 0;
+      if (pkPos + 2 > pk.length) {
+        pkReserve(2);
+      }
+      pkView.setUint16(pkPos, v ? 0x100 | TAG_BOOLEAN : TAG_BOOLEAN, true);
       pkPos += 2;
       return;
-    case 'bigint': {
-      const tag = intTag(v);
-      pkReserve(9);
-      pk[pkPos] = tag === 'int' ? TAG_INT : TAG_UINT;
-      if (tag === 'int') {
-        pkView.setBigInt64(pkPos + 1, v, true);
+    case 'bigint':
+      if (intTag(v) === 'int') {
+        pkView.setBigInt64(pk9(TAG_INT), v, true);
       } else {
-        pkView.setBigUint64(pkPos + 1, v, true);
+        pkView.setBigUint64(pk9(TAG_UINT), v, true);
       }
-      pkPos += 9;
       return;
-    }
     case 'undefined':
-      pkReserve(1);
-      pk[pkPos] = TAG_NONE;
-      pkPos += 1;
+      pkNone();
       return;
     case 'object':
       packObject(v, depth);
@@ -639,24 +644,29 @@ function packValue(v, depth) {
   }
 }
 
+function pkNone() {
+  if (pkPos + 1 > pk.length) {
+    pkReserve(1);
+  }
+  pk[pkPos] = TAG_NONE;
+  pkPos += 1;
+}
+
 function packObject(v, depth) {
   if (v === null) {
-    pkReserve(1);
-    pk[pkPos] = TAG_NONE;
-    pkPos += 1;
+    pkNone();
     return;
   }
   if (isBytes(v)) {
     const n = v.length;
-    pkReserve(5 + n);
-    pk[pkPos] = TAG_BYTES;
-    pkView.setUint32(pkPos + 1, n, true);
-    pk.set(v, pkPos + 5);
-    pkPos += 5 + n;
+    pkTagU32(TAG_BYTES, n);
+    pkReserve(n);
+    pk.set(v, pkPos);
+    pkPos += n;
     return;
   }
   if (v instanceof Float) {
-    pkFloat(v.value);
+    pkView.setFloat64(pk9(TAG_FLOAT), v.value, true);
     return;
   }
   const inner = depth + 1;
@@ -665,10 +675,7 @@ function packObject(v, depth) {
     if (n > 0 && inner >= MAX_DEPTH) {
       throw tooDeep();
     }
-    pkReserve(5);
-    pk[pkPos] = TAG_LIST;
-    pkPos += 1;
-    pkU32(n);
+    pkTagU32(TAG_LIST, n);
     // By index: a hole is undefined, none, as `for...of` gives it.
     for (let i = 0; i < n; i += 1) {
       packValue(v[i], inner);
@@ -679,10 +686,7 @@ function packObject(v, depth) {
     if (v.size > 0 && inner >= MAX_DEPTH) {
       throw tooDeep();
     }
-    pkReserve(5);
-    pk[pkPos] = TAG_MAP;
-    pkPos += 1;
-    pkU32(v.size);
+    pkTagU32(TAG_MAP, v.size);
     for (const [k, item] of v) {
       packValue(k, inner);
       packValue(item, inner);
@@ -695,10 +699,7 @@ function packObject(v, depth) {
     if (n > 0 && inner >= MAX_DEPTH) {
       throw tooDeep();
     }
-    pkReserve(5);
-    pk[pkPos] = TAG_RECORD;
-    pkPos += 1;
-    pkU32(n);
+    pkTagU32(TAG_RECORD, n);
     for (let i = 0; i < n; i += 1) {
       const name = names[i];
       pkString(-1, name);
@@ -1002,7 +1003,10 @@ class KeyedState {
     }
   }
 
-  /** Packs the writes of every dirty slot (`pkBegin`) and marks them clean. */
+  /**
+   * Packs the writes of every dirty slot (`_write`, with `pkBegin` and
+   * `packValue`) and marks them clean.
+   */
   _pack() {
     const dirty = this._dirty;
     for (let i = 0; i < dirty.length; i += 1) {
@@ -1064,13 +1068,50 @@ export class ValueState extends KeyedState {
     return w === undefined ? null : withDefaults(fromValue(w), this._defaults);
   }
 
-  _write(slot) {
-    if (slot.value === null) {
-      pkBegin(this._stateOp, OP_VALUE_CLEAR, slot.key);
-    } else {
-      pkBegin(this._stateOp, OP_VALUE_SET, slot.key);
-      packValue(slot.value, 0);
+  /**
+   * As {@link KeyedState#_pack}, with the commonest write (an int32, to a
+   * state whose `state` op the buffer ends with) inlined: it runs once per
+   * dirty key, and a call costs more in the interpreter than the write.
+   */
+  _pack() {
+    const dirty = this._dirty;
+    const stateOp = this._stateOp;
+    for (let i = 0; i < dirty.length; i += 1) {
+      const slot = dirty[i];
+      const v = slot.value;
+      const key = slot.key;
+      const n = key.length;
+      if (
+        typeof v === 'number' &&
+        (v | 0) === v &&
+        pkState === stateOp &&
+        pkWrites < WRITE_CHUNK &&
+        pkPos < WRITE_BYTES &&
+        pkPos + 14 + n <= pk.length
+      ) {
+        // pkBegin(stateOp, OP_VALUE_SET, key), then packValue(v, 0).
+        const buf = pk;
+        const view = pkView;
+        const p = pkPos;
+        buf[p] = OP_VALUE_SET;
+        view.setUint32(p + 1, n, true);
+        buf.set(key, p + 5);
+        const q = p + 5 + n;
+        buf[q] = TAG_INT;
+        view.setInt32(q + 1, v, true);
+        view.setInt32(q + 5, v < 0 ? -1 : 0, true);
+        pkPos = q + 9;
+        pkWrites += 1;
+      } else if (v === null) {
+        pkBegin(stateOp, OP_VALUE_CLEAR, key);
+      } else {
+        pkBegin(stateOp, OP_VALUE_SET, key);
+        packValue(v, 0);
+      }
+      slot.dirty = false;
+      slot.loaded = true;
     }
+    this._dirty = [];
   }
 }
 
@@ -1468,10 +1509,11 @@ export class Operator {
 
 /**
  * Dirty slots above which the SDK flushes after a `process` call, as the
- * Rust SDK does when its cache overflows. A flush costs ~0.1 M fuel per
- * write in SpiderMonkey's interpreter (mostly lowering the writes through
- * the bindings), so this bounds what `snapshot` and `close` need to under
- * a fifth of the default budget per call (`limits.fuel_per_call`, 2e9).
+ * Rust SDK does when its cache overflows. A flush costs ~18 k fuel per
+ * changed key of a word count in SpiderMonkey's interpreter (packing it;
+ * the buffer crosses in one copy), so this bounds what `snapshot` and
+ * `close` need to under a tenth of the default budget per call
+ * (`limits.fuel_per_call`, 2e9).
  * Writing back early is harmless: the host discards uncheckpointed state
  * on failure anyway.
  */

@@ -1531,6 +1531,17 @@ test('a packed buffer is sent once it reaches 4 MiB', async () => {
     assert.ok(b.length >= 4 << 20 && b.length < (4 << 20) + write, `${b.length} bytes`);
   }
   assert.deepEqual(host.store.get('v\0k59').value, { tag: 'text', val: big });
+
+  // The same for int values (packed inline) under long keys.
+  reset();
+  const [words, counts] = await open(wordCount);
+  words.setDirtyLimit(Infinity);
+  const long = 'k'.repeat(10_000);
+  counts.process(batch(Array.from({ length: 500 }, (_, i) => [`${long}${i}`, 'x', null])));
+  counts.close();
+  assert.deepEqual(host.writeCalls.map((c) => c.length), [419, 81], 'about 10,017 bytes a write');
+  assert.ok(host.packedCalls[0].length >= 4 << 20 && host.packedCalls[0].length < (4 << 20) + 10_020);
+  assert.deepEqual(host.store.get(`count\0${long}499`).value, { tag: 'int', val: 1n });
 });
 
 test('a write the host refuses fails the hook with its message', async () => {
