@@ -923,9 +923,9 @@ CACHE_CAPACITY = 1_000_000
 #: Dirty keys (over all handles) above which the SDK flushes after a
 #: ``process`` call, so no ``snapshot`` or ``close`` has more than about
 #: this many keys to hand over, however many keys changed between two
-#: checkpoints. A flush costs about 28 k fuel per changed key of a word
+#: checkpoints. A flush costs about 12 k fuel per changed key of a word
 #: count (docs/sdk.md, "What a flush costs"): 16,384 keys take about a
-#: quarter of the default budget per call (``limits.fuel_per_call``, 2e9).
+#: tenth of the default budget per call (``limits.fuel_per_call``, 2e9).
 #: Writing back early is harmless: the host discards uncheckpointed state
 #: on failure. Set to ``None`` to flush only at ``snapshot`` and ``close``.
 DIRTY_LIMIT = 16_384
