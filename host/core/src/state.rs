@@ -523,6 +523,24 @@ pub trait KeyedStateBackend: Send {
     fn changes_len(&self) -> usize {
         0
     }
+    /// The last change interval whose changes were not all recorded
+    /// (they were dropped for a whole checkpoint, or recording stopped at
+    /// its budget: then `u64::MAX`, until the next reset): a checkpoint
+    /// may extend only one that ended that interval or a later one.
+    fn changes_untracked_through(&self) -> u64 {
+        u64::MAX
+    }
+    /// Records at most `budget` changed keys (more would make the next
+    /// checkpoint whole anyway); past it recording stops until
+    /// [`KeyedStateBackend::reset_changes`].
+    fn budget_changes(&mut self, budget: usize) {
+        let _ = budget;
+    }
+    /// Drops every recorded change, for a whole checkpoint that ended
+    /// interval `through`, and records again from the next interval.
+    fn reset_changes(&mut self, through: u64) {
+        let _ = through;
+    }
     /// Ends the current change interval and returns its number: every
     /// change recorded so far is in it or an earlier one. Intervals count
     /// from 1; a checkpoint's synchronous phase ends one.
@@ -668,10 +686,22 @@ pub struct MemoryStateBackend {
 struct Changes {
     interval: u64,
     groups: Vec<HashMap<String, HashMap<Vec<u8>, u64>>>,
+    /// Keys recorded.
+    count: usize,
+    /// Most keys to record: past it recording stops, since the next
+    /// checkpoint will be whole anyway, and costs nothing more.
+    budget: usize,
+    /// Whether recording stopped at the budget.
+    stopped: bool,
+    /// The last interval whose changes were not all recorded (0: none).
+    untracked_through: u64,
 }
 
 impl Changes {
     fn record(&mut self, idx: usize, name: &str, key: &[u8]) {
+        if self.stopped {
+            return;
+        }
         let group = &mut self.groups[idx];
         // Look up before inserting, as `table_mut` does: no allocation
         // for a key that changed before.
@@ -681,8 +711,10 @@ impl Changes {
         let keys = group.get_mut(name).expect("inserted above");
         match keys.get_mut(key) {
             Some(interval) => *interval = self.interval,
+            None if self.count >= self.budget => self.stopped = true,
             None => {
                 keys.insert(key.to_vec(), self.interval);
+                self.count += 1;
             }
         }
     }
@@ -694,6 +726,7 @@ impl Changes {
             }
             group.retain(|_, keys| !keys.is_empty());
         }
+        self.count = self.len();
     }
 
     fn len(&self) -> usize {
@@ -918,6 +951,10 @@ impl KeyedStateBackend for MemoryStateBackend {
             self.changes = Some(Changes {
                 interval: 1,
                 groups: (0..self.range.len()).map(|_| HashMap::default()).collect(),
+                count: 0,
+                budget: usize::MAX,
+                stopped: false,
+                untracked_through: 0,
             });
         }
     }
@@ -927,7 +964,30 @@ impl KeyedStateBackend for MemoryStateBackend {
     }
 
     fn changes_len(&self) -> usize {
-        self.changes.as_ref().map_or(0, Changes::len)
+        self.changes.as_ref().map_or(0, |c| c.count)
+    }
+
+    fn changes_untracked_through(&self) -> u64 {
+        match &self.changes {
+            Some(c) if c.stopped => u64::MAX,
+            Some(c) => c.untracked_through,
+            None => u64::MAX,
+        }
+    }
+
+    fn budget_changes(&mut self, budget: usize) {
+        if let Some(changes) = &mut self.changes {
+            changes.budget = budget;
+        }
+    }
+
+    fn reset_changes(&mut self, through: u64) {
+        if let Some(changes) = &mut self.changes {
+            changes.groups.iter_mut().for_each(HashMap::clear);
+            changes.count = 0;
+            changes.stopped = false;
+            changes.untracked_through = changes.untracked_through.max(through);
+        }
     }
 
     fn end_interval(&mut self) -> u64 {
@@ -1480,6 +1540,30 @@ mod tests {
         // Once the checkpoint of interval 1 completed, only `y`.
         let d = delta(&mut c, first);
         assert_eq!(d.1[0].changed[0].entries.len(), 1);
+    }
+
+    #[test]
+    fn recording_stops_at_its_budget_and_says_so_until_reset() {
+        let mut b = backend();
+        b.track_changes();
+        assert_eq!(b.changes_untracked_through(), 0);
+        b.budget_changes(2);
+        for key in [&b"a"[..], b"b", b"a", b"c"] {
+            b.apply(KeyGroup(4), "count", key, Update::ValueSet(Value::Int(1)))
+                .unwrap();
+        }
+        // `a` and `b` recorded (again for `a`), `c` past the budget.
+        assert_eq!(b.changes_len(), 2);
+        assert_eq!(b.changes_untracked_through(), u64::MAX);
+        let interval = b.end_interval();
+        b.reset_changes(interval);
+        assert_eq!(
+            (b.changes_len(), b.changes_untracked_through()),
+            (0, interval)
+        );
+        b.apply(KeyGroup(4), "count", b"d", Update::ValueSet(Value::Int(1)))
+            .unwrap();
+        assert_eq!(b.changes_len(), 1);
     }
 
     #[test]

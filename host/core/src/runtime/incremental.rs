@@ -18,6 +18,15 @@ use crate::checkpoint::CheckpointId;
 /// need: a restore reads them all, so past it the next one is whole.
 pub(crate) const MAX_CHAIN: usize = 8;
 
+/// A delta holds at most the state's size divided by this: past it,
+/// recording stops and the checkpoint is whole (`BENCHMARKS.md`,
+/// "Checkpoints").
+pub(crate) const DELTA_FRACTION: usize = 16;
+
+/// The fewest changed keys a subtask records between checkpoints, however
+/// small its state: below it recording costs too little to stop.
+pub(crate) const MIN_CHANGE_BUDGET: usize = 4096;
+
 /// A checkpoint this subtask took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Taken {
@@ -36,8 +45,8 @@ struct Taken {
 pub(crate) enum Plan {
     /// Every key group, self-contained.
     Whole {
-        /// Changes up to this interval can be forgotten: the completed
-        /// base holds them.
+        /// The interval it ends: the changes recorded so far are dropped
+        /// (a checkpoint after it extends it, or is whole if it failed).
         forget_through: u64,
     },
     /// The changes since `since` (the base's interval), extending
@@ -72,10 +81,13 @@ impl Incremental {
         interval: u64,
         changed: usize,
         entries: usize,
+        untracked_through: u64,
     ) -> Plan {
         let (plan, taken) = match self.base {
             Some((extends, base))
-                if base.chain < MAX_CHAIN && base.deltas + changed <= base.whole.max(1) =>
+                if base.chain < MAX_CHAIN
+                    && base.deltas + changed <= base.whole.max(1)
+                    && untracked_through <= base.interval =>
             {
                 (
                     Plan::Delta {
@@ -92,7 +104,7 @@ impl Incremental {
             }
             _ => (
                 Plan::Whole {
-                    forget_through: self.base.map_or(0, |(_, b)| b.interval),
+                    forget_through: interval,
                 },
                 Taken {
                     interval,
@@ -123,11 +135,11 @@ mod tests {
     #[test]
     fn the_first_checkpoint_is_whole_and_the_next_ones_extend_the_last_completed() {
         let mut inc = Incremental::default();
-        let plan = inc.plan(CheckpointId(1), 1, 100, 100);
-        assert_eq!(plan, Plan::Whole { forget_through: 0 });
+        let plan = inc.plan(CheckpointId(1), 1, 100, 100, 0);
+        assert_eq!(plan, Plan::Whole { forget_through: 1 });
         inc.completed(CheckpointId(1));
         assert_eq!(
-            inc.plan(CheckpointId(2), 2, 10, 100),
+            inc.plan(CheckpointId(2), 2, 10, 100, 0),
             Plan::Delta {
                 extends: CheckpointId(1),
                 since: 1
@@ -136,7 +148,7 @@ mod tests {
         // 2 is not confirmed yet (or failed): 3 extends 1 still, with every
         // change since interval 1.
         assert_eq!(
-            inc.plan(CheckpointId(3), 3, 10, 100),
+            inc.plan(CheckpointId(3), 3, 10, 100, 0),
             Plan::Delta {
                 extends: CheckpointId(1),
                 since: 1
@@ -144,19 +156,37 @@ mod tests {
         );
         inc.completed(CheckpointId(3));
         assert_eq!(
-            inc.plan(CheckpointId(4), 4, 10, 100),
+            inc.plan(CheckpointId(4), 4, 10, 100, 0),
             Plan::Delta {
                 extends: CheckpointId(3),
                 since: 3
             }
         );
+        // Changes of interval 5 went unrecorded (recording stopped, or a
+        // whole checkpoint dropped them): nothing before 5 can be a base.
+        assert!(matches!(
+            inc.plan(CheckpointId(5), 5, 10, 100, 5),
+            Plan::Whole { .. }
+        ));
         // A checkpoint this subtask never took (a savepoint) is no base.
+        let mut other = Incremental::default();
+        other.plan(CheckpointId(1), 1, 0, 100, 0);
+        other.completed(CheckpointId(1));
+        other.completed(CheckpointId(2));
+        assert_eq!(
+            other.plan(CheckpointId(3), 2, 10, 100, 1),
+            Plan::Delta {
+                extends: CheckpointId(1),
+                since: 1
+            }
+        );
+        // Once the whole one (5) completed, later ones extend it.
         inc.completed(CheckpointId(5));
         assert_eq!(
-            inc.plan(CheckpointId(6), 6, 10, 100),
+            inc.plan(CheckpointId(6), 6, 10, 100, 5),
             Plan::Delta {
-                extends: CheckpointId(3),
-                since: 3
+                extends: CheckpointId(5),
+                since: 5
             }
         );
     }
@@ -164,37 +194,35 @@ mod tests {
     #[test]
     fn a_long_chain_or_deltas_outgrowing_the_whole_state_make_a_whole_one() {
         let mut inc = Incremental::default();
-        inc.plan(CheckpointId(1), 1, 0, 100);
+        inc.plan(CheckpointId(1), 1, 0, 100, 0);
         inc.completed(CheckpointId(1));
         for id in 2..=MAX_CHAIN as u64 {
             assert!(matches!(
-                inc.plan(CheckpointId(id), id, 1, 100),
+                inc.plan(CheckpointId(id), id, 1, 100, 0),
                 Plan::Delta { .. }
             ));
             inc.completed(CheckpointId(id));
         }
         let n = MAX_CHAIN as u64 + 1;
         assert_eq!(
-            inc.plan(CheckpointId(n), n, 1, 100),
-            Plan::Whole {
-                forget_through: n - 1
-            }
+            inc.plan(CheckpointId(n), n, 1, 100, 0),
+            Plan::Whole { forget_through: n }
         );
         inc.completed(CheckpointId(n));
         // Deltas of 60 and 40 entries fit a whole checkpoint of 100; one
         // more entry would not.
         assert!(matches!(
-            inc.plan(CheckpointId(n + 1), n + 1, 60, 100),
+            inc.plan(CheckpointId(n + 1), n + 1, 60, 100, 0),
             Plan::Delta { .. }
         ));
         inc.completed(CheckpointId(n + 1));
         assert!(matches!(
-            inc.plan(CheckpointId(n + 2), n + 2, 40, 130),
+            inc.plan(CheckpointId(n + 2), n + 2, 40, 130, 0),
             Plan::Delta { .. }
         ));
         inc.completed(CheckpointId(n + 2));
         assert!(matches!(
-            inc.plan(CheckpointId(n + 3), n + 3, 1, 130),
+            inc.plan(CheckpointId(n + 3), n + 3, 1, 130, 0),
             Plan::Whole { .. }
         ));
     }

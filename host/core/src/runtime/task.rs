@@ -890,9 +890,24 @@ fn take_keyed(
         return (encode_key_groups(&state.snapshot_views()), Vec::new(), None);
     }
     let interval = state.end_interval();
-    match incremental.plan(barrier.id, interval, state.changes_len(), state.len()) {
+    let entries = state.len();
+    let plan = incremental.plan(
+        barrier.id,
+        interval,
+        state.changes_len(),
+        entries,
+        state.changes_untracked_through(),
+    );
+    // Past a sixteenth of the state a whole checkpoint is cheaper to take
+    // than a delta (encoding the whole state in order costs ~10 ns a key;
+    // recording, finding and encoding a changed key ~300 ns): no use
+    // recording more, the next checkpoint is whole.
+    state.budget_changes(
+        (entries / super::incremental::DELTA_FRACTION).max(super::incremental::MIN_CHANGE_BUDGET),
+    );
+    match plan {
         Plan::Whole { forget_through } => {
-            state.forget_changes(forget_through);
+            state.reset_changes(forget_through);
             (encode_key_groups(&state.snapshot_views()), Vec::new(), None)
         }
         Plan::Delta { extends, since } => (state.encode_changes(since), Vec::new(), Some(extends)),
