@@ -167,17 +167,17 @@ fn completed_checkpoints(storage: &Path) -> Vec<String> {
 
 #[test]
 fn kill_9_at_random_moments_then_resuming_commits_every_record_exactly_once() {
-    kill_and_resume("");
+    kill_and_resume("incremental = true");
 }
 
 #[test]
 fn unaligned_checkpoints_survive_kill_9_exactly_once_too() {
-    kill_and_resume("unaligned = true");
+    kill_and_resume("unaligned = true\nincremental = true");
 }
 
 #[test]
 fn whole_checkpoints_survive_kill_9_exactly_once_too() {
-    kill_and_resume("incremental = false");
+    kill_and_resume("");
 }
 
 /// How many of the completed checkpoints in `storage` are incremental (a
@@ -199,7 +199,7 @@ fn kill_and_resume(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     // Incremental: enough distinct words that an interval changes a few of
     // them, as state larger than what changes per second is.
-    let whole = extra.contains("incremental = false");
+    let whole = !extra.contains("incremental = true");
     let deltas = !whole && !extra.contains("unaligned");
     let text = corpus(500_000, if deltas { 1_000_000 } else { 20_000 });
     assert!(text.split_whitespace().count() >= 5_000_000);
@@ -305,8 +305,8 @@ fn kill_and_resume(extra: &str) {
         "the job finished after only {finished} kills"
     );
     assert!(refused, "no checkpoint completed between kills");
-    // Incremental by default: resumed lives restore from checkpoints that
-    // extend earlier ones.
+    // Incremental: resumed lives restore from checkpoints that extend
+    // earlier ones.
     if whole {
         assert_eq!(incremental, 0);
     } else if deltas {
@@ -336,7 +336,7 @@ fn an_incremental_checkpoint_reads_its_base_and_says_what_is_missing_or_moved() 
     let job = dir.path().join("job.toml");
     std::fs::write(
         &job,
-        checkpointed_job(&input, &out, &storage, "retained = 50"),
+        checkpointed_job(&input, &out, &storage, "retained = 50\nincremental = true"),
     )
     .unwrap();
     let job = job.to_str().unwrap();

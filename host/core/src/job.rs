@@ -2073,7 +2073,7 @@ unaligned = true
 aligned_timeout = "30s"
 retained = 3
 retention_on_cancel = "delete"
-incremental = false
+incremental = true
 storage = "s3://bucket/weir"
 "#,
         ))
@@ -2091,7 +2091,7 @@ storage = "s3://bucket/weir"
                 aligned_timeout: Some(Duration::from_secs(30)),
                 retained: 3,
                 retention_on_cancel: RetentionOnCancel::Delete,
-                incremental: false,
+                incremental: true,
                 storage: "s3://bucket/weir".into(),
             }
         );

@@ -115,7 +115,7 @@ impl Default for CheckpointConfig {
             aligned_timeout: None,
             retained: 1,
             retention_on_cancel: RetentionOnCancel::Retain,
-            incremental: true,
+            incremental: false,
             storage: DEFAULT_STORAGE.to_owned(),
         }
     }
