@@ -180,6 +180,32 @@ fn whole_checkpoints_survive_kill_9_exactly_once_too() {
     kill_and_resume("");
 }
 
+/// A state larger than what changes between two checkpoints, as
+/// incremental checkpoints are for: 400,000 words once each, then `hot`
+/// lines of words of a vocabulary of 10,000 only.
+fn incremental_corpus(hot: usize) -> String {
+    let mut text: String = (0..40_000)
+        .map(|line| {
+            let words: Vec<String> = (0..10).map(|w| format!("w{}", line * 10 + w)).collect();
+            words.join(" ") + "\n"
+        })
+        .collect();
+    text.push_str(&corpus(hot, 10_000));
+    text
+}
+
+/// Whether the newest completed checkpoint in `storage` is incremental.
+fn newest_is_incremental(storage: &Path) -> bool {
+    let newest = newest_completed(storage);
+    std::fs::read_to_string(
+        storage
+            .join("wordcount")
+            .join(format!("chk-{newest}"))
+            .join("_metadata"),
+    )
+    .is_ok_and(|m| m.contains("\"base\""))
+}
+
 /// How many of the completed checkpoints in `storage` are incremental (a
 /// subtask lists a `base`).
 fn incremental_checkpoints(storage: &Path) -> usize {
@@ -197,11 +223,13 @@ fn incremental_checkpoints(storage: &Path) -> usize {
 /// `--from-latest`, and checks the committed output is exactly once.
 fn kill_and_resume(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    // Incremental: enough distinct words that an interval changes a few of
-    // them, as state larger than what changes per second is.
     let whole = !extra.contains("incremental = true");
     let deltas = !whole && !extra.contains("unaligned");
-    let text = corpus(500_000, if deltas { 1_000_000 } else { 20_000 });
+    let text = if deltas {
+        incremental_corpus(460_000)
+    } else {
+        corpus(500_000, 20_000)
+    };
     assert!(text.split_whitespace().count() >= 5_000_000);
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).unwrap();
@@ -237,9 +265,16 @@ fn kill_and_resume(extra: &str) {
             // dies a random moment later: short enough that five lives stay
             // well under the ~3.5 s an uninterrupted run takes here.
             // Incremental: two, since a life's first checkpoint is whole.
-            let progress = if deltas { before + 1 } else { before };
+            // Incremental: until the newest checkpoint extends an earlier
+            // one (a life's first is whole), for up to 20 s.
             let start = Instant::now();
-            while newest_completed(&storage) <= progress && child.try_wait().unwrap().is_none() {
+            let progressed = || {
+                newest_completed(&storage) > before
+                    && (!deltas
+                        || start.elapsed() > Duration::from_secs(20)
+                        || newest_is_incremental(&storage))
+            };
+            while !progressed() && child.try_wait().unwrap().is_none() {
                 assert!(
                     start.elapsed() < Duration::from_secs(120),
                     "no checkpoint completes"
@@ -329,7 +364,7 @@ fn kill_and_resume(extra: &str) {
 #[test]
 fn an_incremental_checkpoint_reads_its_base_and_says_what_is_missing_or_moved() {
     let dir = tempfile::tempdir().unwrap();
-    let text = corpus(300_000, 1_000_000);
+    let text = incremental_corpus(460_000);
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).unwrap();
     let (out, storage) = (dir.path().join("out"), dir.path().join("checkpoints"));
