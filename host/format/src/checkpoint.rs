@@ -1944,13 +1944,15 @@ pub(crate) mod tests {
         }
     }
 
-    mod props {
+    pub(crate) mod props {
         use proptest::prelude::*;
 
         use super::super::*;
         use crate::state::{NamedStateSnapshot, StateEntries};
 
-        fn value() -> impl Strategy<Value = Value> {
+        /// Any value, nested up to 4 levels (shared with the tests of
+        /// `writes`).
+        pub(crate) fn value() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![
                 any::<bool>().prop_map(Value::Boolean),
                 any::<i64>().prop_map(Value::Int),

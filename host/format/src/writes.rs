@@ -533,6 +533,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::checkpoint::tests::props::value;
 
     fn reader(buf: &[u8]) -> Result<Vec<PackedWrite<'_>>, WritesError> {
         WritesReader::new(buf, 64).collect()
@@ -666,26 +667,6 @@ mod tests {
             decode_canonical(&bytes, 10).unwrap_err().problem,
             "a value nested too deep"
         );
-    }
-
-    fn value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            any::<bool>().prop_map(Value::Boolean),
-            any::<i64>().prop_map(Value::Int),
-            any::<u64>().prop_map(Value::Uint),
-            any::<f64>().prop_map(Value::Float),
-            ".{0,8}".prop_map(Value::Text),
-            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
-            Just(Value::None),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
-                proptest::collection::vec((inner.clone(), inner.clone()), 0..4)
-                    .prop_map(Value::Map),
-                proptest::collection::vec((".{0,4}", inner), 0..4).prop_map(Value::Record),
-            ]
-        })
     }
 
     proptest! {
