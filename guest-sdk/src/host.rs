@@ -485,8 +485,6 @@ mod tests {
         let read: Vec<_> = WritesReader::new(packed.as_bytes(), 64)
             .map(|w| w.unwrap())
             .collect();
-        let x = Value::Text("x".into()).canonical_bytes();
-        let nul = Value::Bytes(vec![0]).canonical_bytes();
         let ops: Vec<_> = read
             .iter()
             .map(|w| (w.state, w.key, w.op.clone()))
@@ -501,7 +499,6 @@ mod tests {
                     b"a",
                     WriteOp::MapPut {
                         key: Value::Text("x".into()),
-                        canonical: &x,
                         value: tree
                     }
                 ),
@@ -510,7 +507,6 @@ mod tests {
                     b"a",
                     WriteOp::MapRemove {
                         key: Value::Bytes(vec![0]),
-                        canonical: &nul
                     }
                 ),
                 ("seen", b"c", WriteOp::MapClear),

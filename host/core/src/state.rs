@@ -547,11 +547,6 @@ pub trait KeyedStateBackend: Send {
     fn end_interval(&mut self) -> u64 {
         0
     }
-    /// Forgets the changes of intervals up to `through` (the interval the
-    /// last completed checkpoint ended, which holds them).
-    fn forget_changes(&mut self, through: u64) {
-        let _ = through;
-    }
     /// Forgets the changes up to interval `through`, then encodes every key
     /// changed since as key-group delta sections: its state now, or its
     /// removal. Only with [`KeyedStateBackend::tracks_changes`].
@@ -952,7 +947,9 @@ impl KeyedStateBackend for MemoryStateBackend {
                 interval: 1,
                 groups: (0..self.range.len()).map(|_| HashMap::default()).collect(),
                 count: 0,
-                budget: usize::MAX,
+                // Nothing until the first checkpoint, which is whole
+                // whatever changed: its plan sets the budget.
+                budget: 0,
                 stopped: false,
                 untracked_through: 0,
             });
@@ -997,12 +994,6 @@ impl KeyedStateBackend for MemoryStateBackend {
                 changes.interval - 1
             }
             None => 0,
-        }
-    }
-
-    fn forget_changes(&mut self, through: u64) {
-        if let Some(changes) = &mut self.changes {
-            changes.forget(through);
         }
     }
 
@@ -1129,9 +1120,13 @@ impl KeyedStateBackend for MemoryStateBackend {
         self.kinds.extend(new_kinds);
 
         for group in &groups {
-            self.groups[(group.key_group - self.range.start) as usize].clear();
+            let idx = (group.key_group - self.range.start) as usize;
+            self.groups[idx].clear();
+            // What a restore loads is in the snapshot it came from.
+            if let Some(changes) = &mut self.changes {
+                changes.groups[idx].clear();
+            }
         }
-        let groups_restored: Vec<u32> = groups.iter().map(|g| g.key_group).collect();
         for group in groups {
             let tables = &mut self.groups[(group.key_group - self.range.start) as usize];
             for state in group.states {
@@ -1148,12 +1143,6 @@ impl KeyedStateBackend for MemoryStateBackend {
             .flat_map(|g| g.values())
             .map(Table::approx_bytes)
             .sum();
-        // What a restore loaded is in the snapshot it came from.
-        if let Some(changes) = &mut self.changes {
-            for group in &groups_restored {
-                changes.groups[(group - self.range.start) as usize].clear();
-            }
-        }
         Ok(())
     }
 }
@@ -1466,6 +1455,7 @@ mod tests {
         };
         let mut b = backend();
         b.track_changes();
+        b.budget_changes(usize::MAX);
         let full = |b: &MemoryStateBackend| {
             let file = encode_state_file(&SubtaskSnapshot {
                 keyed: b.snapshot(),
@@ -1515,19 +1505,17 @@ mod tests {
         // completed, so interval 2's changes are forgotten.
         b.apply(KeyGroup(7), "count", &[5, 7], Update::ValueClear)
             .unwrap();
-        let three = b.end_interval();
+        b.end_interval();
         let d3 = delta(&mut b, two);
         assert_eq!(b.changes_len(), 1);
         assert_eq!(d3.1.len(), 1);
         let merged = merge_chain(vec![base.clone(), d2, d3]).unwrap();
         assert_eq!(sorted(merged.keyed), sorted(b.snapshot()));
-        // Had checkpoint 2 failed, checkpoint 3 would extend 1 with every
-        // change since: here the changes of interval 3 remain, those of 2
-        // are gone, so a fresh tracker shows the rule instead.
-        b.forget_changes(three);
-        assert_eq!(b.changes_len(), 0);
+        // Had a checkpoint failed, the next would extend the one before
+        // with every change since: a fresh tracker shows the rule.
         let mut c = backend();
         c.track_changes();
+        c.budget_changes(usize::MAX);
         c.apply(kg, "count", b"x", Update::ValueSet(Value::Int(1)))
             .unwrap();
         let first = c.end_interval();
@@ -1546,6 +1534,12 @@ mod tests {
     fn recording_stops_at_its_budget_and_says_so_until_reset() {
         let mut b = backend();
         b.track_changes();
+        // Before the first checkpoint's plan nothing is recorded.
+        b.apply(KeyGroup(4), "count", b"z", Update::ValueSet(Value::Int(1)))
+            .unwrap();
+        assert_eq!(b.changes_len(), 0);
+        assert_eq!(b.changes_untracked_through(), u64::MAX);
+        b.reset_changes(0);
         assert_eq!(b.changes_untracked_through(), 0);
         b.budget_changes(2);
         for key in [&b"a"[..], b"b", b"a", b"c"] {

@@ -840,6 +840,14 @@ impl CheckpointMetadata {
             .sum()
     }
 
+    /// Whether a subtask extends earlier checkpoints' files (`base`).
+    pub fn is_incremental(&self) -> bool {
+        self.vertices
+            .iter()
+            .flat_map(|v| &v.subtasks)
+            .any(|s| !s.base.is_empty())
+    }
+
     /// The bytes a restore reads: its files and every file of its base
     /// (Flink's "full checkpoint data size").
     pub fn full_bytes(&self) -> u64 {

@@ -64,41 +64,6 @@ impl StateEntries {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The keys that hold an entry.
-    pub fn keys(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
-        match self {
-            StateEntries::Value(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
-            StateEntries::Map(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
-            StateEntries::List(e) => Box::new(e.iter().map(|(k, _)| k.as_slice())),
-        }
-    }
-
-    /// Keeps the keys `keep` accepts.
-    pub fn retain_keys(&mut self, keep: impl Fn(&[u8]) -> bool) {
-        match self {
-            StateEntries::Value(e) => e.retain(|(k, _)| keep(k)),
-            StateEntries::Map(e) => e.retain(|(k, _)| keep(k)),
-            StateEntries::List(e) => e.retain(|(k, _)| keep(k)),
-        }
-    }
-
-    /// Moves `other`'s entries in; both must be of one kind.
-    ///
-    /// # Panics
-    /// If the kinds differ (callers check).
-    pub fn append(&mut self, other: StateEntries) {
-        match (self, other) {
-            (StateEntries::Value(a), StateEntries::Value(b)) => a.extend(b),
-            (StateEntries::Map(a), StateEntries::Map(b)) => a.extend(b),
-            (StateEntries::List(a), StateEntries::List(b)) => a.extend(b),
-            (a, b) => panic!(
-                "invariant: appending {} entries to {} entries",
-                b.kind(),
-                a.kind()
-            ),
-        }
-    }
 }
 
 /// What changed in one key group since the checkpoint an incremental
@@ -132,20 +97,18 @@ pub struct RemovedKeys {
 
 impl KeyGroupDelta {
     /// Applies `deltas` of one key group, in order, to `states` (sorted by
-    /// name), as [`KeyGroupDelta::apply_to`] one by one would, but
-    /// indexing each state's keys once for all of them: a chain of deltas
+    /// name), as [`KeyGroupDelta::apply_to`] one by one would, indexing
+    /// each touched state's keys once for all of them: a chain of deltas
     /// costs its state's size once, not once per delta.
     ///
     /// # Errors
-    /// As [`KeyGroupDelta::apply_to`].
+    /// A delta changing a state as another kind than it holds.
     pub fn apply_all(
         states: &mut Vec<NamedStateSnapshot>,
         deltas: Vec<KeyGroupDelta>,
     ) -> Result<(), String> {
-        match deltas.len() {
-            0 => return Ok(()),
-            1 => return deltas.into_iter().next().expect("one").apply_to(states),
-            _ => {}
+        if deltas.is_empty() {
+            return Ok(());
         }
         let mut indexed: Vec<(String, Indexed)> = Vec::new();
         fn slot<'s>(
@@ -196,34 +159,7 @@ impl KeyGroupDelta {
     /// # Errors
     /// A state changed as another kind than it holds.
     pub fn apply_to(self, states: &mut Vec<NamedStateSnapshot>) -> Result<(), String> {
-        use std::collections::HashSet;
-        for gone in self.removed {
-            if let Some(s) = states.iter_mut().find(|s| s.name == gone.name) {
-                let keys: HashSet<&[u8]> = gone.keys.iter().map(Vec::as_slice).collect();
-                s.entries.retain_keys(|k| !keys.contains(k));
-            }
-        }
-        for changed in self.changed {
-            let Some(s) = states.iter_mut().find(|s| s.name == changed.name) else {
-                states.push(changed);
-                continue;
-            };
-            if s.entries.kind() != changed.entries.kind() {
-                return Err(format!(
-                    "key group {}: state `{}` holds {} entries, the delta changes {} entries",
-                    self.key_group,
-                    s.name,
-                    s.entries.kind(),
-                    changed.entries.kind()
-                ));
-            }
-            let keys: HashSet<Vec<u8>> = changed.entries.keys().map(<[u8]>::to_vec).collect();
-            s.entries.retain_keys(|k| !keys.contains(k));
-            s.entries.append(changed.entries);
-        }
-        states.retain(|s| !s.entries.is_empty());
-        states.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(())
+        Self::apply_all(states, vec![self])
     }
 }
 

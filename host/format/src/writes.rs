@@ -29,7 +29,7 @@
 //! ```
 //!
 //! It is [`Value::canonical_bytes`], the form a map state compares its
-//! keys by, so the host keys a map entry by the bytes it was sent.
+//! keys by.
 //!
 //! A reader refuses, naming the byte offset: an unknown op or tag, a
 //! write before any `state`, a truncated field, a count larger than the
@@ -253,23 +253,20 @@ pub struct PackedWrite<'a> {
     /// The record key whose state it changes.
     pub key: &'a [u8],
     /// The change.
-    pub op: WriteOp<'a>,
+    pub op: WriteOp,
 }
 
 /// The change one packed write makes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WriteOp<'a> {
+pub enum WriteOp {
     /// Sets a value state.
     ValueSet(Value),
     /// Clears a value state.
     ValueClear,
-    /// Puts an entry into a map state; `canonical` is the map key's
-    /// canonical form as sent.
+    /// Puts an entry into a map state.
     MapPut {
         /// The map key.
         key: Value,
-        /// Its canonical bytes.
-        canonical: &'a [u8],
         /// The map value.
         value: Value,
     },
@@ -277,8 +274,6 @@ pub enum WriteOp<'a> {
     MapRemove {
         /// The map key.
         key: Value,
-        /// Its canonical bytes.
-        canonical: &'a [u8],
     },
     /// Clears a map state.
     MapClear,
@@ -337,18 +332,13 @@ impl<'a> WritesReader<'a> {
             let op = match op {
                 OP_VALUE_SET => WriteOp::ValueSet(self.cursor.value(depth)?),
                 OP_VALUE_CLEAR => WriteOp::ValueClear,
-                OP_MAP_PUT => {
-                    let (key, canonical) = self.cursor.value_with_bytes(depth)?;
-                    WriteOp::MapPut {
-                        key,
-                        canonical,
-                        value: self.cursor.value(depth)?,
-                    }
-                }
-                OP_MAP_REMOVE => {
-                    let (key, canonical) = self.cursor.value_with_bytes(depth)?;
-                    WriteOp::MapRemove { key, canonical }
-                }
+                OP_MAP_PUT => WriteOp::MapPut {
+                    key: self.cursor.value(depth)?,
+                    value: self.cursor.value(depth)?,
+                },
+                OP_MAP_REMOVE => WriteOp::MapRemove {
+                    key: self.cursor.value(depth)?,
+                },
                 OP_MAP_CLEAR => WriteOp::MapClear,
                 OP_LIST_SET => {
                     let n = self.cursor.count(1)?;
@@ -464,12 +454,6 @@ impl<'a> Cursor<'a> {
         Ok(n)
     }
 
-    fn value_with_bytes(&mut self, depth: usize) -> Result<(Value, &'a [u8]), WritesError> {
-        let start = self.pos;
-        let value = self.value(depth)?;
-        Ok((value, &self.buf[start..self.pos]))
-    }
-
     fn value(&mut self, depth: usize) -> Result<Value, WritesError> {
         if depth == 0 {
             return Err(self.error("a value nested too deep".into()));
@@ -571,10 +555,8 @@ mod tests {
         let states = w.as_bytes().iter().filter(|b| **b == OP_STATE).count();
         assert!(states >= 4, "a state op per run of one state");
         let writes = reader(w.as_bytes()).unwrap();
-        let ops: Vec<(&str, &[u8], WriteOp<'_>)> =
+        let ops: Vec<(&str, &[u8], WriteOp)> =
             writes.into_iter().map(|w| (w.state, w.key, w.op)).collect();
-        let text_t = Value::Text("t".into()).canonical_bytes();
-        let int_1 = Value::Int(1).canonical_bytes();
         assert_eq!(
             ops,
             vec![
@@ -585,18 +567,10 @@ mod tests {
                     b"k1",
                     WriteOp::MapPut {
                         key: Value::Text("t".into()),
-                        canonical: &text_t,
                         value: sample()
                     }
                 ),
-                (
-                    "tags",
-                    b"k1",
-                    WriteOp::MapRemove {
-                        key: Value::Int(1),
-                        canonical: &int_1
-                    }
-                ),
+                ("tags", b"k1", WriteOp::MapRemove { key: Value::Int(1) }),
                 ("tags", b"k3", WriteOp::MapClear),
                 (
                     "seen",

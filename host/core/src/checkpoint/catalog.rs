@@ -362,10 +362,7 @@ impl RestorePoint {
         };
         let manifest = Manifest::decode(&storage.location(METADATA_FILE), &bytes)?;
         if let Manifest::Checkpoint(m) = &manifest
-            && m.vertices
-                .iter()
-                .flat_map(|v| &v.subtasks)
-                .any(|s| !s.base.is_empty())
+            && m.is_incremental()
         {
             // An incremental checkpoint reads earlier checkpoints' files
             // beside it: open its job's directory instead.
@@ -570,16 +567,17 @@ impl RestorePoint {
                     return Ok(format::decode_state_file(&location, &bytes)?);
                 }
                 // An incremental subtask: its base files, oldest first,
-                // then its own, merged.
-                let mut chain = Vec::with_capacity(s.base.len() + 1);
-                for base in &s.base {
-                    let (location, bytes) = self.fetch_path(self.base_path(base)).await?;
-                    chain.push(format::decode_state_file_with_deltas(&location, &bytes)?);
-                }
-                if let Some(file) = &s.file {
-                    let (location, bytes) = self.fetch(file).await?;
-                    chain.push(format::decode_state_file_with_deltas(&location, &bytes)?);
-                }
+                // then its own, fetched together, then merged in order.
+                let paths = s
+                    .base
+                    .iter()
+                    .map(|b| self.base_path(b))
+                    .chain(s.file.iter().map(|f| self.path(f)));
+                let chain = try_join_all(paths.map(|path| async move {
+                    let (location, bytes) = self.fetch_path(path).await?;
+                    Ok::<_, Error>(format::decode_state_file_with_deltas(&location, &bytes)?)
+                }))
+                .await?;
                 format::merge_chain(chain).map_err(|m| Error::Restore {
                     message: format!(
                         "{}: `{}` subtask {}: {m}",

@@ -889,9 +889,11 @@ impl Coordinator {
             .map_err(|e: StorageError| e.to_string())?;
         if self.in_flight[&id].savepoint.is_none() {
             self.in_flight.remove(&id);
-            self.chains.insert(id, chains);
-            while self.chains.len() > CHAINS_KEPT {
-                self.chains.pop_first();
+            if self.setup.config.incremental {
+                self.chains.insert(id, chains);
+                while self.chains.len() > CHAINS_KEPT {
+                    self.chains.pop_first();
+                }
             }
             self.setup
                 .referenced
