@@ -224,7 +224,7 @@ fn incremental_checkpoints(storage: &Path) -> usize {
 fn kill_and_resume(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let whole = !extra.contains("incremental = true");
-    let deltas = !whole && !extra.contains("unaligned");
+    let deltas = !whole;
     let text = if deltas {
         incremental_corpus(460_000)
     } else {

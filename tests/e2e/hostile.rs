@@ -194,36 +194,16 @@ fn a_gigabyte_on_stdout_without_a_newline_neither_hangs_nor_buffers() {
 
 #[test]
 fn keyed_state_growing_16_mib_per_record_hits_the_state_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = hostile_job(
-        dir.path(),
-        "state-flood",
-        100,
-        "limits = { state_mb = 64 }",
-        "",
-    );
-    let run = run_measured(dir.path(), &job);
-    assert_limit(
-        &run,
-        "MiB of keyed state, over its limit of 64 MiB (`limits.state_mb`)",
-    );
-}
-
-#[test]
-fn packed_state_writes_obey_the_state_limit_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = hostile_job(
-        dir.path(),
-        "packed-flood",
-        100,
-        "limits = { state_mb = 64 }",
-        "",
-    );
-    let run = run_measured(dir.path(), &job);
-    assert_limit(
-        &run,
-        "MiB of keyed state, over its limit of 64 MiB (`limits.state_mb`)",
-    );
+    // Through `keyed-state.write` and through `write-packed` alike.
+    for mode in ["state-flood", "packed-flood"] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = hostile_job(dir.path(), mode, 100, "limits = { state_mb = 64 }", "");
+        let run = run_measured(dir.path(), &job);
+        assert_limit(
+            &run,
+            "MiB of keyed state, over its limit of 64 MiB (`limits.state_mb`)",
+        );
+    }
 }
 
 #[test]
